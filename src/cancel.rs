@@ -1,0 +1,109 @@
+//! Cancel keys. Each client gets a BackendKeyData the sidecar made up; this registry maps it to
+//! the server key of the upstream connection serving that client right now, so a CancelRequest
+//! (which arrives on a fresh connection) reaches that connection and no other. Unknown keys are
+//! dropped silently, as PostgreSQL does.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+/// The server-side key a client's cancel must be sent with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ServerKey {
+    pub pid: i32,
+    pub secret: i32,
+}
+
+/// Sidecar-issued keys → the server key currently behind them.
+#[derive(Debug, Default)]
+pub struct CancelRegistry {
+    map: Mutex<HashMap<(i32, i32), Option<ServerKey>>>,
+}
+
+impl CancelRegistry {
+    pub fn new() -> Arc<Self> {
+        Arc::new(Self::default())
+    }
+
+    /// Issues a fresh, unique client key; it stays registered while the guard lives.
+    pub fn register(self: &Arc<Self>, server: Option<ServerKey>) -> CancelKeyGuard {
+        let mut map = self.lock();
+        loop {
+            let key = (rand::random::<i32>() & i32::MAX, rand::random::<i32>());
+            if key.0 != 0 && !map.contains_key(&key) {
+                map.insert(key, server);
+                return CancelKeyGuard {
+                    registry: self.clone(),
+                    pid: key.0,
+                    secret: key.1,
+                };
+            }
+        }
+    }
+
+    /// The server key behind a client key, if that client is connected and attached.
+    pub fn lookup(&self, pid: i32, secret: i32) -> Option<ServerKey> {
+        self.lock().get(&(pid, secret)).copied().flatten()
+    }
+
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(i32, i32), Option<ServerKey>>> {
+        self.map
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+/// A client's key; removed from the registry on drop.
+#[derive(Debug)]
+pub struct CancelKeyGuard {
+    registry: Arc<CancelRegistry>,
+    pub pid: i32,
+    pub secret: i32,
+}
+
+impl CancelKeyGuard {
+    /// Points the key at another upstream connection (or none, between transactions).
+    pub fn set_server(&self, server: Option<ServerKey>) {
+        if let Some(slot) = self.registry.lock().get_mut(&(self.pid, self.secret)) {
+            *slot = server;
+        }
+    }
+}
+
+impl Drop for CancelKeyGuard {
+    fn drop(&mut self) {
+        self.registry.lock().remove(&(self.pid, self.secret));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_map_to_their_own_server_only() {
+        let registry = CancelRegistry::new();
+        let a = registry.register(Some(ServerKey { pid: 1, secret: 10 }));
+        let b = registry.register(Some(ServerKey { pid: 2, secret: 20 }));
+        assert_eq!(
+            registry.lookup(a.pid, a.secret),
+            Some(ServerKey { pid: 1, secret: 10 })
+        );
+        assert_eq!(
+            registry.lookup(b.pid, b.secret),
+            Some(ServerKey { pid: 2, secret: 20 })
+        );
+        assert_eq!(registry.lookup(a.pid, b.secret), None);
+        a.set_server(None);
+        assert_eq!(registry.lookup(a.pid, a.secret), None);
+        drop(b);
+        assert_eq!(registry.len(), 1);
+    }
+}

@@ -1,0 +1,145 @@
+//! The command line: subcommands and flags (clap). Every `run` flag also reads from an
+//! environment variable `RDS_IAM_SIDECAR_<FLAG>`; [`crate::config`] merges them with the TOML
+//! file and the defaults. Nothing here validates meaning; that is `config`'s job.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use serde::Deserialize;
+
+/// Local PostgreSQL endpoint that logs in to AWS RDS / RDS Proxy with IAM authentication.
+#[derive(Debug, Parser)]
+#[command(
+    name = "rds-iam-sidecar",
+    version,
+    args_conflicts_with_subcommands = true
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+
+    /// Flags of `run`, which is also what runs when no subcommand is given.
+    #[command(flatten)]
+    pub run: RunArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Listen for PostgreSQL clients and connect them to the upstream with IAM (the default).
+    Run(RunArgs),
+    /// Print one IAM auth token, exactly like `aws rds generate-db-auth-token`.
+    Token(TokenArgs),
+}
+
+/// How the upstream certificate is checked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum TlsMode {
+    /// Chain to a trusted root and the certificate names the upstream host (default).
+    VerifyFull,
+    /// Chain to a trusted root; the host name is not checked.
+    VerifyCa,
+    /// TLS without any certificate check (like libpq's sslmode=require).
+    Require,
+    /// No TLS at all; only allowed with `--auth password` (local development).
+    Disable,
+}
+
+/// How the sidecar logs in upstream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum AuthMode {
+    /// A freshly signed IAM auth token per connection (default).
+    Iam,
+    /// A fixed password (md5, SCRAM-SHA-256 or cleartext), for local development.
+    Password,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Flags of `rds-iam-sidecar run`. All optional here: defaults are applied after the TOML file.
+#[derive(Debug, Clone, Default, Args)]
+pub struct RunArgs {
+    /// TOML file with any of these settings (keys are the flag names).
+    #[arg(long, env = "RDS_IAM_SIDECAR_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    /// RDS Proxy / cluster / instance endpoint HOST:PORT; the token is signed for this host name.
+    #[arg(long, env = "RDS_IAM_SIDECAR_UPSTREAM", value_name = "HOST:PORT")]
+    pub upstream: Option<String>,
+
+    /// Where to actually connect (tunnel, test), keeping --upstream for TLS name and token.
+    #[arg(long, env = "RDS_IAM_SIDECAR_UPSTREAM_ADDR", value_name = "HOST:PORT")]
+    pub upstream_addr: Option<String>,
+
+    /// Address to accept PostgreSQL clients on [default: 127.0.0.1:5432]; may be repeated.
+    #[arg(
+        long,
+        env = "RDS_IAM_SIDECAR_LISTEN",
+        value_name = "ADDR:PORT",
+        value_delimiter = ','
+    )]
+    pub listen: Vec<String>,
+
+    /// Directory for a unix socket `.s.PGSQL.<port>` (so `psql -h DIR` works).
+    #[arg(long, env = "RDS_IAM_SIDECAR_UNIX_SOCKET", value_name = "DIR")]
+    pub unix_socket: Option<PathBuf>,
+
+    /// AWS region for signing [default: from the endpoint name, then AWS_REGION].
+    #[arg(long, env = "RDS_IAM_SIDECAR_REGION")]
+    pub region: Option<String>,
+
+    /// PEM file of extra trusted CAs (e.g. the RDS global-bundle.pem for instance endpoints).
+    #[arg(long, env = "RDS_IAM_SIDECAR_CA_FILE", value_name = "PEM")]
+    pub ca_file: Option<PathBuf>,
+
+    /// Upstream certificate check [default: verify-full].
+    #[arg(long, env = "RDS_IAM_SIDECAR_TLS_MODE", value_enum)]
+    pub tls_mode: Option<TlsMode>,
+
+    /// Upstream login method [default: iam].
+    #[arg(long, env = "RDS_IAM_SIDECAR_AUTH", value_enum)]
+    pub auth: Option<AuthMode>,
+
+    /// File holding the upstream password (--auth password); or set RDS_IAM_SIDECAR_PASSWORD.
+    #[arg(long, env = "RDS_IAM_SIDECAR_PASSWORD_FILE", value_name = "FILE")]
+    pub password_file: Option<PathBuf>,
+
+    /// Log in upstream as this database user, whatever user the client sent.
+    #[arg(long, env = "RDS_IAM_SIDECAR_DB_USER", value_name = "NAME")]
+    pub db_user: Option<String>,
+
+    /// Limit for TCP connect + TLS + login upstream [default: 5s].
+    #[arg(long, env = "RDS_IAM_SIDECAR_CONNECT_TIMEOUT", value_name = "DURATION")]
+    pub connect_timeout: Option<String>,
+
+    /// Log format [default: text].
+    #[arg(long, env = "RDS_IAM_SIDECAR_LOG_FORMAT", value_enum)]
+    pub log_format: Option<LogFormat>,
+
+    /// Log level or tracing filter, e.g. `info`, `debug` [default: info].
+    #[arg(long, env = "RDS_IAM_SIDECAR_LOG_LEVEL", value_name = "FILTER")]
+    pub log_level: Option<String>,
+}
+
+/// Flags of `rds-iam-sidecar token`, named like `aws rds generate-db-auth-token`.
+#[derive(Debug, Clone, Args)]
+pub struct TokenArgs {
+    /// Endpoint host name the token is for.
+    #[arg(long, alias = "hostname")]
+    pub host: String,
+    /// Endpoint port.
+    #[arg(long, default_value_t = 5432)]
+    pub port: u16,
+    /// Database user name.
+    #[arg(long, alias = "username")]
+    pub user: String,
+    /// AWS region [default: from the host name, then AWS_REGION].
+    #[arg(long, env = "RDS_IAM_SIDECAR_REGION")]
+    pub region: Option<String>,
+}

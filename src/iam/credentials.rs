@@ -1,0 +1,293 @@
+//! AWS credentials behind our own cache. aws-config's provider is not cached (each call may
+//! hit ECS, IMDS or STS), so this cache refreshes ahead of expiry, lets one caller refresh while
+//! the others wait (single flight), and keeps serving the old credentials while a refresh fails
+//! until they truly expire.
+
+use std::sync::Mutex;
+use std::time::{Duration, Instant, SystemTime};
+
+use aws_config::{BehaviorVersion, Region};
+use aws_credential_types::Credentials;
+use aws_credential_types::provider::{ProvideCredentials, SharedCredentialsProvider};
+
+/// Refresh credentials this long before they expire.
+pub const REFRESH_AHEAD: Duration = Duration::from_secs(5 * 60);
+/// Credentials without an expiry (env, static profile) are re-read this often.
+const STATIC_RECHECK: Duration = Duration::from_secs(5 * 60);
+/// Old credentials are not handed out when they expire within this margin.
+const EXPIRY_MARGIN: Duration = Duration::from_secs(10);
+
+/// The sources the default chain tries, in order, for error messages.
+pub const CHAIN_SOURCES: &str = "environment (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY), \
+    shared profile (AWS_PROFILE, ~/.aws/credentials and ~/.aws/config, SSO), web identity \
+    (AWS_WEB_IDENTITY_TOKEN_FILE + AWS_ROLE_ARN), ECS container credentials \
+    (AWS_CONTAINER_CREDENTIALS_RELATIVE_URI / _FULL_URI), EC2 instance metadata (IMDS)";
+
+/// No usable credentials: what was tried and what the chain said.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("no AWS credentials: {reason}. Sources tried: {CHAIN_SOURCES}")]
+pub struct CredentialsUnavailable {
+    pub reason: String,
+}
+
+struct Cached {
+    credentials: Credentials,
+    fetched_at: Instant,
+}
+
+/// A refresh-ahead, single-flight cache in front of a credentials provider.
+pub struct CredentialCache {
+    provider: SharedCredentialsProvider,
+    cached: Mutex<Option<Cached>>,
+    refresh_lock: tokio::sync::Mutex<()>,
+}
+
+impl std::fmt::Debug for CredentialCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CredentialCache")
+            .field("expiry", &self.expiry())
+            .finish_non_exhaustive()
+    }
+}
+
+impl CredentialCache {
+    pub fn new(provider: impl ProvideCredentials + 'static) -> Self {
+        Self {
+            provider: SharedCredentialsProvider::new(provider),
+            cached: Mutex::new(None),
+            refresh_lock: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    /// The standard AWS chain (env, profile, web identity, ECS, IMDS) with a rustls/ring HTTP
+    /// client, which the ECS, IMDS and STS providers need at run time.
+    pub async fn from_default_chain(region: &str) -> Result<Self, CredentialsUnavailable> {
+        use aws_smithy_http_client::tls::{Provider, rustls_provider::CryptoMode};
+        let http_client = aws_smithy_http_client::Builder::new()
+            .tls_provider(Provider::Rustls(CryptoMode::Ring))
+            .build_https();
+        let sdk_config = aws_config::defaults(BehaviorVersion::latest())
+            .http_client(http_client)
+            .region(Region::new(region.to_owned()))
+            .load()
+            .await;
+        let provider = sdk_config
+            .credentials_provider()
+            .ok_or_else(|| CredentialsUnavailable {
+                reason: "the AWS SDK configured no credentials provider".to_owned(),
+            })?;
+        Ok(Self::new(provider))
+    }
+
+    /// Expiry of the credentials currently held, if they have one.
+    pub fn expiry(&self) -> Option<SystemTime> {
+        self.lock().as_ref().and_then(|c| c.credentials.expiry())
+    }
+
+    /// Credentials fresh enough to sign with, refreshing first when they are due.
+    pub async fn get(&self) -> Result<Credentials, CredentialsUnavailable> {
+        if let Some(fresh) = self.fresh() {
+            return Ok(fresh);
+        }
+        let _single_flight = self.refresh_lock.lock().await;
+        if let Some(fresh) = self.fresh() {
+            return Ok(fresh);
+        }
+        self.fetch().await
+    }
+
+    /// Fetches new credentials now (after the server rejected a token signed with the old ones).
+    pub async fn refresh(&self) -> Result<Credentials, CredentialsUnavailable> {
+        let _single_flight = self.refresh_lock.lock().await;
+        self.fetch().await
+    }
+
+    async fn fetch(&self) -> Result<Credentials, CredentialsUnavailable> {
+        match self.provider.provide_credentials().await {
+            Ok(credentials) => {
+                tracing::debug!(
+                    access_key_id = %mask_access_key(credentials.access_key_id()),
+                    expiry = ?credentials.expiry(),
+                    "fetched AWS credentials"
+                );
+                *self.lock() = Some(Cached {
+                    credentials: credentials.clone(),
+                    fetched_at: Instant::now(),
+                });
+                Ok(credentials)
+            }
+            Err(error) => {
+                let reason = error_chain(&error);
+                if let Some(still_valid) = self.unexpired() {
+                    tracing::warn!(%reason, "refreshing AWS credentials failed; using the current ones until they expire");
+                    return Ok(still_valid);
+                }
+                Err(CredentialsUnavailable { reason })
+            }
+        }
+    }
+
+    fn fresh(&self) -> Option<Credentials> {
+        let guard = self.lock();
+        let cached = guard.as_ref()?;
+        let fresh = match cached.credentials.expiry() {
+            Some(expiry) => expiry
+                .duration_since(SystemTime::now())
+                .is_ok_and(|left| left > REFRESH_AHEAD),
+            None => cached.fetched_at.elapsed() < STATIC_RECHECK,
+        };
+        fresh.then(|| cached.credentials.clone())
+    }
+
+    fn unexpired(&self) -> Option<Credentials> {
+        let guard = self.lock();
+        let cached = guard.as_ref()?;
+        let valid = match cached.credentials.expiry() {
+            Some(expiry) => expiry
+                .duration_since(SystemTime::now())
+                .is_ok_and(|left| left > EXPIRY_MARGIN),
+            None => true,
+        };
+        valid.then(|| cached.credentials.clone())
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<Cached>> {
+        self.cached
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+/// `AKIA…WXYZ` → `****************WXYZ`: enough to tell keys apart, never the whole id.
+pub fn mask_access_key(id: &str) -> String {
+    let keep = id.len().saturating_sub(4);
+    id.char_indices()
+        .map(|(i, c)| if i < keep { '*' } else { c })
+        .collect()
+}
+
+/// An error and all its sources, joined with ": ".
+fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use aws_credential_types::provider::future;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    #[derive(Debug, Clone)]
+    struct Counting {
+        calls: Arc<AtomicUsize>,
+        fail_after: usize,
+        lifetime: Duration,
+    }
+
+    impl ProvideCredentials for Counting {
+        fn provide_credentials<'a>(&'a self) -> future::ProvideCredentials<'a>
+        where
+            Self: 'a,
+        {
+            let n = self.calls.fetch_add(1, Ordering::SeqCst);
+            if n >= self.fail_after {
+                return future::ProvideCredentials::ready(Err(
+                    aws_credential_types::provider::error::CredentialsError::not_loaded(
+                        "endpoint down",
+                    ),
+                ));
+            }
+            future::ProvideCredentials::ready(Ok(Credentials::new(
+                format!("AKID{n}"),
+                "secret",
+                None,
+                Some(SystemTime::now() + self.lifetime),
+                "test",
+            )))
+        }
+    }
+
+    #[tokio::test]
+    async fn caches_until_refresh_is_due() {
+        let calls = Arc::new(AtomicUsize::new(0));
+        let cache = CredentialCache::new(Counting {
+            calls: calls.clone(),
+            fail_after: usize::MAX,
+            lifetime: Duration::from_secs(3600),
+        });
+        for _ in 0..10 {
+            assert_eq!(cache.get().await.expect("creds").access_key_id(), "AKID0");
+        }
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+        assert_eq!(
+            cache.refresh().await.expect("creds").access_key_id(),
+            "AKID1"
+        );
+        assert_eq!(calls.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn refreshes_ahead_and_keeps_old_ones_while_refresh_fails() {
+        let calls = Arc::new(AtomicUsize::new(0));
+        let cache = CredentialCache::new(Counting {
+            calls: calls.clone(),
+            fail_after: 1,
+            // Inside the refresh-ahead window but not expired.
+            lifetime: Duration::from_secs(120),
+        });
+        assert_eq!(cache.get().await.expect("creds").access_key_id(), "AKID0");
+        // Due for refresh: the provider fails, the old credentials are still served.
+        assert_eq!(cache.get().await.expect("creds").access_key_id(), "AKID0");
+        assert_eq!(calls.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn single_flight() {
+        let calls = Arc::new(AtomicUsize::new(0));
+        let cache = Arc::new(CredentialCache::new(Counting {
+            calls: calls.clone(),
+            fail_after: usize::MAX,
+            lifetime: Duration::from_secs(3600),
+        }));
+        let tasks: Vec<_> = (0..20)
+            .map(|_| {
+                let cache = cache.clone();
+                tokio::spawn(async move { cache.get().await.map(|c| c.access_key_id().to_owned()) })
+            })
+            .collect();
+        for task in tasks {
+            assert_eq!(task.await.expect("join").expect("creds"), "AKID0");
+        }
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn no_credentials_names_the_sources() {
+        let cache = CredentialCache::new(Counting {
+            calls: Arc::new(AtomicUsize::new(0)),
+            fail_after: 0,
+            lifetime: Duration::from_secs(3600),
+        });
+        let err = cache.get().await.expect_err("no creds");
+        let text = err.to_string();
+        assert!(text.contains("endpoint down"), "{text}");
+        assert!(text.contains("ECS container credentials"), "{text}");
+    }
+
+    #[test]
+    fn masks_all_but_four() {
+        assert_eq!(mask_access_key("AKIAABCDEFGH1234"), "************1234");
+        assert_eq!(mask_access_key("abc"), "abc");
+    }
+}

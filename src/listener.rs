@@ -1,0 +1,199 @@
+//! Starting the sidecar: bind every `--listen` address and the optional unix socket, build the
+//! connector, and accept clients until stopped. [`start`] is the library entry point used by
+//! `main`, the tests and the demo.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::{TcpListener, UnixListener};
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+use tracing::{error, info};
+
+use crate::client::{SessionContext, serve_client};
+use crate::config::{Config, UpstreamAuth};
+use crate::iam::credentials::CredentialCache;
+use crate::stream::ClientStream;
+use crate::upstream::{Authenticator, Connector};
+
+/// Why the sidecar could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: String,
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Setup(String),
+}
+
+/// A started sidecar. Dropping it stops accepting new clients.
+pub struct RunningSidecar {
+    /// The bound TCP addresses (with the real ports when 0 was asked for).
+    pub tcp_addrs: Vec<SocketAddr>,
+    /// The unix socket path, when one was asked for.
+    pub unix_socket: Option<PathBuf>,
+    stop: watch::Sender<bool>,
+    accept_loops: JoinSet<()>,
+    context: Arc<SessionContext>,
+}
+
+impl RunningSidecar {
+    /// The first TCP address (handy in tests).
+    pub fn addr(&self) -> SocketAddr {
+        self.tcp_addrs[0]
+    }
+
+    /// How many clients currently hold a cancel key (i.e. are connected and logged in).
+    pub fn connected_clients(&self) -> usize {
+        self.context.cancels.len()
+    }
+
+    /// Stops accepting clients; sessions already running continue to their end.
+    pub async fn stop(mut self) {
+        let _ = self.stop.send(true);
+        while self.accept_loops.join_next().await.is_some() {}
+        self.remove_socket_file();
+    }
+
+    fn remove_socket_file(&self) {
+        if let Some(path) = &self.unix_socket {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}
+
+impl Drop for RunningSidecar {
+    fn drop(&mut self) {
+        let _ = self.stop.send(true);
+        self.remove_socket_file();
+    }
+}
+
+/// Binds the listeners and starts accepting. With IAM auth and `credentials` = None, the
+/// standard AWS credentials chain is used.
+pub async fn start(
+    config: Config,
+    credentials: Option<Arc<CredentialCache>>,
+) -> Result<RunningSidecar, StartError> {
+    let credentials = match (&config.auth, credentials) {
+        (UpstreamAuth::Iam { region, .. }, None) => Some(Arc::new(
+            CredentialCache::from_default_chain(region)
+                .await
+                .map_err(|e| StartError::Setup(e.to_string()))?,
+        )),
+        (_, given) => given,
+    };
+    let authenticator =
+        Authenticator::from_config(&config, credentials).map_err(StartError::Setup)?;
+    let connector = Connector::new(&config, authenticator).map_err(StartError::Setup)?;
+    let context = Arc::new(SessionContext::new(connector, config.db_user.clone()));
+
+    let mut tcp_listeners = Vec::new();
+    for addr in &config.listen {
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|source| StartError::Bind {
+                addr: addr.to_string(),
+                source,
+            })?;
+        tcp_listeners.push(listener);
+    }
+    let tcp_addrs = tcp_listeners
+        .iter()
+        .map(|l| l.local_addr())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| StartError::Setup(e.to_string()))?;
+
+    let mut unix = None;
+    if let Some(dir) = &config.unix_socket {
+        let port = tcp_addrs.first().map_or(5432, |a| a.port());
+        let path = dir.join(format!(".s.PGSQL.{port}"));
+        remove_stale_socket(&path);
+        let listener = UnixListener::bind(&path).map_err(|source| StartError::Bind {
+            addr: path.display().to_string(),
+            source,
+        })?;
+        unix = Some((listener, path));
+    }
+
+    let (stop, stopped) = watch::channel(false);
+    let mut accept_loops = JoinSet::new();
+    for listener in tcp_listeners {
+        accept_loops.spawn(accept_tcp(listener, context.clone(), stopped.clone()));
+    }
+    let unix_socket = unix.map(|(listener, path)| {
+        accept_loops.spawn(accept_unix(listener, context.clone(), stopped.clone()));
+        path
+    });
+    info!(
+        listen = ?tcp_addrs,
+        unix_socket = ?unix_socket,
+        upstream = %config.upstream,
+        upstream_addr = ?config.upstream_addr.as_ref().map(|e| e.to_string()),
+        "rds-iam-sidecar ready"
+    );
+    Ok(RunningSidecar {
+        tcp_addrs,
+        unix_socket,
+        stop,
+        accept_loops,
+        context,
+    })
+}
+
+fn remove_stale_socket(path: &std::path::Path) {
+    use std::os::unix::fs::FileTypeExt;
+    if std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_socket()) {
+        let _ = std::fs::remove_file(path);
+    }
+}
+
+/// Pause after an accept error (e.g. out of file descriptors) so the loop does not spin.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+
+async fn accept_tcp(
+    listener: TcpListener,
+    context: Arc<SessionContext>,
+    mut stopped: watch::Receiver<bool>,
+) {
+    loop {
+        tokio::select! {
+            _ = async { let _ = stopped.wait_for(|s| *s).await; } => return,
+            accepted = listener.accept() => match accepted {
+                Ok((socket, peer)) => {
+                    let _ = socket.set_nodelay(true);
+                    tokio::spawn(serve_client(ClientStream::Tcp(socket), peer.to_string(), context.clone()));
+                }
+                Err(e) => {
+                    error!(error = %e, "accept failed");
+                    tokio::time::sleep(ACCEPT_BACKOFF).await;
+                }
+            },
+        }
+    }
+}
+
+async fn accept_unix(
+    listener: UnixListener,
+    context: Arc<SessionContext>,
+    mut stopped: watch::Receiver<bool>,
+) {
+    loop {
+        tokio::select! {
+            _ = async { let _ = stopped.wait_for(|s| *s).await; } => return,
+            accepted = listener.accept() => match accepted {
+                Ok((socket, _)) => {
+                    tokio::spawn(serve_client(ClientStream::Unix(socket), "unix".to_owned(), context.clone()));
+                }
+                Err(e) => {
+                    error!(error = %e, "accept failed");
+                    tokio::time::sleep(ACCEPT_BACKOFF).await;
+                }
+            },
+        }
+    }
+}

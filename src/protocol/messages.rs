@@ -1,0 +1,97 @@
+//! Messages the sidecar writes to clients itself, encoded with pgwire: the login sequence
+//! (AuthenticationOk, ParameterStatus, BackendKeyData, ReadyForQuery), NegotiateProtocolVersion
+//! and ErrorResponse.
+
+use bytes::BytesMut;
+use pgwire::messages::Message;
+use pgwire::messages::response::{ErrorResponse, ReadyForQuery, TransactionStatus};
+use pgwire::messages::startup::{
+    Authentication, BackendKeyData, NegotiateProtocolVersion, ParameterStatus, SecretKey,
+};
+
+use crate::error::PgError;
+
+fn encode(message: &impl Message, buf: &mut BytesMut) {
+    // The messages built here are small and well-formed; pgwire only fails on oversize input.
+    if let Err(error) = message.encode(buf) {
+        tracing::error!(%error, "could not encode a message for the client");
+    }
+}
+
+pub fn authentication_ok(buf: &mut BytesMut) {
+    encode(&Authentication::Ok, buf);
+}
+
+pub fn parameter_status(buf: &mut BytesMut, name: &str, value: &str) {
+    encode(
+        &ParameterStatus::new(name.to_owned(), value.to_owned()),
+        buf,
+    );
+}
+
+pub fn backend_key_data(buf: &mut BytesMut, pid: i32, secret: i32) {
+    encode(&BackendKeyData::new(pid, SecretKey::I32(secret)), buf);
+}
+
+pub fn ready_for_query_idle(buf: &mut BytesMut) {
+    encode(&ReadyForQuery::new(TransactionStatus::Idle), buf);
+}
+
+pub fn negotiate_protocol_version(buf: &mut BytesMut, newest_minor: i32, unsupported: Vec<String>) {
+    encode(
+        &NegotiateProtocolVersion::new(newest_minor, unsupported),
+        buf,
+    );
+}
+
+pub fn error_response(buf: &mut BytesMut, error: &PgError) {
+    let mut fields = vec![
+        (b'S', error.severity.as_str().to_owned()),
+        (b'V', error.severity.as_str().to_owned()),
+        (b'C', error.code.clone()),
+        (b'M', error.message.clone()),
+    ];
+    if let Some(detail) = &error.detail {
+        fields.push((b'D', detail.clone()));
+    }
+    if let Some(hint) = &error.hint {
+        fields.push((b'H', hint.clone()));
+    }
+    encode(&ErrorResponse::new(fields), buf);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::Severity;
+
+    #[test]
+    fn error_response_layout() {
+        let mut buf = BytesMut::new();
+        error_response(
+            &mut buf,
+            &PgError::new(Severity::Fatal, "08001", "no route").with_hint("check it"),
+        );
+        assert_eq!(buf[0], b'E');
+        let length = u32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]) as usize;
+        assert_eq!(length + 1, buf.len());
+        let body = String::from_utf8_lossy(&buf[5..]);
+        assert!(body.contains("SFATAL\0VFATAL\0C08001\0Mno route\0Hcheck it\0"));
+        assert_eq!(buf[buf.len() - 1], 0);
+    }
+
+    #[test]
+    fn login_sequence_bytes() {
+        let mut buf = BytesMut::new();
+        authentication_ok(&mut buf);
+        backend_key_data(&mut buf, 1, 2);
+        ready_for_query_idle(&mut buf);
+        assert_eq!(
+            &buf[..],
+            &[
+                b'R', 0, 0, 0, 8, 0, 0, 0, 0, b'K', 0, 0, 0, 12, 0, 0, 0, 1, 0, 0, 0, 2, b'Z', 0,
+                0, 0, 5, b'I'
+            ]
+        );
+    }
+}

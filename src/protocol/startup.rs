@@ -1,0 +1,177 @@
+//! The packets a client sends before the first regular message: SSLRequest, GSSENCRequest,
+//! CancelRequest and the StartupMessage (decoded with pgwire). They carry no type byte, only a
+//! length, so they are read here rather than by the frame scanner.
+
+use bytes::{BufMut, BytesMut};
+use pgwire::messages::startup::Startup;
+use pgwire::messages::{DecodeContext, Message};
+use tokio::io::{AsyncRead, AsyncReadExt};
+
+const SSL_REQUEST_CODE: u32 = 80877103;
+const GSSENC_REQUEST_CODE: u32 = 80877104;
+const CANCEL_REQUEST_CODE: u32 = 80877102;
+/// Largest startup packet accepted (PostgreSQL's own limit is 10000).
+const MAX_STARTUP_PACKET: usize = 10_000;
+
+/// One of the packets that may open a client connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum InitialPacket {
+    SslRequest,
+    GssEncRequest,
+    Cancel { pid: i32, secret: Vec<u8> },
+    Startup(StartupRequest),
+}
+
+/// A decoded StartupMessage.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StartupRequest {
+    pub major: u16,
+    pub minor: u16,
+    /// Parameters in the order pgwire decoded them (sorted by name).
+    pub parameters: Vec<(String, String)>,
+}
+
+impl StartupRequest {
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.parameters
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// Why the first packets could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    #[error("connection closed before the startup packet")]
+    Closed,
+    #[error("invalid startup packet length {0}")]
+    BadLength(usize),
+    #[error("unsupported frontend protocol {major}.{minor}: rds-iam-sidecar supports 3.0")]
+    UnsupportedProtocol { major: u16, minor: u16 },
+    #[error("invalid startup packet: {0}")]
+    Invalid(String),
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+}
+
+/// Reads one initial packet.
+pub async fn read_initial_packet<R: AsyncRead + Unpin>(
+    reader: &mut R,
+) -> Result<InitialPacket, StartupError> {
+    let mut length_bytes = [0u8; 4];
+    match reader.read_exact(&mut length_bytes).await {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+            return Err(StartupError::Closed);
+        }
+        Err(e) => return Err(e.into()),
+    }
+    let length = u32::from_be_bytes(length_bytes) as usize;
+    if !(8..=MAX_STARTUP_PACKET).contains(&length) {
+        return Err(StartupError::BadLength(length));
+    }
+    let mut packet = BytesMut::with_capacity(length);
+    packet.put_slice(&length_bytes);
+    packet.resize(length, 0);
+    reader.read_exact(&mut packet[4..]).await?;
+    let code = u32::from_be_bytes([packet[4], packet[5], packet[6], packet[7]]);
+    match code {
+        SSL_REQUEST_CODE if length == 8 => Ok(InitialPacket::SslRequest),
+        GSSENC_REQUEST_CODE if length == 8 => Ok(InitialPacket::GssEncRequest),
+        CANCEL_REQUEST_CODE if length >= 16 => Ok(InitialPacket::Cancel {
+            pid: i32::from_be_bytes([packet[8], packet[9], packet[10], packet[11]]),
+            secret: packet[12..].to_vec(),
+        }),
+        SSL_REQUEST_CODE | GSSENC_REQUEST_CODE | CANCEL_REQUEST_CODE => {
+            Err(StartupError::BadLength(length))
+        }
+        _ => {
+            let major = (code >> 16) as u16;
+            let minor = (code & 0xffff) as u16;
+            if major != 3 {
+                return Err(StartupError::UnsupportedProtocol { major, minor });
+            }
+            let startup = Startup::decode(&mut packet, &DecodeContext::default())
+                .map_err(|e| StartupError::Invalid(e.to_string()))?
+                .ok_or_else(|| StartupError::Invalid("truncated".to_owned()))?;
+            Ok(InitialPacket::Startup(StartupRequest {
+                major: startup.protocol_number_major,
+                minor: startup.protocol_number_minor,
+                parameters: startup.parameters.into_iter().collect(),
+            }))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn parse(bytes: &[u8]) -> Result<InitialPacket, StartupError> {
+        let mut reader = bytes;
+        read_initial_packet(&mut reader).await
+    }
+
+    fn startup_bytes(minor: u16, params: &[(&str, &str)]) -> Vec<u8> {
+        let mut body = vec![0, 3];
+        body.extend_from_slice(&minor.to_be_bytes());
+        for (k, v) in params {
+            body.extend_from_slice(k.as_bytes());
+            body.push(0);
+            body.extend_from_slice(v.as_bytes());
+            body.push(0);
+        }
+        body.push(0);
+        let mut out = ((body.len() + 4) as u32).to_be_bytes().to_vec();
+        out.extend(body);
+        out
+    }
+
+    #[tokio::test]
+    async fn decodes_each_kind() {
+        assert_eq!(
+            parse(&[0, 0, 0, 8, 4, 210, 22, 47]).await.expect("ssl"),
+            InitialPacket::SslRequest
+        );
+        assert_eq!(
+            parse(&[0, 0, 0, 8, 4, 210, 22, 48]).await.expect("gss"),
+            InitialPacket::GssEncRequest
+        );
+        assert_eq!(
+            parse(&[0, 0, 0, 16, 4, 210, 22, 46, 0, 0, 0, 7, 1, 2, 3, 4])
+                .await
+                .expect("cancel"),
+            InitialPacket::Cancel {
+                pid: 7,
+                secret: vec![1, 2, 3, 4]
+            }
+        );
+        let InitialPacket::Startup(startup) =
+            parse(&startup_bytes(0, &[("user", "app"), ("database", "db")]))
+                .await
+                .expect("startup")
+        else {
+            panic!("not a startup");
+        };
+        assert_eq!(startup.get("user"), Some("app"));
+        assert_eq!(startup.get("database"), Some("db"));
+    }
+
+    #[tokio::test]
+    async fn rejects_garbage() {
+        assert!(matches!(
+            parse(&[0, 0, 0, 2]).await,
+            Err(StartupError::BadLength(2))
+        ));
+        assert!(matches!(
+            parse(&[0, 1, 0, 0]).await,
+            Err(StartupError::BadLength(_))
+        ));
+        assert!(matches!(parse(&[]).await, Err(StartupError::Closed)));
+        assert!(matches!(
+            parse(&[0, 0, 0, 8, 0, 2, 0, 0]).await,
+            Err(StartupError::UnsupportedProtocol { major: 2, .. })
+        ));
+    }
+}

@@ -1,0 +1,172 @@
+//! Why an upstream connection failed, and how each failure is told to the client: SQLSTATE,
+//! a message naming what was dialled, and a hint that says what to fix.
+
+use std::time::Duration;
+
+use crate::error::{PgError, Severity, sqlstate};
+use crate::iam::credentials::CredentialsUnavailable;
+
+/// Fields of an ErrorResponse the upstream sent during login.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ServerError {
+    pub severity: String,
+    pub code: String,
+    pub message: String,
+    pub detail: Option<String>,
+    pub hint: Option<String>,
+}
+
+impl ServerError {
+    /// 28000 / 28P01: the server did not accept who we are.
+    pub fn is_auth_failure(&self) -> bool {
+        self.code.starts_with("28")
+    }
+}
+
+/// An upstream connection attempt failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    #[error("cannot resolve {target}: {source}")]
+    Resolve {
+        target: String,
+        source: std::io::Error,
+    },
+    #[error("cannot connect to {target}: {source}")]
+    Connect {
+        target: String,
+        source: std::io::Error,
+    },
+    #[error("timed out after {after:?} while {stage} {target}")]
+    Timeout {
+        stage: &'static str,
+        target: String,
+        after: Duration,
+    },
+    #[error("{target} does not offer TLS (it answered the SSLRequest with 'N')")]
+    TlsRefused { target: String },
+    #[error("TLS handshake with {target} for name '{name}' failed: {reason}")]
+    Tls {
+        target: String,
+        name: String,
+        reason: String,
+        kind: TlsFailure,
+    },
+    #[error(transparent)]
+    Credentials(#[from] CredentialsUnavailable),
+    #[error("{0}")]
+    Sign(String),
+    #[error("upstream rejected the login: {}", .0.message)]
+    AuthRejected(ServerError),
+    #[error("upstream refused the connection: {}", .0.message)]
+    Server(ServerError),
+    #[error("upstream asked for an authentication method the sidecar does not support ({0})")]
+    UnsupportedAuth(String),
+    #[error("upstream protocol error: {0}")]
+    Protocol(String),
+    #[error("upstream connection lost during login: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// The kind of TLS failure, for the hint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TlsFailure {
+    NameMismatch,
+    UnknownIssuer,
+    Expired,
+    Other,
+}
+
+/// What the hints name: the endpoint, the user, the region.
+#[derive(Debug, Clone)]
+pub struct HintContext<'a> {
+    pub endpoint: &'a str,
+    pub user: &'a str,
+    pub region: Option<&'a str>,
+    pub iam: bool,
+}
+
+impl ConnectError {
+    /// The ErrorResponse a client gets for this failure.
+    pub fn to_pg_error(&self, ctx: &HintContext<'_>) -> PgError {
+        let prefix = "rds-iam-sidecar";
+        match self {
+            Self::Resolve { .. } => PgError::fatal(sqlstate::CONNECTION_FAILURE, format!("{prefix}: {self}"))
+                .with_hint("check the --upstream host name (or --upstream-addr) and the DNS of this network (VPC DNS resolution for RDS endpoints)"),
+            Self::Connect { .. } | Self::Timeout { stage: "connecting to", .. } => PgError::fatal(
+                sqlstate::CONNECTION_FAILURE,
+                format!("{prefix}: {self}"),
+            )
+            .with_hint("is the endpoint up, and do its security group and subnet routes allow this task to reach the port? RDS Proxy listens on 5432"),
+            Self::Timeout { .. } => PgError::fatal(sqlstate::CONNECTION_FAILURE, format!("{prefix}: {self}"))
+                .with_hint("the upstream accepted TCP but did not answer in time; raise --connect-timeout or check the proxy's health"),
+            Self::TlsRefused { .. } => PgError::fatal(sqlstate::CONNECTION_FAILURE, format!("{prefix}: {self}"))
+                .with_hint("RDS and RDS Proxy always offer TLS: check that --upstream names an RDS endpoint; a plain local Postgres needs --auth password --tls-mode disable"),
+            Self::Tls { kind, name, .. } => {
+                let hint = match kind {
+                    TlsFailure::NameMismatch => format!(
+                        "the certificate does not name '{name}': put the real RDS endpoint in --upstream (use --upstream-addr for tunnels and IPs), or use --tls-mode verify-ca"
+                    ),
+                    TlsFailure::UnknownIssuer => "the certificate is not signed by a trusted CA: for RDS instance/cluster endpoints pass the RDS bundle with --ca-file global-bundle.pem (RDS Proxy certificates chain to Amazon Trust Services, trusted by default)".to_owned(),
+                    TlsFailure::Expired => "the upstream certificate is expired or not yet valid; check this machine's clock".to_owned(),
+                    TlsFailure::Other => "check --tls-mode and --ca-file".to_owned(),
+                };
+                PgError::fatal(sqlstate::CONNECTION_FAILURE, format!("{prefix}: {self}")).with_hint(hint)
+            }
+            Self::Credentials(_) => PgError::fatal(sqlstate::CONNECTION_FAILURE, format!("{prefix}: {self}"))
+                .with_hint("give the sidecar AWS credentials: an ECS task role, an instance profile, AWS_PROFILE, or AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY"),
+            Self::Sign(_) | Self::UnsupportedAuth(_) | Self::Protocol(_) | Self::Io(_) => {
+                PgError::fatal(sqlstate::CONNECTION_FAILURE, format!("{prefix}: {self}"))
+            }
+            Self::AuthRejected(server) => {
+                let mut error = PgError {
+                    severity: Severity::Fatal,
+                    code: server.code.clone(),
+                    message: server.message.clone(),
+                    detail: server.detail.clone(),
+                    hint: None,
+                };
+                error.hint = Some(if ctx.iam {
+                    format!(
+                        "IAM login as '{user}' was rejected by {endpoint}. Check: (1) the database user has the role: GRANT rds_iam TO \"{user}\"; (2) the sidecar's IAM role allows rds-db:connect on arn:aws:rds-db:{region}:ACCOUNT:dbuser:prx-RESOURCEID/{user} (cluster-RESOURCEID or db-RESOURCEID for direct endpoints); (3) --upstream is the endpoint actually dialled (tokens are signed for that host name, not a CNAME or IP); (4) IAM authentication is enabled (RDS Proxy: IAMAuth REQUIRED); (5) the clock is right. Run `rds-iam-sidecar doctor` for a step-by-step check",
+                        user = ctx.user,
+                        endpoint = ctx.endpoint,
+                        region = ctx.region.unwrap_or("REGION"),
+                    )
+                } else {
+                    format!(
+                        "password login as '{}' was rejected by {}: check --password-file / RDS_IAM_SIDECAR_PASSWORD",
+                        ctx.user, ctx.endpoint
+                    )
+                });
+                error
+            }
+            Self::Server(server) => PgError {
+                severity: Severity::Fatal,
+                code: server.code.clone(),
+                message: server.message.clone(),
+                detail: server.detail.clone(),
+                hint: server.hint.clone(),
+            },
+        }
+    }
+}
+
+/// Classifies a TLS error for the hint.
+pub fn classify_tls(error: &std::io::Error) -> TlsFailure {
+    use rustls::CertificateError as C;
+    match error
+        .get_ref()
+        .and_then(|e| e.downcast_ref::<rustls::Error>())
+    {
+        Some(rustls::Error::InvalidCertificate(cert)) => match cert {
+            C::NotValidForName | C::NotValidForNameContext { .. } => TlsFailure::NameMismatch,
+            C::UnknownIssuer => TlsFailure::UnknownIssuer,
+            C::Expired
+            | C::ExpiredContext { .. }
+            | C::NotValidYet
+            | C::NotValidYetContext { .. } => TlsFailure::Expired,
+            _ => TlsFailure::Other,
+        },
+        _ => TlsFailure::Other,
+    }
+}

@@ -1,0 +1,176 @@
+//! The upstream login exchange after TLS: StartupMessage, then whatever the server asks —
+//! cleartext (RDS / RDS Proxy with IAM: the token), md5 or SCRAM-SHA-256 (a plain Postgres in
+//! password mode) — then ParameterStatus and BackendKeyData up to the first ReadyForQuery.
+//! Built on postgres-protocol's frontend encoders and backend parser.
+
+use bytes::BytesMut;
+use fallible_iterator::FallibleIterator;
+use postgres_protocol::authentication::md5_hash;
+use postgres_protocol::authentication::sasl::{ChannelBinding, SCRAM_SHA_256, ScramSha256};
+use postgres_protocol::message::{backend, frontend};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+use super::error::{ConnectError, ServerError};
+use crate::secret::Secret;
+
+/// A login message larger than this is not a login message.
+const MAX_LOGIN_BUFFER: usize = 1 << 20;
+
+/// What the server told us during login.
+#[derive(Debug, Default)]
+pub struct LoginOutcome {
+    /// ParameterStatus values in the order the server sent them.
+    pub parameters: Vec<(String, String)>,
+    /// The server's BackendKeyData (pid, secret), for forwarding cancels.
+    pub backend_key: Option<(i32, i32)>,
+    /// Bytes read past the first ReadyForQuery (normally empty).
+    pub pending: BytesMut,
+}
+
+/// Supplies the password when the server asks for one (IAM: signs a token at that moment).
+pub trait PasswordSource {
+    fn password(&self) -> impl Future<Output = Result<Secret, ConnectError>> + Send;
+}
+
+/// Runs the login on an established (normally TLS) stream.
+pub async fn login<S, P>(
+    stream: &mut S,
+    parameters: &[(&str, &str)],
+    user: &str,
+    password: &P,
+) -> Result<LoginOutcome, ConnectError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+    P: PasswordSource + Sync,
+{
+    let mut out = BytesMut::new();
+    frontend::startup_message(parameters.iter().copied(), &mut out)?;
+    stream.write_all(&out).await?;
+
+    let mut buf = BytesMut::with_capacity(1024);
+    let mut scram: Option<ScramSha256> = None;
+    let mut outcome = LoginOutcome::default();
+    loop {
+        let message = next_message(stream, &mut buf).await?;
+        out.clear();
+        match message {
+            backend::Message::AuthenticationCleartextPassword => {
+                let secret = password.password().await?;
+                frontend::password_message(secret.expose().as_bytes(), &mut out)?;
+            }
+            backend::Message::AuthenticationMd5Password(body) => {
+                let secret = password.password().await?;
+                let hash = md5_hash(user.as_bytes(), secret.expose().as_bytes(), body.salt());
+                frontend::password_message(hash.as_bytes(), &mut out)?;
+            }
+            backend::Message::AuthenticationSasl(body) => {
+                let mut mechanisms = body.mechanisms();
+                let mut offers_scram = false;
+                while let Some(mechanism) = mechanisms.next()? {
+                    offers_scram |= mechanism == SCRAM_SHA_256;
+                }
+                if !offers_scram {
+                    return Err(ConnectError::UnsupportedAuth(
+                        "SASL without SCRAM-SHA-256".to_owned(),
+                    ));
+                }
+                let secret = password.password().await?;
+                let client =
+                    ScramSha256::new(secret.expose().as_bytes(), ChannelBinding::unsupported());
+                frontend::sasl_initial_response(SCRAM_SHA_256, client.message(), &mut out)?;
+                scram = Some(client);
+            }
+            backend::Message::AuthenticationSaslContinue(body) => {
+                let client = scram
+                    .as_mut()
+                    .ok_or_else(|| protocol("SASL continue without SASL start"))?;
+                client.update(body.data())?;
+                frontend::sasl_response(client.message(), &mut out)?;
+            }
+            backend::Message::AuthenticationSaslFinal(body) => {
+                let client = scram
+                    .as_mut()
+                    .ok_or_else(|| protocol("SASL final without SASL start"))?;
+                client.finish(body.data())?;
+            }
+            backend::Message::AuthenticationOk => {}
+            backend::Message::AuthenticationKerberosV5
+            | backend::Message::AuthenticationScmCredential
+            | backend::Message::AuthenticationGss
+            | backend::Message::AuthenticationSspi
+            | backend::Message::AuthenticationGssContinue(_) => {
+                return Err(ConnectError::UnsupportedAuth(
+                    "Kerberos/GSS/SSPI/SCM".to_owned(),
+                ));
+            }
+            backend::Message::ParameterStatus(body) => {
+                outcome
+                    .parameters
+                    .push((body.name()?.to_owned(), body.value()?.to_owned()));
+            }
+            backend::Message::BackendKeyData(body) => {
+                outcome.backend_key = Some((body.process_id(), body.secret_key()));
+            }
+            backend::Message::NoticeResponse(_) => {}
+            backend::Message::ErrorResponse(body) => {
+                let error = server_error(&body)?;
+                return Err(if error.is_auth_failure() {
+                    ConnectError::AuthRejected(error)
+                } else {
+                    ConnectError::Server(error)
+                });
+            }
+            backend::Message::ReadyForQuery(_) => {
+                outcome.pending = buf;
+                return Ok(outcome);
+            }
+            _ => return Err(protocol("unexpected message during login")),
+        }
+        if !out.is_empty() {
+            stream.write_all(&out).await?;
+        }
+    }
+}
+
+fn protocol(text: &str) -> ConnectError {
+    ConnectError::Protocol(text.to_owned())
+}
+
+async fn next_message<S: AsyncRead + Unpin>(
+    stream: &mut S,
+    buf: &mut BytesMut,
+) -> Result<backend::Message, ConnectError> {
+    loop {
+        if let Some(message) = backend::Message::parse(buf)? {
+            return Ok(message);
+        }
+        if buf.len() > MAX_LOGIN_BUFFER {
+            return Err(protocol("login message too large"));
+        }
+        if stream.read_buf(buf).await? == 0 {
+            return Err(ConnectError::Io(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "the server closed the connection",
+            )));
+        }
+    }
+}
+
+/// Decodes an ErrorResponse body into its fields.
+pub fn server_error(body: &backend::ErrorResponseBody) -> Result<ServerError, ConnectError> {
+    let mut error = ServerError::default();
+    let mut fields = body.fields();
+    while let Some(field) = fields.next()? {
+        let value = String::from_utf8_lossy(field.value_bytes()).into_owned();
+        match field.type_() {
+            b'V' => error.severity = value,
+            b'S' if error.severity.is_empty() => error.severity = value,
+            b'C' => error.code = value,
+            b'M' => error.message = value,
+            b'D' => error.detail = Some(value),
+            b'H' => error.hint = Some(value),
+            _ => {}
+        }
+    }
+    Ok(error)
+}

@@ -1,0 +1,274 @@
+//! Connections to the upstream (RDS Proxy / RDS / Aurora, or a plain Postgres in password
+//! mode): TCP connect with a deadline, SSLRequest answered by exactly one byte read from the raw
+//! socket, rustls with SNI and the configured verification, then the login ([`login`]).
+//! [`Connector`] holds everything needed to open one, so a pool can call it at will.
+
+pub mod error;
+pub mod login;
+pub mod tls;
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use bytes::BytesMut;
+use postgres_protocol::message::frontend;
+use rustls::ClientConfig;
+use rustls::pki_types::ServerName;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::time::{Instant, timeout_at};
+use tokio_rustls::TlsConnector;
+
+use crate::config::{Config, Endpoint, UpstreamAuth};
+use crate::iam::credentials::CredentialCache;
+use crate::iam::token::sign_token;
+use crate::secret::Secret;
+use crate::stream::UpstreamStream;
+use error::{ConnectError, HintContext, classify_tls};
+use login::{LoginOutcome, PasswordSource};
+
+/// The startup parameters RDS Proxy accepts; everything else a client sends is dropped.
+pub const FORWARDED_PARAMETERS: [&str; 8] = [
+    "user",
+    "database",
+    "application_name",
+    "client_encoding",
+    "DateStyle",
+    "TimeZone",
+    "extra_float_digits",
+    "options",
+];
+
+/// How the sidecar proves who it is upstream.
+pub enum Authenticator {
+    Iam {
+        credentials: Arc<CredentialCache>,
+        region: String,
+    },
+    Password(Secret),
+}
+
+/// A logged-in upstream connection.
+#[derive(Debug)]
+pub struct ServerConnection {
+    pub stream: UpstreamStream,
+    /// ParameterStatus values from login, in order.
+    pub parameters: Vec<(String, String)>,
+    /// The server's cancel key (pid, secret).
+    pub backend_key: Option<(i32, i32)>,
+    /// Bytes already read past ReadyForQuery, to hand to the client first.
+    pub pending: BytesMut,
+}
+
+/// Opens upstream connections.
+pub struct Connector {
+    upstream: Endpoint,
+    dial: Endpoint,
+    tls: Option<Arc<ClientConfig>>,
+    server_name: ServerName<'static>,
+    timeout: Duration,
+    auth: Authenticator,
+}
+
+impl Connector {
+    pub fn new(config: &Config, auth: Authenticator) -> Result<Self, String> {
+        let tls = tls::client_config(config.tls_mode, config.ca_file.as_deref())?;
+        let server_name = ServerName::try_from(config.upstream.host.clone()).map_err(|e| {
+            format!(
+                "'{}' is not a valid TLS server name: {e}",
+                config.upstream.host
+            )
+        })?;
+        Ok(Self {
+            upstream: config.upstream.clone(),
+            dial: config.dial_endpoint().clone(),
+            tls,
+            server_name,
+            timeout: config.connect_timeout,
+            auth,
+        })
+    }
+
+    pub fn upstream(&self) -> &Endpoint {
+        &self.upstream
+    }
+
+    /// What hints in error messages name.
+    pub fn hint_context<'a>(&'a self, user: &'a str) -> HintContext<'a> {
+        HintContext {
+            endpoint: &self.upstream.host,
+            user,
+            region: match &self.auth {
+                Authenticator::Iam { region, .. } => Some(region),
+                Authenticator::Password(_) => None,
+            },
+            iam: matches!(self.auth, Authenticator::Iam { .. }),
+        }
+    }
+
+    /// Opens, secures and logs in one connection as `user` with the given startup parameters
+    /// (which must include `user`), all within the connect timeout.
+    pub async fn connect(
+        &self,
+        user: &str,
+        parameters: &[(&str, &str)],
+    ) -> Result<ServerConnection, ConnectError> {
+        let deadline = Instant::now() + self.timeout;
+        let mut stream = self.open_transport(deadline).await?;
+        let password = LoginPassword {
+            connector: self,
+            user,
+        };
+        let outcome: LoginOutcome = timeout_at(
+            deadline,
+            login::login(&mut stream, parameters, user, &password),
+        )
+        .await
+        .map_err(|_| self.timeout_error("logging in to"))??;
+        Ok(ServerConnection {
+            stream,
+            parameters: outcome.parameters,
+            backend_key: outcome.backend_key,
+            pending: outcome.pending,
+        })
+    }
+
+    /// Sends a CancelRequest for the server key over a new connection (TLS if configured).
+    pub async fn cancel(&self, pid: i32, secret: i32) -> Result<(), ConnectError> {
+        let deadline = Instant::now() + self.timeout;
+        let mut stream = self.open_transport(deadline).await?;
+        let mut out = BytesMut::new();
+        frontend::cancel_request(pid, secret, &mut out);
+        let send = async {
+            stream.write_all(&out).await?;
+            stream.flush().await?;
+            // The server closes the connection once it has read the request.
+            let mut sink = [0u8; 64];
+            while stream.read(&mut sink).await? > 0 {}
+            Ok::<_, std::io::Error>(())
+        };
+        timeout_at(deadline, send)
+            .await
+            .map_err(|_| self.timeout_error("sending a cancel request to"))??;
+        Ok(())
+    }
+
+    fn timeout_error(&self, stage: &'static str) -> ConnectError {
+        ConnectError::Timeout {
+            stage,
+            target: self.dial.to_string(),
+            after: self.timeout,
+        }
+    }
+
+    /// TCP connect, SSLRequest, TLS handshake.
+    async fn open_transport(&self, deadline: Instant) -> Result<UpstreamStream, ConnectError> {
+        let target = self.dial.to_string();
+        let tcp = timeout_at(deadline, connect_tcp(&self.dial))
+            .await
+            .map_err(|_| self.timeout_error("connecting to"))??;
+        let Some(tls) = &self.tls else {
+            return Ok(UpstreamStream::Plain(tcp));
+        };
+        let negotiate = async {
+            let mut tcp = tcp;
+            let mut request = BytesMut::new();
+            frontend::ssl_request(&mut request);
+            tcp.write_all(&request).await?;
+            // Exactly one byte: nothing may be buffered before the handshake (CVE-2021-23222).
+            let mut answer = [0u8; 1];
+            tcp.read_exact(&mut answer).await?;
+            if answer[0] != b'S' {
+                return Err(ConnectError::TlsRefused {
+                    target: target.clone(),
+                });
+            }
+            TlsConnector::from(tls.clone())
+                .connect(self.server_name.clone(), tcp)
+                .await
+                .map_err(|e| ConnectError::Tls {
+                    target: target.clone(),
+                    name: self.upstream.host.clone(),
+                    kind: classify_tls(&e),
+                    reason: e.to_string(),
+                })
+        };
+        let tls_stream = timeout_at(deadline, negotiate)
+            .await
+            .map_err(|_| self.timeout_error("negotiating TLS with"))??;
+        Ok(UpstreamStream::Tls(Box::new(tls_stream)))
+    }
+}
+
+/// Resolves the dial endpoint and connects to the first address that answers.
+async fn connect_tcp(dial: &Endpoint) -> Result<TcpStream, ConnectError> {
+    let target = dial.dial_target();
+    let addresses =
+        tokio::net::lookup_host(&target)
+            .await
+            .map_err(|source| ConnectError::Resolve {
+                target: target.clone(),
+                source,
+            })?;
+    let mut last_error = None;
+    for address in addresses {
+        match TcpStream::connect(address).await {
+            Ok(stream) => {
+                stream.set_nodelay(true)?;
+                return Ok(stream);
+            }
+            Err(e) => last_error = Some(e),
+        }
+    }
+    Err(ConnectError::Connect {
+        target,
+        source: last_error
+            .unwrap_or_else(|| std::io::Error::new(std::io::ErrorKind::NotFound, "no addresses")),
+    })
+}
+
+/// The password for one login: a freshly signed IAM token, or the configured password.
+struct LoginPassword<'a> {
+    connector: &'a Connector,
+    user: &'a str,
+}
+
+impl PasswordSource for LoginPassword<'_> {
+    async fn password(&self) -> Result<Secret, ConnectError> {
+        match &self.connector.auth {
+            Authenticator::Password(secret) => Ok(secret.clone()),
+            Authenticator::Iam {
+                credentials,
+                region,
+            } => {
+                let creds = credentials.get().await?;
+                let upstream = &self.connector.upstream;
+                sign_token(
+                    &creds,
+                    &upstream.host,
+                    upstream.port,
+                    self.user,
+                    region,
+                    SystemTime::now(),
+                )
+                .map_err(|e| ConnectError::Sign(e.to_string()))
+            }
+        }
+    }
+}
+
+impl Authenticator {
+    /// The authenticator the configuration asks for; IAM credentials come from `credentials`.
+    pub fn from_config(
+        config: &Config,
+        credentials: Option<Arc<CredentialCache>>,
+    ) -> Result<Self, String> {
+        match &config.auth {
+            UpstreamAuth::Password(secret) => Ok(Self::Password(secret.clone())),
+            UpstreamAuth::Iam { region, .. } => Ok(Self::Iam {
+                credentials: credentials.ok_or("IAM mode needs a credentials source")?,
+                region: region.clone(),
+            }),
+        }
+    }
+}
