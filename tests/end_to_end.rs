@@ -1,0 +1,332 @@
+//! Through the sidecar with tokio-postgres: the PostgreSQL protocol works end to end over the
+//! emulator's IAM + TLS login to a real PostgreSQL.
+
+mod harness;
+mod support;
+
+use std::time::Duration;
+
+use harness::{connect, connect_with_notifications, stack};
+use support::unique_name;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_postgres::{NoTls, SimpleQueryMessage};
+
+#[tokio::test]
+async fn simple_and_extended_queries() {
+    let stack = stack().await;
+    let client = connect(&stack).await;
+
+    let rows = client
+        .simple_query("select 1 as one, 'two' as two")
+        .await
+        .expect("simple query");
+    let row = rows
+        .iter()
+        .find_map(|m| match m {
+            SimpleQueryMessage::Row(r) => Some(r),
+            _ => None,
+        })
+        .expect("a row");
+    assert_eq!(row.get("one"), Some("1"));
+    assert_eq!(row.get("two"), Some("two"));
+
+    let statement = client
+        .prepare("select $1::int4 + 1, $2::text || '!'")
+        .await
+        .expect("prepare");
+    for i in 0..20 {
+        let row = client
+            .query_one(&statement, &[&i, &"hi"])
+            .await
+            .expect("extended query");
+        assert_eq!(row.get::<_, i32>(0), i + 1);
+        assert_eq!(row.get::<_, String>(1), "hi!");
+    }
+    // The login went through the emulator with a verified token, as the client's user.
+    assert_eq!(stack.emulator.logins(), 1);
+    let login = stack.emulator.accepted_logins().pop().expect("a login");
+    assert_eq!(login.param("user"), Some("postgres"));
+    assert_eq!(login.access_key_id.as_deref(), Some(support::TEST_AKID));
+    assert!(login.tls);
+}
+
+#[tokio::test]
+async fn transaction_rollback_and_commit() {
+    let stack = stack().await;
+    let mut client = connect(&stack).await;
+    let table = unique_name("tx");
+    client
+        .batch_execute(&format!("create table {table} (id int)"))
+        .await
+        .expect("create");
+
+    let tx = client.transaction().await.expect("begin");
+    tx.execute(&format!("insert into {table} values (1), (2)"), &[])
+        .await
+        .expect("insert");
+    tx.rollback().await.expect("rollback");
+    let count: i64 = client
+        .query_one(&format!("select count(*) from {table}"), &[])
+        .await
+        .expect("count")
+        .get(0);
+    assert_eq!(count, 0);
+
+    let tx = client.transaction().await.expect("begin");
+    tx.execute(&format!("insert into {table} values (3)"), &[])
+        .await
+        .expect("insert");
+    tx.commit().await.expect("commit");
+    let count: i64 = client
+        .query_one(&format!("select count(*) from {table}"), &[])
+        .await
+        .expect("count")
+        .get(0);
+    assert_eq!(count, 1);
+    client
+        .batch_execute(&format!("drop table {table}"))
+        .await
+        .expect("drop");
+}
+
+#[tokio::test]
+async fn error_then_recovery_on_the_same_connection() {
+    let stack = stack().await;
+    let client = connect(&stack).await;
+    let error = client
+        .simple_query("select 1/0")
+        .await
+        .expect_err("division by zero");
+    assert_eq!(harness::db_error(&error).0, "22012");
+    let error = client
+        .query("select * from no_such_table_here", &[])
+        .await
+        .expect_err("undefined table");
+    assert_eq!(harness::db_error(&error).0, "42P01");
+    // Inside a transaction: the error aborts it, rollback recovers.
+    client.batch_execute("begin").await.expect("begin");
+    assert!(client.batch_execute("select 1/0").await.is_err());
+    let error = client
+        .batch_execute("select 1")
+        .await
+        .expect_err("aborted transaction");
+    assert_eq!(harness::db_error(&error).0, "25P02");
+    client.batch_execute("rollback").await.expect("rollback");
+    let value: i32 = client
+        .query_one("select 7", &[])
+        .await
+        .expect("recovered")
+        .get(0);
+    assert_eq!(value, 7);
+}
+
+#[tokio::test]
+async fn copy_in_and_out_of_several_megabytes() {
+    use bytes::Bytes;
+    use futures_util::{SinkExt, StreamExt};
+    use std::pin::pin;
+
+    let stack = stack().await;
+    let client = connect(&stack).await;
+    let table = unique_name("copy");
+    client
+        .batch_execute(&format!("create table {table} (id int, payload text)"))
+        .await
+        .expect("create");
+
+    let rows = 40_000;
+    let mut data = String::new();
+    for i in 0..rows {
+        data.push_str(&format!("{i}\t{}\n", "x".repeat(100 + i % 50)));
+    }
+    let data_len = data.len();
+    assert!(data_len > 4_000_000, "COPY payload should be a few MB");
+
+    let sink = client
+        .copy_in::<_, Bytes>(&format!("copy {table} from stdin"))
+        .await
+        .expect("copy in");
+    let mut sink = pin!(sink);
+    for chunk in data.as_bytes().chunks(64 * 1024) {
+        sink.send(Bytes::copy_from_slice(chunk))
+            .await
+            .expect("send");
+    }
+    let copied = sink.finish().await.expect("finish copy in");
+    assert_eq!(copied, rows as u64);
+
+    let stream = client
+        .copy_out(&format!(
+            "copy (select * from {table} order by id) to stdout"
+        ))
+        .await
+        .expect("copy out");
+    let mut stream = pin!(stream);
+    let mut received = Vec::with_capacity(data_len);
+    while let Some(chunk) = stream.next().await {
+        received.extend_from_slice(&chunk.expect("copy out chunk"));
+    }
+    assert_eq!(received.len(), data_len);
+    assert!(
+        received == data.as_bytes(),
+        "COPY OUT returns what COPY IN sent"
+    );
+    client
+        .batch_execute(&format!("drop table {table}"))
+        .await
+        .expect("drop");
+}
+
+#[tokio::test]
+async fn listen_and_notify() {
+    let stack = stack().await;
+    let (listener, mut notifications) = connect_with_notifications(&stack).await;
+    let channel = unique_name("chan");
+    listener
+        .batch_execute(&format!("listen {channel}"))
+        .await
+        .expect("listen");
+    let sender = connect(&stack).await;
+    sender
+        .batch_execute(&format!("notify {channel}, 'hello through the sidecar'"))
+        .await
+        .expect("notify");
+    let notification = tokio::time::timeout(Duration::from_secs(10), notifications.recv())
+        .await
+        .expect("notification in time")
+        .expect("a notification");
+    assert_eq!(notification.channel(), channel);
+    assert_eq!(notification.payload(), "hello through the sidecar");
+}
+
+#[tokio::test]
+async fn cancel_a_running_query() {
+    let stack = stack().await;
+    let client = connect(&stack).await;
+    let cancel = client.cancel_token();
+    let query = tokio::spawn(async move { client.simple_query("select pg_sleep(30)").await });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    cancel.cancel_query(NoTls).await.expect("send cancel");
+    let result = tokio::time::timeout(Duration::from_secs(10), query)
+        .await
+        .expect("query ends soon after the cancel")
+        .expect("join");
+    let error = result.expect_err("query was cancelled");
+    assert_eq!(harness::db_error(&error).0, "57014");
+    assert_eq!(stack.emulator.cancels(), 1);
+}
+
+#[tokio::test]
+async fn cancel_with_unknown_key_is_ignored() {
+    let stack = stack().await;
+    let client = connect(&stack).await;
+    let query = tokio::spawn(async move { client.simple_query("select pg_sleep(1)").await });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut raw = TcpStream::connect(stack.sidecar.addr())
+        .await
+        .expect("connect");
+    raw.write_all(&support::wire::cancel_request(12345, 67890))
+        .await
+        .expect("write cancel");
+    let mut rest = Vec::new();
+    raw.read_to_end(&mut rest).await.expect("sidecar closes");
+    assert!(rest.is_empty(), "a cancel gets no answer");
+    let result = query.await.expect("join");
+    assert!(result.is_ok(), "the query was not cancelled: {result:?}");
+    assert_eq!(stack.emulator.cancels(), 0);
+}
+
+#[tokio::test]
+async fn fifty_concurrent_clients() {
+    let stack = std::sync::Arc::new(stack().await);
+    let tasks: Vec<_> = (0..50)
+        .map(|i| {
+            let stack = stack.clone();
+            tokio::spawn(async move {
+                let client = connect(&stack).await;
+                let mut sum = 0i64;
+                for j in 0..10i64 {
+                    let row = client
+                        .query_one("select $1::int8 * 2", &[&(i * 100 + j)])
+                        .await
+                        .expect("query");
+                    sum += row.get::<_, i64>(0);
+                }
+                sum
+            })
+        })
+        .collect();
+    for (i, task) in tasks.into_iter().enumerate() {
+        let i = i as i64;
+        let expected: i64 = (0..10).map(|j| (i * 100 + j) * 2).sum();
+        assert_eq!(task.await.expect("join"), expected);
+    }
+    assert_eq!(stack.emulator.logins(), 50);
+}
+
+#[tokio::test]
+async fn ssl_and_gss_requests_are_declined_and_unsupported_parameters_dropped() {
+    use support::wire;
+    let stack = stack().await;
+    let mut raw = TcpStream::connect(stack.sidecar.addr())
+        .await
+        .expect("connect");
+    raw.write_all(&wire::gssenc_request()).await.expect("gss");
+    let mut answer = [0u8; 1];
+    raw.read_exact(&mut answer).await.expect("answer");
+    assert_eq!(&answer, b"N");
+    raw.write_all(&wire::ssl_request()).await.expect("ssl");
+    raw.read_exact(&mut answer).await.expect("answer");
+    assert_eq!(&answer, b"N");
+    // search_path would make RDS Proxy refuse the login: the sidecar must not forward it.
+    raw.write_all(&wire::startup_message(&[
+        ("user", "postgres"),
+        ("database", "postgres"),
+        ("application_name", "e2e-app"),
+        ("search_path", "public"),
+    ]))
+    .await
+    .expect("startup");
+    let mut tags = Vec::new();
+    loop {
+        let (tag, _body) = wire::read_message(&mut raw).await.expect("message");
+        tags.push(tag);
+        if tag == b'Z' || tag == b'E' {
+            break;
+        }
+    }
+    assert_eq!(
+        tags.first(),
+        Some(&b'R'),
+        "AuthenticationOk first: {tags:?}"
+    );
+    assert!(tags.contains(&b'S') && tags.contains(&b'K'), "{tags:?}");
+    assert_eq!(tags.last(), Some(&b'Z'));
+    let login = stack.emulator.accepted_logins().pop().expect("a login");
+    assert_eq!(login.param("application_name"), Some("e2e-app"));
+    assert_eq!(login.param("search_path"), None);
+    raw.write_all(&wire::terminate_message())
+        .await
+        .expect("terminate");
+}
+
+#[tokio::test]
+async fn garbage_instead_of_a_startup_packet_gets_a_protocol_error() {
+    let stack = stack().await;
+    let mut raw = TcpStream::connect(stack.sidecar.addr())
+        .await
+        .expect("connect");
+    raw.write_all(b"GET / HTTP/1.1\r\n\r\n")
+        .await
+        .expect("write");
+    let (tag, body) = support::wire::read_message(&mut raw)
+        .await
+        .expect("error response");
+    assert_eq!(tag, b'E');
+    let fields = support::wire::parse_error_fields(&body);
+    assert_eq!(fields.get(&'C').map(String::as_str), Some("08P01"));
+    // The sidecar still serves others.
+    let client = connect(&stack).await;
+    client.simple_query("select 1").await.expect("query");
+}

@@ -1,0 +1,143 @@
+//! The sidecar under test, wired to the RDS Proxy emulator and the shared PostgreSQL: builds a
+//! [`Stack`] (PKI + emulator + in-process sidecar) and connects tokio-postgres clients to it.
+#![allow(dead_code)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use aws_credential_types::Credentials;
+use rds_iam_sidecar::config::{Config, Endpoint, UpstreamAuth};
+use rds_iam_sidecar::iam::credentials::CredentialCache;
+use rds_iam_sidecar::iam::region::RegionSource;
+use rds_iam_sidecar::{RunningSidecar, start};
+use tokio_postgres::{AsyncMessage, Client, NoTls};
+
+use crate::support::{
+    DEFAULT_ENDPOINT_HOST, DEFAULT_REGION, Emulator, TEST_AKID, TEST_SECRET, TestPki,
+};
+
+/// A complete test deployment.
+pub struct Stack {
+    pub pki: TestPki,
+    pub emulator: Emulator,
+    pub sidecar: RunningSidecar,
+}
+
+/// Static test credentials behind the sidecar's real cache.
+pub fn credentials(akid: &str, secret: &str) -> Arc<CredentialCache> {
+    Arc::new(CredentialCache::new(Credentials::new(
+        akid, secret, None, None, "test",
+    )))
+}
+
+/// The sidecar configuration for an emulator: IAM, verify-full against the test CA.
+pub fn config_for(emulator: &Emulator, pki: &TestPki) -> Config {
+    let mut config = Config::new(
+        Endpoint {
+            host: DEFAULT_ENDPOINT_HOST.to_owned(),
+            port: 5432,
+        },
+        UpstreamAuth::Iam {
+            region: DEFAULT_REGION.to_owned(),
+            region_source: RegionSource::EndpointName,
+        },
+    );
+    config.upstream_addr = Some(Endpoint {
+        host: "127.0.0.1".to_owned(),
+        port: emulator.addr.port(),
+    });
+    config.ca_file = Some(pki.ca_file());
+    config.connect_timeout = Duration::from_secs(5);
+    config
+}
+
+/// Emulator + sidecar with the default configuration and valid credentials.
+pub async fn stack() -> Stack {
+    stack_with(|_| {}, credentials(TEST_AKID, TEST_SECRET)).await
+}
+
+/// Emulator + sidecar, with the configuration adjusted by `adjust`.
+pub async fn stack_with(
+    adjust: impl FnOnce(&mut Config),
+    credentials: Arc<CredentialCache>,
+) -> Stack {
+    let pki = TestPki::new();
+    let emulator = crate::support::emulator_for_cluster(&pki).await;
+    let mut config = config_for(&emulator, &pki);
+    adjust(&mut config);
+    let sidecar = start(config, Some(credentials))
+        .await
+        .expect("sidecar starts");
+    Stack {
+        pki,
+        emulator,
+        sidecar,
+    }
+}
+
+/// A libpq-style connection string for the sidecar.
+pub fn conn_string(stack: &Stack, user: &str, database: &str) -> String {
+    let addr = stack.sidecar.addr();
+    format!(
+        "host={} port={} user={user} dbname={database} connect_timeout=10",
+        addr.ip(),
+        addr.port()
+    )
+}
+
+/// A tokio-postgres client through the sidecar, as superuser `postgres`.
+pub async fn connect(stack: &Stack) -> Client {
+    try_connect(stack, "postgres", "postgres")
+        .await
+        .expect("connect through the sidecar")
+}
+
+/// A tokio-postgres client through the sidecar; notifications are dropped.
+pub async fn try_connect(
+    stack: &Stack,
+    user: &str,
+    database: &str,
+) -> Result<Client, tokio_postgres::Error> {
+    let (client, connection) =
+        tokio_postgres::connect(&conn_string(stack, user, database), NoTls).await?;
+    tokio::spawn(connection);
+    Ok(client)
+}
+
+/// A client whose notifications arrive on the returned channel.
+pub async fn connect_with_notifications(
+    stack: &Stack,
+) -> (
+    Client,
+    tokio::sync::mpsc::UnboundedReceiver<tokio_postgres::Notification>,
+) {
+    let (client, mut connection) =
+        tokio_postgres::connect(&conn_string(stack, "postgres", "postgres"), NoTls)
+            .await
+            .expect("connect through the sidecar");
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Some(message) = std::future::poll_fn(|cx| connection.poll_message(cx)).await {
+            match message {
+                Ok(AsyncMessage::Notification(n)) => {
+                    let _ = tx.send(n);
+                }
+                Ok(_) => {}
+                Err(_) => break,
+            }
+        }
+    });
+    (client, rx)
+}
+
+/// The SQLSTATE and message of a failed connect or query.
+pub fn db_error(error: &tokio_postgres::Error) -> (String, String, Option<String>) {
+    match error.as_db_error() {
+        Some(db) => (
+            db.code().code().to_owned(),
+            db.message().to_owned(),
+            db.hint().map(str::to_owned),
+        ),
+        None => panic!("expected a server error, got: {error:?}"),
+    }
+}

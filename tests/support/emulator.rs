@@ -1,0 +1,582 @@
+//! An RDS Proxy emulator: the upstream the sidecar talks to in tests and in the local demo.
+//!
+//! This module owns the emulated proxy's behaviour (DESIGN.md §4–§7):
+//! - answers SSLRequest with 'S' and a rustls handshake (certificate for an RDS-like host name),
+//!   or with 'N' when no certificate is configured; GSSENCRequest with 'N';
+//! - refuses a plain StartupMessage when TLS is configured ("This RDS Proxy requires TLS
+//!   connections"), and startup parameters RDS Proxy does not support (08P01 "Feature not
+//!   supported: …");
+//! - demands AuthenticationCleartextPassword and checks the password as an RDS IAM token with
+//!   the independent verifier in [`super::sigv4`] (access keys re-read on every login so tests
+//!   can rotate them), or as a fixed password in [`EmulatorAuth::Password`] mode;
+//! - answers failures like RDS Proxy (FATAL 28P01 "The IAM authentication failed for the role
+//!   …") and relays successful sessions byte for byte to a real PostgreSQL on loopback, sending
+//!   it the client's startup parameters (PostgreSQL trusts loopback);
+//! - forwards CancelRequest to PostgreSQL (sessions are relayed, so the keys are PostgreSQL's);
+//! - counts connections, logins and rejections so tests can prove pooling and retries.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::io;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio_rustls::TlsAcceptor;
+
+use super::sigv4::{Expectation, verify_token};
+use super::wire;
+
+/// Endpoint host name the emulator pretends to be by default.
+pub const DEFAULT_ENDPOINT_HOST: &str = "mydb.proxy-abc123.us-east-1.rds.amazonaws.com";
+/// Region of [`DEFAULT_ENDPOINT_HOST`].
+pub const DEFAULT_REGION: &str = "us-east-1";
+
+/// Startup parameters RDS Proxy accepts; anything else is refused with 08P01.
+pub const SUPPORTED_STARTUP_PARAMS: &[&str] = &[
+    "user",
+    "database",
+    "application_name",
+    "client_encoding",
+    "DateStyle",
+    "TimeZone",
+    "extra_float_digits",
+    "options",
+];
+
+/// How long a client may take from TCP accept to a complete login.
+const LOGIN_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// Access key id → secret access key, shared with the test so it can rotate keys.
+pub type KeyMap = Arc<Mutex<HashMap<String, String>>>;
+
+/// How the emulator checks the cleartext password.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum EmulatorAuth {
+    /// The password must be a valid RDS IAM token for the endpoint, region and user.
+    #[default]
+    Iam,
+    /// The password must equal this string (password-mode tests).
+    Password(String),
+}
+
+/// Settings for [`Emulator::start`].
+#[derive(Debug)]
+pub struct EmulatorOptions {
+    /// Host name tokens must be signed for (and the certificate should carry).
+    pub endpoint_host: String,
+    /// Port that must appear in the token (not the port the emulator listens on).
+    pub endpoint_port: u16,
+    /// Region that must appear in the token's credential scope.
+    pub region: String,
+    /// Certificate chain and key; `None` answers SSLRequest with 'N' and allows plain logins.
+    pub tls: Option<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>)>,
+    /// Port of the real PostgreSQL on 127.0.0.1 that sessions are relayed to.
+    pub backend_port: u16,
+    /// Known access keys, re-read on every login.
+    pub keys: KeyMap,
+    /// Token or fixed-password check.
+    pub auth: EmulatorAuth,
+}
+
+impl Default for EmulatorOptions {
+    fn default() -> Self {
+        EmulatorOptions {
+            endpoint_host: DEFAULT_ENDPOINT_HOST.to_owned(),
+            endpoint_port: 5432,
+            region: DEFAULT_REGION.to_owned(),
+            tls: None,
+            backend_port: 5432,
+            keys: KeyMap::default(),
+            auth: EmulatorAuth::Iam,
+        }
+    }
+}
+
+/// One accepted login, as the emulator saw it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LoginRecord {
+    /// Startup parameters in the order the client sent them.
+    pub params: Vec<(String, String)>,
+    /// Access key id of the token (`None` in password mode).
+    pub access_key_id: Option<String>,
+    /// Session token carried by the token, if any.
+    pub session_token: Option<String>,
+    /// Whether the client came over TLS.
+    pub tls: bool,
+}
+
+impl LoginRecord {
+    /// Value of a startup parameter.
+    pub fn param(&self, name: &str) -> Option<&str> {
+        self.params
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// A running emulator. Dropping it stops accepting and closes every session it relays.
+pub struct Emulator {
+    /// Where the emulator listens (127.0.0.1, ephemeral port).
+    pub addr: SocketAddr,
+    shared: Arc<Shared>,
+    accept_task: JoinHandle<()>,
+}
+
+impl std::fmt::Debug for Emulator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Emulator")
+            .field("addr", &self.addr)
+            .field("endpoint", &self.endpoint())
+            .field("connections", &self.connections())
+            .field("logins", &self.logins())
+            .field("rejected", &self.rejected())
+            .finish_non_exhaustive()
+    }
+}
+
+struct Shared {
+    endpoint_host: String,
+    endpoint_port: u16,
+    region: String,
+    tls: Option<TlsAcceptor>,
+    backend_port: u16,
+    keys: KeyMap,
+    auth: EmulatorAuth,
+    connections: AtomicU64,
+    active: AtomicU64,
+    logins: AtomicU64,
+    rejected: AtomicU64,
+    cancels: AtomicU64,
+    tls_failures: AtomicU64,
+    throttle: AtomicU64,
+    rejections: Mutex<Vec<String>>,
+    accepted: Mutex<Vec<LoginRecord>>,
+    kill: watch::Sender<u64>,
+}
+
+impl Emulator {
+    /// Binds 127.0.0.1:0 and starts accepting in a spawned task.
+    pub async fn start(opts: EmulatorOptions) -> Emulator {
+        let tls = opts.tls.map(|(certs, key)| {
+            let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+                rustls::crypto::ring::default_provider(),
+            ))
+            .with_safe_default_protocol_versions()
+            .expect("ring supports the default protocol versions")
+            .with_no_client_auth()
+            .with_single_cert(certs, key)
+            .expect("emulator certificate and key must match");
+            TlsAcceptor::from(Arc::new(config))
+        });
+        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+            .await
+            .expect("bind emulator listener on 127.0.0.1");
+        let addr = listener.local_addr().expect("emulator listener address");
+        let shared = Arc::new(Shared {
+            endpoint_host: opts.endpoint_host,
+            endpoint_port: opts.endpoint_port,
+            region: opts.region,
+            tls,
+            backend_port: opts.backend_port,
+            keys: opts.keys,
+            auth: opts.auth,
+            connections: AtomicU64::new(0),
+            active: AtomicU64::new(0),
+            logins: AtomicU64::new(0),
+            rejected: AtomicU64::new(0),
+            cancels: AtomicU64::new(0),
+            tls_failures: AtomicU64::new(0),
+            throttle: AtomicU64::new(0),
+            rejections: Mutex::new(Vec::new()),
+            accepted: Mutex::new(Vec::new()),
+            kill: watch::channel(0).0,
+        });
+        let accept_task = tokio::spawn(accept_loop(listener, Arc::clone(&shared)));
+        Emulator {
+            addr,
+            shared,
+            accept_task,
+        }
+    }
+
+    /// `HOST:PORT` tokens must be signed for.
+    pub fn endpoint(&self) -> String {
+        format!(
+            "{}:{}",
+            self.shared.endpoint_host, self.shared.endpoint_port
+        )
+    }
+
+    /// Successful logins (token/password accepted and the backend reached).
+    pub fn logins(&self) -> u64 {
+        self.shared.logins.load(Ordering::SeqCst)
+    }
+
+    /// Logins refused after the startup packet arrived: bad token or password, unsupported
+    /// startup parameter, plain-text startup on a TLS proxy, throttling.
+    pub fn rejected(&self) -> u64 {
+        self.shared.rejected.load(Ordering::SeqCst)
+    }
+
+    /// TCP connections accepted.
+    pub fn connections(&self) -> u64 {
+        self.shared.connections.load(Ordering::SeqCst)
+    }
+
+    /// TCP connections currently open.
+    pub fn active(&self) -> u64 {
+        self.shared.active.load(Ordering::SeqCst)
+    }
+
+    /// CancelRequests forwarded to the backend.
+    pub fn cancels(&self) -> u64 {
+        self.shared.cancels.load(Ordering::SeqCst)
+    }
+
+    /// TLS handshakes that failed (e.g. the client rejected the certificate).
+    pub fn tls_failures(&self) -> u64 {
+        self.shared.tls_failures.load(Ordering::SeqCst)
+    }
+
+    /// Adds (or replaces) an access key.
+    pub fn add_key(&self, access_key_id: &str, secret: &str) {
+        lock(&self.shared.keys).insert(access_key_id.to_owned(), secret.to_owned());
+    }
+
+    /// Forgets an access key; tokens signed with it are rejected from now on.
+    pub fn remove_key(&self, access_key_id: &str) {
+        lock(&self.shared.keys).remove(access_key_id);
+    }
+
+    /// The shared key map (the same `Arc` as in the options).
+    pub fn keys(&self) -> KeyMap {
+        Arc::clone(&self.shared.keys)
+    }
+
+    /// Reason for the most recent rejection, prefixed with the user (`alice: signature …`).
+    pub fn last_rejection(&self) -> Option<String> {
+        lock(&self.shared.rejections).last().cloned()
+    }
+
+    /// Reasons for all rejections so far, oldest first.
+    pub fn rejections(&self) -> Vec<String> {
+        lock(&self.shared.rejections).clone()
+    }
+
+    /// Every accepted login so far, oldest first.
+    pub fn accepted_logins(&self) -> Vec<LoginRecord> {
+        lock(&self.shared.accepted).clone()
+    }
+
+    /// Refuses the next `n` otherwise valid logins the way RDS Proxy does when IAM
+    /// authentication is throttled ("too many competing requests").
+    pub fn throttle_next_logins(&self, n: u64) {
+        self.shared.throttle.store(n, Ordering::SeqCst);
+    }
+
+    /// Abruptly closes every open connection (as a proxy restart or idle timeout would).
+    /// The listener keeps accepting new connections.
+    pub fn kill_connections(&self) {
+        self.shared.kill.send_modify(|generation| *generation += 1);
+    }
+}
+
+impl Drop for Emulator {
+    fn drop(&mut self) {
+        self.accept_task.abort();
+        self.kill_connections();
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+fn now_unix() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
+    loop {
+        match listener.accept().await {
+            Ok((tcp, _peer)) => {
+                shared.connections.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(handle_connection(Arc::clone(&shared), tcp));
+            }
+            // E.g. EMFILE under a connection storm: back off briefly and keep serving.
+            Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
+        }
+    }
+}
+
+/// Decrements the open-connection gauge however the connection ends.
+struct ActiveGuard(Arc<Shared>);
+
+impl Drop for ActiveGuard {
+    fn drop(&mut self) {
+        self.0.active.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+async fn handle_connection(shared: Arc<Shared>, tcp: TcpStream) {
+    shared.active.fetch_add(1, Ordering::SeqCst);
+    let _guard = ActiveGuard(Arc::clone(&shared));
+    let mut kill = shared.kill.subscribe();
+    let _ = tcp.set_nodelay(true);
+    tokio::select! {
+        _ = serve(&shared, tcp) => {}
+        _ = kill.changed() => {}
+    }
+}
+
+/// Negotiation on the raw socket: SSL/GSS requests, cancel, or a (plain) startup.
+async fn serve(shared: &Shared, mut tcp: TcpStream) -> io::Result<()> {
+    // At most one SSLRequest and one GSSENCRequest precede the real first packet.
+    for _ in 0..3 {
+        let (code, rest) = tokio::time::timeout(LOGIN_TIMEOUT, wire::read_startup_packet(&mut tcp))
+            .await
+            .map_err(|_| io::Error::from(io::ErrorKind::TimedOut))??;
+        match code {
+            wire::SSL_REQUEST_CODE => match &shared.tls {
+                Some(acceptor) => {
+                    tcp.write_all(b"S").await?;
+                    let tls = match acceptor.accept(tcp).await {
+                        Ok(tls) => tls,
+                        Err(e) => {
+                            shared.tls_failures.fetch_add(1, Ordering::SeqCst);
+                            return Err(e);
+                        }
+                    };
+                    return serve_after_tls(shared, tls).await;
+                }
+                None => tcp.write_all(b"N").await?,
+            },
+            wire::GSSENC_REQUEST_CODE => tcp.write_all(b"N").await?,
+            wire::CANCEL_REQUEST_CODE => return forward_cancel(shared, &rest).await,
+            wire::PROTOCOL_3_0 if shared.tls.is_some() => {
+                let user = startup_user(&rest);
+                return reject(
+                    shared,
+                    &mut tcp,
+                    &user,
+                    "08P01",
+                    "This RDS Proxy requires TLS connections",
+                    "startup without TLS",
+                )
+                .await;
+            }
+            wire::PROTOCOL_3_0 => return login(shared, tcp, &rest, false).await,
+            other => return unsupported_protocol(&mut tcp, other).await,
+        }
+    }
+    send_fatal(&mut tcp, "08P01", "too many negotiation requests").await
+}
+
+/// Inside TLS: a cancel or the startup; anything else is a protocol violation.
+async fn serve_after_tls<S: AsyncRead + AsyncWrite + Unpin>(
+    shared: &Shared,
+    mut tls: S,
+) -> io::Result<()> {
+    let (code, rest) = tokio::time::timeout(LOGIN_TIMEOUT, wire::read_startup_packet(&mut tls))
+        .await
+        .map_err(|_| io::Error::from(io::ErrorKind::TimedOut))??;
+    match code {
+        wire::CANCEL_REQUEST_CODE => forward_cancel(shared, &rest).await,
+        wire::PROTOCOL_3_0 => login(shared, tls, &rest, true).await,
+        wire::SSL_REQUEST_CODE | wire::GSSENC_REQUEST_CODE => {
+            send_fatal(
+                &mut tls,
+                "08P01",
+                "encryption request inside an encrypted session",
+            )
+            .await
+        }
+        other => unsupported_protocol(&mut tls, other).await,
+    }
+}
+
+async fn unsupported_protocol<S: AsyncWrite + Unpin>(stream: &mut S, code: u32) -> io::Result<()> {
+    let msg = format!(
+        "unsupported frontend protocol {}.{}: server supports 3.0 to 3.0",
+        code >> 16,
+        code & 0xffff
+    );
+    send_fatal(stream, "0A000", &msg).await
+}
+
+/// Startup → cleartext password → check → relay to the backend.
+async fn login<S: AsyncRead + AsyncWrite + Unpin>(
+    shared: &Shared,
+    mut client: S,
+    startup_rest: &[u8],
+    tls: bool,
+) -> io::Result<()> {
+    let Some(params) = wire::parse_startup_params(startup_rest) else {
+        return send_fatal(&mut client, "08P01", "invalid startup packet layout").await;
+    };
+    let user = params
+        .iter()
+        .find(|(k, _)| k == "user")
+        .map(|(_, v)| v.clone())
+        .unwrap_or_default();
+    if let Some((name, _)) = params
+        .iter()
+        .find(|(k, _)| !SUPPORTED_STARTUP_PARAMS.contains(&k.as_str()))
+    {
+        let msg = format!(
+            "Feature not supported: RDS Proxy currently doesn't support the option {name}."
+        );
+        let reason = format!("unsupported startup parameter {name}");
+        return reject(shared, &mut client, &user, "08P01", &msg, &reason).await;
+    }
+    if user.is_empty() {
+        let msg = "no PostgreSQL user name specified in startup packet";
+        return reject(shared, &mut client, &user, "28000", msg, msg).await;
+    }
+
+    client.write_all(&wire::authentication(3)).await?;
+    client.flush().await?;
+    let (tag, body) = tokio::time::timeout(LOGIN_TIMEOUT, wire::read_message(&mut client))
+        .await
+        .map_err(|_| io::Error::from(io::ErrorKind::TimedOut))??;
+    if tag != b'p' {
+        let msg = format!(
+            "expected password response, got message type {}",
+            tag as char
+        );
+        return reject(shared, &mut client, &user, "08P01", &msg, &msg).await;
+    }
+    let password = wire::first_cstr(&body);
+
+    let throttled = shared
+        .throttle
+        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+        .is_ok();
+    if throttled {
+        let msg = "The IAM authentication failed because of too many competing requests. \
+                   Try again later.";
+        return reject(shared, &mut client, &user, "28P01", msg, "throttled").await;
+    }
+
+    let mut record = LoginRecord {
+        params: params.clone(),
+        access_key_id: None,
+        session_token: None,
+        tls,
+    };
+    match &shared.auth {
+        EmulatorAuth::Iam => {
+            let expect = Expectation {
+                host_port: format!("{}:{}", shared.endpoint_host, shared.endpoint_port),
+                region: shared.region.clone(),
+                db_user: user.clone(),
+            };
+            let secret_for = |akid: &str| lock(&shared.keys).get(akid).cloned();
+            match verify_token(&password, &expect, secret_for, now_unix()) {
+                Ok(verified) => {
+                    record.access_key_id = Some(verified.access_key_id);
+                    record.session_token = verified.session_token;
+                }
+                Err(why) => {
+                    let msg = format!(
+                        "The IAM authentication failed for the role {user}. \
+                         Check the IAM token for this role and try again."
+                    );
+                    let reason = why.to_string();
+                    return reject(shared, &mut client, &user, "28P01", &msg, &reason).await;
+                }
+            }
+        }
+        EmulatorAuth::Password(expected) => {
+            if password != *expected {
+                let msg = format!("password authentication failed for user \"{user}\"");
+                return reject(shared, &mut client, &user, "28P01", &msg, "wrong password").await;
+            }
+        }
+    }
+
+    let mut backend = match TcpStream::connect((Ipv4Addr::LOCALHOST, shared.backend_port)).await {
+        Ok(backend) => backend,
+        Err(e) => {
+            let msg = format!("could not connect to the database: {e}");
+            return send_fatal(&mut client, "08001", &msg).await;
+        }
+    };
+    let _ = backend.set_nodelay(true);
+    let pairs: Vec<(&str, &str)> = params
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    backend.write_all(&wire::startup_message(&pairs)).await?;
+    shared.logins.fetch_add(1, Ordering::SeqCst);
+    lock(&shared.accepted).push(record);
+
+    // PostgreSQL's AuthenticationOk, ParameterStatus, BackendKeyData and ReadyForQuery flow
+    // straight through, as does everything after.
+    let _ = tokio::io::copy_bidirectional(&mut client, &mut backend).await;
+    Ok(())
+}
+
+/// Relays a CancelRequest in plain text to the backend and closes.
+async fn forward_cancel(shared: &Shared, rest: &[u8]) -> io::Result<()> {
+    if rest.len() != 8 {
+        return Ok(());
+    }
+    let mut backend = TcpStream::connect((Ipv4Addr::LOCALHOST, shared.backend_port)).await?;
+    backend
+        .write_all(&wire::startup_packet(wire::CANCEL_REQUEST_CODE, rest))
+        .await?;
+    shared.cancels.fetch_add(1, Ordering::SeqCst);
+    // PostgreSQL closes the cancel connection itself; wait for that so the cancel is processed
+    // before our client sees its connection close.
+    let mut sink = [0u8; 16];
+    let _ = tokio::time::timeout(
+        Duration::from_secs(5),
+        tokio::io::AsyncReadExt::read(&mut backend, &mut sink),
+    )
+    .await;
+    Ok(())
+}
+
+/// Records a refused login and sends the FATAL error.
+async fn reject<S: AsyncWrite + Unpin>(
+    shared: &Shared,
+    stream: &mut S,
+    user: &str,
+    code: &str,
+    msg: &str,
+    reason: &str,
+) -> io::Result<()> {
+    shared.rejected.fetch_add(1, Ordering::SeqCst);
+    lock(&shared.rejections).push(format!("{user}: {reason}"));
+    send_fatal(stream, code, msg).await
+}
+
+async fn send_fatal<S: AsyncWrite + Unpin>(
+    stream: &mut S,
+    code: &str,
+    msg: &str,
+) -> io::Result<()> {
+    stream
+        .write_all(&wire::error_response("FATAL", code, msg))
+        .await?;
+    stream.flush().await?;
+    stream.shutdown().await
+}
+
+fn startup_user(rest: &[u8]) -> String {
+    wire::parse_startup_params(rest)
+        .and_then(|p| p.into_iter().find(|(k, _)| k == "user").map(|(_, v)| v))
+        .unwrap_or_default()
+}
