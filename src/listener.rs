@@ -79,19 +79,6 @@ pub async fn start(
     config: Config,
     credentials: Option<Arc<CredentialCache>>,
 ) -> Result<RunningSidecar, StartError> {
-    let credentials = match (&config.auth, credentials) {
-        (UpstreamAuth::Iam { region, .. }, None) => Some(Arc::new(
-            CredentialCache::from_default_chain(region)
-                .await
-                .map_err(|e| StartError::Setup(e.to_string()))?,
-        )),
-        (_, given) => given,
-    };
-    let authenticator =
-        Authenticator::from_config(&config, credentials).map_err(StartError::Setup)?;
-    let connector = Connector::new(&config, authenticator).map_err(StartError::Setup)?;
-    let context = Arc::new(SessionContext::new(connector, config.db_user.clone()));
-
     let mut tcp_listeners = Vec::new();
     for addr in &config.listen {
         let listener = TcpListener::bind(addr)
@@ -119,6 +106,19 @@ pub async fn start(
         })?;
         unix = Some((listener, path));
     }
+
+    let credentials = match (&config.auth, credentials) {
+        (UpstreamAuth::Iam { region, .. }, None) => Some(Arc::new(
+            CredentialCache::from_default_chain(region)
+                .await
+                .map_err(|e| StartError::Setup(e.to_string()))?,
+        )),
+        (_, given) => given,
+    };
+    let authenticator =
+        Authenticator::from_config(&config, credentials).map_err(StartError::Setup)?;
+    let connector = Connector::new(&config, authenticator).map_err(StartError::Setup)?;
+    let context = Arc::new(SessionContext::new(connector, config.db_user.clone()));
 
     let (stop, stopped) = watch::channel(false);
     let mut accept_loops = JoinSet::new();

@@ -10,6 +10,7 @@ pub mod tls;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use aws_credential_types::Credentials;
 use bytes::BytesMut;
 use postgres_protocol::message::frontend;
 use rustls::ClientConfig;
@@ -114,9 +115,19 @@ impl Connector {
         parameters: &[(&str, &str)],
     ) -> Result<ServerConnection, ConnectError> {
         let deadline = Instant::now() + self.timeout;
+        // Credentials first: without them there is no point in dialling.
+        let credentials = match &self.auth {
+            Authenticator::Iam { credentials, .. } => Some(
+                timeout_at(deadline, credentials.get())
+                    .await
+                    .map_err(|_| self.timeout_error("fetching AWS credentials for"))??,
+            ),
+            Authenticator::Password(_) => None,
+        };
         let mut stream = self.open_transport(deadline).await?;
         let password = LoginPassword {
             connector: self,
+            credentials,
             user,
         };
         let outcome: LoginOutcome = timeout_at(
@@ -230,6 +241,7 @@ async fn connect_tcp(dial: &Endpoint) -> Result<TcpStream, ConnectError> {
 /// The password for one login: a freshly signed IAM token, or the configured password.
 struct LoginPassword<'a> {
     connector: &'a Connector,
+    credentials: Option<Credentials>,
     user: &'a str,
 }
 
@@ -237,14 +249,14 @@ impl PasswordSource for LoginPassword<'_> {
     async fn password(&self) -> Result<Secret, ConnectError> {
         match &self.connector.auth {
             Authenticator::Password(secret) => Ok(secret.clone()),
-            Authenticator::Iam {
-                credentials,
-                region,
-            } => {
-                let creds = credentials.get().await?;
+            Authenticator::Iam { region, .. } => {
+                let creds = self
+                    .credentials
+                    .as_ref()
+                    .ok_or_else(|| ConnectError::Sign("no credentials fetched".to_owned()))?;
                 let upstream = &self.connector.upstream;
                 sign_token(
-                    &creds,
+                    creds,
                     &upstream.host,
                     upstream.port,
                     self.user,

@@ -1,0 +1,416 @@
+//! The `rds-iam-sidecar` binary as users run it: configuration errors (exit 2, one line naming
+//! the flag), the `token` subcommand, the real AWS credentials chain against a loopback ECS
+//! credentials endpoint that rotates keys, and logs that never contain a secret.
+
+mod harness;
+mod support;
+
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use support::sigv4::{Expectation, format_amz_date, verify_token};
+use support::{DEFAULT_ENDPOINT_HOST, TEST_AKID, TEST_SECRET, TestPki, unix_now};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const BIN: &str = env!("CARGO_BIN_EXE_rds-iam-sidecar");
+
+/// The binary with a clean environment: no AWS settings, an empty HOME, no IMDS.
+fn sidecar_command(home: &Path) -> Command {
+    let mut command = Command::new(BIN);
+    command
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("HOME", home)
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .env("AWS_CONFIG_FILE", "/dev/null")
+        .env("AWS_SHARED_CREDENTIALS_FILE", "/dev/null")
+        .stdin(Stdio::null());
+    command
+}
+
+fn run(home: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
+    sidecar_command(home)
+        .args(args)
+        .envs(env.iter().copied())
+        .output()
+        .expect("run the binary")
+}
+
+#[test]
+fn configuration_errors_exit_2_with_one_line_naming_the_setting() {
+    let home = tempfile::tempdir().expect("tempdir");
+    let proxy = "mydb.proxy-abc123.us-east-1.rds.amazonaws.com:5432";
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let busy_addr = busy.local_addr().expect("addr").to_string();
+    type Case<'a> = (Vec<&'a str>, Vec<(&'a str, &'a str)>, &'a str);
+    let cases: Vec<Case> = vec![
+        (vec![], vec![], "--upstream (RDS_IAM_SIDECAR_UPSTREAM)"),
+        (
+            vec!["--upstream", "10.0.0.5:5432"],
+            vec![],
+            "--region (RDS_IAM_SIDECAR_REGION)",
+        ),
+        (
+            vec!["--upstream", proxy, "--tls-mode", "disable"],
+            vec![],
+            "--tls-mode (RDS_IAM_SIDECAR_TLS_MODE)",
+        ),
+        (
+            vec!["--upstream", proxy, "--ca-file", "/nonexistent/ca.pem"],
+            vec![],
+            "--ca-file (RDS_IAM_SIDECAR_CA_FILE)",
+        ),
+        (
+            vec!["--upstream", proxy, "--listen", "localhost"],
+            vec![],
+            "--listen (RDS_IAM_SIDECAR_LISTEN)",
+        ),
+        (
+            vec!["--upstream", proxy, "--connect-timeout", "5 parsecs"],
+            vec![],
+            "--connect-timeout",
+        ),
+        (
+            vec!["--upstream", proxy, "--auth", "password"],
+            vec![],
+            "--password-file",
+        ),
+        (
+            vec!["--upstream", proxy, "--config", "/nonexistent.toml"],
+            vec![],
+            "--config",
+        ),
+        (
+            vec![],
+            vec![("RDS_IAM_SIDECAR_UPSTREAM", "db:notaport")],
+            "--upstream (RDS_IAM_SIDECAR_UPSTREAM)",
+        ),
+        (
+            vec!["--upstream", proxy, "--listen", &busy_addr],
+            vec![],
+            "cannot listen on",
+        ),
+    ];
+    for (args, env, expected) in cases {
+        let output = run(home.path(), &args, &env);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{args:?} {env:?}: {stderr}");
+        assert!(
+            stderr.contains(expected),
+            "{args:?}: expected '{expected}' in: {stderr}"
+        );
+        assert_eq!(stderr.trim().lines().count(), 1, "one line: {stderr}");
+    }
+    // Unknown flags and bad enum values are clap's errors: also exit 2.
+    for args in [vec!["--no-such-flag"], vec!["--tls-mode", "sometimes"]] {
+        let output = run(home.path(), &args, &[]);
+        assert_eq!(output.status.code(), Some(2), "{args:?}");
+    }
+}
+
+#[test]
+fn token_subcommand_prints_a_verifiable_token() {
+    let home = tempfile::tempdir().expect("tempdir");
+    let session_token = "IQoJb3JpZ2luX2VjEA8aCXVzLWVhc3QtMSJH/session+token=";
+    let output = run(
+        home.path(),
+        &[
+            "token",
+            "--host",
+            DEFAULT_ENDPOINT_HOST,
+            "--port",
+            "5432",
+            "--user",
+            "app_user",
+        ],
+        &[
+            ("AWS_ACCESS_KEY_ID", TEST_AKID),
+            ("AWS_SECRET_ACCESS_KEY", TEST_SECRET),
+            ("AWS_SESSION_TOKEN", session_token),
+        ],
+    );
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    let token = String::from_utf8_lossy(&output.stdout).trim().to_owned();
+    let verified = verify_token(
+        &token,
+        &Expectation {
+            host_port: format!("{DEFAULT_ENDPOINT_HOST}:5432"),
+            region: "us-east-1".to_owned(),
+            db_user: "app_user".to_owned(),
+        },
+        |akid| (akid == TEST_AKID).then(|| TEST_SECRET.to_owned()),
+        unix_now(),
+    )
+    .expect("the token verifies");
+    assert_eq!(verified.session_token.as_deref(), Some(session_token));
+
+    // No credentials anywhere: a clear error naming the sources, exit 1.
+    let output = run(
+        home.path(),
+        &[
+            "token",
+            "--host",
+            DEFAULT_ENDPOINT_HOST,
+            "--user",
+            "app_user",
+        ],
+        &[],
+    );
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("no AWS credentials"), "{stderr}");
+    assert!(stderr.contains("ECS container credentials"), "{stderr}");
+}
+
+/// A loopback ECS container credentials endpoint whose keys the test can rotate.
+struct EcsEndpoint {
+    port: u16,
+    current: Arc<Mutex<(String, String, String)>>,
+    requests: Arc<AtomicU64>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+const ECS_AUTH: &str = "ecs-auth-token-for-tests";
+
+impl EcsEndpoint {
+    async fn start(akid: &str, secret: &str, session: &str) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let current = Arc::new(Mutex::new((
+            akid.to_owned(),
+            secret.to_owned(),
+            session.to_owned(),
+        )));
+        let requests = Arc::new(AtomicU64::new(0));
+        let (c, r) = (current.clone(), requests.clone());
+        let task = tokio::spawn(async move {
+            while let Ok((mut socket, _)) = listener.accept().await {
+                let (c, r) = (c.clone(), r.clone());
+                tokio::spawn(async move {
+                    let mut request = Vec::new();
+                    let mut buf = [0u8; 1024];
+                    while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match socket.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => request.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    r.fetch_add(1, Ordering::SeqCst);
+                    let text = String::from_utf8_lossy(&request).to_lowercase();
+                    let authorized =
+                        text.contains(&format!("authorization: {}", ECS_AUTH.to_lowercase()));
+                    let (status, body) = if authorized {
+                        let (akid, secret, session) =
+                            c.lock().map(|g| g.clone()).unwrap_or_default();
+                        // Expiring inside the refresh-ahead window: every new upstream
+                        // connection re-reads the endpoint, so rotation shows at once.
+                        let expiry = format_amz_date(unix_now() + 240);
+                        let expiration = format!(
+                            "{}-{}-{}T{}:{}:{}Z",
+                            &expiry[0..4],
+                            &expiry[4..6],
+                            &expiry[6..8],
+                            &expiry[9..11],
+                            &expiry[11..13],
+                            &expiry[13..15]
+                        );
+                        (
+                            "200 OK",
+                            format!(
+                                "{{\"AccessKeyId\":\"{akid}\",\"SecretAccessKey\":\"{secret}\",\"Token\":\"{session}\",\"Expiration\":\"{expiration}\"}}"
+                            ),
+                        )
+                    } else {
+                        ("401 Unauthorized", "{}".to_owned())
+                    };
+                    let response = format!(
+                        "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                        body.len()
+                    );
+                    let _ = socket.write_all(response.as_bytes()).await;
+                    let _ = socket.shutdown().await;
+                });
+            }
+        });
+        Self {
+            port,
+            current,
+            requests,
+            task,
+        }
+    }
+
+    fn rotate(&self, akid: &str, secret: &str, session: &str) {
+        if let Ok(mut guard) = self.current.lock() {
+            *guard = (akid.to_owned(), secret.to_owned(), session.to_owned());
+        }
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+async fn wait_for_port(port: u16, child: &mut Child) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        if tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_ok()
+        {
+            return;
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("sidecar exited early: {status}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("sidecar did not listen on {port}");
+}
+
+async fn query_through(port: u16, user: &str) -> Result<i64, tokio_postgres::Error> {
+    let (client, connection) = tokio_postgres::connect(
+        &format!("host=127.0.0.1 port={port} user={user} dbname=postgres"),
+        tokio_postgres::NoTls,
+    )
+    .await?;
+    tokio::spawn(connection);
+    let row = client.query_one("select 40 + 2::int8", &[]).await?;
+    Ok(row.get(0))
+}
+
+#[tokio::test]
+async fn ecs_credentials_rotate_and_logs_hold_no_secret() {
+    let pki = TestPki::new();
+    let emulator = support::emulator_for_cluster(&pki).await;
+    let key_a = (
+        "ASIAROTATEKEYAAAA001",
+        "secretA/with+chars",
+        "sessionTokenA/xyz=",
+    );
+    let key_b = (
+        "ASIAROTATEKEYBBBB002",
+        "secretB/with+chars",
+        "sessionTokenB/xyz=",
+    );
+    emulator.remove_key(TEST_AKID);
+    emulator.add_key(key_a.0, key_a.1);
+    let ecs = EcsEndpoint::start(key_a.0, key_a.1, key_a.2).await;
+
+    let home = tempfile::tempdir().expect("tempdir");
+    let log_path = home.path().join("sidecar.log");
+    let log_file = std::fs::File::create(&log_path).expect("log file");
+    let port = free_port();
+    let mut child = sidecar_command(home.path())
+        .args([
+            "--upstream",
+            &format!("{DEFAULT_ENDPOINT_HOST}:5432"),
+            "--upstream-addr",
+            &emulator.addr.to_string(),
+            "--ca-file",
+            pki.ca_file().to_str().expect("utf-8 path"),
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--log-level",
+            "trace",
+            "--log-format",
+            "json",
+        ])
+        .env(
+            "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+            format!("http://127.0.0.1:{}/v2/credentials", ecs.port),
+        )
+        .env("AWS_CONTAINER_AUTHORIZATION_TOKEN", ECS_AUTH)
+        .stdout(Stdio::null())
+        .stderr(Stdio::from(log_file))
+        .spawn()
+        .expect("spawn sidecar");
+    wait_for_port(port, &mut child).await;
+
+    assert_eq!(
+        query_through(port, "postgres")
+            .await
+            .expect("query with key A"),
+        42
+    );
+    // Rotate: the endpoint hands out key B and the proxy forgets key A.
+    ecs.rotate(key_b.0, key_b.1, key_b.2);
+    emulator.add_key(key_b.0, key_b.1);
+    emulator.remove_key(key_a.0);
+    assert_eq!(
+        query_through(port, "postgres")
+            .await
+            .expect("query with key B"),
+        42
+    );
+    // A failing login, so the failure path is in the log too.
+    {
+        let mut keys = emulator.keys();
+        keys.lock().map(|mut k| k.clear()).ok();
+        let _ = &mut keys;
+    }
+    assert!(query_through(port, "postgres").await.is_err());
+
+    let logins: Vec<_> = emulator
+        .accepted_logins()
+        .into_iter()
+        .map(|l| (l.access_key_id, l.session_token))
+        .collect();
+    assert_eq!(
+        logins,
+        vec![
+            (Some(key_a.0.to_owned()), Some(key_a.2.to_owned())),
+            (Some(key_b.0.to_owned()), Some(key_b.2.to_owned())),
+        ]
+    );
+    assert!(ecs.requests.load(Ordering::SeqCst) >= 2);
+
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("send SIGTERM");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "sidecar did not exit on SIGTERM");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(status.success(), "exit status {status}");
+    ecs.task.abort();
+
+    let log = std::fs::read_to_string(&log_path).expect("read log");
+    assert!(
+        log.contains("client connected"),
+        "log has the session lines:\n{log}"
+    );
+    assert!(
+        log.contains("upstream login failed"),
+        "log has the failure:\n{log}"
+    );
+    for line in log.lines() {
+        assert!(line.starts_with('{'), "json log lines only: {line}");
+    }
+    for secret in [
+        key_a.1,
+        key_a.2,
+        key_b.1,
+        key_b.2,
+        ECS_AUTH,
+        "X-Amz-Signature",
+        "X-Amz-Credential",
+        "Action=connect",
+    ] {
+        assert!(!log.contains(secret), "the log contains '{secret}':\n{log}");
+    }
+}
