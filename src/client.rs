@@ -19,6 +19,9 @@ use crate::protocol::startup::{InitialPacket, StartupError, StartupRequest, read
 use crate::stream::ClientStream;
 use crate::upstream::{Connector, FORWARDED_PARAMETERS};
 
+/// Protocol 3.0 as a version number: what NegotiateProtocolVersion offers.
+const PROTOCOL_3_0: i32 = 3 << 16;
+
 /// How long a client may take to send its startup packet.
 const STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -185,7 +188,12 @@ async fn session(mut stream: ClientStream, startup: StartupRequest, context: Arc
     );
     let mut greeting = BytesMut::with_capacity(512);
     if startup.minor > 0 || !unsupported_protocol_options.is_empty() {
-        messages::negotiate_protocol_version(&mut greeting, 0, unsupported_protocol_options);
+        // Like PostgreSQL, the full newest version number (3.0), not just its minor part.
+        messages::negotiate_protocol_version(
+            &mut greeting,
+            PROTOCOL_3_0,
+            unsupported_protocol_options,
+        );
     }
     messages::authentication_ok(&mut greeting);
     for (name, value) in &server.parameters {

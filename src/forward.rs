@@ -109,6 +109,10 @@ where
         let n = match reader.read(&mut buffer).await {
             Ok(0) => return CopyEnd::ReaderClosed,
             Ok(n) => n,
+            // A TLS peer that closes without close_notify: a close, not a failure.
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+                return CopyEnd::ReaderClosed;
+            }
             Err(_) => return CopyEnd::ReaderFailed,
         };
         let chunk = &buffer[..n];

@@ -330,3 +330,92 @@ async fn garbage_instead_of_a_startup_packet_gets_a_protocol_error() {
     let client = connect(&stack).await;
     client.simple_query("select 1").await.expect("query");
 }
+
+#[tokio::test]
+async fn protocol_3_2_is_negotiated_down_to_3_0() {
+    use support::wire;
+    let stack = stack().await;
+    let mut raw = TcpStream::connect(stack.sidecar.addr())
+        .await
+        .expect("connect");
+    let mut rest = Vec::new();
+    for (k, v) in [
+        ("user", "postgres"),
+        ("database", "postgres"),
+        ("_pq_.future", "1"),
+    ] {
+        rest.extend_from_slice(k.as_bytes());
+        rest.push(0);
+        rest.extend_from_slice(v.as_bytes());
+        rest.push(0);
+    }
+    rest.push(0);
+    raw.write_all(&wire::startup_packet(0x0003_0002, &rest))
+        .await
+        .expect("startup 3.2");
+    let (tag, body) = wire::read_message(&mut raw).await.expect("first message");
+    assert_eq!(tag, b'v', "NegotiateProtocolVersion first");
+    // PostgreSQL sends the full version number (3.0 = 196608) here, and libpq 18 expects it.
+    assert_eq!(&body[..4], &196_608i32.to_be_bytes(), "newest version 3.0");
+    assert_eq!(&body[4..8], &1i32.to_be_bytes(), "one unsupported option");
+    assert_eq!(wire::first_cstr(&body[8..]), "_pq_.future");
+    let (tag, _) = wire::read_message(&mut raw).await.expect("auth");
+    assert_eq!(tag, b'R');
+    raw.write_all(&wire::terminate_message())
+        .await
+        .expect("terminate");
+}
+
+#[tokio::test]
+async fn pipelined_queries_on_one_connection() {
+    let stack = stack().await;
+    let client = connect(&stack).await;
+    let statement = client
+        .prepare("select $1::int4 * 3")
+        .await
+        .expect("prepare");
+    // tokio-postgres pipelines requests issued concurrently on one connection.
+    let queries = (0..200).map(|i| {
+        let client = &client;
+        let statement = &statement;
+        async move {
+            client
+                .query_one(statement, &[&i])
+                .await
+                .map(|r| r.get::<_, i32>(0))
+        }
+    });
+    let results = futures_util::future::join_all(queries).await;
+    for (i, result) in results.into_iter().enumerate() {
+        assert_eq!(result.expect("pipelined query"), i as i32 * 3);
+    }
+}
+
+#[tokio::test]
+async fn every_listen_address_serves() {
+    let stack = harness::stack_with(
+        |c| {
+            c.listen = vec![
+                "127.0.0.1:0".parse().expect("addr"),
+                "127.0.0.1:0".parse().expect("addr"),
+            ]
+        },
+        harness::credentials(support::TEST_AKID, support::TEST_SECRET),
+    )
+    .await;
+    assert_eq!(stack.sidecar.tcp_addrs.len(), 2);
+    for addr in &stack.sidecar.tcp_addrs {
+        let (client, connection) = tokio_postgres::connect(
+            &format!(
+                "host=127.0.0.1 port={} user=postgres dbname=postgres",
+                addr.port()
+            ),
+            NoTls,
+        )
+        .await
+        .expect("connect");
+        tokio::spawn(connection);
+        client.simple_query("select 1").await.expect("query");
+    }
+    assert_eq!(stack.emulator.logins(), 2);
+}

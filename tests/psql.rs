@@ -137,6 +137,42 @@ async fn psql_copy_both_ways() {
 }
 
 #[tokio::test]
+async fn psql_large_objects_use_the_function_call_protocol() {
+    if !tool_available("psql") {
+        eprintln!(
+            "SKIPPED psql_large_objects_use_the_function_call_protocol: psql is not installed"
+        );
+        return;
+    }
+    let stack = stack().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let blob = dir.path().join("blob.bin");
+    let exported = dir.path().join("blob.out");
+    let content: Vec<u8> = (0..300_000u32).map(|i| (i * 7 % 251) as u8).collect();
+    std::fs::write(&blob, &content).expect("write blob");
+    // psql's \lo_import / \lo_export call libpq's lo_* functions: FunctionCall ('F') messages.
+    let script = format!(
+        "begin;\n\\lo_import '{}'\n\\set oid :LASTOID\n\\lo_export :oid '{}'\n\
+         select 'len=' || length(lo_get(:oid));\nselect lo_unlink(:oid);\ncommit;\n",
+        blob.display(),
+        exported.display()
+    );
+    let output = psql_async(
+        &stack,
+        vec!["-v".into(), "ON_ERROR_STOP=1".into()],
+        Some(script),
+    )
+    .await;
+    assert!(output.status.success(), "{output:?}");
+    assert!(
+        stdout(&output).contains("len=300000"),
+        "{}",
+        stdout(&output)
+    );
+    assert!(std::fs::read(&exported).expect("exported") == content);
+}
+
+#[tokio::test]
 async fn psql_over_the_unix_socket() {
     if !tool_available("psql") {
         eprintln!("SKIPPED psql_over_the_unix_socket: psql is not installed");

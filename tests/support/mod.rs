@@ -33,9 +33,14 @@ pub async fn emulator_for_cluster(pki: &TestPki) -> Emulator {
     let cluster = tokio::task::spawn_blocking(shared_cluster)
         .await
         .expect("start the shared PostgreSQL cluster");
+    emulator_for_cluster_at(pki, cluster.port).await
+}
+
+/// [`emulator_for_cluster`] in front of the PostgreSQL listening on `backend_port`.
+pub async fn emulator_for_cluster_at(pki: &TestPki, backend_port: u16) -> Emulator {
     Emulator::start(EmulatorOptions {
         tls: Some(pki.server_cert(&[DEFAULT_ENDPOINT_HOST])),
-        backend_port: cluster.port,
+        backend_port,
         keys: Arc::new(Mutex::new(HashMap::from([(
             TEST_AKID.to_owned(),
             TEST_SECRET.to_owned(),

@@ -342,16 +342,20 @@ fn pg_command(as_postgres: bool, program: &Path, cwd: &Path) -> Command {
 
 fn find_binary(name: &str) -> PathBuf {
     find_binary_opt(name).unwrap_or_else(|| {
-        panic!("`{name}` not found on PATH or in /usr/lib/postgresql/*/bin (PostgreSQL 15 needed)")
+        panic!("`{name}` not found on PATH or in /usr/lib/postgresql/*/bin (install Debian's postgresql)")
     })
 }
 
-/// Looks on PATH first, then in Debian's versioned directory. Absolute paths matter because
-/// `runuser` may reset PATH.
+/// Looks on PATH first, then in Debian's versioned directories (newest first). Absolute paths
+/// matter because `runuser` may reset PATH.
 fn find_binary_opt(name: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH").unwrap_or_default();
+    let mut debian: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+        .map(|entries| entries.flatten().map(|e| e.path().join("bin")).collect())
+        .unwrap_or_default();
+    debian.sort_by(|a, b| b.cmp(a));
     std::env::split_paths(&path)
-        .chain(std::iter::once(PathBuf::from("/usr/lib/postgresql/15/bin")))
+        .chain(debian)
         .map(|dir| dir.join(name))
         .find(|p| p.is_file())
 }
