@@ -166,7 +166,7 @@ async fn session(mut stream: ClientStream, startup: StartupRequest, context: Arc
         }
     }
     if !dropped.is_empty() {
-        info!(parameters = ?dropped, "startup parameters not forwarded (RDS Proxy rejects them)");
+        warn!(parameters = ?dropped, "startup parameters not forwarded (RDS Proxy rejects them)");
     }
 
     let started = Instant::now();
@@ -196,6 +196,19 @@ async fn session(mut stream: ClientStream, startup: StartupRequest, context: Arc
         );
     }
     messages::authentication_ok(&mut greeting);
+    if !dropped.is_empty() {
+        messages::warning(
+            &mut greeting,
+            "01000",
+            &format!(
+                "rds-iam-sidecar did not apply the startup parameters {}: RDS Proxy refuses \
+                 connections that set them",
+                dropped.join(", ")
+            ),
+            "set them after connecting with SET, or for the role or database with \
+             ALTER ROLE ... SET / ALTER DATABASE ... SET",
+        );
+    }
     for (name, value) in &server.parameters {
         messages::parameter_status(&mut greeting, name, value);
     }

@@ -266,7 +266,20 @@ impl Config {
             .tls_mode
             .or(file.tls_mode)
             .unwrap_or(TlsMode::VerifyFull);
-        let password_file = args.password_file.or(file.password_file);
+        if tls_mode == TlsMode::VerifyCa && ca_file.is_none() {
+            return Err(ConfigError::new(
+                "--tls-mode",
+                crate::upstream::tls::VERIFY_CA_NEEDS_CA_FILE,
+            ));
+        }
+        // Flag or its variable > RDS_IAM_SIDECAR_PASSWORD > the file's password-file.
+        let password_file = args.password_file.or_else(|| {
+            if env(PASSWORD_ENV).is_some() {
+                None
+            } else {
+                file.password_file
+            }
+        });
         let auth = match auth_mode {
             AuthMode::Iam => {
                 if tls_mode == TlsMode::Disable {
@@ -432,6 +445,37 @@ mod tests {
             err.setting
                 .starts_with("--tls-mode (RDS_IAM_SIDECAR_TLS_MODE)")
         );
+    }
+
+    #[test]
+    fn verify_ca_needs_its_own_roots() {
+        let mut a = args("mydb.proxy-abc123.eu-west-2.rds.amazonaws.com:5432");
+        a.tls_mode = Some(TlsMode::VerifyCa);
+        let err = Config::from_args(a, &no_env).expect_err("must fail");
+        assert!(err.message.contains("--ca-file"), "{err}");
+    }
+
+    #[test]
+    fn password_variable_beats_the_files_password_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("sidecar.toml");
+        std::fs::write(
+            &path,
+            "upstream = \"localhost:5432\"\nauth = \"password\"\ntls-mode = \"disable\"\n\
+             password-file = \"/nonexistent/password\"\n",
+        )
+        .expect("write");
+        let a = RunArgs {
+            config: Some(path),
+            ..RunArgs::default()
+        };
+        assert!(
+            Config::from_args(a.clone(), &no_env).is_err(),
+            "file's password-file used"
+        );
+        let env = |name: &str| (name == PASSWORD_ENV).then(|| "from-env".to_owned());
+        let config = Config::from_args(a, &env).expect("valid");
+        assert!(matches!(config.auth, UpstreamAuth::Password(ref p) if p.expose() == "from-env"));
     }
 
     #[test]

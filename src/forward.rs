@@ -10,6 +10,9 @@ use crate::protocol::framing::{FrameScanner, TransactionStatus};
 /// Size of each direction's copy buffer.
 pub const BUFFER_SIZE: usize = 32 * 1024;
 
+/// How long closing the upstream side may take.
+const CLOSE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// How a forwarding session ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Ending {
@@ -55,6 +58,18 @@ where
     let mut last_status = None;
 
     if !pending.is_empty() {
+        match scanner.scan(pending) {
+            Ok(Some(ready)) => last_status = Some(ready.status),
+            Ok(None) => {}
+            Err(_) => {
+                return Summary {
+                    ending: Ending::ServerError,
+                    bytes_to_server: 0,
+                    bytes_to_client: 0,
+                    last_status,
+                };
+            }
+        }
         if client_write.write_all(pending).await.is_err() || client_write.flush().await.is_err() {
             return Summary {
                 ending: Ending::ClientError,
@@ -85,7 +100,8 @@ where
             CopyEnd::WriterFailed => Ending::ClientError,
         },
     };
-    let _ = server_write.shutdown().await;
+    // Polite close (TLS close_notify), but never wait on a server that stopped reading.
+    let _ = tokio::time::timeout(CLOSE_TIMEOUT, server_write.shutdown()).await;
     Summary {
         ending,
         bytes_to_server: to_server,

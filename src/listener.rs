@@ -10,8 +10,9 @@ use std::time::Duration;
 use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
+use crate::cli::TlsMode;
 use crate::client::{SessionContext, serve_client};
 use crate::config::{Config, UpstreamAuth};
 use crate::iam::credentials::CredentialCache;
@@ -99,7 +100,7 @@ pub async fn start(
     if let Some(dir) = &config.unix_socket {
         let port = tcp_addrs.first().map_or(5432, |a| a.port());
         let path = dir.join(format!(".s.PGSQL.{port}"));
-        remove_stale_socket(&path);
+        remove_stale_socket(&path)?;
         let listener = UnixListener::bind(&path).map_err(|source| StartError::Bind {
             addr: path.display().to_string(),
             source,
@@ -129,11 +130,21 @@ pub async fn start(
         accept_loops.spawn(accept_unix(listener, context.clone(), stopped.clone()));
         path
     });
+    warn_about_exposure(&config, &tcp_addrs);
     info!(
         listen = ?tcp_addrs,
         unix_socket = ?unix_socket,
         upstream = %config.upstream,
         upstream_addr = ?config.upstream_addr.as_ref().map(|e| e.to_string()),
+        auth = match &config.auth {
+            UpstreamAuth::Iam { .. } => "iam",
+            UpstreamAuth::Password(_) => "password",
+        },
+        region = match &config.auth {
+            UpstreamAuth::Iam { region, .. } => region.as_str(),
+            UpstreamAuth::Password(_) => "-",
+        },
+        tls_mode = ?config.tls_mode,
         "rds-iam-sidecar ready"
     );
     Ok(RunningSidecar {
@@ -145,11 +156,37 @@ pub async fn start(
     })
 }
 
-fn remove_stale_socket(path: &std::path::Path) {
+/// Warnings for settings that are allowed but weaken the defaults.
+fn warn_about_exposure(config: &Config, tcp_addrs: &[SocketAddr]) {
+    if tcp_addrs.iter().any(|a| !a.ip().is_loopback()) {
+        warn!(
+            listen = ?tcp_addrs,
+            "listening beyond loopback: clients are not authenticated by the sidecar, so anyone who can reach this port logs in as the database users the sidecar's IAM role may use"
+        );
+    }
+    if matches!(config.auth, UpstreamAuth::Iam { .. }) && config.tls_mode == TlsMode::Require {
+        warn!(
+            "--tls-mode require does not check the upstream certificate: a man in the middle could capture IAM tokens (valid 15 minutes); prefer verify-full"
+        );
+    }
+}
+
+/// Removes a socket file left by a sidecar that is gone; a live one is an error.
+fn remove_stale_socket(path: &std::path::Path) -> Result<(), StartError> {
     use std::os::unix::fs::FileTypeExt;
     if std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_socket()) {
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            return Err(StartError::Bind {
+                addr: path.display().to_string(),
+                source: std::io::Error::new(
+                    std::io::ErrorKind::AddrInUse,
+                    "another process is listening on this socket",
+                ),
+            });
+        }
         let _ = std::fs::remove_file(path);
     }
+    Ok(())
 }
 
 /// Pause after an accept error (e.g. out of file descriptors) so the loop does not spin.

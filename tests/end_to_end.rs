@@ -289,8 +289,15 @@ async fn ssl_and_gss_requests_are_declined_and_unsupported_parameters_dropped() 
     .await
     .expect("startup");
     let mut tags = Vec::new();
+    let mut notice = String::new();
     loop {
-        let (tag, _body) = wire::read_message(&mut raw).await.expect("message");
+        let (tag, body) = wire::read_message(&mut raw).await.expect("message");
+        if tag == b'N' {
+            notice = wire::parse_error_fields(&body)
+                .get(&'M')
+                .cloned()
+                .unwrap_or_default();
+        }
         tags.push(tag);
         if tag == b'Z' || tag == b'E' {
             break;
@@ -300,6 +307,10 @@ async fn ssl_and_gss_requests_are_declined_and_unsupported_parameters_dropped() 
         tags.first(),
         Some(&b'R'),
         "AuthenticationOk first: {tags:?}"
+    );
+    assert!(
+        notice.contains("search_path"),
+        "a warning names the dropped parameter: {notice}"
     );
     assert!(tags.contains(&b'S') && tags.contains(&b'K'), "{tags:?}");
     assert_eq!(tags.last(), Some(&b'Z'));

@@ -83,7 +83,11 @@ async fn wrong_secret_key_is_rejected_with_an_iam_hint() {
         hint.contains("arn:aws:rds-db:us-east-1:ACCOUNT:dbuser:prx-"),
         "{hint}"
     );
-    assert_eq!(stack.emulator.rejected(), 1);
+    assert_eq!(
+        stack.emulator.rejected(),
+        2,
+        "one retry with refetched credentials"
+    );
     assert!(
         stack
             .emulator
@@ -188,10 +192,10 @@ async fn certificate_for_the_wrong_name_is_refused_under_verify_full() {
     assert_eq!(code, "08001");
     assert!(message.contains(DEFAULT_ENDPOINT_HOST), "{message}");
     assert!(message.contains("not valid for name"), "{message}");
-    assert!(hint.is_some_and(|h| h.contains("verify-ca")));
+    assert!(hint.is_some_and(|h| h.contains("--upstream-addr")));
     assert_eq!(emulator.logins(), 0);
 
-    // verify-ca checks the chain only, so the same server is accepted.
+    // verify-ca checks the chain (against --ca-file only), so the same server is accepted.
     let sidecar = sidecar_for(&emulator, &pki, |c| c.tls_mode = TlsMode::VerifyCa).await;
     let client = connect_to(&sidecar).await.expect("verify-ca accepts");
     client.simple_query("select 1").await.expect("query");
@@ -287,4 +291,49 @@ async fn client_without_user_gets_28000() {
     assert_eq!(tag, b'E');
     let fields = support::wire::parse_error_fields(&body);
     assert_eq!(fields.get(&'C').map(String::as_str), Some("28000"));
+}
+
+/// Hands out a revoked key first, the valid one on every later call.
+#[derive(Debug, Default)]
+struct RevokedThenValid {
+    calls: std::sync::atomic::AtomicUsize,
+}
+
+impl ProvideCredentials for RevokedThenValid {
+    fn provide_credentials<'a>(&'a self) -> future::ProvideCredentials<'a>
+    where
+        Self: 'a,
+    {
+        let n = self.calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let (akid, secret) = if n == 0 {
+            ("AKIAREVOKEDKEY000001", "revoked-secret")
+        } else {
+            (TEST_AKID, TEST_SECRET)
+        };
+        future::ProvideCredentials::ready(Ok(aws_credential_types::Credentials::new(
+            akid, secret, None, None, "test",
+        )))
+    }
+}
+
+#[tokio::test]
+async fn rejected_login_is_retried_once_with_fresh_credentials() {
+    let stack = stack_with(
+        |_| {},
+        Arc::new(CredentialCache::new(RevokedThenValid::default())),
+    )
+    .await;
+    let client = connect(&stack).await;
+    client.simple_query("select 1").await.expect("query");
+    assert_eq!(
+        stack.emulator.rejected(),
+        1,
+        "the revoked key was tried once"
+    );
+    assert_eq!(stack.emulator.logins(), 1);
+    // The cache now holds the valid key: no more rejections.
+    let client = connect(&stack).await;
+    client.simple_query("select 1").await.expect("query");
+    assert_eq!(stack.emulator.rejected(), 1);
+    assert_eq!(stack.emulator.logins(), 2);
 }

@@ -18,6 +18,12 @@ const PASSWORD: &str = "s3cret pass/word+";
 
 /// Makes `scram_user` (SCRAM-SHA-256) and `md5_user` (md5) require passwords over TCP.
 async fn password_roles() -> &'static support::PgCluster {
+    static READY: tokio::sync::OnceCell<&'static support::PgCluster> =
+        tokio::sync::OnceCell::const_new();
+    READY.get_or_init(make_password_roles).await
+}
+
+async fn make_password_roles() -> &'static support::PgCluster {
     let cluster = tokio::task::spawn_blocking(shared_cluster)
         .await
         .expect("cluster");
@@ -132,4 +138,94 @@ async fn cleartext_password_over_tls_to_the_emulator() {
     );
     assert_eq!(emulator.logins(), 1);
     assert!(emulator.accepted_logins()[0].tls);
+}
+
+/// The shared cluster with TLS on (certificate for the RDS-like endpoint name from `pki`).
+async fn tls_cluster() -> (&'static support::PgCluster, &'static TestPki) {
+    static READY: tokio::sync::OnceCell<(&'static support::PgCluster, &'static TestPki)> =
+        tokio::sync::OnceCell::const_new();
+    *READY.get_or_init(enable_tls).await
+}
+
+async fn enable_tls() -> (&'static support::PgCluster, &'static TestPki) {
+    static PKI: std::sync::OnceLock<TestPki> = std::sync::OnceLock::new();
+    let cluster = password_roles().await;
+    let pki = PKI.get_or_init(TestPki::new);
+    let cert = cluster.data_dir.join("sidecar-test.crt");
+    {
+        let key = cluster.data_dir.join("sidecar-test.key");
+        let (cert_pem, key_pem) = pki.server_cert_pem(&[DEFAULT_ENDPOINT_HOST]);
+        std::fs::write(&key, key_pem).expect("write key");
+        std::fs::write(&cert, cert_pem).expect("write cert");
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+        let reference = format!(
+            "--reference={}",
+            cluster.data_dir.join("PG_VERSION").display()
+        );
+        let status = std::process::Command::new("chown")
+            .arg(&reference)
+            .arg(&key)
+            .arg(&cert)
+            .status()
+            .expect("chown");
+        assert!(status.success());
+        // ALTER SYSTEM refuses to run inside the implicit transaction of a multi-statement query.
+        for setting in [
+            format!("ssl_cert_file = '{}'", cert.display()),
+            format!("ssl_key_file = '{}'", key.display()),
+            "ssl = on".to_owned(),
+        ] {
+            cluster.exec(&format!("alter system set {setting}")).await;
+        }
+        cluster.exec("select pg_reload_conf()").await;
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    }
+    (cluster, pki)
+}
+
+fn iam_config_for_real_postgres(cluster: &support::PgCluster, pki: &TestPki) -> Config {
+    let mut config = Config::new(
+        Endpoint {
+            host: DEFAULT_ENDPOINT_HOST.to_owned(),
+            port: 5432,
+        },
+        UpstreamAuth::Iam {
+            region: "us-east-1".to_owned(),
+            region_source: rds_iam_sidecar::iam::region::RegionSource::Flag,
+        },
+    );
+    config.upstream_addr = Some(Endpoint {
+        host: "127.0.0.1".to_owned(),
+        port: cluster.port,
+    });
+    config.ca_file = Some(pki.ca_file());
+    config
+}
+
+#[tokio::test]
+async fn iam_mode_against_a_server_asking_for_scram_says_iam_is_not_in_effect() {
+    let (cluster, pki) = tls_cluster().await;
+    let sidecar = rds_iam_sidecar::start(
+        iam_config_for_real_postgres(cluster, pki),
+        Some(harness::credentials(
+            support::TEST_AKID,
+            support::TEST_SECRET,
+        )),
+    )
+    .await
+    .expect("start");
+    // Real PostgreSQL over verify-full TLS: a trust user logs in (no password asked) ...
+    assert_eq!(
+        query_as(&sidecar, "postgres").await.expect("trust login"),
+        "postgres"
+    );
+    // ... while a user that must give a SCRAM password is not an IAM user.
+    let error = query_as(&sidecar, "scram_user")
+        .await
+        .expect_err("must fail");
+    let (code, message, hint) = harness::db_error(&error);
+    assert_eq!(code, "28000");
+    assert!(message.contains("SCRAM-SHA-256"), "{message}");
+    assert!(hint.is_some_and(|h| h.contains("GRANT rds_iam TO \"scram_user\"")));
 }

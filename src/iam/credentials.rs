@@ -3,7 +3,7 @@
 //! the others wait (single flight), and keeps serving the old credentials while a refresh fails
 //! until they truly expire.
 
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use aws_config::{BehaviorVersion, Region};
@@ -16,12 +16,16 @@ pub const REFRESH_AHEAD: Duration = Duration::from_secs(5 * 60);
 const STATIC_RECHECK: Duration = Duration::from_secs(5 * 60);
 /// Old credentials are not handed out when they expire within this margin.
 const EXPIRY_MARGIN: Duration = Duration::from_secs(10);
+/// After a failed fetch with nothing usable cached, callers get that error for this long
+/// instead of each asking the provider again.
+const FAILURE_BACKOFF: Duration = Duration::from_secs(2);
 
 /// The sources the default chain tries, in order, for error messages.
 pub const CHAIN_SOURCES: &str = "environment (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY), \
-    shared profile (AWS_PROFILE, ~/.aws/credentials and ~/.aws/config, SSO), web identity \
-    (AWS_WEB_IDENTITY_TOKEN_FILE + AWS_ROLE_ARN), ECS container credentials \
-    (AWS_CONTAINER_CREDENTIALS_RELATIVE_URI / _FULL_URI), EC2 instance metadata (IMDS)";
+    shared profile (AWS_PROFILE, ~/.aws/credentials and ~/.aws/config: static keys, SSO, \
+    credential_process, assume role), web identity (AWS_WEB_IDENTITY_TOKEN_FILE + AWS_ROLE_ARN), \
+    ECS container credentials (AWS_CONTAINER_CREDENTIALS_RELATIVE_URI / _FULL_URI), EC2 \
+    instance metadata (IMDS)";
 
 /// No usable credentials: what was tried and what the chain said.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -35,11 +39,28 @@ struct Cached {
     fetched_at: Instant,
 }
 
+#[derive(Default)]
+struct State {
+    cached: Option<Cached>,
+    /// The last failed fetch, while nothing usable is cached.
+    last_failure: Option<(Instant, CredentialsUnavailable)>,
+    /// A background refresh is under way.
+    refreshing: bool,
+    /// Counts completed fetches, so callers that queued behind one can use its result.
+    fetches: u64,
+}
+
 /// A refresh-ahead, single-flight cache in front of a credentials provider.
+///
+/// - Fresh credentials (more than [`REFRESH_AHEAD`] left) are returned at once.
+/// - Credentials inside the refresh window are still returned at once while one background
+///   task refreshes them; if that fails they keep being served until they truly expire.
+/// - With nothing usable, one caller fetches and the others wait for and share its result; a
+///   failure is remembered for [`FAILURE_BACKOFF`] so a broken provider is not hammered.
 pub struct CredentialCache {
     provider: SharedCredentialsProvider,
-    cached: Mutex<Option<Cached>>,
-    refresh_lock: tokio::sync::Mutex<()>,
+    state: Mutex<State>,
+    fetch_lock: tokio::sync::Mutex<()>,
 }
 
 impl std::fmt::Debug for CredentialCache {
@@ -54,13 +75,13 @@ impl CredentialCache {
     pub fn new(provider: impl ProvideCredentials + 'static) -> Self {
         Self {
             provider: SharedCredentialsProvider::new(provider),
-            cached: Mutex::new(None),
-            refresh_lock: tokio::sync::Mutex::new(()),
+            state: Mutex::new(State::default()),
+            fetch_lock: tokio::sync::Mutex::new(()),
         }
     }
 
     /// The standard AWS chain (env, profile, web identity, ECS, IMDS) with a rustls/ring HTTP
-    /// client, which the ECS, IMDS and STS providers need at run time.
+    /// client, which the ECS, IMDS, SSO and STS providers need at run time.
     pub async fn from_default_chain(region: &str) -> Result<Self, CredentialsUnavailable> {
         use aws_smithy_http_client::tls::{Provider, rustls_provider::CryptoMode};
         let http_client = aws_smithy_http_client::Builder::new()
@@ -81,80 +102,123 @@ impl CredentialCache {
 
     /// Expiry of the credentials currently held, if they have one.
     pub fn expiry(&self) -> Option<SystemTime> {
-        self.lock().as_ref().and_then(|c| c.credentials.expiry())
+        self.lock()
+            .cached
+            .as_ref()
+            .and_then(|c| c.credentials.expiry())
     }
 
-    /// Credentials fresh enough to sign with, refreshing first when they are due.
-    pub async fn get(&self) -> Result<Credentials, CredentialsUnavailable> {
-        if let Some(fresh) = self.fresh() {
-            return Ok(fresh);
-        }
-        let _single_flight = self.refresh_lock.lock().await;
-        if let Some(fresh) = self.fresh() {
-            return Ok(fresh);
+    /// Credentials to sign with now.
+    pub async fn get(self: &Arc<Self>) -> Result<Credentials, CredentialsUnavailable> {
+        let seen_fetches = {
+            let mut state = self.lock();
+            if let Some(cached) = &state.cached {
+                if is_fresh(cached) {
+                    return Ok(cached.credentials.clone());
+                }
+                if is_usable(cached) {
+                    let credentials = cached.credentials.clone();
+                    if !state.refreshing {
+                        state.refreshing = true;
+                        let cache = self.clone();
+                        tokio::spawn(async move { cache.refresh_in_background().await });
+                    }
+                    return Ok(credentials);
+                }
+            }
+            if let Some((at, error)) = &state.last_failure
+                && at.elapsed() < FAILURE_BACKOFF
+            {
+                return Err(error.clone());
+            }
+            state.fetches
+        };
+        let _single_flight = self.fetch_lock.lock().await;
+        {
+            let state = self.lock();
+            if state.fetches != seen_fetches {
+                // Another caller fetched while we waited: share its outcome.
+                if let Some(cached) = state.cached.as_ref().filter(|c| is_usable(c)) {
+                    return Ok(cached.credentials.clone());
+                }
+                if let Some((_, error)) = &state.last_failure {
+                    return Err(error.clone());
+                }
+            }
         }
         self.fetch().await
     }
 
     /// Fetches new credentials now (after the server rejected a token signed with the old ones).
     pub async fn refresh(&self) -> Result<Credentials, CredentialsUnavailable> {
-        let _single_flight = self.refresh_lock.lock().await;
+        let _single_flight = self.fetch_lock.lock().await;
         self.fetch().await
     }
 
+    async fn refresh_in_background(&self) {
+        let _single_flight = self.fetch_lock.lock().await;
+        if let Err(error) = self.fetch().await {
+            tracing::warn!(reason = %error.reason, "refreshing AWS credentials failed; using the current ones until they expire");
+        }
+        self.lock().refreshing = false;
+    }
+
+    /// Asks the provider; must be called with `fetch_lock` held.
     async fn fetch(&self) -> Result<Credentials, CredentialsUnavailable> {
-        match self.provider.provide_credentials().await {
+        let result = self.provider.provide_credentials().await;
+        let mut state = self.lock();
+        state.fetches += 1;
+        match result {
             Ok(credentials) => {
                 tracing::debug!(
                     access_key_id = %mask_access_key(credentials.access_key_id()),
                     expiry = ?credentials.expiry(),
                     "fetched AWS credentials"
                 );
-                *self.lock() = Some(Cached {
+                state.cached = Some(Cached {
                     credentials: credentials.clone(),
                     fetched_at: Instant::now(),
                 });
+                state.last_failure = None;
                 Ok(credentials)
             }
             Err(error) => {
-                let reason = error_chain(&error);
-                if let Some(still_valid) = self.unexpired() {
-                    tracing::warn!(%reason, "refreshing AWS credentials failed; using the current ones until they expire");
-                    return Ok(still_valid);
+                let error = CredentialsUnavailable {
+                    reason: error_chain(&error),
+                };
+                if let Some(cached) = state.cached.as_ref().filter(|c| is_usable(c)) {
+                    return Ok(cached.credentials.clone());
                 }
-                Err(CredentialsUnavailable { reason })
+                state.last_failure = Some((Instant::now(), error.clone()));
+                Err(error)
             }
         }
     }
 
-    fn fresh(&self) -> Option<Credentials> {
-        let guard = self.lock();
-        let cached = guard.as_ref()?;
-        let fresh = match cached.credentials.expiry() {
-            Some(expiry) => expiry
-                .duration_since(SystemTime::now())
-                .is_ok_and(|left| left > REFRESH_AHEAD),
-            None => cached.fetched_at.elapsed() < STATIC_RECHECK,
-        };
-        fresh.then(|| cached.credentials.clone())
-    }
-
-    fn unexpired(&self) -> Option<Credentials> {
-        let guard = self.lock();
-        let cached = guard.as_ref()?;
-        let valid = match cached.credentials.expiry() {
-            Some(expiry) => expiry
-                .duration_since(SystemTime::now())
-                .is_ok_and(|left| left > EXPIRY_MARGIN),
-            None => true,
-        };
-        valid.then(|| cached.credentials.clone())
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, Option<Cached>> {
-        self.cached
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+/// More than [`REFRESH_AHEAD`] left (or a static key re-read recently).
+fn is_fresh(cached: &Cached) -> bool {
+    match cached.credentials.expiry() {
+        Some(expiry) => expiry
+            .duration_since(SystemTime::now())
+            .is_ok_and(|left| left > REFRESH_AHEAD),
+        None => cached.fetched_at.elapsed() < STATIC_RECHECK,
+    }
+}
+
+/// Not expired yet (with a small margin): still good to sign with.
+fn is_usable(cached: &Cached) -> bool {
+    match cached.credentials.expiry() {
+        Some(expiry) => expiry
+            .duration_since(SystemTime::now())
+            .is_ok_and(|left| left > EXPIRY_MARGIN),
+        None => true,
     }
 }
 
@@ -185,7 +249,6 @@ fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
 mod tests {
     use super::*;
     use aws_credential_types::provider::future;
-    use std::sync::Arc;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
     #[derive(Debug, Clone)]
@@ -218,14 +281,26 @@ mod tests {
         }
     }
 
+    fn cache(fail_after: usize, lifetime: Duration) -> (Arc<CredentialCache>, Arc<AtomicUsize>) {
+        let calls = Arc::new(AtomicUsize::new(0));
+        let cache = Arc::new(CredentialCache::new(Counting {
+            calls: calls.clone(),
+            fail_after,
+            lifetime,
+        }));
+        (cache, calls)
+    }
+
+    async fn settle() {
+        for _ in 0..20 {
+            tokio::task::yield_now().await;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
     #[tokio::test]
     async fn caches_until_refresh_is_due() {
-        let calls = Arc::new(AtomicUsize::new(0));
-        let cache = CredentialCache::new(Counting {
-            calls: calls.clone(),
-            fail_after: usize::MAX,
-            lifetime: Duration::from_secs(3600),
-        });
+        let (cache, calls) = cache(usize::MAX, Duration::from_secs(3600));
         for _ in 0..10 {
             assert_eq!(cache.get().await.expect("creds").access_key_id(), "AKID0");
         }
@@ -238,28 +313,35 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn refreshes_ahead_and_keeps_old_ones_while_refresh_fails() {
-        let calls = Arc::new(AtomicUsize::new(0));
-        let cache = CredentialCache::new(Counting {
-            calls: calls.clone(),
-            fail_after: 1,
-            // Inside the refresh-ahead window but not expired.
-            lifetime: Duration::from_secs(120),
-        });
+    async fn refreshes_ahead_in_the_background() {
+        // Inside the refresh-ahead window but not expired.
+        let (cache, calls) = cache(usize::MAX, Duration::from_secs(120));
         assert_eq!(cache.get().await.expect("creds").access_key_id(), "AKID0");
-        // Due for refresh: the provider fails, the old credentials are still served.
+        // Due for refresh: served at once, refreshed behind the caller's back.
         assert_eq!(cache.get().await.expect("creds").access_key_id(), "AKID0");
+        settle().await;
         assert_eq!(calls.load(Ordering::SeqCst), 2);
+        assert_eq!(cache.get().await.expect("creds").access_key_id(), "AKID1");
+    }
+
+    #[tokio::test]
+    async fn keeps_old_ones_while_refresh_fails() {
+        let (cache, calls) = cache(1, Duration::from_secs(120));
+        assert_eq!(cache.get().await.expect("creds").access_key_id(), "AKID0");
+        for _ in 0..5 {
+            assert_eq!(cache.get().await.expect("creds").access_key_id(), "AKID0");
+            settle().await;
+        }
+        assert!(calls.load(Ordering::SeqCst) >= 2);
+        assert_eq!(
+            cache.refresh().await.expect("old ones").access_key_id(),
+            "AKID0"
+        );
     }
 
     #[tokio::test]
     async fn single_flight() {
-        let calls = Arc::new(AtomicUsize::new(0));
-        let cache = Arc::new(CredentialCache::new(Counting {
-            calls: calls.clone(),
-            fail_after: usize::MAX,
-            lifetime: Duration::from_secs(3600),
-        }));
+        let (cache, calls) = cache(usize::MAX, Duration::from_secs(3600));
         let tasks: Vec<_> = (0..20)
             .map(|_| {
                 let cache = cache.clone();
@@ -273,12 +355,30 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn failures_are_shared_and_backed_off() {
+        let (cache, calls) = cache(0, Duration::from_secs(3600));
+        let tasks: Vec<_> = (0..20)
+            .map(|_| {
+                let cache = cache.clone();
+                tokio::spawn(async move { cache.get().await.map(|_| ()) })
+            })
+            .collect();
+        for task in tasks {
+            let error = task.await.expect("join").expect_err("no creds");
+            assert!(error.to_string().contains("endpoint down"));
+        }
+        assert_eq!(
+            calls.load(Ordering::SeqCst),
+            1,
+            "one fetch for twenty callers"
+        );
+        assert!(cache.get().await.is_err());
+        assert_eq!(calls.load(Ordering::SeqCst), 1, "backed off");
+    }
+
+    #[tokio::test]
     async fn no_credentials_names_the_sources() {
-        let cache = CredentialCache::new(Counting {
-            calls: Arc::new(AtomicUsize::new(0)),
-            fail_after: 0,
-            lifetime: Duration::from_secs(3600),
-        });
+        let (cache, _) = cache(0, Duration::from_secs(3600));
         let err = cache.get().await.expect_err("no creds");
         let text = err.to_string();
         assert!(text.contains("endpoint down"), "{text}");

@@ -4,7 +4,7 @@
 
 use bytes::BytesMut;
 use pgwire::messages::Message;
-use pgwire::messages::response::{ErrorResponse, ReadyForQuery, TransactionStatus};
+use pgwire::messages::response::{ErrorResponse, NoticeResponse, ReadyForQuery, TransactionStatus};
 use pgwire::messages::startup::{
     Authentication, BackendKeyData, NegotiateProtocolVersion, ParameterStatus, SecretKey,
 };
@@ -12,8 +12,10 @@ use pgwire::messages::startup::{
 use crate::error::PgError;
 
 fn encode(message: &impl Message, buf: &mut BytesMut) {
-    // The messages built here are small and well-formed; pgwire only fails on oversize input.
+    // pgwire only fails on oversize input, after writing the type byte: drop the partial message.
+    let start = buf.len();
     if let Err(error) = message.encode(buf) {
+        buf.truncate(start);
         tracing::error!(%error, "could not encode a message for the client");
     }
 }
@@ -40,6 +42,20 @@ pub fn ready_for_query_idle(buf: &mut BytesMut) {
 pub fn negotiate_protocol_version(buf: &mut BytesMut, newest_minor: i32, unsupported: Vec<String>) {
     encode(
         &NegotiateProtocolVersion::new(newest_minor, unsupported),
+        buf,
+    );
+}
+
+/// A NoticeResponse with severity WARNING.
+pub fn warning(buf: &mut BytesMut, code: &str, message: &str, hint: &str) {
+    encode(
+        &NoticeResponse::new(vec![
+            (b'S', "WARNING".to_owned()),
+            (b'V', "WARNING".to_owned()),
+            (b'C', code.to_owned()),
+            (b'M', message.to_owned()),
+            (b'H', hint.to_owned()),
+        ]),
         buf,
     );
 }

@@ -59,6 +59,11 @@ pub enum ConnectError {
     AuthRejected(ServerError),
     #[error("upstream refused the connection: {}", .0.message)]
     Server(ServerError),
+    #[error(
+        "the upstream asked for {method} password authentication instead of the cleartext \
+         password an IAM token is sent as: IAM authentication is not in effect for this user"
+    )]
+    IamNotEnabled { method: &'static str },
     #[error("upstream asked for an authentication method the sidecar does not support ({0})")]
     UnsupportedAuth(String),
     #[error("upstream protocol error: {0}")]
@@ -104,7 +109,7 @@ impl ConnectError {
             Self::Tls { kind, name, .. } => {
                 let hint = match kind {
                     TlsFailure::NameMismatch => format!(
-                        "the certificate does not name '{name}': put the real RDS endpoint in --upstream (use --upstream-addr for tunnels and IPs), or use --tls-mode verify-ca"
+                        "the certificate does not name '{name}': put the real RDS endpoint name in --upstream and, for tunnels and IP addresses, the address to dial in --upstream-addr"
                     ),
                     TlsFailure::UnknownIssuer => "the certificate is not signed by a trusted CA: for RDS instance/cluster endpoints pass the RDS bundle with --ca-file global-bundle.pem (RDS Proxy certificates chain to Amazon Trust Services, trusted by default)".to_owned(),
                     TlsFailure::Expired => "the upstream certificate is expired or not yet valid; check this machine's clock".to_owned(),
@@ -114,6 +119,11 @@ impl ConnectError {
             }
             Self::Credentials(_) => PgError::fatal(sqlstate::CONNECTION_FAILURE, format!("{prefix}: {self}"))
                 .with_hint("give the sidecar AWS credentials: an ECS task role, an instance profile, AWS_PROFILE, or AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY"),
+            Self::IamNotEnabled { .. } => PgError::fatal(sqlstate::INVALID_AUTHORIZATION, format!("{prefix}: {self}"))
+                .with_hint(format!(
+                    "grant the role: GRANT rds_iam TO \"{user}\"; and enable IAM database authentication on the instance/cluster (for RDS Proxy: IAMAuth REQUIRED). For a plain PostgreSQL use --auth password",
+                    user = ctx.user
+                )),
             Self::Sign(_) | Self::UnsupportedAuth(_) | Self::Protocol(_) | Self::Io(_) => {
                 PgError::fatal(sqlstate::CONNECTION_FAILURE, format!("{prefix}: {self}"))
             }
@@ -127,7 +137,7 @@ impl ConnectError {
                 };
                 error.hint = Some(if ctx.iam {
                     format!(
-                        "IAM login as '{user}' was rejected by {endpoint}. Check: (1) the database user has the role: GRANT rds_iam TO \"{user}\"; (2) the sidecar's IAM role allows rds-db:connect on arn:aws:rds-db:{region}:ACCOUNT:dbuser:prx-RESOURCEID/{user} (cluster-RESOURCEID or db-RESOURCEID for direct endpoints); (3) --upstream is the endpoint actually dialled (tokens are signed for that host name, not a CNAME or IP); (4) IAM authentication is enabled (RDS Proxy: IAMAuth REQUIRED); (5) the clock is right. Run `rds-iam-sidecar doctor` for a step-by-step check",
+                        "IAM login as '{user}' was rejected by {endpoint}. Check: (1) the sidecar's IAM role allows rds-db:connect on arn:aws:rds-db:{region}:ACCOUNT:dbuser:prx-RESOURCEID/{user} (cluster-RESOURCEID or db-RESOURCEID for direct endpoints); (2) the database user has the role (GRANT rds_iam TO \"{user}\") for direct endpoints and proxies with end-to-end IAM, or the proxy has a Secrets Manager secret for it; (3) --upstream is the endpoint actually dialled (tokens are signed for that host name, not a CNAME or IP); (4) IAM authentication is enabled (RDS Proxy: IAMAuth REQUIRED); (5) this machine's clock is right",
                         user = ctx.user,
                         endpoint = ctx.endpoint,
                         region = ctx.region.unwrap_or("REGION"),

@@ -30,6 +30,9 @@ pub struct LoginOutcome {
 /// Supplies the password when the server asks for one (IAM: signs a token at that moment).
 pub trait PasswordSource {
     fn password(&self) -> impl Future<Output = Result<Secret, ConnectError>> + Send;
+    /// True for IAM tokens, which only ever go as a cleartext password: a server asking for
+    /// md5 or SCRAM is not doing IAM authentication for this user.
+    fn is_iam_token(&self) -> bool;
 }
 
 /// Runs the login on an established (normally TLS) stream.
@@ -49,6 +52,7 @@ where
 
     let mut buf = BytesMut::with_capacity(1024);
     let mut scram: Option<ScramSha256> = None;
+    let mut scram_verified = false;
     let mut outcome = LoginOutcome::default();
     loop {
         let message = next_message(stream, &mut buf).await?;
@@ -57,6 +61,14 @@ where
             backend::Message::AuthenticationCleartextPassword => {
                 let secret = password.password().await?;
                 frontend::password_message(secret.expose().as_bytes(), &mut out)?;
+            }
+            backend::Message::AuthenticationMd5Password(_) if password.is_iam_token() => {
+                return Err(ConnectError::IamNotEnabled { method: "md5" });
+            }
+            backend::Message::AuthenticationSasl(_) if password.is_iam_token() => {
+                return Err(ConnectError::IamNotEnabled {
+                    method: "SCRAM-SHA-256",
+                });
             }
             backend::Message::AuthenticationMd5Password(body) => {
                 let secret = password.password().await?;
@@ -92,6 +104,12 @@ where
                     .as_mut()
                     .ok_or_else(|| protocol("SASL final without SASL start"))?;
                 client.finish(body.data())?;
+                scram_verified = true;
+            }
+            backend::Message::AuthenticationOk if scram.is_some() && !scram_verified => {
+                return Err(protocol(
+                    "the server ended SCRAM authentication without proving it knows the password",
+                ));
             }
             backend::Message::AuthenticationOk => {}
             backend::Message::AuthenticationKerberosV5
@@ -141,11 +159,15 @@ async fn next_message<S: AsyncRead + Unpin>(
     buf: &mut BytesMut,
 ) -> Result<backend::Message, ConnectError> {
     loop {
+        // Check the declared length before the parser reserves room for it.
+        if buf.len() >= 5 {
+            let length = u32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]) as usize;
+            if length > MAX_LOGIN_BUFFER {
+                return Err(protocol("login message too large"));
+            }
+        }
         if let Some(message) = backend::Message::parse(buf)? {
             return Ok(message);
-        }
-        if buf.len() > MAX_LOGIN_BUFFER {
-            return Err(protocol("login message too large"));
         }
         if stream.read_buf(buf).await? == 0 {
             return Err(ConnectError::Io(std::io::Error::new(

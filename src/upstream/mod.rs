@@ -74,6 +74,13 @@ pub struct Connector {
 impl Connector {
     pub fn new(config: &Config, auth: Authenticator) -> Result<Self, String> {
         let tls = tls::client_config(config.tls_mode, config.ca_file.as_deref())?;
+        if tls.is_none() && matches!(auth, Authenticator::Iam { .. }) {
+            return Err(
+                "IAM tokens are never sent without TLS: --tls-mode disable is only \
+                        for --auth password"
+                    .to_owned(),
+            );
+        }
         let server_name = ServerName::try_from(config.upstream.host.clone()).map_err(|e| {
             format!(
                 "'{}' is not a valid TLS server name: {e}",
@@ -108,20 +115,54 @@ impl Connector {
     }
 
     /// Opens, secures and logs in one connection as `user` with the given startup parameters
-    /// (which must include `user`), all within the connect timeout.
+    /// (which must include `user`), each attempt within the connect timeout. An IAM login the
+    /// server rejects is tried once more with freshly fetched credentials: keys rotate, and a
+    /// cached key may have been revoked before it expired.
     pub async fn connect(
         &self,
         user: &str,
         parameters: &[(&str, &str)],
     ) -> Result<ServerConnection, ConnectError> {
+        match self.connect_once(user, parameters, false).await {
+            Err(ConnectError::AuthRejected(error)) if self.is_iam() => {
+                tracing::warn!(
+                    %user,
+                    message = %error.message,
+                    "IAM login rejected; retrying once with freshly fetched credentials"
+                );
+                self.connect_once(user, parameters, true).await
+            }
+            other => other,
+        }
+    }
+
+    fn is_iam(&self) -> bool {
+        matches!(self.auth, Authenticator::Iam { .. })
+    }
+
+    async fn connect_once(
+        &self,
+        user: &str,
+        parameters: &[(&str, &str)],
+        refetch_credentials: bool,
+    ) -> Result<ServerConnection, ConnectError> {
         let deadline = Instant::now() + self.timeout;
         // Credentials first: without them there is no point in dialling.
         let credentials = match &self.auth {
-            Authenticator::Iam { credentials, .. } => Some(
-                timeout_at(deadline, credentials.get())
-                    .await
-                    .map_err(|_| self.timeout_error("fetching AWS credentials for"))??,
-            ),
+            Authenticator::Iam { credentials, .. } => {
+                let fetch = async {
+                    if refetch_credentials {
+                        credentials.refresh().await
+                    } else {
+                        credentials.get().await
+                    }
+                };
+                Some(
+                    timeout_at(deadline, fetch)
+                        .await
+                        .map_err(|_| self.timeout_error("fetching AWS credentials for"))??,
+                )
+            }
             Authenticator::Password(_) => None,
         };
         let mut stream = self.open_transport(deadline).await?;
@@ -175,7 +216,7 @@ impl Connector {
     /// TCP connect, SSLRequest, TLS handshake.
     async fn open_transport(&self, deadline: Instant) -> Result<UpstreamStream, ConnectError> {
         let target = self.dial.to_string();
-        let tcp = timeout_at(deadline, connect_tcp(&self.dial))
+        let tcp = timeout_at(deadline, connect_tcp(&self.dial, deadline))
             .await
             .map_err(|_| self.timeout_error("connecting to"))??;
         let Some(tls) = &self.tls else {
@@ -211,24 +252,34 @@ impl Connector {
     }
 }
 
-/// Resolves the dial endpoint and connects to the first address that answers.
-async fn connect_tcp(dial: &Endpoint) -> Result<TcpStream, ConnectError> {
+/// Resolves the dial endpoint and connects to the first address that answers, giving each
+/// address a fair share of the time left (a black-holed IPv6 address must not eat it all).
+async fn connect_tcp(dial: &Endpoint, deadline: Instant) -> Result<TcpStream, ConnectError> {
     let target = dial.dial_target();
-    let addresses =
-        tokio::net::lookup_host(&target)
-            .await
-            .map_err(|source| ConnectError::Resolve {
-                target: target.clone(),
-                source,
-            })?;
+    let addresses: Vec<_> = tokio::net::lookup_host(&target)
+        .await
+        .map_err(|source| ConnectError::Resolve {
+            target: target.clone(),
+            source,
+        })?
+        .collect();
     let mut last_error = None;
-    for address in addresses {
-        match TcpStream::connect(address).await {
-            Ok(stream) => {
+    for (index, address) in addresses.iter().enumerate() {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let share = left / (addresses.len() - index) as u32;
+        match tokio::time::timeout(share, TcpStream::connect(address)).await {
+            Ok(Ok(stream)) => {
                 stream.set_nodelay(true)?;
+                set_keepalive(&stream);
                 return Ok(stream);
             }
-            Err(e) => last_error = Some(e),
+            Ok(Err(e)) => last_error = Some(e),
+            Err(_) => {
+                last_error = Some(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!("{address} did not answer"),
+                ))
+            }
         }
     }
     Err(ConnectError::Connect {
@@ -236,6 +287,16 @@ async fn connect_tcp(dial: &Endpoint) -> Result<TcpStream, ConnectError> {
         source: last_error
             .unwrap_or_else(|| std::io::Error::new(std::io::ErrorKind::NotFound, "no addresses")),
     })
+}
+
+/// TCP keepalive, so a silently dead upstream (failover, NAT timeout) is noticed.
+fn set_keepalive(stream: &TcpStream) {
+    let keepalive = socket2::TcpKeepalive::new()
+        .with_time(Duration::from_secs(60))
+        .with_interval(Duration::from_secs(15));
+    if let Err(error) = socket2::SockRef::from(stream).set_tcp_keepalive(&keepalive) {
+        tracing::debug!(%error, "could not enable TCP keepalive upstream");
+    }
 }
 
 /// The password for one login: a freshly signed IAM token, or the configured password.
@@ -246,6 +307,10 @@ struct LoginPassword<'a> {
 }
 
 impl PasswordSource for LoginPassword<'_> {
+    fn is_iam_token(&self) -> bool {
+        matches!(self.connector.auth, Authenticator::Iam { .. })
+    }
+
     async fn password(&self) -> Result<Secret, ConnectError> {
         match &self.connector.auth {
             Authenticator::Password(secret) => Ok(secret.clone()),

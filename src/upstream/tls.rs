@@ -1,7 +1,9 @@
 //! rustls client configuration for the upstream, on the ring provider with TLS 1.2 and 1.3.
 //! Roots are webpki-roots (which include the Amazon Trust Services roots RDS Proxy's ACM
 //! certificates chain to) plus `--ca-file` (the RDS `global-bundle.pem` for instance endpoints).
-//! `verify-full` checks chain and name, `verify-ca` the chain only, `require` nothing.
+//! `verify-full` checks chain and name; `verify-ca` checks the chain only, and therefore only
+//! against `--ca-file` (with the public roots any public certificate for any name would pass);
+//! `require` checks nothing.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -29,6 +31,11 @@ pub fn load_ca_file(path: &Path) -> Result<Vec<CertificateDer<'static>>, String>
     Ok(certs)
 }
 
+/// Why `verify-ca` needs its own roots.
+pub const VERIFY_CA_NEEDS_CA_FILE: &str = "verify-ca trusts only the CAs in --ca-file (with \
+    the public roots, any public certificate for any name would pass); pass --ca-file or use \
+    verify-full";
+
 fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
@@ -43,7 +50,13 @@ pub fn client_config(
     }
     let provider = provider();
     let mut roots = RootCertStore::empty();
-    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    if mode == TlsMode::VerifyCa {
+        if ca_file.is_none() {
+            return Err(VERIFY_CA_NEEDS_CA_FILE.to_owned());
+        }
+    } else {
+        roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    }
     if let Some(path) = ca_file {
         for cert in load_ca_file(path)? {
             roots
