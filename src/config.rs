@@ -526,3 +526,21 @@ mod tests {
         assert!(err.message.contains("upstreem"), "{err}");
     }
 }
+
+#[cfg(test)]
+mod shipped_example {
+    use super::*;
+
+    /// `config/sidecar.toml` documents every key: it must load and validate.
+    #[test]
+    fn config_example_loads_into_the_real_struct() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/sidecar.toml");
+        let file = FileConfig::load(&path).expect("config/sidecar.toml parses");
+        assert!(file.upstream.is_some());
+        let args = RunArgs {
+            config: Some(path),
+            ..RunArgs::default()
+        };
+        Config::from_args(args, &|_| None).expect("config/sidecar.toml validates");
+    }
+}

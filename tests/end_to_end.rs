@@ -430,3 +430,27 @@ async fn every_listen_address_serves() {
     }
     assert_eq!(stack.emulator.logins(), 2);
 }
+
+#[tokio::test]
+async fn db_user_overrides_the_clients_user() {
+    let stack = harness::stack_with(
+        |c| c.db_user = Some("postgres".to_owned()),
+        harness::credentials(support::TEST_AKID, support::TEST_SECRET),
+    )
+    .await;
+    let client = harness::try_connect(&stack, "whoever_the_app_says", "postgres")
+        .await
+        .expect("connect");
+    let user: String = client
+        .query_one("select current_user::text", &[])
+        .await
+        .expect("query")
+        .get(0);
+    assert_eq!(user, "postgres");
+    let login = stack.emulator.accepted_logins().pop().expect("a login");
+    assert_eq!(
+        login.param("user"),
+        Some("postgres"),
+        "token and startup use --db-user"
+    );
+}
