@@ -1,10 +1,13 @@
 //! Cancel keys. Each client gets a BackendKeyData the sidecar made up; this registry maps it to
-//! the server key of the upstream connection serving that client right now, so a CancelRequest
-//! (which arrives on a fresh connection) reaches that connection and no other. Unknown keys are
-//! dropped silently, as PostgreSQL does.
+//! the server key of the upstream connection serving that client right now (none between
+//! transactions in transaction mode), so a CancelRequest, which arrives on a fresh connection,
+//! reaches that connection and no other. Each client also has a closer its session listens
+//! to, for `--cancel-mode close`. Unknown keys are dropped silently, as PostgreSQL does.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
+
+use tokio::sync::Notify;
 
 /// The server-side key a client's cancel must be sent with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -13,10 +16,21 @@ pub struct ServerKey {
     pub secret: i32,
 }
 
+/// What a client key leads to.
+#[derive(Debug, Clone)]
+pub struct CancelTarget {
+    /// The server key of the upstream connection serving the client now.
+    pub server: Option<ServerKey>,
+    /// Wakes the client's session to close its upstream connection.
+    pub closer: Arc<Notify>,
+}
+
+type Entries = HashMap<(i32, i32), CancelTarget>;
+
 /// Sidecar-issued keys → the server key currently behind them.
 #[derive(Debug, Default)]
 pub struct CancelRegistry {
-    map: Mutex<HashMap<(i32, i32), Option<ServerKey>>>,
+    map: Mutex<Entries>,
 }
 
 impl CancelRegistry {
@@ -30,19 +44,27 @@ impl CancelRegistry {
         loop {
             let key = (rand::random::<i32>() & i32::MAX, rand::random::<i32>());
             if key.0 != 0 && !map.contains_key(&key) {
-                map.insert(key, server);
+                let closer = Arc::new(Notify::new());
+                map.insert(
+                    key,
+                    CancelTarget {
+                        server,
+                        closer: closer.clone(),
+                    },
+                );
                 return CancelKeyGuard {
                     registry: self.clone(),
                     pid: key.0,
                     secret: key.1,
+                    closer,
                 };
             }
         }
     }
 
-    /// The server key behind a client key, if that client is connected and attached.
-    pub fn lookup(&self, pid: i32, secret: i32) -> Option<ServerKey> {
-        self.lock().get(&(pid, secret)).copied().flatten()
+    /// What a client key leads to, if that client is connected.
+    pub fn lookup(&self, pid: i32, secret: i32) -> Option<CancelTarget> {
+        self.lock().get(&(pid, secret)).cloned()
     }
 
     pub fn len(&self) -> usize {
@@ -53,7 +75,7 @@ impl CancelRegistry {
         self.len() == 0
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(i32, i32), Option<ServerKey>>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Entries> {
         self.map
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
@@ -66,13 +88,15 @@ pub struct CancelKeyGuard {
     registry: Arc<CancelRegistry>,
     pub pid: i32,
     pub secret: i32,
+    /// Notified when a cancel asks to close the upstream connection.
+    pub closer: Arc<Notify>,
 }
 
 impl CancelKeyGuard {
     /// Points the key at another upstream connection (or none, between transactions).
     pub fn set_server(&self, server: Option<ServerKey>) {
         if let Some(slot) = self.registry.lock().get_mut(&(self.pid, self.secret)) {
-            *slot = server;
+            slot.server = server;
         }
     }
 }
@@ -92,17 +116,19 @@ mod tests {
         let registry = CancelRegistry::new();
         let a = registry.register(Some(ServerKey { pid: 1, secret: 10 }));
         let b = registry.register(Some(ServerKey { pid: 2, secret: 20 }));
+        let server = |pid, secret| registry.lookup(pid, secret).and_then(|t| t.server);
         assert_eq!(
-            registry.lookup(a.pid, a.secret),
+            server(a.pid, a.secret),
             Some(ServerKey { pid: 1, secret: 10 })
         );
         assert_eq!(
-            registry.lookup(b.pid, b.secret),
+            server(b.pid, b.secret),
             Some(ServerKey { pid: 2, secret: 20 })
         );
-        assert_eq!(registry.lookup(a.pid, b.secret), None);
+        assert!(registry.lookup(a.pid, b.secret).is_none());
         a.set_server(None);
-        assert_eq!(registry.lookup(a.pid, a.secret), None);
+        assert_eq!(server(a.pid, a.secret), None);
+        assert!(registry.lookup(a.pid, a.secret).is_some());
         drop(b);
         assert_eq!(registry.len(), 1);
     }

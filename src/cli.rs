@@ -7,6 +7,8 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use serde::Deserialize;
 
+use crate::pool::PoolMode;
+
 /// Local PostgreSQL endpoint that logs in to AWS RDS / RDS Proxy with IAM authentication.
 #[derive(Debug, Parser)]
 #[command(
@@ -26,7 +28,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Listen for PostgreSQL clients and connect them to the upstream with IAM (the default).
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Print one IAM auth token, exactly like `aws rds generate-db-auth-token`.
     Token(TokenArgs),
 }
@@ -53,6 +55,17 @@ pub enum AuthMode {
     Iam,
     /// A fixed password (md5, SCRAM-SHA-256 or cleartext), for local development.
     Password,
+}
+
+/// What a cancel request does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum CancelMode {
+    /// Send a CancelRequest to the upstream connection serving the client (default).
+    Forward,
+    /// Close that upstream connection and tell the client 57014 (for upstreams that ignore
+    /// cancels, like RDS Proxy for PostgreSQL).
+    Close,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Deserialize)]
@@ -117,6 +130,48 @@ pub struct RunArgs {
     /// Limit for TCP connect + TLS + login upstream [default: 5s].
     #[arg(long, env = "RDS_IAM_SIDECAR_CONNECT_TIMEOUT", value_name = "DURATION")]
     pub connect_timeout: Option<String>,
+
+    /// session: a client keeps one upstream connection; transaction: one per transaction
+    /// [default: session].
+    #[arg(long, env = "RDS_IAM_SIDECAR_POOL_MODE", value_enum)]
+    pub pool_mode: Option<PoolMode>,
+
+    /// Most upstream connections per pool (user + database + parameters) [default: 20].
+    #[arg(long, env = "RDS_IAM_SIDECAR_POOL_SIZE", value_name = "N")]
+    pub pool_size: Option<usize>,
+
+    /// Idle upstream connections kept open per pool once it exists [default: 0].
+    #[arg(long, env = "RDS_IAM_SIDECAR_MIN_IDLE", value_name = "N")]
+    pub min_idle: Option<usize>,
+
+    /// Most client connections at once; more get 53300 [default: 1000].
+    #[arg(long, env = "RDS_IAM_SIDECAR_MAX_CLIENT_CONNECTIONS", value_name = "N")]
+    pub max_client_connections: Option<usize>,
+
+    /// How long a client waits for a free upstream connection, then 53300 [default: 30s].
+    #[arg(long, env = "RDS_IAM_SIDECAR_POOL_TIMEOUT", value_name = "DURATION")]
+    pub pool_timeout: Option<String>,
+
+    /// Idle upstream connections are closed after this [default: 600s, below RDS Proxy's 1800s].
+    #[arg(long, env = "RDS_IAM_SIDECAR_IDLE_TIMEOUT", value_name = "DURATION")]
+    pub idle_timeout: Option<String>,
+
+    /// Upstream connections are closed after about this long, ±10 % [default: 3600s].
+    #[arg(long, env = "RDS_IAM_SIDECAR_MAX_LIFETIME", value_name = "DURATION")]
+    pub max_lifetime: Option<String>,
+
+    /// New upstream logins per second across all pools [default: 20].
+    #[arg(long, env = "RDS_IAM_SIDECAR_MAX_CONNECT_RATE", value_name = "N")]
+    pub max_connect_rate: Option<u32>,
+
+    /// Run before a session-mode connection serves another client; empty to skip
+    /// [default: DISCARD ALL].
+    #[arg(long, env = "RDS_IAM_SIDECAR_RESET_QUERY", value_name = "SQL")]
+    pub reset_query: Option<String>,
+
+    /// What a client's cancel request does [default: forward].
+    #[arg(long, env = "RDS_IAM_SIDECAR_CANCEL_MODE", value_enum)]
+    pub cancel_mode: Option<CancelMode>,
 
     /// Log format [default: text].
     #[arg(long, env = "RDS_IAM_SIDECAR_LOG_FORMAT", value_enum)]

@@ -1,7 +1,8 @@
 //! One client's life: SSL/GSS negotiation (answered 'N'), the startup packet, a CancelRequest
-//! when that is what arrives, the upstream login on the client's behalf, the login sequence the
-//! client expects (AuthenticationOk, ParameterStatus, our BackendKeyData, ReadyForQuery), then
-//! forwarding. Every failure reaches the client as an ErrorResponse before the socket closes.
+//! when that is what arrives, a pooled upstream connection for the client's pool (which proves
+//! the login works), the login sequence the client expects (AuthenticationOk, ParameterStatus,
+//! our BackendKeyData, ReadyForQuery), then forwarding in session or transaction mode. Every
+//! failure reaches the client as an ErrorResponse before the socket closes.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -11,13 +12,20 @@ use bytes::BytesMut;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tracing::{Instrument, debug, info, info_span, warn};
 
-use crate::cancel::{CancelRegistry, ServerKey};
+use tokio::io::AsyncReadExt;
+use tokio::sync::Semaphore;
+
+use crate::cancel::{CancelKeyGuard, CancelRegistry, ServerKey};
+use crate::cli::CancelMode;
+use crate::config::Config;
 use crate::error::{PgError, sqlstate};
-use crate::forward::forward;
+use crate::forward::{BUFFER_SIZE, ClientSide, Outcome, SessionState, Traffic, forward_attached};
+use crate::pool::reset::reset;
+use crate::pool::{CheckoutError, Lease, PoolKey, PoolMode, Pools};
 use crate::protocol::messages;
 use crate::protocol::startup::{InitialPacket, StartupError, StartupRequest, read_initial_packet};
 use crate::stream::ClientStream;
-use crate::upstream::{Connector, FORWARDED_PARAMETERS};
+use crate::upstream::{Connector, FORWARDED_PARAMETERS, ServerConnection};
 
 /// Protocol 3.0 as a version number: what NegotiateProtocolVersion offers.
 const PROTOCOL_3_0: i32 = 3 << 16;
@@ -27,21 +35,31 @@ const STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// What every client session shares.
 pub struct SessionContext {
-    pub connector: Connector,
+    pub pools: Arc<Pools>,
     pub cancels: Arc<CancelRegistry>,
     /// Log in upstream as this user instead of the client's.
     pub db_user: Option<String>,
+    pub cancel_mode: CancelMode,
+    client_slots: Arc<Semaphore>,
+    max_clients: usize,
     next_id: AtomicU64,
 }
 
 impl SessionContext {
-    pub fn new(connector: Connector, db_user: Option<String>) -> Self {
+    pub fn new(pools: Arc<Pools>, config: &Config) -> Self {
         Self {
-            connector,
+            pools,
             cancels: CancelRegistry::new(),
-            db_user,
+            db_user: config.db_user.clone(),
+            cancel_mode: config.cancel_mode,
+            client_slots: Arc::new(Semaphore::new(config.max_client_connections)),
+            max_clients: config.max_client_connections,
             next_id: AtomicU64::new(1),
         }
+    }
+
+    fn connector(&self) -> &Connector {
+        self.pools.connector()
     }
 }
 
@@ -100,13 +118,23 @@ async fn handle_cancel(context: &SessionContext, pid: i32, secret: &[u8]) {
         debug!("cancel request with a key the sidecar never issued; ignored");
         return;
     };
-    let Some(server) = context.cancels.lookup(pid, i32::from_be_bytes(secret)) else {
+    let Some(target) = context.cancels.lookup(pid, i32::from_be_bytes(secret)) else {
         debug!("cancel request for an unknown key; ignored");
         return;
     };
-    match context.connector.cancel(server.pid, server.secret).await {
-        Ok(()) => info!("cancel request forwarded upstream"),
-        Err(error) => warn!(%error, "forwarding a cancel request failed"),
+    let Some(server) = target.server else {
+        debug!("cancel request for a client between transactions; nothing to cancel");
+        return;
+    };
+    match context.cancel_mode {
+        CancelMode::Forward => match context.connector().cancel(server.pid, server.secret).await {
+            Ok(()) => info!("cancel request forwarded upstream"),
+            Err(error) => warn!(%error, "forwarding a cancel request failed"),
+        },
+        CancelMode::Close => {
+            info!("cancel request: closing the client's upstream connection (--cancel-mode close)");
+            target.closer.notify_waiters();
+        }
     }
 }
 
@@ -144,10 +172,22 @@ async fn session(mut stream: ClientStream, startup: StartupRequest, context: Arc
         send_error(&mut stream, &pg).await;
         return;
     }
+    let Ok(_client_slot) = context.client_slots.clone().try_acquire_owned() else {
+        let pg = PgError::fatal(
+            sqlstate::TOO_MANY_CONNECTIONS,
+            format!(
+                "sorry, too many clients already (rds-iam-sidecar --max-client-connections {})",
+                context.max_clients
+            ),
+        );
+        warn!("client refused: --max-client-connections reached");
+        send_error(&mut stream, &pg).await;
+        return;
+    };
     let user = context.db_user.as_deref().unwrap_or(client_user).to_owned();
     let database = startup.get("database").unwrap_or(client_user).to_owned();
 
-    let mut parameters: Vec<(&str, &str)> = vec![("user", &user), ("database", &database)];
+    let mut forwarded = Vec::new();
     let mut dropped = Vec::new();
     let mut unsupported_protocol_options = Vec::new();
     for (name, value) in &startup.parameters {
@@ -160,7 +200,7 @@ async fn session(mut stream: ClientStream, startup: StartupRequest, context: Arc
             .iter()
             .any(|allowed| allowed.eq_ignore_ascii_case(name))
         {
-            parameters.push((name, value));
+            forwarded.push((name.clone(), value.clone()));
         } else {
             dropped.push(name.as_str());
         }
@@ -169,23 +209,22 @@ async fn session(mut stream: ClientStream, startup: StartupRequest, context: Arc
         warn!(parameters = ?dropped, "startup parameters not forwarded (RDS Proxy rejects them)");
     }
 
+    let pool = context
+        .pools
+        .pool(PoolKey::new(&user, &database, forwarded));
     let started = Instant::now();
-    let server = match context.connector.connect(&user, &parameters).await {
-        Ok(server) => server,
+    let mut lease = match context.pools.checkout(&pool).await {
+        Ok(lease) => lease,
         Err(error) => {
-            let pg = error.to_pg_error(&context.connector.hint_context(&user));
-            warn!(%error, sqlstate = %pg.code, %user, %database, "upstream login failed");
+            let pg = checkout_error_to_pg(&error, &context, &user);
+            warn!(%error, sqlstate = %pg.code, pool = %pool.key, "no upstream connection for a new client");
             send_error(&mut stream, &pg).await;
             return;
         }
     };
-    let login_ms = started.elapsed().as_secs_f64() * 1000.0;
+    let wait_ms = started.elapsed().as_secs_f64() * 1000.0;
 
-    let cancel_key = context.cancels.register(
-        server
-            .backend_key
-            .map(|(pid, secret)| ServerKey { pid, secret }),
-    );
+    let cancel_key = context.cancels.register(server_key(lease.server()));
     let mut greeting = BytesMut::with_capacity(512);
     if startup.minor > 0 || !unsupported_protocol_options.is_empty() {
         // Like PostgreSQL, the full newest version number (3.0), not just its minor part.
@@ -209,7 +248,7 @@ async fn session(mut stream: ClientStream, startup: StartupRequest, context: Arc
              ALTER ROLE ... SET / ALTER DATABASE ... SET",
         );
     }
-    for (name, value) in &server.parameters {
+    for (name, value) in &lease.server().parameters {
         messages::parameter_status(&mut greeting, name, value);
     }
     messages::backend_key_data(&mut greeting, cancel_key.pid, cancel_key.secret);
@@ -217,18 +256,209 @@ async fn session(mut stream: ClientStream, startup: StartupRequest, context: Arc
     if stream.write_all(&greeting).await.is_err() {
         return;
     }
-    info!(%user, %database, login_ms = format_args!("{login_ms:.1}"), "client connected");
+    info!(pool = %pool.key, wait_ms = format_args!("{wait_ms:.1}"), "client connected");
 
     let connected = Instant::now();
-    let summary = forward(&mut stream, server.stream, &server.pending).await;
-    drop(cancel_key);
+    let mut session = Session {
+        stream,
+        context: context.clone(),
+        cancel_key,
+        client_side: ClientSide::default(),
+        state: SessionState::default(),
+        traffic: Traffic::default(),
+    };
+    let ending = match context.pools.settings.mode {
+        PoolMode::Session => session.run_session_mode(lease).await,
+        PoolMode::Transaction => {
+            session.cancel_key.set_server(None);
+            lease.release();
+            session.run_transaction_mode(&pool).await
+        }
+    };
     info!(
-        ending = ?summary.ending,
+        ending = ?ending,
         duration_ms = connected.elapsed().as_millis() as u64,
-        bytes_to_server = summary.bytes_to_server,
-        bytes_to_client = summary.bytes_to_client,
+        bytes_to_server = session.traffic.to_server,
+        bytes_to_client = session.traffic.to_client,
         "client disconnected"
     );
+}
+
+fn server_key(server: &ServerConnection) -> Option<ServerKey> {
+    server
+        .backend_key
+        .map(|(pid, secret)| ServerKey { pid, secret })
+}
+
+fn checkout_error_to_pg(error: &CheckoutError, context: &SessionContext, user: &str) -> PgError {
+    match error {
+        CheckoutError::Timeout { .. } => PgError::fatal(
+            sqlstate::TOO_MANY_CONNECTIONS,
+            format!("rds-iam-sidecar: {error}"),
+        )
+        .with_hint(
+            "raise --pool-size or --pool-timeout, or make clients hold connections for less time",
+        ),
+        CheckoutError::Connect(error) => error.to_pg_error(&context.connector().hint_context(user)),
+    }
+}
+
+/// One logged-in client after the greeting.
+struct Session {
+    stream: ClientStream,
+    context: Arc<SessionContext>,
+    cancel_key: CancelKeyGuard,
+    client_side: ClientSide,
+    state: SessionState,
+    traffic: Traffic,
+}
+
+impl Session {
+    /// The client keeps `lease` until it leaves; the connection then goes back to the pool
+    /// only if it is idle and the reset query succeeds.
+    async fn run_session_mode(&mut self, mut lease: Lease) -> Outcome {
+        let cancel =
+            (self.context.cancel_mode == CancelMode::Close).then(|| self.cancel_key.closer.clone());
+        let pending = std::mem::take(&mut lease.server().pending);
+        let server = lease.server();
+        let (outcome, traffic) = forward_attached(
+            &mut self.stream,
+            &mut server.stream,
+            &mut self.client_side,
+            &self.state,
+            &mut server.parameters,
+            &[],
+            &pending,
+            false,
+            cancel.as_deref(),
+        )
+        .await;
+        self.add(traffic);
+        match outcome {
+            Outcome::ClientTerminated | Outcome::ClientClosed if self.state.is_idle() => {
+                let reset_query = self.context.pools.settings.reset_query.clone();
+                match reset_query {
+                    Some(query) => match reset(lease.server(), &query).await {
+                        Ok(()) => lease.release(),
+                        Err(error) => {
+                            debug!(%error, "upstream connection not reusable; closing it")
+                        }
+                    },
+                    None => lease.release(),
+                }
+            }
+            Outcome::Cancelled => {
+                drop(lease);
+                self.cancelled_fatal().await;
+            }
+            _ => {
+                debug!(?outcome, status = ?self.state.status(), "upstream connection not reusable; closing it")
+            }
+        }
+        outcome
+    }
+
+    /// An upstream connection is attached for each transaction and released when it is idle.
+    async fn run_transaction_mode(&mut self, pool: &Arc<crate::pool::Pool>) -> Outcome {
+        loop {
+            // Detached: no upstream connection and no buffer until the client sends something.
+            if self.stream.readable().await.is_err() {
+                return Outcome::ClientError;
+            }
+            let mut first = vec![0u8; BUFFER_SIZE];
+            let n = match self.stream.read(&mut first).await {
+                Ok(0) => return Outcome::ClientClosed,
+                Ok(n) => n,
+                Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => continue,
+                Err(_) => return Outcome::ClientError,
+            };
+            if self.client_side.at_boundary() && first[..n].starts_with(&[b'X', 0, 0, 0, 4]) {
+                return Outcome::ClientTerminated;
+            }
+            let mut lease = match self.context.pools.checkout(pool).await {
+                Ok(lease) => lease,
+                Err(error) => {
+                    let user = pool.key.user.clone();
+                    let pg = checkout_error_to_pg(&error, &self.context, &user);
+                    warn!(%error, sqlstate = %pg.code, pool = %pool.key, "no upstream connection for a transaction");
+                    send_error(&mut self.stream, &pg).await;
+                    return Outcome::ServerError;
+                }
+            };
+            self.cancel_key.set_server(server_key(lease.server()));
+            let cancel = (self.context.cancel_mode == CancelMode::Close)
+                .then(|| self.cancel_key.closer.clone());
+            let pending = std::mem::take(&mut lease.server().pending);
+            let server = lease.server();
+            let (outcome, traffic) = forward_attached(
+                &mut self.stream,
+                &mut server.stream,
+                &mut self.client_side,
+                &self.state,
+                &mut server.parameters,
+                &first[..n],
+                &pending,
+                true,
+                cancel.as_deref(),
+            )
+            .await;
+            drop(first);
+            self.add(traffic);
+            self.cancel_key.set_server(None);
+            match outcome {
+                Outcome::Released => lease.release(),
+                Outcome::ClientTerminated | Outcome::ClientClosed => {
+                    if self.state.is_idle() {
+                        lease.release();
+                    }
+                    return outcome;
+                }
+                Outcome::Cancelled => {
+                    drop(lease);
+                    if !self.state.awaiting_answer() {
+                        self.cancelled_fatal().await;
+                        return outcome;
+                    }
+                    // The client waits for an answer: give it the one PostgreSQL would.
+                    let mut answer = BytesMut::new();
+                    messages::error_response(
+                        &mut answer,
+                        &cancelled_error(crate::error::Severity::Error),
+                    );
+                    messages::ready_for_query_idle(&mut answer);
+                    self.state.answered_locally();
+                    if self.stream.write_all(&answer).await.is_err() {
+                        return Outcome::ClientError;
+                    }
+                }
+                Outcome::ServerClosed | Outcome::ServerError | Outcome::ClientError => {
+                    return outcome;
+                }
+            }
+        }
+    }
+
+    async fn cancelled_fatal(&mut self) {
+        send_error(
+            &mut self.stream,
+            &cancelled_error(crate::error::Severity::Fatal),
+        )
+        .await;
+    }
+
+    fn add(&mut self, traffic: Traffic) {
+        self.traffic.to_server += traffic.to_server;
+        self.traffic.to_client += traffic.to_client;
+    }
+}
+
+fn cancelled_error(severity: crate::error::Severity) -> PgError {
+    PgError::new(
+        severity,
+        sqlstate::QUERY_CANCELED,
+        "canceling statement due to user request",
+    )
+    .with_detail("rds-iam-sidecar closed the upstream connection (--cancel-mode close)")
 }
 
 /// Writes an ErrorResponse and closes the write side; failures here are the client's loss.

@@ -9,15 +9,19 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::cli::{AuthMode, LogFormat, RunArgs, TlsMode};
+use crate::cli::{AuthMode, CancelMode, LogFormat, RunArgs, TlsMode};
 use crate::duration::parse_duration;
 use crate::iam::region::{RegionSource, resolve_region};
+use crate::pool::{PoolMode, PoolSettings};
 use crate::secret::Secret;
 
 /// Environment variable holding the upstream password in `--auth password` mode.
 pub const PASSWORD_ENV: &str = "RDS_IAM_SIDECAR_PASSWORD";
 const DEFAULT_LISTEN: &str = "127.0.0.1:5432";
 const DEFAULT_PORT: u16 = 5432;
+const DEFAULT_MAX_CLIENTS: usize = 1000;
+/// RDS Proxy closes client connections idle this long (IdleClientTimeout default).
+pub const RDS_PROXY_IDLE_CLIENT_TIMEOUT: Duration = Duration::from_secs(1800);
 
 /// A host name and port: what the token is signed for and the TLS certificate must name.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -101,6 +105,9 @@ pub struct Config {
     pub auth: UpstreamAuth,
     pub db_user: Option<String>,
     pub connect_timeout: Duration,
+    pub pool: PoolSettings,
+    pub max_client_connections: usize,
+    pub cancel_mode: CancelMode,
     pub log_format: LogFormat,
     pub log_level: String,
 }
@@ -118,6 +125,9 @@ impl Config {
             auth,
             db_user: None,
             connect_timeout: Duration::from_secs(5),
+            pool: PoolSettings::default(),
+            max_client_connections: DEFAULT_MAX_CLIENTS,
+            cancel_mode: CancelMode::Forward,
             log_format: LogFormat::Text,
             log_level: "info".to_owned(),
         }
@@ -174,6 +184,16 @@ pub struct FileConfig {
     pub password_file: Option<PathBuf>,
     pub db_user: Option<String>,
     pub connect_timeout: Option<String>,
+    pub pool_mode: Option<PoolMode>,
+    pub pool_size: Option<usize>,
+    pub min_idle: Option<usize>,
+    pub max_client_connections: Option<usize>,
+    pub pool_timeout: Option<String>,
+    pub idle_timeout: Option<String>,
+    pub max_lifetime: Option<String>,
+    pub max_connect_rate: Option<u32>,
+    pub reset_query: Option<String>,
+    pub cancel_mode: Option<CancelMode>,
     pub log_format: Option<LogFormat>,
     pub log_level: Option<String>,
 }
@@ -207,6 +227,7 @@ impl Config {
             Some(path) => FileConfig::load(path)?,
             None => FileConfig::default(),
         };
+        let pool = pool_settings(&args, &file)?;
 
         let upstream_text = args.upstream.or(file.upstream).ok_or_else(|| {
             ConfigError::new(
@@ -355,6 +376,17 @@ impl Config {
             return Err(ConfigError::new("--connect-timeout", "must be more than 0"));
         }
 
+        let max_client_connections = args
+            .max_client_connections
+            .or(file.max_client_connections)
+            .unwrap_or(DEFAULT_MAX_CLIENTS);
+        if max_client_connections == 0 {
+            return Err(ConfigError::new(
+                "--max-client-connections",
+                "must be at least 1",
+            ));
+        }
+
         let log_level = args
             .log_level
             .or(file.log_level)
@@ -372,6 +404,12 @@ impl Config {
             auth,
             db_user,
             connect_timeout,
+            pool,
+            max_client_connections,
+            cancel_mode: args
+                .cancel_mode
+                .or(file.cancel_mode)
+                .unwrap_or(CancelMode::Forward),
             log_format: args
                 .log_format
                 .or(file.log_format)
@@ -379,6 +417,76 @@ impl Config {
             log_level,
         })
     }
+}
+
+/// A duration setting: flag/env, else file, else `default`; must be more than zero.
+fn duration_setting(
+    flag: &str,
+    from_args: &Option<String>,
+    from_file: &Option<String>,
+    default: Duration,
+) -> Result<Duration, ConfigError> {
+    let value = match from_args.as_ref().or(from_file.as_ref()) {
+        Some(text) => parse_duration(text).map_err(|e| ConfigError::new(flag, e))?,
+        None => default,
+    };
+    if value.is_zero() {
+        return Err(ConfigError::new(flag, "must be more than 0"));
+    }
+    Ok(value)
+}
+
+fn pool_settings(args: &RunArgs, file: &FileConfig) -> Result<PoolSettings, ConfigError> {
+    let defaults = PoolSettings::default();
+    let size = args.pool_size.or(file.pool_size).unwrap_or(defaults.size);
+    if size == 0 {
+        return Err(ConfigError::new("--pool-size", "must be at least 1"));
+    }
+    let min_idle = args.min_idle.or(file.min_idle).unwrap_or(defaults.min_idle);
+    if min_idle > size {
+        return Err(ConfigError::new(
+            "--min-idle",
+            format!("{min_idle} is more than --pool-size {size}"),
+        ));
+    }
+    let idle_timeout = duration_setting(
+        "--idle-timeout",
+        &args.idle_timeout,
+        &file.idle_timeout,
+        defaults.idle_timeout,
+    )?;
+    let max_connect_rate = args
+        .max_connect_rate
+        .or(file.max_connect_rate)
+        .unwrap_or(defaults.max_connect_rate);
+    if max_connect_rate == 0 {
+        return Err(ConfigError::new("--max-connect-rate", "must be at least 1"));
+    }
+    let reset_query = match args.reset_query.as_ref().or(file.reset_query.as_ref()) {
+        Some(text) if text.trim().is_empty() => None,
+        Some(text) => Some(text.clone()),
+        None => defaults.reset_query,
+    };
+    Ok(PoolSettings {
+        mode: args.pool_mode.or(file.pool_mode).unwrap_or(defaults.mode),
+        size,
+        min_idle,
+        timeout: duration_setting(
+            "--pool-timeout",
+            &args.pool_timeout,
+            &file.pool_timeout,
+            defaults.timeout,
+        )?,
+        idle_timeout,
+        max_lifetime: duration_setting(
+            "--max-lifetime",
+            &args.max_lifetime,
+            &file.max_lifetime,
+            defaults.max_lifetime,
+        )?,
+        reset_query,
+        max_connect_rate,
+    })
 }
 
 #[cfg(test)]

@@ -17,6 +17,8 @@ pub mod sqlstate {
     pub const TOO_MANY_CONNECTIONS: &str = "53300";
     /// The sidecar is shutting down.
     pub const ADMIN_SHUTDOWN: &str = "57P01";
+    /// A query was cancelled.
+    pub const QUERY_CANCELED: &str = "57014";
     pub const FEATURE_NOT_SUPPORTED: &str = "0A000";
     pub const INTERNAL_ERROR: &str = "XX000";
 }

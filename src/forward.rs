@@ -1,148 +1,389 @@
-//! The hot loop: bytes between a client and its upstream connection, unchanged. Both
-//! directions run concurrently (so neither side can deadlock the other with a full socket
-//! buffer); the server-to-client direction walks message headers with
-//! [`FrameScanner`] to track the transaction status. Nothing is allocated per message.
+//! The hot loop: bytes between a client and the upstream connection serving it, unchanged.
+//! Both directions run concurrently (so neither side can deadlock the other with a full socket
+//! buffer) and walk message headers with [`FrameScanner`]:
+//! - client → server counts sync points (Query, Sync, FunctionCall) and stops before Terminate,
+//!   which must not reach a pooled connection;
+//! - server → client tracks ReadyForQuery (one per sync point) and ParameterStatus, so the
+//!   session knows when the connection is idle and which parameters it now has.
+//!
+//! Buffers exist only while a client is attached to an upstream connection; nothing is
+//! allocated per message.
+
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, Ordering};
+use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::Notify;
 
-use crate::protocol::framing::{FrameScanner, TransactionStatus};
+use crate::protocol::framing::{
+    FrameScanner, FrameVisitor, PARAMETER_STATUS, READY_FOR_QUERY, TransactionStatus,
+    parameter_status,
+};
 
 /// Size of each direction's copy buffer.
 pub const BUFFER_SIZE: usize = 32 * 1024;
 
 /// How long closing the upstream side may take.
-const CLOSE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
 
-/// How a forwarding session ended.
+/// What both directions of one client session know about its protocol state.
+#[derive(Debug)]
+pub struct SessionState {
+    /// ReadyForQuery messages still owed to the client (its sync points not yet answered).
+    expected_ready: AtomicU32,
+    /// The client's stream is at a message boundary with no unsynced extended-protocol
+    /// messages (Parse/Bind/Describe/Execute/Close/Flush) after its last sync point.
+    client_quiet: AtomicBool,
+    /// Status byte of the last ReadyForQuery.
+    status: AtomicU8,
+}
+
+impl Default for SessionState {
+    fn default() -> Self {
+        Self {
+            expected_ready: AtomicU32::new(0),
+            client_quiet: AtomicBool::new(true),
+            status: AtomicU8::new(b'I'),
+        }
+    }
+}
+
+impl SessionState {
+    /// The upstream connection owes the client nothing and is outside a transaction: it can
+    /// serve someone else.
+    pub fn is_idle(&self) -> bool {
+        self.expected_ready.load(Ordering::Acquire) == 0
+            && self.client_quiet.load(Ordering::Acquire)
+            && self.status() == TransactionStatus::Idle
+    }
+
+    pub fn status(&self) -> TransactionStatus {
+        TransactionStatus::from_byte(self.status.load(Ordering::Acquire))
+    }
+
+    /// The client waits for the answer to a sync point and sent nothing unsynced after it.
+    pub fn awaiting_answer(&self) -> bool {
+        self.expected_ready.load(Ordering::Acquire) > 0 && self.client_quiet.load(Ordering::Acquire)
+    }
+
+    /// One owed ReadyForQuery was answered by the sidecar itself.
+    pub fn answered_locally(&self) {
+        let _ = self
+            .expected_ready
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1));
+        self.status.store(b'I', Ordering::Release);
+    }
+}
+
+/// How an attached period ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Ending {
-    /// The client closed its side (after Terminate, or by dropping the socket).
+pub enum Outcome {
+    /// The client sent Terminate (not forwarded).
+    ClientTerminated,
+    /// The client closed its socket.
     ClientClosed,
+    /// Reading from or writing to the client failed, or it broke the framing.
+    ClientError,
     /// The server closed its side.
     ServerClosed,
-    /// A read or write failed on the client side.
-    ClientError,
-    /// A read or write failed on the server side, or it broke the framing.
+    /// Reading from or writing to the server failed, or it broke the framing.
     ServerError,
+    /// Transaction mode: the connection became idle and can go back to the pool.
+    Released,
+    /// A cancel request asked to close the upstream connection (`--cancel-mode close`).
+    Cancelled,
 }
 
-/// Totals of one forwarding session.
-#[derive(Debug, Clone, Copy)]
-pub struct Summary {
-    pub ending: Ending,
-    pub bytes_to_server: u64,
-    pub bytes_to_client: u64,
-    pub last_status: Option<TransactionStatus>,
+/// Byte counts of an attached period.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Traffic {
+    pub to_server: u64,
+    pub to_client: u64,
 }
 
-/// Which side of a copy failed.
-enum CopyEnd {
-    ReaderClosed,
-    ReaderFailed,
-    WriterFailed,
-    BadFraming,
+/// Per-client forwarding state that outlives one attached period.
+#[derive(Debug, Default)]
+pub struct ClientSide {
+    scanner: FrameScanner,
+    /// Header bytes of an unfinished client message, held back until it is complete.
+    held: Vec<u8>,
 }
 
-/// Forwards in both directions until either side closes; `pending` (bytes the server already
-/// sent) goes to the client first.
-pub async fn forward<C, S>(client: C, server: S, pending: &[u8]) -> Summary
+impl ClientSide {
+    /// The client's stream sits between two messages.
+    pub fn at_boundary(&self) -> bool {
+        self.scanner.at_boundary()
+    }
+}
+
+/// Forwards between `client` and `server` until an [`Outcome`]. `first` (bytes the client
+/// already sent) goes upstream first, `pending` (bytes the server already sent) to the client.
+/// With `release_when_idle` the period ends as soon as the connection is idle at a message
+/// boundary (transaction mode). ParameterStatus updates land in `parameters`.
+#[allow(clippy::too_many_arguments)]
+pub async fn forward_attached<C, S>(
+    client: &mut C,
+    server: &mut S,
+    client_side: &mut ClientSide,
+    state: &SessionState,
+    parameters: &mut Vec<(String, String)>,
+    first: &[u8],
+    pending: &[u8],
+    release_when_idle: bool,
+    cancel: Option<&Notify>,
+) -> (Outcome, Traffic)
 where
     C: AsyncRead + AsyncWrite + Unpin,
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let (mut client_read, mut client_write) = tokio::io::split(client);
     let (mut server_read, mut server_write) = tokio::io::split(server);
-    let mut to_server = 0u64;
-    let mut to_client = 0u64;
-    let mut scanner = FrameScanner::new();
-    let mut last_status = None;
+    let mut traffic = Traffic::default();
 
+    let mut down = Downward {
+        state,
+        parameters,
+        last_tag: 0,
+    };
+    let mut server_scanner = FrameScanner::new();
     if !pending.is_empty() {
-        match scanner.scan(pending) {
-            Ok(Some(ready)) => last_status = Some(ready.status),
-            Ok(None) => {}
-            Err(_) => {
-                return Summary {
-                    ending: Ending::ServerError,
-                    bytes_to_server: 0,
-                    bytes_to_client: 0,
-                    last_status,
-                };
-            }
+        if server_scanner.scan(pending, &mut down).is_err() {
+            return (Outcome::ServerError, traffic);
         }
-        if client_write.write_all(pending).await.is_err() || client_write.flush().await.is_err() {
-            return Summary {
-                ending: Ending::ClientError,
-                bytes_to_server: 0,
-                bytes_to_client: 0,
-                last_status,
-            };
+        if write_flushed(&mut client_write, pending).await.is_err() {
+            return (Outcome::ClientError, traffic);
         }
-        to_client += pending.len() as u64;
+        traffic.to_client += pending.len() as u64;
+    }
+    if !first.is_empty() {
+        match send_upward(first, client_side, state, &mut server_write).await {
+            Ok(None) => traffic.to_server += first.len() as u64,
+            Ok(Some(outcome)) => return (outcome, traffic),
+            Err(outcome) => return (outcome, traffic),
+        }
     }
 
-    let upward = copy(&mut client_read, &mut server_write, &mut to_server, None);
-    let downward = copy(
-        &mut server_read,
-        &mut client_write,
-        &mut to_client,
-        Some((&mut scanner, &mut last_status)),
-    );
-    let ending = tokio::select! {
-        end = upward => match end {
-            CopyEnd::ReaderClosed => Ending::ClientClosed,
-            CopyEnd::ReaderFailed => Ending::ClientError,
-            CopyEnd::WriterFailed | CopyEnd::BadFraming => Ending::ServerError,
-        },
-        end = downward => match end {
-            CopyEnd::ReaderClosed => Ending::ServerClosed,
-            CopyEnd::ReaderFailed | CopyEnd::BadFraming => Ending::ServerError,
-            CopyEnd::WriterFailed => Ending::ClientError,
-        },
+    let mut to_server = 0u64;
+    let mut to_client = 0u64;
+    let upward = async {
+        let mut buffer = vec![0u8; BUFFER_SIZE];
+        loop {
+            let n = match client_read.read(&mut buffer).await {
+                Ok(0) => return Outcome::ClientClosed,
+                Ok(n) => n,
+                Err(_) => return Outcome::ClientError,
+            };
+            match send_upward(&buffer[..n], client_side, state, &mut server_write).await {
+                Ok(None) => to_server += n as u64,
+                Ok(Some(outcome)) | Err(outcome) => return outcome,
+            }
+        }
     };
-    // Polite close (TLS close_notify), but never wait on a server that stopped reading.
+    let downward = async {
+        let mut buffer = vec![0u8; BUFFER_SIZE];
+        loop {
+            let n = match server_read.read(&mut buffer).await {
+                Ok(0) => return Outcome::ServerClosed,
+                Ok(n) => n,
+                // A TLS peer that closes without close_notify: a close, not a failure.
+                Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+                    return Outcome::ServerClosed;
+                }
+                Err(_) => return Outcome::ServerError,
+            };
+            let chunk = &buffer[..n];
+            if server_scanner.scan(chunk, &mut down).is_err() {
+                return Outcome::ServerError;
+            }
+            if write_flushed(&mut client_write, chunk).await.is_err() {
+                return Outcome::ClientError;
+            }
+            to_client += n as u64;
+            if release_when_idle
+                && down.last_tag == READY_FOR_QUERY
+                && server_scanner.at_boundary()
+                && state.is_idle()
+            {
+                return Outcome::Released;
+            }
+        }
+    };
+    let cancelled = async {
+        match cancel {
+            Some(notify) => notify.notified().await,
+            None => std::future::pending().await,
+        }
+    };
+    let outcome = tokio::select! {
+        outcome = upward => outcome,
+        outcome = downward => outcome,
+        () = cancelled => Outcome::Cancelled,
+    };
+    traffic.to_server += to_server;
+    traffic.to_client += to_client;
+    if matches!(
+        outcome,
+        Outcome::Released | Outcome::ClientTerminated | Outcome::ClientClosed
+    ) {
+        return (outcome, traffic);
+    }
+    // The upstream connection is finished: close it politely (TLS close_notify), but never
+    // wait on a server that stopped reading.
     let _ = tokio::time::timeout(CLOSE_TIMEOUT, server_write.shutdown()).await;
-    Summary {
-        ending,
-        bytes_to_server: to_server,
-        bytes_to_client: to_client,
-        last_status,
+    (outcome, traffic)
+}
+
+/// Scans and forwards one chunk from the client; `Some(outcome)` when the client terminated.
+async fn send_upward<W: AsyncWrite + Unpin>(
+    chunk: &[u8],
+    client_side: &mut ClientSide,
+    state: &SessionState,
+    server: &mut W,
+) -> Result<Option<Outcome>, Outcome> {
+    let mut up = Upward {
+        state,
+        quiet: state.client_quiet.load(Ordering::Acquire),
+        terminate_at: None,
+    };
+    if client_side.scanner.scan(chunk, &mut up).is_err() {
+        return Err(Outcome::ClientError);
+    }
+    let held = std::mem::take(&mut client_side.held);
+    if let Some(start) = up.terminate_at {
+        // Forward everything before Terminate, and Terminate itself never.
+        let held_part = if start < 0 {
+            held.len().saturating_sub(start.unsigned_abs())
+        } else {
+            held.len()
+        };
+        let chunk_part = usize::try_from(start).unwrap_or(0);
+        if write_flushed(server, &held[..held_part]).await.is_err()
+            || write_flushed(server, &chunk[..chunk_part]).await.is_err()
+        {
+            return Err(Outcome::ServerError);
+        }
+        return Ok(Some(Outcome::ClientTerminated));
+    }
+    // Hold back the start of a header that is not complete yet: it might be Terminate.
+    let tail = client_side.scanner.partial_header_len().min(chunk.len());
+    if (!held.is_empty() && write_flushed(server, &held).await.is_err())
+        || write_flushed(server, &chunk[..chunk.len() - tail])
+            .await
+            .is_err()
+    {
+        return Err(Outcome::ServerError);
+    }
+    let mut held = held;
+    held.clear();
+    held.extend_from_slice(&chunk[chunk.len() - tail..]);
+    client_side.held = held;
+    state.client_quiet.store(
+        up.quiet && client_side.scanner.at_boundary(),
+        Ordering::Release,
+    );
+    Ok(None)
+}
+
+async fn write_flushed<W: AsyncWrite + Unpin>(writer: &mut W, bytes: &[u8]) -> std::io::Result<()> {
+    if bytes.is_empty() {
+        return Ok(());
+    }
+    writer.write_all(bytes).await?;
+    // TLS writers may keep encrypted records buffered until flushed.
+    writer.flush().await
+}
+
+/// Client → server: sync points and Terminate.
+struct Upward<'a> {
+    state: &'a SessionState,
+    quiet: bool,
+    terminate_at: Option<isize>,
+}
+
+impl FrameVisitor for Upward<'_> {
+    fn header(&mut self, tag: u8, _body_len: usize, start: isize) -> bool {
+        if self.terminate_at.is_some() {
+            return false;
+        }
+        match tag {
+            // Query, Sync, FunctionCall: each is answered by exactly one ReadyForQuery.
+            b'Q' | b'S' | b'F' => {
+                self.state.expected_ready.fetch_add(1, Ordering::AcqRel);
+                self.quiet = true;
+            }
+            b'X' => self.terminate_at = Some(start),
+            // COPY data, done, fail: inside a Query already counted.
+            b'd' | b'c' | b'f' => {}
+            // Parse, Bind, Describe, Execute, Close, Flush and anything else: unsynced work.
+            _ => self.quiet = false,
+        }
+        false
+    }
+
+    fn message(&mut self, _tag: u8, _body: &[u8], _end: usize) {}
+}
+
+/// Server → client: ReadyForQuery and ParameterStatus.
+struct Downward<'a> {
+    state: &'a SessionState,
+    parameters: &'a mut Vec<(String, String)>,
+    last_tag: u8,
+}
+
+impl FrameVisitor for Downward<'_> {
+    fn header(&mut self, tag: u8, _body_len: usize, _start: isize) -> bool {
+        self.last_tag = tag;
+        tag == READY_FOR_QUERY || tag == PARAMETER_STATUS
+    }
+
+    fn message(&mut self, tag: u8, body: &[u8], _end: usize) {
+        match tag {
+            READY_FOR_QUERY => {
+                if let Some(status) = body.first() {
+                    self.state.status.store(*status, Ordering::Release);
+                }
+                let _ = self.state.expected_ready.fetch_update(
+                    Ordering::AcqRel,
+                    Ordering::Acquire,
+                    |n| n.checked_sub(1),
+                );
+            }
+            PARAMETER_STATUS => {
+                if let Some((name, value)) = parameter_status(body) {
+                    set_parameter(self.parameters, name, value);
+                }
+            }
+            _ => {}
+        }
     }
 }
 
-async fn copy<R, W>(
-    reader: &mut R,
-    writer: &mut W,
-    counter: &mut u64,
-    mut scan: Option<(&mut FrameScanner, &mut Option<TransactionStatus>)>,
-) -> CopyEnd
-where
-    R: AsyncRead + Unpin,
-    W: AsyncWrite + Unpin,
-{
-    let mut buffer = vec![0u8; BUFFER_SIZE];
-    loop {
-        let n = match reader.read(&mut buffer).await {
-            Ok(0) => return CopyEnd::ReaderClosed,
-            Ok(n) => n,
-            // A TLS peer that closes without close_notify: a close, not a failure.
-            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
-                return CopyEnd::ReaderClosed;
-            }
-            Err(_) => return CopyEnd::ReaderFailed,
-        };
-        let chunk = &buffer[..n];
-        if let Some((scanner, status)) = scan.as_mut() {
-            match scanner.scan(chunk) {
-                Ok(Some(ready)) => **status = Some(ready.status),
-                Ok(None) => {}
-                Err(_) => return CopyEnd::BadFraming,
-            }
-        }
-        // TLS writers may keep encrypted records buffered until flushed.
-        if writer.write_all(chunk).await.is_err() || writer.flush().await.is_err() {
-            return CopyEnd::WriterFailed;
-        }
-        *counter += n as u64;
+/// Replaces or adds one ParameterStatus value.
+pub fn set_parameter(parameters: &mut Vec<(String, String)>, name: String, value: String) {
+    match parameters.iter_mut().find(|(n, _)| *n == name) {
+        Some(slot) => slot.1 = value,
+        None => parameters.push((name, value)),
     }
+}
+
+/// Forwards until either side closes, with nothing pooled (benchmarks, tests).
+pub async fn forward<C, S>(mut client: C, mut server: S, pending: &[u8]) -> (Outcome, Traffic)
+where
+    C: AsyncRead + AsyncWrite + Unpin,
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let state = SessionState::default();
+    let mut parameters = Vec::new();
+    forward_attached(
+        &mut client,
+        &mut server,
+        &mut ClientSide::default(),
+        &state,
+        &mut parameters,
+        &[],
+        pending,
+        false,
+        None,
+    )
+    .await
 }

@@ -16,6 +16,7 @@ pub mod forward;
 pub mod iam;
 pub mod listener;
 pub mod logging;
+pub mod pool;
 pub mod protocol;
 pub mod secret;
 pub mod stream;

@@ -16,6 +16,7 @@ use crate::cli::TlsMode;
 use crate::client::{SessionContext, serve_client};
 use crate::config::{Config, UpstreamAuth};
 use crate::iam::credentials::CredentialCache;
+use crate::pool::Pools;
 use crate::stream::ClientStream;
 use crate::upstream::{Authenticator, Connector};
 
@@ -51,6 +52,12 @@ impl RunningSidecar {
     /// How many clients currently hold a cancel key (i.e. are connected and logged in).
     pub fn connected_clients(&self) -> usize {
         self.context.cancels.len()
+    }
+
+    /// (idle, open) upstream connections of the pools for `user@database` (whatever the other
+    /// startup parameters), if any exist.
+    pub fn pool_counts(&self, user: &str, database: &str) -> Option<(usize, usize)> {
+        self.context.pools.counts_for(user, database)
     }
 
     /// Stops accepting clients; sessions already running continue to their end.
@@ -119,10 +126,12 @@ pub async fn start(
     let authenticator =
         Authenticator::from_config(&config, credentials).map_err(StartError::Setup)?;
     let connector = Connector::new(&config, authenticator).map_err(StartError::Setup)?;
-    let context = Arc::new(SessionContext::new(connector, config.db_user.clone()));
+    let pools = Pools::new(Arc::new(connector), config.pool.clone());
+    let context = Arc::new(SessionContext::new(pools.clone(), &config));
 
     let (stop, stopped) = watch::channel(false);
     let mut accept_loops = JoinSet::new();
+    accept_loops.spawn(pools.maintain(stopped.clone()));
     for listener in tcp_listeners {
         accept_loops.spawn(accept_tcp(listener, context.clone(), stopped.clone()));
     }
@@ -145,6 +154,8 @@ pub async fn start(
             UpstreamAuth::Password(_) => "-",
         },
         tls_mode = ?config.tls_mode,
+        pool_mode = ?config.pool.mode,
+        pool_size = config.pool.size,
         "rds-iam-sidecar ready"
     );
     Ok(RunningSidecar {
@@ -163,6 +174,9 @@ fn warn_about_exposure(config: &Config, tcp_addrs: &[SocketAddr]) {
             listen = ?tcp_addrs,
             "listening beyond loopback: clients are not authenticated by the sidecar, so anyone who can reach this port logs in as the database users the sidecar's IAM role may use"
         );
+    }
+    if config.pool.idle_timeout >= crate::config::RDS_PROXY_IDLE_CLIENT_TIMEOUT {
+        warn!(idle_timeout = ?config.pool.idle_timeout, "--idle-timeout is not below RDS Proxy's default IdleClientTimeout (1800 s): the proxy may close idle pooled connections first (they are replaced, but each costs a new IAM login)");
     }
     if matches!(config.auth, UpstreamAuth::Iam { .. }) && config.tls_mode == TlsMode::Require {
         warn!(

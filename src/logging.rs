@@ -7,7 +7,7 @@ use tracing_subscriber::EnvFilter;
 use crate::cli::LogFormat;
 
 /// Targets that stay at `warn` whatever the level, unless the filter names them.
-const QUIET_TARGETS: &str = "aws_config=warn,aws_smithy_runtime=warn,aws_smithy_http_client=warn,aws_sigv4=warn,hyper=warn,hyper_util=warn,rustls=warn";
+const QUIET_TARGETS: &str = "aws_config=warn,aws_runtime=warn,aws_credential_types=warn,aws_smithy_runtime=warn,aws_smithy_http_client=warn,aws_sigv4=warn,hyper=warn,hyper_util=warn,rustls=warn";
 
 fn filter(level: &str) -> Result<EnvFilter, String> {
     EnvFilter::try_new(format!("{QUIET_TARGETS},{level}"))

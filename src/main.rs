@@ -15,7 +15,7 @@ use rds_iam_sidecar::logging;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let command = cli.command.unwrap_or(Command::Run(cli.run));
+    let command = cli.command.unwrap_or(Command::Run(Box::new(cli.run)));
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -27,7 +27,7 @@ fn main() -> ExitCode {
         }
     };
     match command {
-        Command::Run(args) => runtime.block_on(run(args)),
+        Command::Run(args) => runtime.block_on(run(*args)),
         Command::Token(args) => runtime.block_on(token(args)),
     }
 }

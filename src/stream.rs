@@ -84,3 +84,13 @@ pub enum UpstreamStream {
 }
 
 delegate_io!(UpstreamStream { Tls, Plain });
+
+impl ClientStream {
+    /// Waits until the client sent something (or closed), without a buffer.
+    pub async fn readable(&self) -> io::Result<()> {
+        match self {
+            Self::Tcp(s) => s.readable().await,
+            Self::Unix(s) => s.readable().await,
+        }
+    }
+}

@@ -262,7 +262,9 @@ async fn fifty_concurrent_clients() {
         let expected: i64 = (0..10).map(|j| (i * 100 + j) * 2).sum();
         assert_eq!(task.await.expect("join"), expected);
     }
-    assert_eq!(stack.emulator.logins(), 50);
+    // Session mode, --pool-size 20 by default: never more upstream logins than that.
+    let logins = stack.emulator.logins();
+    assert!((1..=20).contains(&logins), "{logins} logins");
 }
 
 #[tokio::test]
@@ -428,7 +430,8 @@ async fn every_listen_address_serves() {
         tokio::spawn(connection);
         client.simple_query("select 1").await.expect("query");
     }
-    assert_eq!(stack.emulator.logins(), 2);
+    let logins = stack.emulator.logins();
+    assert!((1..=2).contains(&logins), "{logins} logins");
 }
 
 #[tokio::test]

@@ -331,8 +331,10 @@ async fn rejected_login_is_retried_once_with_fresh_credentials() {
         "the revoked key was tried once"
     );
     assert_eq!(stack.emulator.logins(), 1);
-    // The cache now holds the valid key: no more rejections.
-    let client = connect(&stack).await;
+    // The cache now holds the valid key: a login for another pool is not rejected.
+    let client = try_connect(&stack, "postgres", "template1")
+        .await
+        .expect("connect to another database");
     client.simple_query("select 1").await.expect("query");
     assert_eq!(stack.emulator.rejected(), 1);
     assert_eq!(stack.emulator.logins(), 2);

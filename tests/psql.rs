@@ -90,8 +90,8 @@ async fn psql_queries_transactions_and_errors() {
     assert!(out.contains("after=1"), "{out}");
     assert_eq!(
         stack.emulator.logins(),
-        2,
-        "one upstream login per psql run"
+        1,
+        "the second psql run reuses the pooled connection"
     );
 }
 
@@ -238,6 +238,7 @@ async fn pgbench_in_all_three_protocols() {
             "{mode}: {out}"
         );
     }
-    // Each run: 4 clients plus pgbench's own first connection; one upstream login each.
-    assert_eq!(stack.emulator.logins(), 15, "(4 clients + 1) x 3 runs");
+    // 4 clients at once plus pgbench's own first connection at most; runs reuse the pool.
+    let logins = stack.emulator.logins();
+    assert!((1..=5).contains(&logins), "{logins} logins");
 }

@@ -1,11 +1,17 @@
 //! Header-only framing of a message stream. Every message after startup is a 1-byte tag and a
 //! 4-byte big-endian length that counts itself; the forwarder passes bytes through unchanged
-//! and [`FrameScanner`] walks the headers to see where messages end and to catch
-//! ReadyForQuery (`Z`) with its transaction status. It allocates nothing and copies at most
-//! five header bytes when a header straddles two reads.
+//! and [`FrameScanner`] walks the headers, telling a [`FrameVisitor`] about each message and
+//! handing it the body only of the few messages it asks for (ReadyForQuery, ParameterStatus).
+//! Bodies that sit inside one read are handed over in place; only a header or a requested body
+//! that straddles two reads is copied.
 
 /// ReadyForQuery message tag.
 pub const READY_FOR_QUERY: u8 = b'Z';
+/// ParameterStatus message tag (server to client).
+pub const PARAMETER_STATUS: u8 = b'S';
+
+/// A requested body larger than this is not captured (ParameterStatus values are short).
+const MAX_CAPTURE: usize = 64 * 1024;
 
 /// A length field smaller than the length itself: the stream is not PostgreSQL.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -15,7 +21,7 @@ pub struct FramingError {
     pub length: u32,
 }
 
-/// Transaction status from the most recent ReadyForQuery.
+/// Transaction status from a ReadyForQuery.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TransactionStatus {
     /// `I`: not in a transaction block.
@@ -27,7 +33,7 @@ pub enum TransactionStatus {
 }
 
 impl TransactionStatus {
-    fn from_byte(byte: u8) -> Self {
+    pub fn from_byte(byte: u8) -> Self {
         match byte {
             b'I' => Self::Idle,
             b'T' => Self::InTransaction,
@@ -36,21 +42,29 @@ impl TransactionStatus {
     }
 }
 
-/// Where the last ReadyForQuery in a chunk ended, and its status.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ReadyAt {
-    /// Offset in the chunk just past the ReadyForQuery message.
-    pub end: usize,
-    pub status: TransactionStatus,
+/// Receives the messages a [`FrameScanner`] walks over.
+pub trait FrameVisitor {
+    /// A message starts at offset `start` of the chunk being scanned (negative when its
+    /// header began in an earlier chunk); return true to be handed its whole body in
+    /// [`FrameVisitor::message`].
+    fn header(&mut self, tag: u8, body_len: usize, start: isize) -> bool;
+    /// A message whose body was asked for is complete; `end` is the offset just past it in the
+    /// chunk being scanned.
+    fn message(&mut self, tag: u8, body: &[u8], end: usize);
 }
 
 /// Walks message headers across arbitrarily split chunks.
 #[derive(Debug, Default, Clone)]
 pub struct FrameScanner {
-    /// Body bytes of the current message still to pass over.
-    skip: usize,
-    /// A header that straddles chunks: tag + length (+ the status byte for `Z`).
-    partial: [u8; 6],
+    /// Body bytes of the current message still to pass over (or to capture).
+    remaining: usize,
+    /// Tag of the message being passed over or captured.
+    tag: u8,
+    /// The current body is being captured into `captured`.
+    capturing: bool,
+    captured: Vec<u8>,
+    /// A header that straddles chunks.
+    partial: [u8; 5],
     partial_len: usize,
 }
 
@@ -61,68 +75,86 @@ impl FrameScanner {
 
     /// True when the scanner sits exactly on a message boundary.
     pub fn at_boundary(&self) -> bool {
-        self.skip == 0 && self.partial_len == 0
+        self.remaining == 0 && self.partial_len == 0
     }
 
-    /// Scans one chunk; returns the last complete ReadyForQuery in it, if any.
-    pub fn scan(&mut self, chunk: &[u8]) -> Result<Option<ReadyAt>, FramingError> {
+    /// How many bytes at the end of the last chunk are the start of a header not yet complete.
+    pub fn partial_header_len(&self) -> usize {
+        self.partial_len
+    }
+
+    /// Scans one chunk, calling `visitor` for every message header and requested body.
+    pub fn scan<V: FrameVisitor>(
+        &mut self,
+        chunk: &[u8],
+        visitor: &mut V,
+    ) -> Result<(), FramingError> {
         let mut pos = 0;
-        let mut last = None;
         while pos < chunk.len() {
-            if self.skip > 0 {
-                let step = self.skip.min(chunk.len() - pos);
-                self.skip -= step;
+            if self.remaining > 0 {
+                let step = self.remaining.min(chunk.len() - pos);
+                if self.capturing {
+                    self.captured.extend_from_slice(&chunk[pos..pos + step]);
+                }
+                self.remaining -= step;
                 pos += step;
-                continue;
-            }
-            if self.partial_len == 0 && chunk.len() - pos >= 6 {
-                // Fast path: the whole header (and a possible status byte) is in this chunk.
-                let header = &chunk[pos..pos + 6];
-                let (tag, length) = header_fields(header)?;
-                if tag == READY_FOR_QUERY && length == 5 {
-                    pos += 6;
-                    last = Some(ReadyAt {
-                        end: pos,
-                        status: TransactionStatus::from_byte(header[5]),
-                    });
-                } else {
-                    pos += 5;
-                    self.skip = length as usize - 4;
+                if self.remaining == 0 && self.capturing {
+                    self.capturing = false;
+                    let body = std::mem::take(&mut self.captured);
+                    visitor.message(self.tag, &body, pos);
+                    self.captured = body;
+                    self.captured.clear();
                 }
                 continue;
             }
-            // Slow path: gather the header byte by byte across chunks.
-            self.partial[self.partial_len] = chunk[pos];
-            self.partial_len += 1;
-            pos += 1;
-            if self.partial_len < 5 {
-                continue;
-            }
-            let (tag, length) = header_fields(&self.partial[..5])?;
-            if tag == READY_FOR_QUERY && length == 5 {
-                if self.partial_len == 6 {
-                    last = Some(ReadyAt {
-                        end: pos,
-                        status: TransactionStatus::from_byte(self.partial[5]),
-                    });
-                    self.partial_len = 0;
-                }
+            let (tag, body_len) = if self.partial_len == 0 && chunk.len() - pos >= 5 {
+                let fields = header_fields(&chunk[pos..pos + 5])?;
+                pos += 5;
+                fields
             } else {
+                self.partial[self.partial_len] = chunk[pos];
+                self.partial_len += 1;
+                pos += 1;
+                if self.partial_len < 5 {
+                    continue;
+                }
                 self.partial_len = 0;
-                self.skip = length as usize - 4;
+                header_fields(&self.partial)?
+            };
+            let wants_body = visitor.header(tag, body_len, pos as isize - 5);
+            if wants_body && body_len <= MAX_CAPTURE {
+                if chunk.len() - pos >= body_len {
+                    // The whole body is in this chunk: hand it over in place.
+                    let end = pos + body_len;
+                    visitor.message(tag, &chunk[pos..end], end);
+                    pos = end;
+                    continue;
+                }
+                self.capturing = true;
+                self.captured.clear();
             }
+            self.tag = tag;
+            self.remaining = body_len;
         }
-        Ok(last)
+        Ok(())
     }
 }
 
-fn header_fields(header: &[u8]) -> Result<(u8, u32), FramingError> {
+fn header_fields(header: &[u8]) -> Result<(u8, usize), FramingError> {
     let tag = header[0];
     let length = u32::from_be_bytes([header[1], header[2], header[3], header[4]]);
     if length < 4 {
         return Err(FramingError { tag, length });
     }
-    Ok((tag, length))
+    Ok((tag, length as usize - 4))
+}
+
+/// Splits a ParameterStatus body into name and value.
+pub fn parameter_status(body: &[u8]) -> Option<(String, String)> {
+    let mut parts = body.split(|b| *b == 0);
+    let name = std::str::from_utf8(parts.next()?).ok()?;
+    let value = std::str::from_utf8(parts.next()?).ok()?;
+    Some((name.to_owned(), value.to_owned()))
 }
 
 #[cfg(test)]
@@ -141,37 +173,63 @@ mod tests {
         s.extend(message(b'T', b"row description"));
         s.extend(message(b'D', &[7u8; 300]));
         s.extend(message(b'C', b"SELECT 1\0"));
+        s.extend(message(b'S', b"TimeZone\0UTC\0"));
         s.extend(message(b'Z', b"T"));
         s.extend(message(b'D', b""));
         s.extend(message(b'Z', b"I"));
         s
     }
 
-    #[test]
-    fn finds_ready_for_query_in_one_chunk() {
-        let s = stream();
-        let mut scanner = FrameScanner::new();
-        let ready = scanner.scan(&s).expect("valid").expect("ready");
-        assert_eq!(ready.end, s.len());
-        assert_eq!(ready.status, TransactionStatus::Idle);
-        assert!(scanner.at_boundary());
+    /// Records what it sees, with absolute offsets.
+    #[derive(Default)]
+    struct Recorder {
+        base: usize,
+        tags: Vec<u8>,
+        ready: Vec<(usize, TransactionStatus)>,
+        parameters: Vec<(String, String)>,
+    }
+
+    impl FrameVisitor for Recorder {
+        fn header(&mut self, tag: u8, _body_len: usize, start: isize) -> bool {
+            assert!(start >= -4, "a header starts at most 4 bytes back");
+            self.tags.push(tag);
+            tag == READY_FOR_QUERY || tag == PARAMETER_STATUS
+        }
+
+        fn message(&mut self, tag: u8, body: &[u8], end: usize) {
+            match tag {
+                READY_FOR_QUERY => self
+                    .ready
+                    .push((self.base + end, TransactionStatus::from_byte(body[0]))),
+                PARAMETER_STATUS => self.parameters.extend(parameter_status(body)),
+                _ => {}
+            }
+        }
     }
 
     #[test]
-    fn same_result_for_every_split() {
+    fn same_events_for_every_split() {
         let s = stream();
+        let first_ready = s.len() - 6 - 5;
         for split_size in 1..=s.len() {
             let mut scanner = FrameScanner::new();
-            let mut seen = Vec::new();
+            let mut recorder = Recorder::default();
             for (i, chunk) in s.chunks(split_size).enumerate() {
-                if let Some(ready) = scanner.scan(chunk).expect("valid") {
-                    seen.push((i * split_size + ready.end, ready.status));
-                }
+                recorder.base = i * split_size;
+                scanner.scan(chunk, &mut recorder).expect("valid");
             }
+            assert_eq!(recorder.tags, b"TDCSZDZ", "split {split_size}");
             assert_eq!(
-                seen.last(),
-                Some(&(s.len(), TransactionStatus::Idle)),
+                recorder.ready,
+                vec![
+                    (first_ready, TransactionStatus::InTransaction),
+                    (s.len(), TransactionStatus::Idle)
+                ],
                 "split {split_size}"
+            );
+            assert_eq!(
+                recorder.parameters,
+                vec![("TimeZone".to_owned(), "UTC".to_owned())]
             );
             assert!(scanner.at_boundary());
         }
@@ -180,6 +238,10 @@ mod tests {
     #[test]
     fn rejects_impossible_lengths() {
         let mut scanner = FrameScanner::new();
-        assert!(scanner.scan(&[b'D', 0, 0, 0, 3, 0]).is_err());
+        assert!(
+            scanner
+                .scan(&[b'D', 0, 0, 0, 3, 0], &mut Recorder::default())
+                .is_err()
+        );
     }
 }

@@ -1,0 +1,441 @@
+//! Pools of logged-in upstream connections, one per [`PoolKey`], so that clients connect in
+//! microseconds and IAM logins stay rare. A pool hands out [`Lease`]s: at most `--pool-size`
+//! connections exist per pool (idle + leased + being opened); a client waits up to
+//! `--pool-timeout` for one. Idle connections are checked before reuse and retired after
+//! `--idle-timeout` or their (jittered) `--max-lifetime`; `--min-idle` are kept open. New logins
+//! across all pools pass one [`RateLimiter`].
+
+pub mod key;
+pub mod rate;
+pub mod reset;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::task::Poll;
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, ReadBuf};
+use tokio::sync::Notify;
+use tokio::time::{Instant, sleep_until, timeout_at};
+use tracing::{debug, info, warn};
+
+use crate::upstream::error::ConnectError;
+use crate::upstream::{Connector, ServerConnection};
+pub use key::PoolKey;
+pub use rate::RateLimiter;
+
+/// How upstream connections are shared.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PoolMode {
+    /// A client holds one upstream connection for its whole life (default).
+    Session,
+    /// A client holds an upstream connection for one transaction at a time.
+    Transaction,
+}
+
+/// Pool limits and lifetimes.
+#[derive(Debug, Clone)]
+pub struct PoolSettings {
+    pub mode: PoolMode,
+    /// Most upstream connections per pool.
+    pub size: usize,
+    /// Idle connections kept open per pool once it exists.
+    pub min_idle: usize,
+    /// How long a client waits for a free connection.
+    pub timeout: Duration,
+    /// Idle connections older than this (idle) are closed.
+    pub idle_timeout: Duration,
+    /// Connections are closed after about this long (±10 %).
+    pub max_lifetime: Duration,
+    /// Run on a connection before another client gets it (session mode); None to skip.
+    pub reset_query: Option<String>,
+    /// New upstream logins per second across all pools.
+    pub max_connect_rate: u32,
+}
+
+impl Default for PoolSettings {
+    fn default() -> Self {
+        Self {
+            mode: PoolMode::Session,
+            size: 20,
+            min_idle: 0,
+            timeout: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(600),
+            max_lifetime: Duration::from_secs(3600),
+            reset_query: Some("DISCARD ALL".to_owned()),
+            max_connect_rate: 20,
+        }
+    }
+}
+
+/// An upstream connection with its pool bookkeeping.
+#[derive(Debug)]
+pub struct PooledConnection {
+    pub server: ServerConnection,
+    created: Instant,
+    lifetime: Duration,
+    idle_since: Instant,
+}
+
+impl PooledConnection {
+    fn expired(&self, now: Instant) -> bool {
+        now.duration_since(self.created) >= self.lifetime
+    }
+}
+
+/// Why no connection could be had.
+#[derive(Debug, thiserror::Error)]
+pub enum CheckoutError {
+    #[error(
+        "no upstream connection of pool {pool} became free within {waited:?} (--pool-size {size} \
+         reached)"
+    )]
+    Timeout {
+        pool: String,
+        waited: Duration,
+        size: usize,
+    },
+    #[error(transparent)]
+    Connect(#[from] ConnectError),
+}
+
+struct PoolState {
+    idle: Vec<PooledConnection>,
+    /// Idle + leased + being opened.
+    open: usize,
+}
+
+/// The connections of one key.
+pub struct Pool {
+    pub key: PoolKey,
+    state: Mutex<PoolState>,
+    freed: Notify,
+}
+
+impl Pool {
+    fn lock(&self) -> std::sync::MutexGuard<'_, PoolState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// (idle, open) counts.
+    pub fn counts(&self) -> (usize, usize) {
+        let state = self.lock();
+        (state.idle.len(), state.open)
+    }
+
+    fn forget_one(&self) {
+        self.lock().open -= 1;
+        self.freed.notify_one();
+    }
+}
+
+/// All pools, the connector behind them and the shared login rate limit.
+pub struct Pools {
+    connector: Arc<Connector>,
+    pub settings: PoolSettings,
+    limiter: RateLimiter,
+    pools: Mutex<HashMap<PoolKey, Arc<Pool>>>,
+}
+
+impl Pools {
+    pub fn new(connector: Arc<Connector>, settings: PoolSettings) -> Arc<Self> {
+        Arc::new(Self {
+            limiter: RateLimiter::new(settings.max_connect_rate),
+            connector,
+            settings,
+            pools: Mutex::new(HashMap::new()),
+        })
+    }
+
+    pub fn connector(&self) -> &Arc<Connector> {
+        &self.connector
+    }
+
+    /// The pool for a key, created on first use.
+    pub fn pool(&self, key: PoolKey) -> Arc<Pool> {
+        let mut pools = self.pools.lock().unwrap_or_else(|p| p.into_inner());
+        pools
+            .entry(key.clone())
+            .or_insert_with(|| {
+                Arc::new(Pool {
+                    key,
+                    state: Mutex::new(PoolState {
+                        idle: Vec::new(),
+                        open: 0,
+                    }),
+                    freed: Notify::new(),
+                })
+            })
+            .clone()
+    }
+
+    /// (idle, open) summed over the pools of `user@database`, if any exist.
+    pub fn counts_for(&self, user: &str, database: &str) -> Option<(usize, usize)> {
+        let matching: Vec<_> = self
+            .all()
+            .into_iter()
+            .filter(|p| p.key.user == user && p.key.database == database)
+            .collect();
+        (!matching.is_empty()).then(|| {
+            matching.iter().fold((0, 0), |(idle, open), pool| {
+                let (i, o) = pool.counts();
+                (idle + i, open + o)
+            })
+        })
+    }
+
+    fn all(&self) -> Vec<Arc<Pool>> {
+        let pools = self.pools.lock().unwrap_or_else(|p| p.into_inner());
+        pools.values().cloned().collect()
+    }
+
+    /// A connection of `pool`: an idle one that is still alive, a new one while the pool is
+    /// below its size, or the next one freed within `--pool-timeout`.
+    pub async fn checkout(self: &Arc<Self>, pool: &Arc<Pool>) -> Result<Lease, CheckoutError> {
+        let deadline = Instant::now() + self.settings.timeout;
+        loop {
+            let freed = pool.freed.notified();
+            tokio::pin!(freed);
+            freed.as_mut().enable();
+            let action = {
+                let mut state = pool.lock();
+                let now = Instant::now();
+                let mut found = None;
+                while let Some(candidate) = state.idle.pop() {
+                    if candidate.expired(now) {
+                        state.open -= 1;
+                        continue;
+                    }
+                    found = Some(candidate);
+                    break;
+                }
+                match found {
+                    Some(connection) => Action::Reuse(Box::new(connection)),
+                    None if state.open < self.settings.size => {
+                        state.open += 1;
+                        Action::Open
+                    }
+                    None => Action::Wait,
+                }
+            };
+            match action {
+                Action::Reuse(mut connection) => {
+                    if is_alive(&mut connection.server) {
+                        return Ok(self.lease(pool, *connection));
+                    }
+                    debug!(pool = %pool.key, "idle upstream connection was closed by the server; replacing it");
+                    pool.forget_one();
+                }
+                Action::Open => {
+                    return match self.open(pool, deadline).await {
+                        Ok(connection) => Ok(self.lease(pool, connection)),
+                        Err(error) => {
+                            pool.forget_one();
+                            Err(error)
+                        }
+                    };
+                }
+                Action::Wait => {
+                    if timeout_at(deadline, freed).await.is_err() {
+                        return Err(CheckoutError::Timeout {
+                            pool: pool.key.to_string(),
+                            waited: self.settings.timeout,
+                            size: self.settings.size,
+                        });
+                    }
+                }
+            }
+        }
+    }
+
+    /// Opens one connection for `pool`, after the rate limit allows it.
+    async fn open(
+        &self,
+        pool: &Pool,
+        deadline: Instant,
+    ) -> Result<PooledConnection, CheckoutError> {
+        let allowed_at = self.limiter.reserve();
+        if allowed_at > deadline {
+            sleep_until(deadline).await;
+            return Err(CheckoutError::Timeout {
+                pool: pool.key.to_string(),
+                waited: self.settings.timeout,
+                size: self.settings.size,
+            });
+        }
+        sleep_until(allowed_at).await;
+        let started = Instant::now();
+        let server = self
+            .connector
+            .connect(&pool.key.user, &pool.key.startup_parameters())
+            .await?;
+        info!(
+            pool = %pool.key,
+            login_ms = format_args!("{:.1}", started.elapsed().as_secs_f64() * 1000.0),
+            "opened upstream connection"
+        );
+        let now = Instant::now();
+        Ok(PooledConnection {
+            server,
+            created: now,
+            lifetime: jittered(self.settings.max_lifetime),
+            idle_since: now,
+        })
+    }
+
+    fn lease(self: &Arc<Self>, pool: &Arc<Pool>, connection: PooledConnection) -> Lease {
+        Lease {
+            connection: Some(connection),
+            pool: pool.clone(),
+        }
+    }
+
+    /// Retires idle connections past their idle timeout or lifetime, or closed by the server,
+    /// and opens connections up to `--min-idle`; runs until `stop` says so.
+    pub async fn maintain(self: Arc<Self>, mut stop: tokio::sync::watch::Receiver<bool>) {
+        let period = (self.settings.idle_timeout / 4)
+            .clamp(Duration::from_millis(200), Duration::from_secs(5));
+        loop {
+            tokio::select! {
+                _ = async { let _ = stop.wait_for(|s| *s).await; } => return,
+                _ = tokio::time::sleep(period) => {}
+            }
+            for pool in self.all() {
+                self.retire_idle(&pool);
+                self.top_up(&pool);
+            }
+        }
+    }
+
+    fn retire_idle(&self, pool: &Pool) {
+        let now = Instant::now();
+        let mut retired = Vec::new();
+        {
+            let mut state = pool.lock();
+            let mut index = 0;
+            while index < state.idle.len() {
+                let connection = &mut state.idle[index];
+                let stale = now.duration_since(connection.idle_since) >= self.settings.idle_timeout
+                    || connection.expired(now)
+                    || !is_alive(&mut connection.server);
+                if stale {
+                    retired.push(state.idle.swap_remove(index));
+                    state.open -= 1;
+                } else {
+                    index += 1;
+                }
+            }
+        }
+        if !retired.is_empty() {
+            debug!(pool = %pool.key, count = retired.len(), "retired idle upstream connections");
+            for _ in &retired {
+                pool.freed.notify_one();
+            }
+        }
+    }
+
+    fn top_up(self: &Arc<Self>, pool: &Arc<Pool>) {
+        let wanted = {
+            let mut state = pool.lock();
+            let idle = state.idle.len();
+            let room = self.settings.size.saturating_sub(state.open);
+            let wanted = self.settings.min_idle.saturating_sub(idle).min(room);
+            state.open += wanted;
+            wanted
+        };
+        for _ in 0..wanted {
+            let pools = self.clone();
+            let pool = pool.clone();
+            tokio::spawn(async move {
+                // Jitter, so that many sidecars starting together spread their logins.
+                let jitter = Duration::from_millis(rand::random::<u64>() % 1000);
+                tokio::time::sleep(jitter).await;
+                let deadline = Instant::now() + pools.settings.timeout;
+                match pools.open(&pool, deadline).await {
+                    Ok(connection) => {
+                        pool.lock().idle.push(connection);
+                        pool.freed.notify_one();
+                    }
+                    Err(error) => {
+                        warn!(pool = %pool.key, %error, "opening an idle upstream connection failed");
+                        pool.forget_one();
+                    }
+                }
+            });
+        }
+    }
+}
+
+enum Action {
+    Reuse(Box<PooledConnection>),
+    Open,
+    Wait,
+}
+
+/// max_lifetime ± 10 %.
+fn jittered(lifetime: Duration) -> Duration {
+    let factor = 0.9 + rand::random::<f64>() * 0.2;
+    lifetime.mul_f64(factor)
+}
+
+/// An idle connection must have nothing to read: data or EOF means the server closed it (or
+/// sent something no client asked for), so it is not handed out.
+fn is_alive(server: &mut ServerConnection) -> bool {
+    if !server.pending.is_empty() {
+        return false;
+    }
+    let mut byte = [0u8; 1];
+    let mut buf = ReadBuf::new(&mut byte);
+    let waker = std::task::Waker::noop();
+    let mut cx = std::task::Context::from_waker(waker);
+    matches!(
+        std::pin::Pin::new(&mut server.stream).poll_read(&mut cx, &mut buf),
+        Poll::Pending
+    )
+}
+
+/// A connection lent to one client. Dropping it closes the connection; [`Lease::release`]
+/// returns it to the pool.
+pub struct Lease {
+    connection: Option<PooledConnection>,
+    pool: Arc<Pool>,
+}
+
+impl Lease {
+    pub fn server(&mut self) -> &mut ServerConnection {
+        // A lease always holds its connection until it is released or dropped.
+        &mut self
+            .connection
+            .as_mut()
+            .expect("a lease holds a connection")
+            .server
+    }
+
+    pub fn pool_key(&self) -> &PoolKey {
+        &self.pool.key
+    }
+
+    /// Back to the pool as idle (or closed, when past its lifetime).
+    pub fn release(mut self) {
+        if let Some(mut connection) = self.connection.take() {
+            let now = Instant::now();
+            if connection.expired(now) {
+                debug!(pool = %self.pool.key, "upstream connection reached its lifetime; closing");
+                self.pool.forget_one();
+                return;
+            }
+            connection.idle_since = now;
+            self.pool.lock().idle.push(connection);
+            self.pool.freed.notify_one();
+        }
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        if self.connection.take().is_some() {
+            self.pool.forget_one();
+        }
+    }
+}
