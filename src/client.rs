@@ -19,9 +19,12 @@ use crate::cancel::{CancelKeyGuard, CancelRegistry, ServerKey};
 use crate::cli::CancelMode;
 use crate::config::Config;
 use crate::error::{PgError, sqlstate};
-use crate::forward::{BUFFER_SIZE, ClientSide, Outcome, SessionState, Traffic, forward_attached};
+use crate::forward::{
+    BUFFER_SIZE, ClientSide, Outcome, Rewrite, SessionState, Traffic, forward_attached,
+};
 use crate::pool::reset::reset;
 use crate::pool::{CheckoutError, Lease, PoolKey, PoolMode, Pools};
+use crate::prepared::{ClientRewriter, ClientStatements};
 use crate::protocol::messages;
 use crate::protocol::startup::{InitialPacket, StartupError, StartupRequest, read_initial_packet};
 use crate::stream::ClientStream;
@@ -264,6 +267,8 @@ async fn session(mut stream: ClientStream, startup: StartupRequest, context: Arc
         context: context.clone(),
         cancel_key,
         client_side: ClientSide::default(),
+        rewriter: ClientRewriter::new(),
+        statements: ClientStatements::default(),
         state: SessionState::default(),
         traffic: Traffic::default(),
     };
@@ -309,6 +314,9 @@ struct Session {
     context: Arc<SessionContext>,
     cancel_key: CancelKeyGuard,
     client_side: ClientSide,
+    /// Transaction mode: the client's messages and statements across transactions.
+    rewriter: ClientRewriter,
+    statements: ClientStatements,
     state: SessionState,
     traffic: Traffic,
 }
@@ -331,6 +339,7 @@ impl Session {
             &pending,
             false,
             cancel.as_deref(),
+            None,
         )
         .await;
         self.add(traffic);
@@ -339,7 +348,12 @@ impl Session {
                 let reset_query = self.context.pools.settings.reset_query.clone();
                 match reset_query {
                     Some(query) => match reset(lease.server(), &query).await {
-                        Ok(()) => lease.release(),
+                        Ok(()) => {
+                            if let Ok(mut prepared) = lease.server().prepared.lock() {
+                                prepared.clear();
+                            }
+                            lease.release()
+                        }
                         Err(error) => {
                             debug!(%error, "upstream connection not reusable; closing it")
                         }
@@ -372,7 +386,7 @@ impl Session {
                 Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => continue,
                 Err(_) => return Outcome::ClientError,
             };
-            if self.client_side.at_boundary() && first[..n].starts_with(&[b'X', 0, 0, 0, 4]) {
+            if self.rewriter.at_boundary() && first[..n].starts_with(&[b'X', 0, 0, 0, 4]) {
                 return Outcome::ClientTerminated;
             }
             let mut lease = match self.context.pools.checkout(pool).await {
@@ -390,6 +404,11 @@ impl Session {
                 .then(|| self.cancel_key.closer.clone());
             let pending = std::mem::take(&mut lease.server().pending);
             let server = lease.server();
+            let rewrite = Rewrite {
+                client: &mut self.rewriter,
+                statements: &mut self.statements,
+                prepared: &server.prepared,
+            };
             let (outcome, traffic) = forward_attached(
                 &mut self.stream,
                 &mut server.stream,
@@ -400,6 +419,7 @@ impl Session {
                 &pending,
                 true,
                 cancel.as_deref(),
+                Some(rewrite),
             )
             .await;
             drop(first);

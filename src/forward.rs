@@ -15,6 +15,7 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::Notify;
 
+use crate::prepared::{ClientRewriter, ClientStatements, Plan, ServerRewriter};
 use crate::protocol::framing::{
     FrameScanner, FrameVisitor, PARAMETER_STATUS, READY_FOR_QUERY, TransactionStatus,
     parameter_status,
@@ -116,6 +117,14 @@ impl ClientSide {
     }
 }
 
+/// Transaction mode's statement renaming for one client (see [`crate::prepared`]).
+pub struct Rewrite<'a> {
+    pub client: &'a mut ClientRewriter,
+    pub statements: &'a mut ClientStatements,
+    /// The attached server connection's prepared statements.
+    pub prepared: &'a std::sync::Mutex<std::collections::HashSet<String>>,
+}
+
 /// Forwards between `client` and `server` until an [`Outcome`]. `first` (bytes the client
 /// already sent) goes upstream first, `pending` (bytes the server already sent) to the client.
 /// With `release_when_idle` the period ends as soon as the connection is idle at a message
@@ -131,11 +140,14 @@ pub async fn forward_attached<C, S>(
     pending: &[u8],
     release_when_idle: bool,
     cancel: Option<&Notify>,
+    mut rewrite: Option<Rewrite<'_>>,
 ) -> (Outcome, Traffic)
 where
     C: AsyncRead + AsyncWrite + Unpin,
     S: AsyncRead + AsyncWrite + Unpin,
 {
+    let plan = Plan::default();
+    let prepared = rewrite.as_ref().map(|r| r.prepared);
     let (mut client_read, mut client_write) = tokio::io::split(client);
     let (mut server_read, mut server_write) = tokio::io::split(server);
     let mut traffic = Traffic::default();
@@ -155,11 +167,17 @@ where
         }
         traffic.to_client += pending.len() as u64;
     }
+    let mut up_out = Vec::new();
     if !first.is_empty() {
-        match send_upward(first, client_side, state, &mut server_write).await {
+        let sent = match rewrite.as_mut() {
+            Some(rewrite) => {
+                send_rewritten(first, rewrite, state, &plan, &mut up_out, &mut server_write).await
+            }
+            None => send_upward(first, client_side, state, &mut server_write).await,
+        };
+        match sent {
             Ok(None) => traffic.to_server += first.len() as u64,
-            Ok(Some(outcome)) => return (outcome, traffic),
-            Err(outcome) => return (outcome, traffic),
+            Ok(Some(outcome)) | Err(outcome) => return (outcome, traffic),
         }
     }
 
@@ -173,7 +191,21 @@ where
                 Ok(n) => n,
                 Err(_) => return Outcome::ClientError,
             };
-            match send_upward(&buffer[..n], client_side, state, &mut server_write).await {
+            let sent = match rewrite.as_mut() {
+                Some(rewrite) => {
+                    send_rewritten(
+                        &buffer[..n],
+                        rewrite,
+                        state,
+                        &plan,
+                        &mut up_out,
+                        &mut server_write,
+                    )
+                    .await
+                }
+                None => send_upward(&buffer[..n], client_side, state, &mut server_write).await,
+            };
+            match sent {
                 Ok(None) => to_server += n as u64,
                 Ok(Some(outcome)) | Err(outcome) => return outcome,
             }
@@ -181,8 +213,22 @@ where
     };
     let downward = async {
         let mut buffer = vec![0u8; BUFFER_SIZE];
+        let mut server_rewriter = ServerRewriter::default();
+        let mut down_out = Vec::new();
         loop {
-            let n = match server_read.read(&mut buffer).await {
+            let read = tokio::select! {
+                read = server_read.read(&mut buffer) => read,
+                () = plan.wake.notified(), if prepared.is_some() => {
+                    // The sidecar's own answers lead: the client waits for them, not the server.
+                    down_out.clear();
+                    plan.take_leading_synthetic(&mut down_out);
+                    if write_flushed(&mut client_write, &down_out).await.is_err() {
+                        return Outcome::ClientError;
+                    }
+                    continue;
+                }
+            };
+            let n = match read {
                 Ok(0) => return Outcome::ServerClosed,
                 Ok(n) => n,
                 // A TLS peer that closes without close_notify: a close, not a failure.
@@ -191,18 +237,31 @@ where
                 }
                 Err(_) => return Outcome::ServerError,
             };
-            let chunk = &buffer[..n];
+            let chunk = match prepared {
+                Some(prepared) => {
+                    down_out.clear();
+                    if server_rewriter
+                        .process(&buffer[..n], &plan, prepared, &mut down_out)
+                        .is_err()
+                    {
+                        return Outcome::ServerError;
+                    }
+                    &down_out[..]
+                }
+                None => &buffer[..n],
+            };
             if server_scanner.scan(chunk, &mut down).is_err() {
                 return Outcome::ServerError;
             }
             if write_flushed(&mut client_write, chunk).await.is_err() {
                 return Outcome::ClientError;
             }
-            to_client += n as u64;
+            to_client += chunk.len() as u64;
             if release_when_idle
                 && down.last_tag == READY_FOR_QUERY
                 && server_scanner.at_boundary()
                 && state.is_idle()
+                && plan.is_empty()
             {
                 return Outcome::Released;
             }
@@ -231,6 +290,33 @@ where
     // wait on a server that stopped reading.
     let _ = tokio::time::timeout(CLOSE_TIMEOUT, server_write.shutdown()).await;
     (outcome, traffic)
+}
+
+/// Rewrites and forwards one chunk from the client (transaction mode); `Some(outcome)` when
+/// the client terminated.
+async fn send_rewritten<W: AsyncWrite + Unpin>(
+    chunk: &[u8],
+    rewrite: &mut Rewrite<'_>,
+    state: &SessionState,
+    plan: &Plan,
+    out: &mut Vec<u8>,
+    server: &mut W,
+) -> Result<Option<Outcome>, Outcome> {
+    out.clear();
+    let report = rewrite
+        .client
+        .process(chunk, rewrite.statements, rewrite.prepared, plan, out)
+        .map_err(|_| Outcome::ClientError)?;
+    state
+        .expected_ready
+        .fetch_add(report.sync_points, Ordering::AcqRel);
+    if !report.terminated {
+        state.client_quiet.store(report.quiet, Ordering::Release);
+    }
+    if write_flushed(server, out).await.is_err() {
+        return Err(Outcome::ServerError);
+    }
+    Ok(report.terminated.then_some(Outcome::ClientTerminated))
 }
 
 /// Scans and forwards one chunk from the client; `Some(outcome)` when the client terminated.
@@ -383,6 +469,7 @@ where
         &[],
         pending,
         false,
+        None,
         None,
     )
     .await

@@ -17,6 +17,7 @@ pub mod iam;
 pub mod listener;
 pub mod logging;
 pub mod pool;
+pub mod prepared;
 pub mod protocol;
 pub mod secret;
 pub mod stream;

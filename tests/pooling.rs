@@ -408,18 +408,16 @@ async fn transaction_mode_shares_connections_between_transactions() {
     for _ in 0..10 {
         clients.push(connect(&stack).await);
     }
-    // (Simple queries: named prepared statements across transactions are not handled yet.)
     for round in 0..3i32 {
         for (i, client) in clients.iter().enumerate() {
-            let rows = client
-                .simple_query(&format!("select {round} * 10 + {i}"))
+            // query_one prepares a named statement in one round trip and binds it in another,
+            // which may land on another upstream connection.
+            let value: i32 = client
+                .query_one("select $1::int4 * 10 + $2::int4", &[&round, &(i as i32)])
                 .await
-                .expect("query");
-            let value = rows.iter().find_map(|m| match m {
-                tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_owned),
-                _ => None,
-            });
-            assert_eq!(value, Some((round * 10 + i as i32).to_string()));
+                .expect("query")
+                .get(0);
+            assert_eq!(value, round * 10 + i as i32);
         }
     }
     // A transaction keeps its connection from BEGIN to COMMIT.
@@ -442,7 +440,127 @@ async fn transaction_mode_shares_connections_between_transactions() {
 }
 
 #[tokio::test]
-async fn transaction_mode_pgbench_simple_and_extended() {
+async fn transaction_mode_reuses_prepared_statements_across_transactions() {
+    let stack = Arc::new(
+        pooled(|c| {
+            c.pool.mode = PoolMode::Transaction;
+            c.pool.size = 3;
+        })
+        .await,
+    );
+    // Several clients, each preparing once and executing many times while the pool moves
+    // them between upstream connections.
+    let tasks: Vec<_> = (0..6i32)
+        .map(|client_no| {
+            let stack = stack.clone();
+            tokio::spawn(async move {
+                let client = connect(&stack).await;
+                let statement = client
+                    .prepare("select $1::int4 + 1000 * $2::int4")
+                    .await
+                    .expect("prepare");
+                for i in 0..40i32 {
+                    let value: i32 = client
+                        .query_one(&statement, &[&i, &client_no])
+                        .await
+                        .expect("execute the prepared statement")
+                        .get(0);
+                    assert_eq!(value, i + 1000 * client_no);
+                }
+                // Closing the statement is answered by the sidecar; preparing again works.
+                drop(statement);
+                let again = client.prepare("select 2").await.expect("prepare again");
+                let two: i32 = client.query_one(&again, &[]).await.expect("run").get(0);
+                assert_eq!(two, 2);
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.expect("client task");
+    }
+    let logins = stack.emulator.logins();
+    assert!((1..=3).contains(&logins), "{logins} logins");
+}
+
+#[tokio::test]
+async fn same_statement_name_with_different_sql_stays_apart() {
+    use support::wire;
+    use tokio::io::AsyncWriteExt;
+    let stack = pooled(|c| {
+        c.pool.mode = PoolMode::Transaction;
+        c.pool.size = 1;
+    })
+    .await;
+    // Two raw clients both name their statement "stmt", with different SQL, over one upstream
+    // connection.
+    let mut answers = Vec::new();
+    let mut clients = Vec::new();
+    for sql in ["select 'first'::text", "select 'second'::text"] {
+        let mut raw = tokio::net::TcpStream::connect(stack.sidecar.addr())
+            .await
+            .expect("connect");
+        raw.write_all(&wire::startup_message(&[
+            ("user", "postgres"),
+            ("database", "postgres"),
+        ]))
+        .await
+        .expect("startup");
+        read_until_ready(&mut raw).await;
+        let parse = extended(b'P', &[b"stmt\0", sql.as_bytes(), b"\0\0\0"].concat());
+        raw.write_all(&[parse, extended(b'S', &[])].concat())
+            .await
+            .expect("parse");
+        read_until_ready(&mut raw).await;
+        clients.push(raw);
+    }
+    for raw in &mut clients {
+        let bind = extended(b'B', b"\0stmt\0\0\0\0\0\0\0");
+        let execute = extended(b'E', b"\0\0\0\0\0");
+        raw.write_all(&[bind, execute, extended(b'S', &[])].concat())
+            .await
+            .expect("bind/execute");
+        let messages = read_until_ready(raw).await;
+        let row = messages
+            .iter()
+            .find(|(tag, _)| *tag == b'D')
+            .map(|(_, body)| String::from_utf8_lossy(&body[6..]).into_owned());
+        answers.push(row);
+    }
+    assert_eq!(
+        answers,
+        vec![Some("first".to_owned()), Some("second".to_owned())]
+    );
+    assert_eq!(
+        stack.emulator.logins(),
+        1,
+        "both went over the one connection"
+    );
+}
+
+fn extended(tag: u8, body: &[u8]) -> Vec<u8> {
+    support::wire::message(tag, body)
+}
+
+async fn read_until_ready(raw: &mut tokio::net::TcpStream) -> Vec<(u8, Vec<u8>)> {
+    let mut messages = Vec::new();
+    loop {
+        let (tag, body) = support::wire::read_message(raw).await.expect("message");
+        assert_ne!(
+            tag,
+            b'E',
+            "error: {:?}",
+            support::wire::parse_error_fields(&body)
+        );
+        let done = tag == b'Z';
+        messages.push((tag, body));
+        if done {
+            return messages;
+        }
+    }
+}
+
+#[tokio::test]
+async fn transaction_mode_pgbench_in_all_three_protocols() {
     if std::process::Command::new("pgbench")
         .arg("--version")
         .output()
@@ -463,24 +581,16 @@ async fn transaction_mode_pgbench_simple_and_extended() {
         "\\set x random(1, 1000)\nbegin;\nselect :x::int * 2;\nselect :x::int + 1;\nend;\n",
     )
     .expect("script");
-    for mode in ["simple", "extended"] {
+    for mode in ["simple", "extended", "prepared"] {
         let port = stack.sidecar.addr().port().to_string();
         let script = script.clone();
         let output = tokio::task::spawn_blocking(move || {
+            // One thread per client: pgbench prepares statements synchronously, one at a
+            // time, and a client blocked waiting for a pooled connection must not stall the
+            // client that holds one inside its transaction.
             std::process::Command::new("pgbench")
-                .args([
-                    "-n",
-                    "-c",
-                    "16",
-                    "-t",
-                    "30",
-                    "-M",
-                    mode,
-                    "-h",
-                    "127.0.0.1",
-                    "-p",
-                    &port,
-                ])
+                .args(["-n", "-c", "16", "-j", "16", "-t", "30", "-M", mode])
+                .args(["-h", "127.0.0.1", "-p", &port])
                 .args(["-U", "postgres", "-f"])
                 .arg(&script)
                 .arg("postgres")

@@ -9,13 +9,13 @@ pub mod key;
 pub mod rate;
 pub mod reset;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::task::Poll;
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, ReadBuf};
-use tokio::sync::Notify;
+use tokio::sync::oneshot;
 use tokio::time::{Instant, sleep_until, timeout_at};
 use tracing::{debug, info, warn};
 
@@ -104,13 +104,22 @@ struct PoolState {
     idle: Vec<PooledConnection>,
     /// Idle + leased + being opened.
     open: usize,
+    /// Clients waiting for a connection, first come first served.
+    waiters: VecDeque<oneshot::Sender<Handoff>>,
+}
+
+/// What a waiting client is handed.
+enum Handoff {
+    /// A connection someone released.
+    Connection(Box<PooledConnection>),
+    /// Room to open a new connection (already counted in `open`).
+    Room,
 }
 
 /// The connections of one key.
 pub struct Pool {
     pub key: PoolKey,
     state: Mutex<PoolState>,
-    freed: Notify,
 }
 
 impl Pool {
@@ -124,9 +133,29 @@ impl Pool {
         (state.idle.len(), state.open)
     }
 
+    /// A connection is gone: its room goes to the first waiting client, if any.
     fn forget_one(&self) {
-        self.lock().open -= 1;
-        self.freed.notify_one();
+        let mut state = self.lock();
+        while let Some(waiter) = state.waiters.pop_front() {
+            if waiter.send(Handoff::Room).is_ok() {
+                return;
+            }
+        }
+        state.open -= 1;
+    }
+
+    /// A connection is free: it goes to the first waiting client, else to the idle list.
+    fn give_back(&self, connection: PooledConnection) {
+        let mut state = self.lock();
+        let mut connection = Box::new(connection);
+        while let Some(waiter) = state.waiters.pop_front() {
+            match waiter.send(Handoff::Connection(connection)) {
+                Ok(()) => return,
+                Err(Handoff::Connection(back)) => connection = back,
+                Err(Handoff::Room) => return,
+            }
+        }
+        state.idle.push(*connection);
     }
 }
 
@@ -163,8 +192,8 @@ impl Pools {
                     state: Mutex::new(PoolState {
                         idle: Vec::new(),
                         open: 0,
+                        waiters: VecDeque::new(),
                     }),
-                    freed: Notify::new(),
                 })
             })
             .clone()
@@ -191,14 +220,12 @@ impl Pools {
     }
 
     /// A connection of `pool`: an idle one that is still alive, a new one while the pool is
-    /// below its size, or the next one freed within `--pool-timeout`.
+    /// below its size, or else the next one freed within `--pool-timeout` (first come, first
+    /// served).
     pub async fn checkout(self: &Arc<Self>, pool: &Arc<Pool>) -> Result<Lease, CheckoutError> {
         let deadline = Instant::now() + self.settings.timeout;
         loop {
-            let freed = pool.freed.notified();
-            tokio::pin!(freed);
-            freed.as_mut().enable();
-            let action = {
+            let step = {
                 let mut state = pool.lock();
                 let now = Instant::now();
                 let mut found = None;
@@ -211,23 +238,42 @@ impl Pools {
                     break;
                 }
                 match found {
-                    Some(connection) => Action::Reuse(Box::new(connection)),
+                    Some(connection) => Ok(Handoff::Connection(Box::new(connection))),
                     None if state.open < self.settings.size => {
                         state.open += 1;
-                        Action::Open
+                        Ok(Handoff::Room)
                     }
-                    None => Action::Wait,
+                    None => {
+                        let (sender, receiver) = oneshot::channel();
+                        state.waiters.push_back(sender);
+                        Err(receiver)
+                    }
                 }
             };
+            let action = match step {
+                Ok(handoff) => handoff,
+                Err(receiver) => match timeout_at(deadline, receiver).await {
+                    Ok(Ok(handoff)) => handoff,
+                    // The pool went away: look again.
+                    Ok(Err(_)) => continue,
+                    Err(_) => {
+                        return Err(CheckoutError::Timeout {
+                            pool: pool.key.to_string(),
+                            waited: self.settings.timeout,
+                            size: self.settings.size,
+                        });
+                    }
+                },
+            };
             match action {
-                Action::Reuse(mut connection) => {
+                Handoff::Connection(mut connection) => {
                     if is_alive(&mut connection.server) {
                         return Ok(self.lease(pool, *connection));
                     }
                     debug!(pool = %pool.key, "idle upstream connection was closed by the server; replacing it");
                     pool.forget_one();
                 }
-                Action::Open => {
+                Handoff::Room => {
                     return match self.open(pool, deadline).await {
                         Ok(connection) => Ok(self.lease(pool, connection)),
                         Err(error) => {
@@ -235,15 +281,6 @@ impl Pools {
                             Err(error)
                         }
                     };
-                }
-                Action::Wait => {
-                    if timeout_at(deadline, freed).await.is_err() {
-                        return Err(CheckoutError::Timeout {
-                            pool: pool.key.to_string(),
-                            waited: self.settings.timeout,
-                            size: self.settings.size,
-                        });
-                    }
                 }
             }
         }
@@ -321,17 +358,16 @@ impl Pools {
                     || !is_alive(&mut connection.server);
                 if stale {
                     retired.push(state.idle.swap_remove(index));
-                    state.open -= 1;
                 } else {
                     index += 1;
                 }
             }
         }
+        for _ in &retired {
+            pool.forget_one();
+        }
         if !retired.is_empty() {
             debug!(pool = %pool.key, count = retired.len(), "retired idle upstream connections");
-            for _ in &retired {
-                pool.freed.notify_one();
-            }
         }
     }
 
@@ -353,10 +389,7 @@ impl Pools {
                 tokio::time::sleep(jitter).await;
                 let deadline = Instant::now() + pools.settings.timeout;
                 match pools.open(&pool, deadline).await {
-                    Ok(connection) => {
-                        pool.lock().idle.push(connection);
-                        pool.freed.notify_one();
-                    }
+                    Ok(connection) => pool.give_back(connection),
                     Err(error) => {
                         warn!(pool = %pool.key, %error, "opening an idle upstream connection failed");
                         pool.forget_one();
@@ -365,12 +398,6 @@ impl Pools {
             });
         }
     }
-}
-
-enum Action {
-    Reuse(Box<PooledConnection>),
-    Open,
-    Wait,
 }
 
 /// max_lifetime ± 10 %.
@@ -426,8 +453,7 @@ impl Lease {
                 return;
             }
             connection.idle_since = now;
-            self.pool.lock().idle.push(connection);
-            self.pool.freed.notify_one();
+            self.pool.give_back(connection);
         }
     }
 }

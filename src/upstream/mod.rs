@@ -59,6 +59,8 @@ pub struct ServerConnection {
     pub backend_key: Option<(i32, i32)>,
     /// Bytes already read past ReadyForQuery, to hand to the client first.
     pub pending: BytesMut,
+    /// Server-side names of the prepared statements this connection holds (transaction mode).
+    pub prepared: std::sync::Mutex<std::collections::HashSet<String>>,
 }
 
 /// Opens upstream connections.
@@ -182,6 +184,7 @@ impl Connector {
             parameters: outcome.parameters,
             backend_key: outcome.backend_key,
             pending: outcome.pending,
+            prepared: Default::default(),
         })
     }
 
