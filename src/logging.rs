@@ -22,8 +22,10 @@ pub fn validate_filter(level: &str) -> Result<(), String> {
 /// Installs the global subscriber (stderr). Later calls are ignored.
 pub fn init(format: LogFormat, level: &str) {
     let Ok(filter) = filter(level) else { return };
+    use std::io::IsTerminal;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     let _ = match format {
         LogFormat::Json => builder.json().flatten_event(true).try_init(),

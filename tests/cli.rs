@@ -260,6 +260,18 @@ fn free_port() -> u16 {
         .expect("free port")
 }
 
+/// A spawned sidecar that is killed if the test fails before stopping it.
+struct KillOnDrop(Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
 async fn wait_for_port(port: u16, child: &mut Child) {
     let deadline = Instant::now() + Duration::from_secs(20);
     while Instant::now() < deadline {
@@ -335,8 +347,9 @@ async fn ecs_credentials_rotate_and_logs_hold_no_secret() {
         .stdout(Stdio::null())
         .stderr(Stdio::from(log_file))
         .spawn()
+        .map(KillOnDrop)
         .expect("spawn sidecar");
-    wait_for_port(port, &mut child).await;
+    wait_for_port(port, &mut child.0).await;
 
     assert_eq!(
         query_through(port, "postgres")
@@ -377,12 +390,12 @@ async fn ecs_credentials_rotate_and_logs_hold_no_secret() {
     assert!(ecs.requests.load(Ordering::SeqCst) >= 2);
 
     Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
+        .args(["-TERM", &child.0.id().to_string()])
         .status()
         .expect("send SIGTERM");
     let deadline = Instant::now() + Duration::from_secs(10);
     let status = loop {
-        if let Some(status) = child.try_wait().expect("wait") {
+        if let Some(status) = child.0.try_wait().expect("wait") {
             break status;
         }
         assert!(Instant::now() < deadline, "sidecar did not exit on SIGTERM");

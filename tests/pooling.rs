@@ -613,3 +613,83 @@ async fn transaction_mode_pgbench_in_all_three_protocols() {
     let logins = stack.emulator.logins();
     assert!((1..=4).contains(&logins), "{logins} logins for 16 clients");
 }
+
+/// Logs in with raw messages; returns the stream and the BackendKeyData (pid, secret).
+async fn raw_login(stack: &Stack) -> (tokio::net::TcpStream, [u8; 8]) {
+    use tokio::io::AsyncWriteExt;
+    let mut raw = tokio::net::TcpStream::connect(stack.sidecar.addr())
+        .await
+        .expect("connect");
+    raw.write_all(&support::wire::startup_message(&[
+        ("user", "postgres"),
+        ("database", "postgres"),
+    ]))
+    .await
+    .expect("startup");
+    let messages = read_until_ready(&mut raw).await;
+    let key = messages
+        .iter()
+        .find(|(tag, _)| *tag == b'K')
+        .and_then(|(_, body)| <[u8; 8]>::try_from(&body[..]).ok())
+        .expect("BackendKeyData");
+    (raw, key)
+}
+
+#[tokio::test]
+async fn a_cancel_with_another_clients_keys_does_nothing() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let stack = pooled(|_| {}).await;
+    let (mut a, a_key) = raw_login(&stack).await;
+    let (_b, b_key) = raw_login(&stack).await;
+    a.write_all(&support::wire::query_message("select pg_sleep(1)"))
+        .await
+        .expect("query");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // A's pid with B's secret, and B's pid with A's secret: neither is a real key.
+    for (pid, secret) in [(&a_key[..4], &b_key[4..]), (&b_key[..4], &a_key[4..])] {
+        let mut cancel = tokio::net::TcpStream::connect(stack.sidecar.addr())
+            .await
+            .expect("connect");
+        let packet = support::wire::cancel_request(
+            u32::from_be_bytes(pid.try_into().expect("4 bytes")),
+            u32::from_be_bytes(secret.try_into().expect("4 bytes")),
+        );
+        cancel.write_all(&packet).await.expect("cancel");
+        let mut rest = Vec::new();
+        cancel.read_to_end(&mut rest).await.expect("closed");
+    }
+    let answer = read_until_ready(&mut a).await; // panics on an ErrorResponse
+    assert!(
+        answer.iter().any(|(tag, _)| *tag == b'C'),
+        "the query completed"
+    );
+    assert_eq!(stack.emulator.cancels(), 0);
+}
+
+#[tokio::test]
+async fn transaction_mode_forwards_cancels_to_the_serving_connection() {
+    let stack = pooled(|c| {
+        c.pool.mode = PoolMode::Transaction;
+        c.pool.size = 2;
+    })
+    .await;
+    let bystander = connect(&stack).await;
+    let client = connect(&stack).await;
+    let cancel = client.cancel_token();
+    let query = tokio::spawn(async move { client.simple_query("select pg_sleep(30)").await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    cancel
+        .cancel_query(tokio_postgres::NoTls)
+        .await
+        .expect("send cancel");
+    let result = tokio::time::timeout(Duration::from_secs(10), query)
+        .await
+        .expect("ends soon after the cancel")
+        .expect("join");
+    assert_eq!(db_error(&result.expect_err("cancelled")).0, "57014");
+    assert_eq!(stack.emulator.cancels(), 1);
+    bystander
+        .simple_query("select 1")
+        .await
+        .expect("the other client is untouched");
+}

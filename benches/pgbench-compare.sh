@@ -1,0 +1,551 @@
+#!/usr/bin/env bash
+# benches/pgbench-compare.sh: rds-iam-sidecar against direct TLS and PgBouncer, with pgbench.
+#
+# What it measures (DESIGN.md §8, "Numbers we aim for"):
+#   * pgbench select-only (-S) throughput and average latency, CLIENTS clients, DURATION seconds
+#     per run, for each target:
+#       direct        libpq straight to PostgreSQL over TLS (sslmode=require)
+#       sidecar-sess  rds-iam-sidecar, --pool-mode session      (plain local hop, TLS upstream)
+#       sidecar-tx    rds-iam-sidecar, --pool-mode transaction  (plain local hop, TLS upstream)
+#       pgb-sess      PgBouncer, pool_mode=session      (plain local hop, server_tls_sslmode=require)
+#       pgb-tx        PgBouncer, pool_mode=transaction  (plain local hop, server_tls_sslmode=require)
+#     in three ways: -M simple, -M prepared, and -C -M simple (a new connection per transaction).
+#     The sidecar logs in with --auth password and --tls-mode verify-full against a self-signed
+#     certificate; both poolers keep at most 8 upstream connections.
+#   * Ratios sidecar/PgBouncer (same pool mode) and sidecar/direct, and the latency the sidecar
+#     adds to each round trip compared with direct TLS.
+#   * The sidecar's RSS (VmRSS): right after start, then with IDLE_CLIENTS idle clients in
+#     transaction mode and SESSION_IDLE_CLIENTS idle clients in session mode (each of those holds
+#     an upstream TLS connection, so PostgreSQL's max_connections caps how many), and the same
+#     for PgBouncer in transaction mode when it is installed.
+#
+# Everything runs on this machine against a throw-away PostgreSQL cluster (fsync=off) in a
+# temporary directory, which is removed on exit together with every process the script started.
+# PgBouncer is skipped when `pgbouncer` is not on PATH (Debian: apt-get install pgbouncer).
+#
+# Run (as root, from anywhere; needs initdb/postgres/pg_ctl, pgbench, psql, openssl, python3):
+#   benches/pgbench-compare.sh
+#   DURATION=30 CLIENTS=16 benches/pgbench-compare.sh
+# Environment:
+#   DURATION              seconds per pgbench run                       (default 10)
+#   CLIENTS               pgbench clients (-c)                          (default 8)
+#   THREADS               pgbench threads (-j)                          (default 2)
+#   POOL_SIZE             upstream connections per pooler               (default 8)
+#   IDLE_CLIENTS          idle clients for the transaction-mode RSS test (default 1000)
+#   SESSION_IDLE_CLIENTS  idle clients for the session-mode RSS test     (default 250)
+#   SKIP_BUILD=1          do not run cargo build (use the existing binary)
+#   KEEP_TMP=1            keep the temporary directory (logs) after exit
+# A full run with the defaults takes about 2.5-3 minutes after the build (2 cores).
+
+set -euo pipefail
+
+DURATION=${DURATION:-10}
+CLIENTS=${CLIENTS:-8}
+THREADS=${THREADS:-2}
+POOL_SIZE=${POOL_SIZE:-8}
+IDLE_CLIENTS=${IDLE_CLIENTS:-1000}
+SESSION_IDLE_CLIENTS=${SESSION_IDLE_CLIENTS:-250}
+PG_MAX_CONNECTIONS=300
+
+REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+SIDECAR="$REPO/target/release/rds-iam-sidecar"
+
+log() { printf '[%(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
+die() {
+    printf 'pgbench-compare: error: %s\n' "$*" >&2
+    exit 1
+}
+
+# ---------------------------------------------------------------------------------------------
+# Prerequisites
+# ---------------------------------------------------------------------------------------------
+[[ $(id -u) -eq 0 ]] || die "run as root (PostgreSQL and PgBouncer are started as the postgres user with runuser)"
+id postgres >/dev/null 2>&1 || die "no 'postgres' user (install the Debian package postgresql)"
+for dir in /usr/lib/postgresql/*/bin; do
+    [[ -d $dir ]] && PATH="$PATH:$dir"
+done
+export PATH
+for tool in initdb postgres pg_ctl pgbench psql openssl python3 runuser timeout; do
+    command -v "$tool" >/dev/null || die "'$tool' not found on PATH"
+done
+HAVE_PGBOUNCER=0
+if command -v pgbouncer >/dev/null; then HAVE_PGBOUNCER=1; fi
+# 1000+ idle clients need as many descriptors in the client, the sidecar and PgBouncer.
+ulimit -n 20000 2>/dev/null || ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+
+# ---------------------------------------------------------------------------------------------
+# Clean-up: everything started below is recorded here and stopped on exit.
+# ---------------------------------------------------------------------------------------------
+TMP=$(mktemp -d /tmp/pgbench-compare.XXXXXX)
+chmod 755 "$TMP"
+PIDS=()            # sidecars and helper processes (started by us, as root)
+PGBOUNCER_PIDFILES=()
+PGDATA="$TMP/data"
+
+cleanup() {
+    local rc=$?
+    trap - EXIT INT TERM
+    for pid in "${PIDS[@]}"; do
+        kill "$pid" 2>/dev/null || true
+    done
+    for pidfile in "${PGBOUNCER_PIDFILES[@]}"; do
+        [[ -s $pidfile ]] && kill "$(cat "$pidfile")" 2>/dev/null || true
+    done
+    if [[ -f $PGDATA/postmaster.pid ]]; then
+        runuser -u postgres -- pg_ctl -D "$PGDATA" -m immediate -w -t 20 stop >/dev/null 2>&1 || true
+    fi
+    for pid in "${PIDS[@]}"; do
+        wait "$pid" 2>/dev/null || true
+    done
+    if [[ ${KEEP_TMP:-0} == 1 ]]; then
+        log "kept $TMP"
+    else
+        rm -rf "$TMP"
+    fi
+    exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+free_port() {
+    python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+
+# wait_sql NAME PORT SSLMODE: wait up to 30 s until `SELECT 1` works through 127.0.0.1:PORT.
+wait_sql() {
+    local name=$1 port=$2 sslmode=$3 deadline=$((SECONDS + 30))
+    until PGCONNECT_TIMEOUT=3 PGSSLMODE=$sslmode psql -h 127.0.0.1 -p "$port" -U postgres -d postgres \
+        -XAtqc 'SELECT 1' >/dev/null 2>"$TMP/wait.err"; do
+        if ((SECONDS >= deadline)); then
+            cat "$TMP/wait.err" >&2
+            die "$name on port $port did not accept connections within 30 s (logs in $TMP, KEEP_TMP=1 keeps them)"
+        fi
+        sleep 0.2
+    done
+}
+
+# wait_listen PORT: wait up to 30 s until something listens on 127.0.0.1:PORT (no login).
+wait_listen() {
+    local port=$1 deadline=$((SECONDS + 30))
+    until python3 -c 'import socket,sys; socket.create_connection(("127.0.0.1", int(sys.argv[1])), 1).close()' \
+        "$port" 2>/dev/null; do
+        ((SECONDS < deadline)) || die "nothing listens on 127.0.0.1:$port after 30 s"
+        sleep 0.1
+    done
+}
+
+rss_kib() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status"; }
+
+# ---------------------------------------------------------------------------------------------
+# 1. Build
+# ---------------------------------------------------------------------------------------------
+if [[ ${SKIP_BUILD:-0} != 1 ]]; then
+    log "building the sidecar (cargo build --release --locked)"
+    (cd "$REPO" && cargo build --release --locked) || die "cargo build failed"
+fi
+[[ -x $SIDECAR ]] || die "$SIDECAR not found (build it, or unset SKIP_BUILD)"
+
+# ---------------------------------------------------------------------------------------------
+# 2. Throw-away PostgreSQL with TLS
+# ---------------------------------------------------------------------------------------------
+PG_PORT=$(free_port)
+log "PostgreSQL: initdb in $PGDATA, port $PG_PORT"
+# A self-signed server certificate, also the sidecar's --ca-file. CA:FALSE because webpki
+# (rustls) refuses a CA certificate as the server's own certificate.
+openssl req -x509 -newkey rsa:2048 -nodes -days 2 -sha256 \
+    -keyout "$TMP/server.key" -out "$TMP/server.crt" \
+    -subj /CN=localhost -addext subjectAltName=DNS:localhost \
+    -addext basicConstraints=critical,CA:FALSE >"$TMP/openssl.log" 2>&1 ||
+    {
+        cat "$TMP/openssl.log" >&2
+        die "openssl could not make the certificate"
+    }
+chown postgres: "$TMP/server.key" "$TMP/server.crt"
+chmod 600 "$TMP/server.key"
+chmod 644 "$TMP/server.crt"
+
+mkdir "$PGDATA" "$TMP/pg" # data; socket and server log (postgres must write there)
+chown postgres: "$PGDATA" "$TMP/pg"
+runuser -u postgres -- initdb -D "$PGDATA" -U postgres -A trust --no-sync -E UTF8 --locale=C \
+    >"$TMP/initdb.log" 2>&1 || {
+    cat "$TMP/initdb.log" >&2
+    die "initdb failed"
+}
+cat >>"$PGDATA/postgresql.conf" <<EOF
+listen_addresses = '127.0.0.1'
+port = $PG_PORT
+unix_socket_directories = '$TMP/pg'
+max_connections = $PG_MAX_CONNECTIONS
+fsync = off
+synchronous_commit = off
+full_page_writes = off
+ssl = on
+ssl_cert_file = '$TMP/server.crt'
+ssl_key_file = '$TMP/server.key'
+log_min_messages = warning
+EOF
+cat >"$PGDATA/pg_hba.conf" <<EOF
+local   all all              trust
+hostssl all all 127.0.0.1/32 trust
+host    all all 127.0.0.1/32 trust
+EOF
+runuser -u postgres -- pg_ctl -D "$PGDATA" -l "$TMP/pg/postgres.log" -w -t 60 start >/dev/null ||
+    {
+        cat "$TMP/pg/postgres.log" >&2
+        die "PostgreSQL did not start"
+    }
+wait_sql PostgreSQL "$PG_PORT" require
+PGSSLMODE=disable timeout 300 pgbench -i -s 1 -q -h 127.0.0.1 -p "$PG_PORT" -U postgres postgres \
+    >"$TMP/pgbench-init.log" 2>&1 || {
+    cat "$TMP/pgbench-init.log" >&2
+    die "pgbench -i failed"
+}
+
+# ---------------------------------------------------------------------------------------------
+# 3. Sidecars
+# ---------------------------------------------------------------------------------------------
+# start_sidecar NAME PORT EXTRA_FLAGS...: starts one sidecar; its pid goes into SIDECAR_PID.
+start_sidecar() {
+    local name=$1 port=$2
+    shift 2
+    RDS_IAM_SIDECAR_PASSWORD=unused "$SIDECAR" \
+        --upstream "localhost:$PG_PORT" --auth password \
+        --tls-mode verify-full --ca-file "$TMP/server.crt" \
+        --listen "127.0.0.1:$port" --log-level warn "$@" \
+        </dev/null >"$TMP/$name.log" 2>&1 &
+    SIDECAR_PID=$!
+    PIDS+=("$SIDECAR_PID")
+}
+
+declare -A PORT=() SSLMODE=() PID=()
+TARGETS=(direct)
+PORT[direct]=$PG_PORT
+SSLMODE[direct]=require
+
+for mode in session transaction; do
+    [[ $mode == session ]] && name=sidecar-sess || name=sidecar-tx
+    PORT[$name]=$(free_port)
+    SSLMODE[$name]=disable
+    start_sidecar "$name" "${PORT[$name]}" --pool-size "$POOL_SIZE" --pool-mode "$mode"
+    PID[$name]=$SIDECAR_PID
+    wait_sql "$name" "${PORT[$name]}" disable
+    TARGETS+=("$name")
+    log "$name listening on ${PORT[$name]} (pid ${PID[$name]})"
+done
+
+# ---------------------------------------------------------------------------------------------
+# 4. PgBouncer (optional)
+# ---------------------------------------------------------------------------------------------
+# start_pgbouncer NAME POOL_MODE MAX_CLIENT_CONN: daemonised, as the postgres user.
+start_pgbouncer() {
+    local name=$1 mode=$2 max_clients=$3 dir="$TMP/$1"
+    mkdir -p "$dir"
+    PORT[$name]=$(free_port)
+    SSLMODE[$name]=disable
+    printf '"postgres" ""\n' >"$dir/userlist.txt"
+    cat >"$dir/pgbouncer.ini" <<EOF
+[databases]
+* = host=127.0.0.1 port=$PG_PORT
+
+[pgbouncer]
+listen_addr = 127.0.0.1
+listen_port = ${PORT[$name]}
+unix_socket_dir =
+auth_type = trust
+auth_file = $dir/userlist.txt
+pool_mode = $mode
+default_pool_size = $POOL_SIZE
+max_client_conn = $max_clients
+server_tls_sslmode = require
+logfile = $dir/pgbouncer.log
+pidfile = $dir/pgbouncer.pid
+log_connections = 0
+log_disconnections = 0
+EOF
+    chown -R postgres: "$dir"
+    PGBOUNCER_PIDFILES+=("$dir/pgbouncer.pid")
+    runuser -u postgres -- pgbouncer -d "$dir/pgbouncer.ini" >"$dir/start.log" 2>&1 || {
+        cat "$dir/start.log" "$dir/pgbouncer.log" >&2 2>/dev/null || true
+        die "PgBouncer ($name) did not start"
+    }
+    local deadline=$((SECONDS + 10))
+    until [[ -s $dir/pgbouncer.pid ]]; do
+        ((SECONDS < deadline)) || die "PgBouncer ($name) wrote no pid file"
+        sleep 0.1
+    done
+    PID[$name]=$(cat "$dir/pgbouncer.pid")
+    wait_sql "$name" "${PORT[$name]}" disable
+    log "$name listening on ${PORT[$name]} (pid ${PID[$name]})"
+}
+
+if ((HAVE_PGBOUNCER)); then
+    log "$(pgbouncer --version | head -1)"
+    start_pgbouncer pgb-sess session 200
+    start_pgbouncer pgb-tx transaction 200
+    TARGETS+=(pgb-sess pgb-tx)
+else
+    log "pgbouncer not on PATH: PgBouncer skipped"
+fi
+
+# ---------------------------------------------------------------------------------------------
+# 5. pgbench
+# ---------------------------------------------------------------------------------------------
+declare -A TPS=() LAT=()
+ERRORS=()
+KINDS=(simple prepared connect)
+
+# run_pgbench TARGET KIND: fills TPS[TARGET,KIND] and LAT[TARGET,KIND] ("ERR" on failure).
+run_pgbench() {
+    local target=$1 kind=$2 out="$TMP/pgbench-$1-$2.out" rc=0
+    local -a flags=(-S -n -c "$CLIENTS" -j "$THREADS" -T "$DURATION")
+    case $kind in
+    simple) flags+=(-M simple) ;;
+    prepared) flags+=(-M prepared) ;;
+    connect) flags+=(-C -M simple) ;;
+    esac
+    PGSSLMODE=${SSLMODE[$target]} PGCONNECT_TIMEOUT=10 timeout -k 5 $((DURATION + 60)) \
+        pgbench "${flags[@]}" -h 127.0.0.1 -p "${PORT[$target]}" -U postgres postgres \
+        >"$out" 2>&1 || rc=$?
+    local tps lat failed
+    tps=$(sed -nE 's/^tps = ([0-9.]+).*/\1/p' "$out" | head -1)
+    lat=$(sed -nE 's/^latency average = ([0-9.]+) ms.*/\1/p' "$out" | head -1)
+    failed=$(sed -nE 's/^number of failed transactions: ([0-9]+).*/\1/p' "$out" | head -1)
+    if ((rc != 0)) || [[ -z $tps ]] || grep -qE 'aborted|error|FATAL' "$out"; then
+        ERRORS+=("$target $kind: pgbench exit $rc, its error lines (count, text):")
+        while IFS= read -r line; do ERRORS+=("  $line"); done < <(
+            grep -E 'error|aborted|FATAL|ERROR' "$out" | sort | uniq -c | sort -rn | head -8 | sed -E 's/^ *([0-9]+) /\1x /' || true
+        )
+        # A run where some clients aborted still prints a tps line for the survivors: not
+        # comparable, so it is shown as ERR.
+        tps=ERR lat=ERR
+    elif [[ -n $failed && $failed != 0 ]]; then
+        ERRORS+=("$target $kind: $failed failed transactions")
+    fi
+    TPS[$target,$kind]=${tps:-ERR}
+    LAT[$target,$kind]=${lat:-ERR}
+    log "$(printf '%-13s %-9s tps %-12s latency %s ms' "$target" "$kind" "${TPS[$target,$kind]}" "${LAT[$target,$kind]}")"
+}
+
+log "pgbench -S: $CLIENTS clients, $THREADS threads, ${DURATION}s per run, ${#TARGETS[@]} targets x ${#KINDS[@]} runs"
+for target in "${TARGETS[@]}"; do
+    for kind in "${KINDS[@]}"; do
+        run_pgbench "$target" "$kind"
+    done
+done
+
+# Sidecar warnings/errors during the benchmark (they run at --log-level warn).
+SIDECAR_LOG_LINES=()
+for name in sidecar-sess sidecar-tx; do
+    if [[ -s $TMP/$name.log ]]; then
+        SIDECAR_LOG_LINES+=("$name: $(wc -l <"$TMP/$name.log") log lines, first ones:")
+        while IFS= read -r line; do SIDECAR_LOG_LINES+=("  $line"); done < <(head -5 "$TMP/$name.log")
+    fi
+done
+declare -A RSS_AFTER_BENCH=()
+for name in sidecar-sess sidecar-tx; do
+    RSS_AFTER_BENCH[$name]=$(rss_kib "${PID[$name]}")
+done
+
+# Stop the benchmark poolers before the memory tests, to free PostgreSQL connections.
+for name in sidecar-sess sidecar-tx; do
+    kill "${PID[$name]}" 2>/dev/null || true
+    wait "${PID[$name]}" 2>/dev/null || true
+done
+for pidfile in "${PGBOUNCER_PIDFILES[@]}"; do
+    [[ -s $pidfile ]] && kill "$(cat "$pidfile")" 2>/dev/null || true
+done
+
+# ---------------------------------------------------------------------------------------------
+# 6. Memory: RSS at idle and per idle client
+# ---------------------------------------------------------------------------------------------
+cat >"$TMP/idle_clients.py" <<'EOF'
+"""Open N PostgreSQL client connections with raw sockets and keep them idle.
+
+Each sends a protocol 3.0 startup message (user postgres, database postgres) and reads until
+ReadyForQuery. Prints "READY <n>" when all are logged in, then sleeps until killed.
+"""
+import socket, struct, sys, time
+
+port, count = int(sys.argv[1]), int(sys.argv[2])
+
+
+def read_exact(sock, n):
+    buf = b""
+    while len(buf) < n:
+        chunk = sock.recv(n - len(buf))
+        if not chunk:
+            raise ConnectionError("server closed the connection during login")
+        buf += chunk
+    return buf
+
+
+def login(i):
+    sock = socket.create_connection(("127.0.0.1", port), timeout=30)
+    body = struct.pack("!i", 196608) + b"user\0postgres\0database\0postgres\0\0"
+    sock.sendall(struct.pack("!i", len(body) + 4) + body)
+    while True:
+        kind, length = struct.unpack("!ci", read_exact(sock, 5))
+        payload = read_exact(sock, length - 4)
+        if kind == b"E":
+            fields = dict((f[:1], f[1:]) for f in payload.split(b"\0") if f)
+            raise RuntimeError(f"client {i}: {fields.get(b'C', b'?').decode()} "
+                               f"{fields.get(b'M', b'?').decode()}")
+        if kind == b"Z":
+            sock.settimeout(None)
+            return sock
+
+
+socks = []
+try:
+    for i in range(count):
+        socks.append(login(i))
+except Exception as e:  # report and stay alive with what we have, the caller decides
+    print(f"FAILED after {len(socks)} clients: {e}", flush=True)
+    sys.exit(1)
+print(f"READY {len(socks)}", flush=True)
+while True:
+    time.sleep(3600)
+EOF
+
+# idle_rss NAME PORT PROCESS_PID COUNT: sets RSS_BEFORE / RSS_AFTER (KiB) around COUNT idle clients.
+idle_rss() {
+    local name=$1 port=$2 pid=$3 count=$4 out="$TMP/idle-$1.out" helper
+    RSS_BEFORE=$(rss_kib "$pid")
+    python3 "$TMP/idle_clients.py" "$port" "$count" >"$out" 2>&1 &
+    helper=$!
+    PIDS+=("$helper")
+    local deadline=$((SECONDS + 120))
+    until grep -qE '^(READY|FAILED)' "$out" 2>/dev/null; do
+        if ! kill -0 "$helper" 2>/dev/null || ((SECONDS >= deadline)); then
+            break
+        fi
+        sleep 0.2
+    done
+    if ! grep -q '^READY' "$out"; then
+        ERRORS+=("$name: idle clients: $(head -3 "$out" | tr '\n' ' ')")
+        RSS_AFTER=ERR
+    else
+        sleep 1 # let the process settle
+        RSS_AFTER=$(rss_kib "$pid")
+    fi
+    kill "$helper" 2>/dev/null || true
+    wait "$helper" 2>/dev/null || true
+}
+
+declare -A MEM_BASE=() MEM_BEFORE=() MEM_AFTER=() MEM_N=()
+# mem_sidecar NAME MODE COUNT FLAGS...
+mem_sidecar() {
+    local name=$1 mode=$2 count=$3 port
+    shift 3
+    port=$(free_port)
+    start_sidecar "mem-$name" "$port" --pool-mode "$mode" --max-client-connections $((count + 100)) "$@"
+    local pid=$SIDECAR_PID
+    wait_listen "$port"
+    sleep 0.5
+    MEM_BASE[$name]=$(rss_kib "$pid") # idle right after start, before any client
+    # Warm up: one login creates the pool and its first upstream TLS connection.
+    wait_sql "mem-$name" "$port" disable
+    idle_rss "$name" "$port" "$pid" "$count"
+    MEM_BEFORE[$name]=$RSS_BEFORE MEM_AFTER[$name]=$RSS_AFTER MEM_N[$name]=$count
+    kill "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+}
+
+log "memory: $IDLE_CLIENTS idle clients in transaction mode"
+mem_sidecar sidecar-tx transaction "$IDLE_CLIENTS" --pool-size "$POOL_SIZE"
+# Session mode: every client holds its own upstream connection, so the count stays below
+# PostgreSQL's max_connections and the pool must be as large as the client count.
+log "memory: $SESSION_IDLE_CLIENTS idle clients in session mode (--pool-size $SESSION_IDLE_CLIENTS)"
+mem_sidecar sidecar-sess session "$SESSION_IDLE_CLIENTS" \
+    --pool-size "$SESSION_IDLE_CLIENTS" --max-connect-rate 1000
+if ((HAVE_PGBOUNCER)); then
+    log "memory: $IDLE_CLIENTS idle clients through PgBouncer in transaction mode"
+    start_pgbouncer pgb-mem transaction $((IDLE_CLIENTS + 100))
+    MEM_BASE[pgb-tx]=$(rss_kib "${PID[pgb-mem]}")
+    idle_rss pgb-tx "${PORT[pgb-mem]}" "${PID[pgb-mem]}" "$IDLE_CLIENTS"
+    MEM_BEFORE[pgb-tx]=$RSS_BEFORE MEM_AFTER[pgb-tx]=$RSS_AFTER MEM_N[pgb-tx]=$IDLE_CLIENTS
+fi
+
+# ---------------------------------------------------------------------------------------------
+# 7. Report
+# ---------------------------------------------------------------------------------------------
+num() { [[ $1 =~ ^[0-9]+(\.[0-9]+)?$ ]]; }
+ratio() { # ratio A B -> A/B with 2 decimals, or "-"
+    if num "$1" && num "$2" && awk -v b="$2" 'BEGIN {exit !(b > 0)}'; then
+        awk -v a="$1" -v b="$2" 'BEGIN {printf "%.2f", a / b}'
+    else
+        printf -- -
+    fi
+}
+fmt_tps() { if num "$1"; then printf '%.0f' "$1"; else printf '%s' "${1:--}"; fi; }
+row() { printf '%-26s %14s %14s %16s %14s\n' "$@"; }
+
+echo
+echo "pgbench -S, $CLIENTS clients, -j $THREADS, ${DURATION}s per run, pool size $POOL_SIZE," \
+    "PostgreSQL $(postgres --version | awk '{print $3}'), $(nproc) cores"
+row target "simple TPS" "prepared TPS" "connect/tx TPS" "simple lat ms"
+row -------------------------- -------------- -------------- ---------------- --------------
+for target in "${TARGETS[@]}"; do
+    row "$target" "$(fmt_tps "${TPS[$target,simple]}")" "$(fmt_tps "${TPS[$target,prepared]}")" \
+        "$(fmt_tps "${TPS[$target,connect]}")" "${LAT[$target,simple]}"
+done
+echo
+echo "ratios (throughput: higher is better for the sidecar; latency: lower is better)"
+row ratio "simple" "prepared" "connect/tx" "simple lat"
+row -------------------------- -------------- -------------- ---------------- --------------
+for pair in "sidecar-sess pgb-sess" "sidecar-tx pgb-tx" "sidecar-sess direct" "sidecar-tx direct"; do
+    read -r a b <<<"$pair"
+    [[ -n ${PORT[$b]:-} ]] || continue
+    row "$a / $b" "$(ratio "${TPS[$a,simple]}" "${TPS[$b,simple]}")" \
+        "$(ratio "${TPS[$a,prepared]}" "${TPS[$b,prepared]}")" \
+        "$(ratio "${TPS[$a,connect]}" "${TPS[$b,connect]}")" \
+        "$(ratio "${LAT[$a,simple]}" "${LAT[$b,simple]}")"
+done
+echo
+echo "latency added per round trip vs direct TLS (average, -M simple / -M prepared):"
+for target in "${TARGETS[@]}"; do
+    [[ $target == direct ]] && continue
+    added=()
+    for kind in simple prepared; do
+        if num "${LAT[$target,$kind]}" && num "${LAT[direct,$kind]}"; then
+            added+=("$(awk -v a="${LAT[$target,$kind]}" -v b="${LAT[direct,$kind]}" \
+                'BEGIN {printf "%+.0f us", (a - b) * 1000}')")
+        else
+            added+=(-)
+        fi
+    done
+    printf '  %-13s %10s %10s\n' "$target" "${added[0]}" "${added[1]}"
+done
+
+echo
+echo "memory (VmRSS, KiB)"
+printf '%-14s %10s %14s %10s %12s %16s\n' process "at start" "before idle" clients "with idle" "KiB per client"
+for name in sidecar-tx sidecar-sess pgb-tx; do
+    [[ -n ${MEM_N[$name]:-} ]] || continue
+    per=-
+    if num "${MEM_AFTER[$name]}"; then
+        per=$(awk -v a="${MEM_AFTER[$name]}" -v b="${MEM_BEFORE[$name]}" -v n="${MEM_N[$name]}" \
+            'BEGIN {printf "%.2f", (a - b) / n}')
+    fi
+    printf '%-14s %10s %14s %10s %12s %16s\n' "$name" "${MEM_BASE[$name]}" "${MEM_BEFORE[$name]}" \
+        "${MEM_N[$name]}" "${MEM_AFTER[$name]}" "$per"
+done
+echo "  sidecar-tx: --pool-size $POOL_SIZE; sidecar-sess: --pool-size $SESSION_IDLE_CLIENTS, so each idle"
+echo "  session client also holds one upstream TLS connection (its cost is included)."
+echo "  'before idle' is after one warm-up login (pool and first upstream connection exist)."
+echo "  sidecar RSS after the pgbench runs: session ${RSS_AFTER_BENCH[sidecar-sess]} KiB," \
+    "transaction ${RSS_AFTER_BENCH[sidecar-tx]} KiB"
+
+if ((${#ERRORS[@]})); then
+    echo
+    echo "errors:"
+    printf '  %s\n' "${ERRORS[@]}"
+fi
+if ((${#SIDECAR_LOG_LINES[@]})); then
+    echo
+    echo "sidecar log output during pgbench (--log-level warn):"
+    printf '  %s\n' "${SIDECAR_LOG_LINES[@]}"
+fi
+echo
+echo "pgbench outputs and logs: $TMP (kept only with KEEP_TMP=1)"
