@@ -111,6 +111,26 @@ fn cstr(body: &[u8]) -> Option<(&[u8], &[u8])> {
     Some((&body[..end], &body[end + 1..]))
 }
 
+/// Adds header bytes from `chunk` at `pos` to `header`; once it holds all five, returns the
+/// message's tag and body length (the header stays in `header` for the caller to forward).
+fn gather_header(
+    header: &mut Vec<u8>,
+    chunk: &[u8],
+    pos: &mut usize,
+) -> Result<Option<(u8, usize)>, String> {
+    let take = (5 - header.len()).min(chunk.len() - *pos);
+    header.extend_from_slice(&chunk[*pos..*pos + take]);
+    *pos += take;
+    if header.len() < 5 {
+        return Ok(None);
+    }
+    let length = u32::from_be_bytes([header[1], header[2], header[3], header[4]]) as usize;
+    if length < 4 {
+        return Err(format!("invalid message length {length}"));
+    }
+    Ok(Some((header[0], length - 4)))
+}
+
 /// What the client side found in one chunk.
 #[derive(Debug, Default)]
 pub struct UpwardReport {
@@ -176,24 +196,9 @@ impl ClientRewriter {
                 self.rewrite(tag, &body, statements, prepared, plan, out)?;
                 continue;
             }
-            let need = 5 - self.header.len();
-            let take = need.min(chunk.len() - pos);
-            self.header.extend_from_slice(&chunk[pos..pos + take]);
-            pos += take;
-            if self.header.len() < 5 {
+            let Some((tag, body_len)) = gather_header(&mut self.header, chunk, &mut pos)? else {
                 break;
-            }
-            let tag = self.header[0];
-            let length = u32::from_be_bytes([
-                self.header[1],
-                self.header[2],
-                self.header[3],
-                self.header[4],
-            ]) as usize;
-            if length < 4 {
-                return Err(format!("invalid message length {length}"));
-            }
-            let body_len = length - 4;
+            };
             match tag {
                 b'X' => {
                     report.terminated = true;
@@ -216,7 +221,8 @@ impl ClientRewriter {
                         return Err(format!("message of {body_len} bytes is too large"));
                     }
                     self.header.clear();
-                    self.collecting = Some((tag, Vec::with_capacity(body_len), body_len));
+                    self.collecting =
+                        Some((tag, Vec::with_capacity(body_len.min(64 * 1024)), body_len));
                     if body_len == 0
                         && let Some((tag, body, _)) = self.collecting.take()
                     {
@@ -408,29 +414,15 @@ impl ServerRewriter {
                 pos += step;
                 continue;
             }
-            let need = 5 - self.header.len();
-            let take = need.min(chunk.len() - pos);
-            self.header.extend_from_slice(&chunk[pos..pos + take]);
-            pos += take;
-            if self.header.len() < 5 {
+            let Some((tag, body_len)) = gather_header(&mut self.header, chunk, &mut pos)? else {
                 break;
-            }
-            let tag = self.header[0];
-            let length = u32::from_be_bytes([
-                self.header[1],
-                self.header[2],
-                self.header[3],
-                self.header[4],
-            ]) as usize;
-            if length < 4 {
-                return Err(format!("invalid message length {length} from the server"));
-            }
+            };
             let drop = self.on_message(tag, plan, prepared, out);
             if !drop {
                 out.extend_from_slice(&self.header);
             }
             self.header.clear();
-            self.remaining = length - 4;
+            self.remaining = body_len;
             self.dropping = drop;
         }
         Ok(())
