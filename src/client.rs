@@ -75,7 +75,9 @@ pub async fn serve_client(stream: ClientStream, peer: String, context: Arc<Sessi
 
 async fn run(mut stream: ClientStream, context: Arc<SessionContext>) {
     let startup =
-        match tokio::time::timeout(STARTUP_TIMEOUT, negotiate(&mut stream, &context)).await {
+        match tokio::time::timeout(STARTUP_TIMEOUT, Box::pin(negotiate(&mut stream, &context)))
+            .await
+        {
             Ok(Ok(Some(startup))) => startup,
             Ok(Ok(None)) => return,
             Ok(Err(error)) => {
@@ -216,7 +218,7 @@ async fn session(mut stream: ClientStream, startup: StartupRequest, context: Arc
         .pools
         .pool(PoolKey::new(&user, &database, forwarded));
     let started = Instant::now();
-    let mut lease = match context.pools.checkout(&pool).await {
+    let mut lease = match Box::pin(context.pools.checkout(&pool)).await {
         Ok(lease) => lease,
         Err(error) => {
             let pg = checkout_error_to_pg(&error, &context, &user);
@@ -329,7 +331,9 @@ impl Session {
             (self.context.cancel_mode == CancelMode::Close).then(|| self.cancel_key.closer.clone());
         let pending = std::mem::take(&mut lease.server().pending);
         let server = lease.server();
-        let (outcome, traffic) = forward_attached(
+        // Boxed: the attached period's state lives on the heap only while it runs, so an idle
+        // client's task stays small.
+        let (outcome, traffic) = Box::pin(forward_attached(
             &mut self.stream,
             &mut server.stream,
             &mut self.client_side,
@@ -340,14 +344,14 @@ impl Session {
             false,
             cancel.as_deref(),
             None,
-        )
+        ))
         .await;
         self.add(traffic);
         match outcome {
             Outcome::ClientTerminated | Outcome::ClientClosed if self.state.is_idle() => {
                 let reset_query = self.context.pools.settings.reset_query.clone();
                 match reset_query {
-                    Some(query) => match reset(lease.server(), &query).await {
+                    Some(query) => match Box::pin(reset(lease.server(), &query)).await {
                         Ok(()) => {
                             if let Ok(mut prepared) = lease.server().prepared.lock() {
                                 prepared.clear();
@@ -389,7 +393,7 @@ impl Session {
             if self.rewriter.at_boundary() && first[..n].starts_with(&[b'X', 0, 0, 0, 4]) {
                 return Outcome::ClientTerminated;
             }
-            let mut lease = match self.context.pools.checkout(pool).await {
+            let mut lease = match Box::pin(self.context.pools.checkout(pool)).await {
                 Ok(lease) => lease,
                 Err(error) => {
                     let user = pool.key.user.clone();
@@ -409,7 +413,9 @@ impl Session {
                 statements: &mut self.statements,
                 prepared: &server.prepared,
             };
-            let (outcome, traffic) = forward_attached(
+            // Boxed: the attached period's state lives on the heap only while it runs, so an idle
+            // client's task stays small.
+            let (outcome, traffic) = Box::pin(forward_attached(
                 &mut self.stream,
                 &mut server.stream,
                 &mut self.client_side,
@@ -420,7 +426,7 @@ impl Session {
                 true,
                 cancel.as_deref(),
                 Some(rewrite),
-            )
+            ))
             .await;
             drop(first);
             self.add(traffic);
