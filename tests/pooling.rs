@@ -369,11 +369,10 @@ async fn the_login_rate_limit_holds() {
     }
 }
 
-#[tokio::test]
-async fn cancel_close_mode_closes_the_upstream_connection() {
-    let stack = pooled(|c| c.cancel_mode = CancelMode::Close).await;
-    let other = connect(&stack).await;
-    let client = connect(&stack).await;
+/// A new client runs `select pg_sleep(30)`, cancels it after 300 ms with its cancel token, and
+/// returns the SQLSTATE the query ended with (within 10 s).
+async fn cancel_a_sleeping_query(stack: &Stack) -> String {
+    let client = connect(stack).await;
     let cancel = client.cancel_token();
     let query = tokio::spawn(async move { client.simple_query("select pg_sleep(30)").await });
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -381,12 +380,18 @@ async fn cancel_close_mode_closes_the_upstream_connection() {
         .cancel_query(tokio_postgres::NoTls)
         .await
         .expect("send cancel");
-    let result = tokio::time::timeout(Duration::from_secs(5), query)
+    let result = tokio::time::timeout(Duration::from_secs(10), query)
         .await
-        .expect("ends right after the cancel")
+        .expect("the query ends soon after the cancel")
         .expect("join");
-    let error = result.expect_err("cancelled");
-    assert_eq!(db_error(&error).0, "57014");
+    db_error(&result.expect_err("cancelled")).0
+}
+
+#[tokio::test]
+async fn cancel_close_mode_closes_the_upstream_connection() {
+    let stack = pooled(|c| c.cancel_mode = CancelMode::Close).await;
+    let other = connect(&stack).await;
+    assert_eq!(cancel_a_sleeping_query(&stack).await, "57014");
     assert_eq!(stack.emulator.cancels(), 0, "nothing was sent upstream");
     other
         .simple_query("select 1")
@@ -484,7 +489,6 @@ async fn transaction_mode_reuses_prepared_statements_across_transactions() {
 
 #[tokio::test]
 async fn same_statement_name_with_different_sql_stays_apart() {
-    use support::wire;
     use tokio::io::AsyncWriteExt;
     let stack = pooled(|c| {
         c.pool.mode = PoolMode::Transaction;
@@ -496,16 +500,7 @@ async fn same_statement_name_with_different_sql_stays_apart() {
     let mut answers = Vec::new();
     let mut clients = Vec::new();
     for sql in ["select 'first'::text", "select 'second'::text"] {
-        let mut raw = tokio::net::TcpStream::connect(stack.sidecar.addr())
-            .await
-            .expect("connect");
-        raw.write_all(&wire::startup_message(&[
-            ("user", "postgres"),
-            ("database", "postgres"),
-        ]))
-        .await
-        .expect("startup");
-        read_until_ready(&mut raw).await;
+        let (mut raw, _) = raw_login(&stack).await;
         let parse = extended(b'P', &[b"stmt\0", sql.as_bytes(), b"\0\0\0"].concat());
         raw.write_all(&[parse, extended(b'S', &[])].concat())
             .await
@@ -674,19 +669,7 @@ async fn transaction_mode_forwards_cancels_to_the_serving_connection() {
     })
     .await;
     let bystander = connect(&stack).await;
-    let client = connect(&stack).await;
-    let cancel = client.cancel_token();
-    let query = tokio::spawn(async move { client.simple_query("select pg_sleep(30)").await });
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    cancel
-        .cancel_query(tokio_postgres::NoTls)
-        .await
-        .expect("send cancel");
-    let result = tokio::time::timeout(Duration::from_secs(10), query)
-        .await
-        .expect("ends soon after the cancel")
-        .expect("join");
-    assert_eq!(db_error(&result.expect_err("cancelled")).0, "57014");
+    assert_eq!(cancel_a_sleeping_query(&stack).await, "57014");
     assert_eq!(stack.emulator.cancels(), 1);
     bystander
         .simple_query("select 1")
