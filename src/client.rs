@@ -258,7 +258,10 @@ async fn session(mut stream: ClientStream, startup: StartupRequest, context: Arc
     }
     messages::backend_key_data(&mut greeting, cancel_key.pid, cancel_key.secret);
     messages::ready_for_query_idle(&mut greeting);
-    if stream.write_all(&greeting).await.is_err() {
+    let written = stream.write_all(&greeting).await;
+    // The greeting is not kept for the session's life.
+    drop(greeting);
+    if written.is_err() {
         return;
     }
     info!(pool = %pool.key, wait_ms = format_args!("{wait_ms:.1}"), "client connected");
@@ -327,8 +330,7 @@ impl Session {
     /// The client keeps `lease` until it leaves; the connection then goes back to the pool
     /// only if it is idle and the reset query succeeds.
     async fn run_session_mode(&mut self, mut lease: Lease) -> Outcome {
-        let cancel =
-            (self.context.cancel_mode == CancelMode::Close).then(|| self.cancel_key.closer.clone());
+        let cancel = self.closer();
         let pending = std::mem::take(&mut lease.server().pending);
         let server = lease.server();
         // Boxed: the attached period's state lives on the heap only while it runs, so an idle
@@ -404,8 +406,7 @@ impl Session {
                 }
             };
             self.cancel_key.set_server(server_key(lease.server()));
-            let cancel = (self.context.cancel_mode == CancelMode::Close)
-                .then(|| self.cancel_key.closer.clone());
+            let cancel = self.closer();
             let pending = std::mem::take(&mut lease.server().pending);
             let server = lease.server();
             let rewrite = Rewrite {
@@ -462,6 +463,11 @@ impl Session {
                 }
             }
         }
+    }
+
+    /// What wakes the attached period on a cancel, with `--cancel-mode close`.
+    fn closer(&self) -> Option<Arc<tokio::sync::Notify>> {
+        (self.context.cancel_mode == CancelMode::Close).then(|| self.cancel_key.closer.clone())
     }
 
     async fn cancelled_fatal(&mut self) {

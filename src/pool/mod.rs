@@ -268,14 +268,14 @@ impl Pools {
             match action {
                 Handoff::Connection(mut connection) => {
                     if is_alive(&mut connection.server) {
-                        return Ok(self.lease(pool, *connection));
+                        return Ok(Lease::new(pool, *connection));
                     }
                     debug!(pool = %pool.key, "idle upstream connection was closed by the server; replacing it");
                     pool.forget_one();
                 }
                 Handoff::Room => {
                     return match self.open(pool, deadline).await {
-                        Ok(connection) => Ok(self.lease(pool, connection)),
+                        Ok(connection) => Ok(Lease::new(pool, connection)),
                         Err(error) => {
                             pool.forget_one();
                             Err(error)
@@ -319,13 +319,6 @@ impl Pools {
             lifetime: jittered(self.settings.max_lifetime),
             idle_since: now,
         })
-    }
-
-    fn lease(self: &Arc<Self>, pool: &Arc<Pool>, connection: PooledConnection) -> Lease {
-        Lease {
-            connection: Some(connection),
-            pool: pool.clone(),
-        }
     }
 
     /// Retires idle connections past their idle timeout or lifetime, or closed by the server,
@@ -430,6 +423,13 @@ pub struct Lease {
 }
 
 impl Lease {
+    fn new(pool: &Arc<Pool>, connection: PooledConnection) -> Self {
+        Self {
+            connection: Some(connection),
+            pool: pool.clone(),
+        }
+    }
+
     pub fn server(&mut self) -> &mut ServerConnection {
         // A lease always holds its connection until it is released or dropped.
         &mut self
