@@ -6,8 +6,8 @@
 //! - server → client tracks ReadyForQuery (one per sync point) and ParameterStatus, so the
 //!   session knows when the connection is idle and which parameters it now has.
 //!
-//! Buffers exist only while a client is attached to an upstream connection; nothing is
-//! allocated per message.
+//! Buffers (from [`crate::buffers`]) are held only while a client is attached to an upstream
+//! connection; nothing is allocated per message.
 
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, Ordering};
 use std::time::Duration;
@@ -15,14 +15,12 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::Notify;
 
+use crate::buffers::Buffer;
 use crate::prepared::{ClientRewriter, ClientStatements, Plan, ServerRewriter};
 use crate::protocol::framing::{
     FrameScanner, FrameVisitor, PARAMETER_STATUS, READY_FOR_QUERY, TransactionStatus,
     parameter_status,
 };
-
-/// Size of each direction's copy buffer.
-pub const BUFFER_SIZE: usize = 32 * 1024;
 
 /// How long closing the upstream side may take.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
@@ -184,7 +182,7 @@ where
     let mut to_server = 0u64;
     let mut to_client = 0u64;
     let upward = async {
-        let mut buffer = vec![0u8; BUFFER_SIZE];
+        let mut buffer = Buffer::take();
         loop {
             let n = match client_read.read(&mut buffer).await {
                 Ok(0) => return Outcome::ClientClosed,
@@ -212,7 +210,7 @@ where
         }
     };
     let downward = async {
-        let mut buffer = vec![0u8; BUFFER_SIZE];
+        let mut buffer = Buffer::take();
         let mut server_rewriter = ServerRewriter::default();
         let mut down_out = Vec::new();
         loop {

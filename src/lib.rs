@@ -6,6 +6,7 @@
 //! `listener` accepts clients; `client` runs one client's life; `upstream` dials, secures and
 //! logs in to the database; `iam` owns credentials and token signing; `forward` is the hot loop.
 
+pub mod buffers;
 pub mod cancel;
 pub mod cli;
 pub mod client;

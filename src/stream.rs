@@ -86,11 +86,19 @@ pub enum UpstreamStream {
 delegate_io!(UpstreamStream { Tls, Plain });
 
 impl ClientStream {
-    /// Waits until the client sent something (or closed), without a buffer.
-    pub async fn readable(&self) -> io::Result<()> {
+    /// Ready when the client sent something (or closed); needs no buffer.
+    pub fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self {
-            Self::Tcp(s) => s.readable().await,
-            Self::Unix(s) => s.readable().await,
+            Self::Tcp(s) => s.poll_read_ready(cx),
+            Self::Unix(s) => s.poll_read_ready(cx),
+        }
+    }
+
+    /// Reads what is there without waiting; `WouldBlock` when nothing is.
+    pub fn try_read(&self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Self::Tcp(s) => s.try_read(buf),
+            Self::Unix(s) => s.try_read(buf),
         }
     }
 }
