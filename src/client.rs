@@ -6,6 +6,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
@@ -19,7 +20,9 @@ use crate::cancel::{CancelKeyGuard, CancelRegistry, ServerKey};
 use crate::cli::CancelMode;
 use crate::config::Config;
 use crate::error::{PgError, sqlstate};
-use crate::forward::{ClientSide, Outcome, Rewrite, SessionState, Traffic, forward_attached};
+use crate::forward::{
+    ClientSide, Detach, Outcome, Rewrite, SessionState, Traffic, forward_attached,
+};
 use crate::pool::reset::reset;
 use crate::pool::{CheckoutError, Lease, Pool, PoolKey, PoolMode, Pools};
 use crate::prepared::{ClientRewriter, ClientStatements};
@@ -357,26 +360,47 @@ impl Session {
     }
 
     /// The client keeps `lease` until it leaves; the connection then goes back to the pool
-    /// only if it is idle and the reset query succeeds.
+    /// only if it is idle and the reset query succeeds. Between round trips the client holds
+    /// no forwarding buffers.
     async fn run_session_mode(&mut self, mut lease: Lease) -> Outcome {
         let cancel = self.closer();
-        let pending = std::mem::take(&mut lease.server().pending);
-        let server = lease.server();
-        // Boxed: the attached period's state lives on the heap only while it runs, so an idle
-        // client's task stays small.
-        let (outcome, traffic) = Box::pin(forward_attached(
-            &mut self.stream,
-            &mut server.stream,
-            &mut self.client_side,
-            &self.state,
-            &mut server.parameters,
-            &[],
-            &pending,
-            false,
-            cancel.as_deref(),
-            None,
-        ))
-        .await;
+        let mut pending = std::mem::take(&mut lease.server().pending);
+        let (outcome, traffic) = loop {
+            let server = lease.server();
+            if pending.is_empty() {
+                // Idle: no buffers are held until either side sends something (the server may,
+                // unasked: notifications, a shutdown).
+                let ready = std::future::poll_fn(|cx| {
+                    match (
+                        self.stream.poll_readable(cx),
+                        server.stream.poll_readable(cx),
+                    ) {
+                        (Poll::Pending, Poll::Pending) => Poll::Pending,
+                        _ => Poll::Ready(()),
+                    }
+                });
+                ready.await;
+            }
+            // Boxed: the attached period's state lives on the heap only while it runs.
+            let (outcome, traffic) = Box::pin(forward_attached(
+                &mut self.stream,
+                &mut server.stream,
+                &mut self.client_side,
+                &self.state,
+                &mut server.parameters,
+                &[],
+                &pending,
+                Detach::WhenQuiet,
+                cancel.as_deref(),
+                None,
+            ))
+            .await;
+            pending = BytesMut::new();
+            if outcome != Outcome::Released {
+                break (outcome, traffic);
+            }
+            self.add(traffic);
+        };
         self.add(traffic);
         match outcome {
             Outcome::ClientTerminated | Outcome::ClientClosed if self.state.is_idle() => {
@@ -413,7 +437,7 @@ impl Session {
             // Detached: no upstream connection and no buffer until the client sends something.
             // poll_fn, not an async readiness future: nothing is stored for the wait but the
             // waker in the socket's registration.
-            if std::future::poll_fn(|cx| self.stream.poll_read_ready(cx))
+            if std::future::poll_fn(|cx| self.stream.poll_readable(cx))
                 .await
                 .is_err()
             {
@@ -466,7 +490,7 @@ impl Session {
             &mut server.parameters,
             first,
             &pending,
-            true,
+            Detach::WhenIdle,
             cancel.as_deref(),
             Some(rewrite),
         )

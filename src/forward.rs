@@ -51,9 +51,13 @@ impl SessionState {
     /// The upstream connection owes the client nothing and is outside a transaction: it can
     /// serve someone else.
     pub fn is_idle(&self) -> bool {
+        self.owes_nothing() && self.status() == TransactionStatus::Idle
+    }
+
+    /// Every sync point of the client was answered and it sent nothing unsynced since.
+    pub fn owes_nothing(&self) -> bool {
         self.expected_ready.load(Ordering::Acquire) == 0
             && self.client_quiet.load(Ordering::Acquire)
-            && self.status() == TransactionStatus::Idle
     }
 
     pub fn status(&self) -> TransactionStatus {
@@ -87,10 +91,25 @@ pub enum Outcome {
     ServerClosed,
     /// Reading from or writing to the server failed, or it broke the framing.
     ServerError,
-    /// Transaction mode: the connection became idle and can go back to the pool.
+    /// The period ended at a ReadyForQuery as [`Detach`] asked: transaction mode gives the
+    /// connection back to the pool, session mode keeps it and waits without buffers.
     Released,
     /// A cancel request asked to close the upstream connection (`--cancel-mode close`).
     Cancelled,
+}
+
+/// When an attached period ends by itself, always right after a ReadyForQuery that leaves
+/// both streams at a message boundary.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Detach {
+    /// Only when a side closes or fails.
+    Never,
+    /// The client is owed nothing (session mode: it keeps its connection, even inside a
+    /// transaction, but not the buffers).
+    WhenQuiet,
+    /// The connection is idle outside a transaction with nothing pending (transaction mode:
+    /// it can serve another client).
+    WhenIdle,
 }
 
 /// Byte counts of an attached period.
@@ -125,8 +144,7 @@ pub struct Rewrite<'a> {
 
 /// Forwards between `client` and `server` until an [`Outcome`]. `first` (bytes the client
 /// already sent) goes upstream first, `pending` (bytes the server already sent) to the client.
-/// With `release_when_idle` the period ends as soon as the connection is idle at a message
-/// boundary (transaction mode). ParameterStatus updates land in `parameters`.
+/// `detach` says when the period ends by itself ([`Outcome::Released`]). ParameterStatus updates land in `parameters`.
 #[allow(clippy::too_many_arguments)]
 pub async fn forward_attached<C, S>(
     client: &mut C,
@@ -136,7 +154,7 @@ pub async fn forward_attached<C, S>(
     parameters: &mut Vec<(String, String)>,
     first: &[u8],
     pending: &[u8],
-    release_when_idle: bool,
+    detach: Detach,
     cancel: Option<&Notify>,
     mut rewrite: Option<Rewrite<'_>>,
 ) -> (Outcome, Traffic)
@@ -255,12 +273,12 @@ where
                 return Outcome::ClientError;
             }
             to_client += chunk.len() as u64;
-            if release_when_idle
-                && down.last_tag == READY_FOR_QUERY
-                && server_scanner.at_boundary()
-                && state.is_idle()
-                && plan.is_empty()
-            {
+            let detach = match detach {
+                Detach::Never => false,
+                Detach::WhenQuiet => state.owes_nothing(),
+                Detach::WhenIdle => state.is_idle() && plan.is_empty(),
+            };
+            if detach && down.last_tag == READY_FOR_QUERY && server_scanner.at_boundary() {
                 return Outcome::Released;
             }
         }
@@ -466,7 +484,7 @@ where
         &mut parameters,
         &[],
         pending,
-        false,
+        Detach::Never,
         None,
         None,
     )

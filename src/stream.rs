@@ -3,10 +3,13 @@
 //! `--tls-mode disable`). Both are enums so the hot loop is monomorphic, with no boxing.
 
 use std::io;
+use std::mem::MaybeUninit;
+use std::os::fd::AsFd;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use socket2::SockRef;
+use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
 use tokio::net::{TcpStream, UnixStream};
 use tokio_rustls::client::TlsStream;
 
@@ -86,11 +89,20 @@ pub enum UpstreamStream {
 delegate_io!(UpstreamStream { Tls, Plain });
 
 impl ClientStream {
-    /// Ready when the client sent something (or closed); needs no buffer.
-    pub fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+    /// Ready when the client sent something (or closed); needs no buffer, and never reports
+    /// readiness left over from an earlier read.
+    pub fn poll_readable(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self {
-            Self::Tcp(s) => s.poll_read_ready(cx),
-            Self::Unix(s) => s.poll_read_ready(cx),
+            Self::Tcp(s) => poll_readable(
+                cx,
+                |cx| s.poll_read_ready(cx),
+                || s.try_io(Interest::READABLE, || peek_one(s)),
+            ),
+            Self::Unix(s) => poll_readable(
+                cx,
+                |cx| s.poll_read_ready(cx),
+                || s.try_io(Interest::READABLE, || peek_one(s)),
+            ),
         }
     }
 
@@ -101,4 +113,61 @@ impl ClientStream {
             Self::Unix(s) => s.try_read(buf),
         }
     }
+}
+
+impl UpstreamStream {
+    /// Ready when the server sent something (or closed), including plaintext or TLS records
+    /// the TLS layer already holds; needs no buffer.
+    pub fn poll_readable(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self {
+            Self::Plain(s) => poll_readable(
+                cx,
+                |cx| s.poll_read_ready(cx),
+                || s.try_io(Interest::READABLE, || peek_one(s)),
+            ),
+            Self::Tls(tls) => {
+                let (tcp, connection) = tls.get_mut();
+                match connection.process_new_packets() {
+                    Ok(state)
+                        if state.plaintext_bytes_to_read() == 0 && !state.peer_has_closed() =>
+                    {
+                        poll_readable(
+                            cx,
+                            |cx| tcp.poll_read_ready(cx),
+                            || tcp.try_io(Interest::READABLE, || peek_one(&*tcp)),
+                        )
+                    }
+                    // Data, a close, or an error: the next read reports it.
+                    _ => Poll::Ready(Ok(())),
+                }
+            }
+        }
+    }
+}
+
+/// Waits for read readiness and confirms it with a one-byte peek: tokio keeps a socket marked
+/// readable after a read that did not drain it to `WouldBlock`, which would wake a waiter for
+/// nothing. A `WouldBlock` peek clears that mark, and the wait goes on.
+fn poll_readable(
+    cx: &mut Context<'_>,
+    mut poll_ready: impl FnMut(&mut Context<'_>) -> Poll<io::Result<()>>,
+    mut peek: impl FnMut() -> io::Result<usize>,
+) -> Poll<io::Result<()>> {
+    loop {
+        if let Err(error) = std::task::ready!(poll_ready(cx)) {
+            return Poll::Ready(Err(error));
+        }
+        match peek() {
+            // Data, or end of stream (0): either way the reader has something to see.
+            Ok(_) => return Poll::Ready(Ok(())),
+            Err(error) if error.kind() == io::ErrorKind::WouldBlock => continue,
+            Err(error) => return Poll::Ready(Err(error)),
+        }
+    }
+}
+
+/// Peeks at one byte without taking it.
+fn peek_one<S: AsFd>(socket: &S) -> io::Result<usize> {
+    let mut byte = [MaybeUninit::<u8>::uninit()];
+    SockRef::from(socket).peek(&mut byte)
 }
