@@ -13,7 +13,10 @@
 #     The sidecar logs in with --auth password and --tls-mode verify-full against a self-signed
 #     certificate; both poolers keep at most 8 upstream connections.
 #   * Ratios sidecar/PgBouncer (same pool mode) and sidecar/direct, and the latency the sidecar
-#     adds to each round trip compared with direct TLS.
+#     adds to each round trip compared with direct TLS: p50 over every transaction of one
+#     client alone (pgbench --log), and the average under load.
+#   * Each pooler's own CPU time per transaction (utime + stime from /proc): the cost that
+#     decides throughput when pooler, pgbench and PostgreSQL share the cores.
 #   * The sidecar's RSS (VmRSS): right after start, then with IDLE_CLIENTS idle clients in
 #     transaction mode and SESSION_IDLE_CLIENTS idle clients in session mode (each of those holds
 #     an upstream TLS connection, so PostgreSQL's max_connections caps how many), and the same
@@ -35,7 +38,7 @@
 #   SESSION_IDLE_CLIENTS  idle clients for the session-mode RSS test     (default 250)
 #   SKIP_BUILD=1          do not run cargo build (use the existing binary)
 #   KEEP_TMP=1            keep the temporary directory (logs) after exit
-# A full run with the defaults takes about 2.5-3 minutes after the build (2 cores).
+# A full run with the defaults takes about 4 minutes after the build (2 cores).
 
 set -euo pipefail
 
@@ -291,9 +294,13 @@ fi
 # ---------------------------------------------------------------------------------------------
 # 5. pgbench
 # ---------------------------------------------------------------------------------------------
-declare -A TPS=() LAT=()
+declare -A TPS=() LAT=() P50=() CPU=()
 ERRORS=()
-KINDS=(simple prepared connect)
+KINDS=(simple prepared connect single)
+CLK_TCK=$(getconf CLK_TCK)
+
+# cpu_ticks PID: user + system CPU time of a process so far, in clock ticks.
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat" 2>/dev/null || echo 0; }
 
 # run_pgbench TARGET KIND: fills TPS[TARGET,KIND] and LAT[TARGET,KIND] ("ERR" on failure).
 run_pgbench() {
@@ -303,7 +310,11 @@ run_pgbench() {
     simple) flags+=(-M simple) ;;
     prepared) flags+=(-M prepared) ;;
     connect) flags+=(-C -M simple) ;;
+    # One client alone: the round-trip latency each hop adds, per transaction (--log).
+    single) flags=(-S -n -c 1 -j 1 -T "$DURATION" -M simple --log --log-prefix="$TMP/latency-$target") ;;
     esac
+    local pid=${PID[$target]:-} ticks_before=0
+    [[ -n $pid ]] && ticks_before=$(cpu_ticks "$pid")
     PGSSLMODE=${SSLMODE[$target]} PGCONNECT_TIMEOUT=10 timeout -k 5 $((DURATION + 60)) \
         pgbench "${flags[@]}" -h 127.0.0.1 -p "${PORT[$target]}" -U postgres postgres \
         >"$out" 2>&1 || rc=$?
@@ -324,6 +335,19 @@ run_pgbench() {
     fi
     TPS[$target,$kind]=${tps:-ERR}
     LAT[$target,$kind]=${lat:-ERR}
+    local transactions
+    transactions=$(sed -nE 's/^number of transactions actually processed: ([0-9]+).*/\1/p' "$out" | head -1)
+    if [[ -n $pid && $tps != ERR && -n $transactions && $transactions -gt 0 ]]; then
+        # The pooler's own CPU time per transaction: what it costs, whatever the machine's load.
+        CPU[$target,$kind]=$(awk -v t="$(($(cpu_ticks "$pid") - ticks_before))" -v hz="$CLK_TCK" \
+            -v n="$transactions" 'BEGIN {printf "%.1f", t / hz * 1e6 / n}')
+    fi
+    if [[ $kind == single && $tps != ERR ]]; then
+        # pgbench --log: one line per transaction, its latency in microseconds in field 3.
+        P50[$target]=$(cat "$TMP/latency-$target".* 2>/dev/null | awk '{print $3}' | sort -n |
+            awk '{v[NR] = $1} END {if (NR) print v[int((NR + 1) / 2)]}')
+        rm -f "$TMP/latency-$target".*
+    fi
     log "$(printf '%-13s %-9s tps %-12s latency %s ms' "$target" "$kind" "${TPS[$target,$kind]}" "${LAT[$target,$kind]}")"
 }
 
@@ -503,9 +527,14 @@ for pair in "sidecar-sess pgb-sess" "sidecar-tx pgb-tx" "sidecar-sess direct" "s
         "$(ratio "${LAT[$a,simple]}" "${LAT[$b,simple]}")"
 done
 echo
-echo "latency added per round trip vs direct TLS (average, -M simple / -M prepared):"
+echo "latency added per round trip vs direct TLS: one client alone (p50 of every transaction,"
+echo "the DESIGN.md measure), and the average under load (-M simple / -M prepared):"
 for target in "${TARGETS[@]}"; do
     [[ $target == direct ]] && continue
+    single=-
+    if num "${P50[$target]:-}" && num "${P50[direct]:-}"; then
+        single=$(printf '%+d us (p50 %s us)' $((P50[$target] - P50[direct])) "${P50[$target]}")
+    fi
     added=()
     for kind in simple prepared; do
         if num "${LAT[$target,$kind]}" && num "${LAT[direct,$kind]}"; then
@@ -515,7 +544,16 @@ for target in "${TARGETS[@]}"; do
             added+=(-)
         fi
     done
-    printf '  %-13s %10s %10s\n' "$target" "${added[0]}" "${added[1]}"
+    printf '  %-13s %-24s %10s %10s\n' "$target" "$single" "${added[0]}" "${added[1]}"
+done
+echo "  direct: 1-client p50 ${P50[direct]:--} us"
+echo
+echo "pooler CPU time per transaction (us; user + system of the pooler process alone):"
+printf '  %-13s %10s %10s %12s %10s\n' "" simple prepared connect/tx "1 client"
+for target in "${TARGETS[@]}"; do
+    [[ $target == direct ]] && continue
+    printf '  %-13s %10s %10s %12s %10s\n' "$target" "${CPU[$target,simple]:--}" \
+        "${CPU[$target,prepared]:--}" "${CPU[$target,connect]:--}" "${CPU[$target,single]:--}"
 done
 
 echo

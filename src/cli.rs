@@ -173,6 +173,29 @@ pub struct RunArgs {
     #[arg(long, env = "RDS_IAM_SIDECAR_CANCEL_MODE", value_enum)]
     pub cancel_mode: Option<CancelMode>,
 
+    /// Admin HTTP endpoint (/metrics, /startup, /livez, /readyz, /quitquitquit), or `off`
+    /// [default: 127.0.0.1:9090].
+    #[arg(long, env = "RDS_IAM_SIDECAR_ADMIN_LISTEN", value_name = "ADDR")]
+    pub admin_listen: Option<String>,
+
+    /// On SIGTERM/SIGINT, keep serving this long before draining (for apps that stop after
+    /// the sidecar) [default: 0s].
+    #[arg(
+        long,
+        env = "RDS_IAM_SIDECAR_MIN_SHUTDOWN_DELAY",
+        value_name = "DURATION"
+    )]
+    pub min_shutdown_delay: Option<String>,
+
+    /// How long a shutdown lets transactions finish before closing every connection; keep it
+    /// below ECS's stopTimeout (30 s by default) [default: 25s].
+    #[arg(long, env = "RDS_IAM_SIDECAR_SHUTDOWN_GRACE", value_name = "DURATION")]
+    pub shutdown_grace: Option<String>,
+
+    /// Exit code after a clean drain started by a signal [default: 0].
+    #[arg(long, env = "RDS_IAM_SIDECAR_EXIT_CODE_ON_SIGNAL", value_name = "CODE")]
+    pub exit_code_on_signal: Option<u8>,
+
     /// Log format [default: text].
     #[arg(long, env = "RDS_IAM_SIDECAR_LOG_FORMAT", value_enum)]
     pub log_format: Option<LogFormat>,

@@ -108,9 +108,36 @@ pub struct Config {
     pub pool: PoolSettings,
     pub max_client_connections: usize,
     pub cancel_mode: CancelMode,
+    /// Where the admin HTTP endpoint listens; `None` when turned off.
+    pub admin_listen: Option<SocketAddr>,
+    pub lifecycle: Lifecycle,
     pub log_format: LogFormat,
     pub log_level: String,
 }
+
+/// Shutdown behaviour (see [`crate::shutdown`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lifecycle {
+    /// Serving goes on this long after a signal before draining starts.
+    pub min_shutdown_delay: Duration,
+    /// Draining lasts at most this long.
+    pub shutdown_grace: Duration,
+    /// Exit code after a clean drain that a signal started.
+    pub exit_code_on_signal: u8,
+}
+
+impl Default for Lifecycle {
+    fn default() -> Self {
+        Self {
+            min_shutdown_delay: Duration::ZERO,
+            shutdown_grace: Duration::from_secs(25),
+            exit_code_on_signal: 0,
+        }
+    }
+}
+
+/// The admin endpoint's default address.
+pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9090";
 
 impl Config {
     /// A configuration with defaults for everything but the upstream (for embedding and tests).
@@ -128,6 +155,8 @@ impl Config {
             pool: PoolSettings::default(),
             max_client_connections: DEFAULT_MAX_CLIENTS,
             cancel_mode: CancelMode::Forward,
+            admin_listen: None,
+            lifecycle: Lifecycle::default(),
             log_format: LogFormat::Text,
             log_level: "info".to_owned(),
         }
@@ -194,6 +223,10 @@ pub struct FileConfig {
     pub max_connect_rate: Option<u32>,
     pub reset_query: Option<String>,
     pub cancel_mode: Option<CancelMode>,
+    pub admin_listen: Option<String>,
+    pub min_shutdown_delay: Option<String>,
+    pub shutdown_grace: Option<String>,
+    pub exit_code_on_signal: Option<u8>,
     pub log_format: Option<LogFormat>,
     pub log_level: Option<String>,
 }
@@ -387,6 +420,36 @@ impl Config {
             ));
         }
 
+        let admin_listen = match args.admin_listen.as_ref().or(file.admin_listen.as_ref()) {
+            Some(text) if text.eq_ignore_ascii_case("off") => None,
+            Some(text) => Some(text.parse::<SocketAddr>().map_err(|_| {
+                ConfigError::new(
+                    "--admin-listen",
+                    format!("'{text}' is not an IP:port address (or 'off')"),
+                )
+            })?),
+            None => DEFAULT_ADMIN_LISTEN.parse().ok(),
+        };
+        let defaults = Lifecycle::default();
+        let lifecycle = Lifecycle {
+            min_shutdown_delay: optional_duration(
+                "--min-shutdown-delay",
+                &args.min_shutdown_delay,
+                &file.min_shutdown_delay,
+                defaults.min_shutdown_delay,
+            )?,
+            shutdown_grace: optional_duration(
+                "--shutdown-grace",
+                &args.shutdown_grace,
+                &file.shutdown_grace,
+                defaults.shutdown_grace,
+            )?,
+            exit_code_on_signal: args
+                .exit_code_on_signal
+                .or(file.exit_code_on_signal)
+                .unwrap_or(defaults.exit_code_on_signal),
+        };
+
         let log_level = args
             .log_level
             .or(file.log_level)
@@ -410,12 +473,27 @@ impl Config {
                 .cancel_mode
                 .or(file.cancel_mode)
                 .unwrap_or(CancelMode::Forward),
+            admin_listen,
+            lifecycle,
             log_format: args
                 .log_format
                 .or(file.log_format)
                 .unwrap_or(LogFormat::Text),
             log_level,
         })
+    }
+}
+
+/// A duration setting that may be zero: flag/env, else file, else `default`.
+fn optional_duration(
+    flag: &str,
+    from_args: &Option<String>,
+    from_file: &Option<String>,
+    default: Duration,
+) -> Result<Duration, ConfigError> {
+    match from_args.as_ref().or(from_file.as_ref()) {
+        Some(text) => parse_duration(text).map_err(|e| ConfigError::new(flag, e)),
+        None => Ok(default),
     }
 }
 

@@ -96,6 +96,9 @@ pub enum Outcome {
     Released,
     /// A cancel request asked to close the upstream connection (`--cancel-mode close`).
     Cancelled,
+    /// The sidecar is shutting down and closed the session between transactions (set by the
+    /// session, never by [`forward_attached`]).
+    Shutdown,
 }
 
 /// When an attached period ends by itself, always right after a ReadyForQuery that leaves

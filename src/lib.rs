@@ -21,6 +21,7 @@ pub mod pool;
 pub mod prepared;
 pub mod protocol;
 pub mod secret;
+pub mod shutdown;
 pub mod stream;
 pub mod upstream;
 

@@ -17,6 +17,7 @@ use crate::client::{SessionContext, serve_client};
 use crate::config::{Config, UpstreamAuth};
 use crate::iam::credentials::CredentialCache;
 use crate::pool::Pools;
+use crate::shutdown::Shutdown;
 use crate::stream::ClientStream;
 use crate::upstream::{Authenticator, Connector};
 
@@ -58,6 +59,37 @@ impl RunningSidecar {
     /// startup parameters), if any exist.
     pub fn pool_counts(&self, user: &str, database: &str) -> Option<(usize, usize)> {
         self.context.pools.counts_for(user, database)
+    }
+
+    /// The sidecar's shutdown state: ask for a shutdown with [`Shutdown::request`].
+    pub fn shutdown(&self) -> &Arc<Shutdown> {
+        &self.context.shutdown
+    }
+
+    /// Graceful shutdown: draining starts (new clients get 57P01, idle ones are closed with
+    /// it, transactions in flight run to their end) and lasts until every client is gone or
+    /// `grace` has passed; then the listeners close. What is still open is closed when the
+    /// runtime stops. The number of client connections left open at the end is returned.
+    pub async fn drain(self, grace: Duration) -> usize {
+        let shutdown = self.context.shutdown.clone();
+        shutdown.begin_drain();
+        info!(
+            clients = shutdown.sessions(),
+            grace_s = grace.as_secs_f64(),
+            "draining: closing idle clients, letting transactions finish"
+        );
+        let _ = tokio::time::timeout(grace, shutdown.all_sessions_gone()).await;
+        let left = shutdown.sessions();
+        if left > 0 {
+            warn!(
+                clients = left,
+                "shutdown grace period over: closing the remaining client connections"
+            );
+        } else {
+            info!("drained: no client connection left");
+        }
+        self.stop().await;
+        left
     }
 
     /// Stops accepting clients; sessions already running continue to their end.
@@ -127,7 +159,8 @@ pub async fn start(
         Authenticator::from_config(&config, credentials).map_err(StartError::Setup)?;
     let connector = Connector::new(&config, authenticator).map_err(StartError::Setup)?;
     let pools = Pools::new(Arc::new(connector), config.pool.clone());
-    let context = Arc::new(SessionContext::new(pools.clone(), &config));
+    let shutdown = Arc::new(Shutdown::new());
+    let context = Arc::new(SessionContext::new(pools.clone(), &config, shutdown));
 
     let (stop, stopped) = watch::channel(false);
     let mut accept_loops = JoinSet::new();

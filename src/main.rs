@@ -43,28 +43,71 @@ async fn run(args: RunArgs) -> ExitCode {
         Err(e) => return usage_error(e),
     };
     logging::init(config.log_format, &config.log_level);
+    let lifecycle = config.lifecycle.clone();
     let sidecar = match rds_iam_sidecar::start(config, None).await {
         Ok(sidecar) => sidecar,
         Err(e) => return usage_error(e),
     };
-    wait_for_signal().await;
-    tracing::info!("stopping");
-    sidecar.stop().await;
-    ExitCode::SUCCESS
-}
-
-async fn wait_for_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut terminate = match signal(SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
-            return;
+    let shutdown = sidecar.shutdown().clone();
+    let mut signals = match Signals::new() {
+        Ok(signals) => signals,
+        Err(e) => {
+            eprintln!("rds-iam-sidecar: cannot watch for signals: {e}");
+            return ExitCode::FAILURE;
         }
     };
     tokio::select! {
-        _ = terminate.recv() => {}
-        _ = tokio::signal::ctrl_c() => {}
+        name = signals.next() => {
+            shutdown.request();
+            tracing::info!(signal = name, "shutdown requested");
+        }
+        () = shutdown.requested() => tracing::info!("shutdown requested over the admin endpoint"),
+    }
+    if !lifecycle.min_shutdown_delay.is_zero() {
+        tracing::info!(
+            delay_s = lifecycle.min_shutdown_delay.as_secs_f64(),
+            "still serving for --min-shutdown-delay before draining"
+        );
+        tokio::select! {
+            () = tokio::time::sleep(lifecycle.min_shutdown_delay) => {}
+            name = signals.next() => tracing::info!(signal = name, "second signal: draining now"),
+        }
+    }
+    let left = tokio::select! {
+        left = sidecar.drain(lifecycle.shutdown_grace) => left,
+        name = signals.next() => {
+            tracing::warn!(signal = name, clients = shutdown.sessions(), "second signal: closing every connection now");
+            shutdown.sessions().max(1)
+        }
+    };
+    if left == 0 {
+        ExitCode::from(lifecycle.exit_code_on_signal)
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+/// SIGTERM and SIGINT, watched for the whole run.
+struct Signals {
+    terminate: tokio::signal::unix::Signal,
+    interrupt: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn new() -> std::io::Result<Self> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Self {
+            terminate: signal(SignalKind::terminate())?,
+            interrupt: signal(SignalKind::interrupt())?,
+        })
+    }
+
+    /// The name of the next signal.
+    async fn next(&mut self) -> &'static str {
+        tokio::select! {
+            _ = self.terminate.recv() => "SIGTERM",
+            _ = self.interrupt.recv() => "SIGINT",
+        }
     }
 }
 

@@ -6,30 +6,15 @@ mod harness;
 mod support;
 
 use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Output, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use harness::binary::{KillOnDrop, free_port, sidecar_command, wait_for_port};
 use support::sigv4::{Expectation, format_amz_date, verify_token};
 use support::{DEFAULT_ENDPOINT_HOST, TEST_AKID, TEST_SECRET, TestPki, unix_now};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-const BIN: &str = env!("CARGO_BIN_EXE_rds-iam-sidecar");
-
-/// The binary with a clean environment: no AWS settings, an empty HOME, no IMDS.
-fn sidecar_command(home: &Path) -> Command {
-    let mut command = Command::new(BIN);
-    command
-        .env_clear()
-        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-        .env("HOME", home)
-        .env("AWS_EC2_METADATA_DISABLED", "true")
-        .env("AWS_CONFIG_FILE", "/dev/null")
-        .env("AWS_SHARED_CREDENTIALS_FILE", "/dev/null")
-        .stdin(Stdio::null());
-    command
-}
 
 fn run(home: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
     sidecar_command(home)
@@ -253,42 +238,6 @@ impl EcsEndpoint {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
-}
-
-/// A spawned sidecar that is killed if the test fails before stopping it.
-struct KillOnDrop(Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        if let Ok(None) = self.0.try_wait() {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-}
-
-async fn wait_for_port(port: u16, child: &mut Child) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while Instant::now() < deadline {
-        if tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .is_ok()
-        {
-            return;
-        }
-        if let Ok(Some(status)) = child.try_wait() {
-            panic!("sidecar exited early: {status}");
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("sidecar did not listen on {port}");
-}
-
 /// A query through the sidecar; each database is its own pool, so a new database means a new
 /// upstream login.
 async fn query_through(port: u16, database: &str) -> Result<i64, tokio_postgres::Error> {
@@ -389,18 +338,8 @@ async fn ecs_credentials_rotate_and_logs_hold_no_secret() {
     );
     assert!(ecs.requests.load(Ordering::SeqCst) >= 2);
 
-    Command::new("kill")
-        .args(["-TERM", &child.0.id().to_string()])
-        .status()
-        .expect("send SIGTERM");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let status = loop {
-        if let Some(status) = child.0.try_wait().expect("wait") {
-            break status;
-        }
-        assert!(Instant::now() < deadline, "sidecar did not exit on SIGTERM");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    child.signal("TERM");
+    let status = child.exit_within(Duration::from_secs(10)).await;
     assert!(status.success(), "exit status {status}");
     ecs.task.abort();
 

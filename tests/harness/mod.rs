@@ -2,6 +2,8 @@
 //! [`Stack`] (PKI + emulator + in-process sidecar) and connects tokio-postgres clients to it.
 #![allow(dead_code)]
 
+pub mod binary;
+
 use std::sync::Arc;
 use std::time::Duration;
 

@@ -1,0 +1,203 @@
+//! Graceful shutdown: one [`Shutdown`] per sidecar, asked for by SIGTERM/SIGINT or the admin
+//! endpoint's `/quitquitquit`, then drained: readiness fails at once, new clients get FATAL
+//! 57P01, transactions in flight run to their end, clients idle outside a transaction are
+//! told 57P01 and closed; what is left when the grace period ends is closed by the caller.
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+use tokio::sync::Notify;
+
+use crate::error::{PgError, Severity, sqlstate};
+
+/// Shared shutdown state.
+#[derive(Debug, Default)]
+pub struct Shutdown {
+    requested: AtomicBool,
+    draining: AtomicBool,
+    /// Wakes whoever waits for a shutdown request (main).
+    request: Notify,
+    /// Wakes idle clients when draining starts.
+    drain: Notify,
+    /// Client connections being served, from accept to close.
+    sessions: AtomicUsize,
+    /// Wakes the drainer when the last session ended.
+    sessions_gone: Notify,
+}
+
+impl Shutdown {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Asks for a shutdown; `false` when one was asked for already.
+    pub fn request(&self) -> bool {
+        let first = !self.requested.swap(true, Ordering::AcqRel);
+        if first {
+            self.request.notify_waiters();
+        }
+        first
+    }
+
+    pub fn is_requested(&self) -> bool {
+        self.requested.load(Ordering::Acquire)
+    }
+
+    /// Waits until a shutdown is asked for.
+    pub async fn requested(&self) {
+        let notified = self.request.notified();
+        if self.is_requested() {
+            return;
+        }
+        notified.await;
+    }
+
+    /// Starts draining: idle clients are closed, new ones refused.
+    pub fn begin_drain(&self) {
+        self.requested.store(true, Ordering::Release);
+        if !self.draining.swap(true, Ordering::AcqRel) {
+            self.request.notify_waiters();
+            self.drain.notify_waiters();
+        }
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Acquire)
+    }
+
+    /// Waits until draining starts. Create the future before checking [`Self::is_draining`]
+    /// elsewhere, or just await it: it returns at once when draining already.
+    pub async fn draining(&self) {
+        let notified = self.drain.notified();
+        if self.is_draining() {
+            return;
+        }
+        notified.await;
+    }
+
+    /// Waits, holding nothing but a waker, until `ready` is or (with `watch_drain`) draining
+    /// starts. Cheaper to keep in an idle client's future than [`Self::draining`].
+    pub async fn idle_wait(
+        &self,
+        watch_drain: bool,
+        mut ready: impl FnMut(&mut std::task::Context<'_>) -> std::task::Poll<std::io::Result<()>>,
+    ) -> Woken {
+        use std::future::Future;
+        use std::task::Poll;
+        let mut drained = std::pin::pin!(self.drain.notified());
+        std::future::poll_fn(|cx| {
+            if watch_drain && (self.is_draining() || drained.as_mut().poll(cx).is_ready()) {
+                return Poll::Ready(Woken::Draining);
+            }
+            ready(cx).map(Woken::Ready)
+        })
+        .await
+    }
+
+    /// Counts a client connection for as long as the guard lives.
+    pub fn session(self: &std::sync::Arc<Self>) -> SessionGuard {
+        self.sessions.fetch_add(1, Ordering::AcqRel);
+        SessionGuard {
+            shutdown: self.clone(),
+        }
+    }
+
+    /// Client connections being served right now.
+    pub fn sessions(&self) -> usize {
+        self.sessions.load(Ordering::Acquire)
+    }
+
+    /// Waits until no client connection is left.
+    pub async fn all_sessions_gone(&self) {
+        loop {
+            let notified = self.sessions_gone.notified();
+            if self.sessions() == 0 {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+/// What ended [`Shutdown::idle_wait`].
+#[derive(Debug)]
+pub enum Woken {
+    Ready(std::io::Result<()>),
+    Draining,
+}
+
+/// One client connection, counted by [`Shutdown`].
+#[derive(Debug)]
+pub struct SessionGuard {
+    shutdown: std::sync::Arc<Shutdown>,
+}
+
+impl Drop for SessionGuard {
+    fn drop(&mut self) {
+        if self.shutdown.sessions.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.shutdown.sessions_gone.notify_waiters();
+        }
+    }
+}
+
+/// What a client gets when the sidecar closes its connection for a shutdown (PostgreSQL's own
+/// words for a smart shutdown, 57P01).
+pub fn shutdown_error() -> PgError {
+    PgError::new(
+        Severity::Fatal,
+        sqlstate::ADMIN_SHUTDOWN,
+        "terminating connection due to administrator command",
+    )
+    .with_detail("rds-iam-sidecar is shutting down")
+    .with_hint("reconnect: a new sidecar (or this one after its restart) will serve you")
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn draining_wakes_waiters_created_before_and_after() {
+        let shutdown = Arc::new(Shutdown::new());
+        let early = tokio::spawn({
+            let shutdown = shutdown.clone();
+            async move { shutdown.draining().await }
+        });
+        tokio::task::yield_now().await;
+        assert!(!shutdown.is_draining());
+        shutdown.begin_drain();
+        tokio::time::timeout(Duration::from_secs(5), early)
+            .await
+            .expect("early waiter woken")
+            .expect("no panic");
+        // After the fact, it returns at once.
+        tokio::time::timeout(Duration::from_secs(5), shutdown.draining())
+            .await
+            .expect("late waiter returns");
+        assert!(shutdown.is_requested());
+        assert!(!shutdown.request(), "a drain counts as the request");
+    }
+
+    #[tokio::test]
+    async fn all_sessions_gone_waits_for_the_last_guard() {
+        let shutdown = Arc::new(Shutdown::new());
+        let first = shutdown.session();
+        let second = shutdown.session();
+        assert_eq!(shutdown.sessions(), 2);
+        let waiter = tokio::spawn({
+            let shutdown = shutdown.clone();
+            async move { shutdown.all_sessions_gone().await }
+        });
+        drop(first);
+        tokio::task::yield_now().await;
+        assert!(!waiter.is_finished());
+        drop(second);
+        tokio::time::timeout(Duration::from_secs(5), waiter)
+            .await
+            .expect("woken when the last session ends")
+            .expect("no panic");
+        assert_eq!(shutdown.sessions(), 0);
+    }
+}
