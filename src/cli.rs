@@ -31,6 +31,43 @@ pub enum Command {
     Run(Box<RunArgs>),
     /// Print one IAM auth token, exactly like `aws rds generate-db-auth-token`.
     Token(TokenArgs),
+    /// Exit 0 when a running sidecar is ready (or, with --live, alive), 1 otherwise with the
+    /// reason on one line: a container health check for images without curl.
+    Healthcheck(HealthcheckArgs),
+    /// Wait until a running sidecar is ready (for application entrypoints); exit 1 on timeout.
+    Wait(WaitArgs),
+    /// Ask a running sidecar to shut down gracefully (like SIGTERM), e.g. at the end of a job.
+    Shutdown(AdminArgs),
+}
+
+/// Where the running sidecar's admin endpoint is.
+#[derive(Debug, Clone, Args)]
+pub struct AdminArgs {
+    /// The sidecar's admin endpoint [default: from RDS_IAM_SIDECAR_ADMIN_LISTEN, else
+    /// http://127.0.0.1:9090].
+    #[arg(long, env = "RDS_IAM_SIDECAR_ADMIN_URL", value_name = "URL")]
+    pub admin: Option<String>,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct HealthcheckArgs {
+    #[command(flatten)]
+    pub admin: AdminArgs,
+    /// Check liveness (/livez) instead of readiness (/readyz).
+    #[arg(long)]
+    pub live: bool,
+    /// How long to wait for an answer [default: 5s].
+    #[arg(long, value_name = "DURATION")]
+    pub timeout: Option<String>,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct WaitArgs {
+    #[command(flatten)]
+    pub admin: AdminArgs,
+    /// Give up after this long [default: 30s].
+    #[arg(long, value_name = "DURATION")]
+    pub timeout: Option<String>,
 }
 
 /// How the upstream certificate is checked.

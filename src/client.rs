@@ -23,6 +23,7 @@ use crate::error::{PgError, sqlstate};
 use crate::forward::{
     ClientSide, Detach, Outcome, Rewrite, SessionState, Traffic, forward_attached,
 };
+use crate::metrics::{self, ClientState};
 use crate::pool::reset::reset;
 use crate::pool::{CheckoutError, Lease, Pool, PoolKey, PoolMode, Pools};
 use crate::prepared::{ClientRewriter, ClientStatements};
@@ -76,6 +77,7 @@ pub async fn serve_client(stream: ClientStream, peer: String, context: Arc<Sessi
     let id = context.next_id.fetch_add(1, Ordering::Relaxed);
     let span = info_span!("client", conn = id, peer = %peer);
     let _counted = context.shutdown.session();
+    metrics::client_state(None, Some(ClientState::Login));
     run(stream, context).instrument(span).await;
 }
 
@@ -85,8 +87,13 @@ fn run(stream: ClientStream, context: Arc<SessionContext>) -> impl Future<Output
     // heap) and the wait for its next message.
     let login = Box::pin(login(stream, context));
     async move {
-        if let Some(session) = login.await {
-            session.serve().await;
+        match login.await {
+            Some(session) => {
+                metrics::client_state(Some(ClientState::Login), Some(ClientState::Idle));
+                session.serve().await;
+                metrics::client_state(Some(ClientState::Idle), None);
+            }
+            None => metrics::client_state(Some(ClientState::Login), None),
         }
     }
 }
@@ -139,23 +146,33 @@ async fn negotiate(
 async fn handle_cancel(context: &SessionContext, pid: i32, secret: &[u8]) {
     let Ok(secret) = <[u8; 4]>::try_from(secret) else {
         debug!("cancel request with a key the sidecar never issued; ignored");
+        metrics::cancel_request("unknown_key");
         return;
     };
     let Some(target) = context.cancels.lookup(pid, i32::from_be_bytes(secret)) else {
         debug!("cancel request for an unknown key; ignored");
+        metrics::cancel_request("unknown_key");
         return;
     };
     let Some(server) = target.server else {
         debug!("cancel request for a client between transactions; nothing to cancel");
+        metrics::cancel_request("not_running");
         return;
     };
     match context.cancel_mode {
         CancelMode::Forward => match context.connector().cancel(server.pid, server.secret).await {
-            Ok(()) => info!("cancel request forwarded upstream"),
-            Err(error) => warn!(%error, "forwarding a cancel request failed"),
+            Ok(()) => {
+                info!("cancel request forwarded upstream");
+                metrics::cancel_request("forwarded");
+            }
+            Err(error) => {
+                warn!(%error, "forwarding a cancel request failed");
+                metrics::cancel_request("failed");
+            }
         },
         CancelMode::Close => {
             info!("cancel request: closing the client's upstream connection (--cancel-mode close)");
+            metrics::cancel_request("closed");
             target.closer.notify_waiters();
         }
     }
@@ -184,6 +201,7 @@ async fn greet(
 ) -> Option<Box<Session>> {
     if context.shutdown.is_draining() {
         info!("client refused: shutting down");
+        metrics::client_refused("shutdown");
         send_error(&mut stream, &shutdown_error()).await;
         return None;
     }
@@ -192,6 +210,7 @@ async fn greet(
             sqlstate::INVALID_AUTHORIZATION,
             "no PostgreSQL user name specified in startup packet",
         );
+        metrics::auth_failure(&pg.code);
         send_error(&mut stream, &pg).await;
         return None;
     };
@@ -215,6 +234,7 @@ async fn greet(
             ),
         );
         warn!("client refused: --max-client-connections reached");
+        metrics::client_refused("max_clients");
         send_error(&mut stream, &pg).await;
         return None;
     };
@@ -252,14 +272,18 @@ async fn greet(
         Err(error) => {
             let pg = checkout_error_to_pg(&error, &context, &user);
             warn!(%error, sqlstate = %pg.code, pool = %pool.key, "no upstream connection for a new client");
+            metrics::auth_failure(&pg.code);
             send_error(&mut stream, &pg).await;
             return None;
         }
     };
-    let wait_ms = started.elapsed().as_secs_f64() * 1000.0;
+    let waited = started.elapsed();
+    metrics::pool_wait(waited);
+    let wait_ms = waited.as_secs_f64() * 1000.0;
     if context.shutdown.is_draining() {
         lease.release();
         info!("client refused: shutting down");
+        metrics::client_refused("shutdown");
         send_error(&mut stream, &shutdown_error()).await;
         return None;
     }
@@ -381,7 +405,7 @@ impl Session {
     async fn run_session_mode(&mut self, mut lease: Lease) -> Outcome {
         let cancel = self.closer();
         let mut pending = std::mem::take(&mut lease.server().pending);
-        let (outcome, traffic) = loop {
+        let outcome = loop {
             let server = lease.server();
             if pending.is_empty() {
                 // Idle: no buffers are held until either side sends something (the server may,
@@ -403,10 +427,11 @@ impl Session {
                     })
                     .await;
                 if let Woken::Draining = woken {
-                    break (Outcome::Shutdown, Traffic::default());
+                    break Outcome::Shutdown;
                 }
             }
             // Boxed: the attached period's state lives on the heap only while it runs.
+            metrics::client_state(Some(ClientState::Idle), Some(ClientState::Active));
             let (outcome, traffic) = Box::pin(forward_attached(
                 &mut self.stream,
                 &mut server.stream,
@@ -420,13 +445,13 @@ impl Session {
                 None,
             ))
             .await;
+            metrics::client_state(Some(ClientState::Active), Some(ClientState::Idle));
             pending = BytesMut::new();
-            if outcome != Outcome::Released {
-                break (outcome, traffic);
-            }
             self.add(traffic);
+            if outcome != Outcome::Released {
+                break outcome;
+            }
         };
-        self.add(traffic);
         match outcome {
             Outcome::ClientTerminated | Outcome::ClientClosed if self.state.is_idle() => {
                 let reset_query = self.context.pools.settings.reset_query.clone();
@@ -502,6 +527,14 @@ impl Session {
         if self.rewriter.at_boundary() && first.starts_with(&[b'X', 0, 0, 0, 4]) {
             return Some(Outcome::ClientTerminated);
         }
+        metrics::client_state(Some(ClientState::Idle), Some(ClientState::Active));
+        let ending = self.attached_transaction(first).await;
+        metrics::client_state(Some(ClientState::Active), Some(ClientState::Idle));
+        ending
+    }
+
+    async fn attached_transaction(&mut self, first: &[u8]) -> Option<Outcome> {
+        let started = Instant::now();
         let mut lease = match self.context.pools.checkout(&self.pool).await {
             Ok(lease) => lease,
             Err(error) => {
@@ -511,6 +544,7 @@ impl Session {
                 return Some(Outcome::ServerError);
             }
         };
+        metrics::pool_wait(started.elapsed());
         self.cancel_key.set_server(server_key(lease.server()));
         let cancel = self.closer();
         let pending = std::mem::take(&mut lease.server().pending);
@@ -588,6 +622,8 @@ impl Session {
     fn add(&mut self, traffic: Traffic) {
         self.traffic.to_server += traffic.to_server;
         self.traffic.to_client += traffic.to_client;
+        self.traffic.transactions += traffic.transactions;
+        metrics::forwarded(traffic.to_server, traffic.to_client, traffic.transactions);
     }
 }
 

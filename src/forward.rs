@@ -120,6 +120,8 @@ pub enum Detach {
 pub struct Traffic {
     pub to_server: u64,
     pub to_client: u64,
+    /// ReadyForQuery messages outside a transaction: completed transactions.
+    pub transactions: u64,
 }
 
 /// Per-client forwarding state that outlives one attached period.
@@ -175,6 +177,7 @@ where
         state,
         parameters,
         last_tag: 0,
+        transactions: 0,
     };
     let mut server_scanner = FrameScanner::new();
     if !pending.is_empty() {
@@ -299,6 +302,7 @@ where
     };
     traffic.to_server += to_server;
     traffic.to_client += to_client;
+    traffic.transactions += down.transactions;
     if matches!(
         outcome,
         Outcome::Released | Outcome::ClientTerminated | Outcome::ClientClosed
@@ -433,6 +437,7 @@ struct Downward<'a> {
     state: &'a SessionState,
     parameters: &'a mut Vec<(String, String)>,
     last_tag: u8,
+    transactions: u64,
 }
 
 impl FrameVisitor for Downward<'_> {
@@ -446,6 +451,9 @@ impl FrameVisitor for Downward<'_> {
             READY_FOR_QUERY => {
                 if let Some(status) = body.first() {
                     self.state.status.store(*status, Ordering::Release);
+                    if *status == b'I' {
+                        self.transactions += 1;
+                    }
                 }
                 let _ = self.state.expected_ready.fetch_update(
                     Ordering::AcqRel,

@@ -6,6 +6,8 @@
 //! `listener` accepts clients; `client` runs one client's life; `upstream` dials, secures and
 //! logs in to the database; `iam` owns credentials and token signing; `forward` is the hot loop.
 
+pub mod admin;
+pub mod admin_client;
 pub mod buffers;
 pub mod cancel;
 pub mod cli;
@@ -17,6 +19,7 @@ pub mod forward;
 pub mod iam;
 pub mod listener;
 pub mod logging;
+pub mod metrics;
 pub mod pool;
 pub mod prepared;
 pub mod protocol;

@@ -12,6 +12,7 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tracing::{error, info, warn};
 
+use crate::admin::Health;
 use crate::cli::TlsMode;
 use crate::client::{SessionContext, serve_client};
 use crate::config::{Config, UpstreamAuth};
@@ -39,6 +40,9 @@ pub struct RunningSidecar {
     pub tcp_addrs: Vec<SocketAddr>,
     /// The unix socket path, when one was asked for.
     pub unix_socket: Option<PathBuf>,
+    /// The admin endpoint's address, unless `--admin-listen off`.
+    pub admin_addr: Option<SocketAddr>,
+    health: Arc<Health>,
     stop: watch::Sender<bool>,
     accept_loops: JoinSet<()>,
     context: Arc<SessionContext>,
@@ -59,6 +63,11 @@ impl RunningSidecar {
     /// startup parameters), if any exist.
     pub fn pool_counts(&self, user: &str, database: &str) -> Option<(usize, usize)> {
         self.context.pools.counts_for(user, database)
+    }
+
+    /// Why the sidecar is not ready to serve a new client, if it is not (what `/readyz` says).
+    pub async fn readiness(&self) -> Result<(), String> {
+        self.health.readiness().await
     }
 
     /// The sidecar's shutdown state: ask for a shutdown with [`Shutdown::request`].
@@ -119,6 +128,23 @@ pub async fn start(
     config: Config,
     credentials: Option<Arc<CredentialCache>>,
 ) -> Result<RunningSidecar, StartError> {
+    crate::metrics::install();
+    let admin_listener = match config.admin_listen {
+        Some(addr) => Some(
+            TcpListener::bind(addr)
+                .await
+                .map_err(|source| StartError::Bind {
+                    addr: format!("{addr} (--admin-listen)"),
+                    source,
+                })?,
+        ),
+        None => None,
+    };
+    let admin_addr = admin_listener
+        .as_ref()
+        .map(|l| l.local_addr())
+        .transpose()
+        .map_err(|e| StartError::Setup(e.to_string()))?;
     let mut tcp_listeners = Vec::new();
     for addr in &config.listen {
         let listener = TcpListener::bind(addr)
@@ -172,10 +198,20 @@ pub async fn start(
         accept_loops.spawn(accept_unix(listener, context.clone(), stopped.clone()));
         path
     });
+    let health = Health::new(context.clone());
+    if let Some(listener) = admin_listener {
+        accept_loops.spawn(crate::admin::serve(
+            listener,
+            health.clone(),
+            stopped.clone(),
+        ));
+    }
+    health.mark_started();
     warn_about_exposure(&config, &tcp_addrs);
     info!(
         listen = ?tcp_addrs,
         unix_socket = ?unix_socket,
+        admin = ?admin_addr,
         upstream = %config.upstream,
         upstream_addr = ?config.upstream_addr.as_ref().map(|e| e.to_string()),
         auth = match &config.auth {
@@ -194,6 +230,8 @@ pub async fn start(
     Ok(RunningSidecar {
         tcp_addrs,
         unix_socket,
+        admin_addr,
+        health,
         stop,
         accept_loops,
         context,
@@ -249,6 +287,7 @@ async fn accept_tcp(
             _ = async { let _ = stopped.wait_for(|s| *s).await; } => return,
             accepted = listener.accept() => match accepted {
                 Ok((socket, peer)) => {
+                    crate::metrics::client_accepted();
                     let _ = socket.set_nodelay(true);
                     tokio::spawn(serve_client(ClientStream::Tcp(socket), peer.to_string(), context.clone()));
                 }
@@ -271,6 +310,7 @@ async fn accept_unix(
             _ = async { let _ = stopped.wait_for(|s| *s).await; } => return,
             accepted = listener.accept() => match accepted {
                 Ok((socket, _)) => {
+                    crate::metrics::client_accepted();
                     tokio::spawn(serve_client(ClientStream::Unix(socket), "unix".to_owned(), context.clone()));
                 }
                 Err(e) => {

@@ -3,11 +3,15 @@
 
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use clap::Parser;
-use rds_iam_sidecar::cli::{Cli, Command, RunArgs, TokenArgs};
+use rds_iam_sidecar::admin_client::{admin_address, request};
+use rds_iam_sidecar::cli::{
+    AdminArgs, Cli, Command, HealthcheckArgs, RunArgs, TokenArgs, WaitArgs,
+};
 use rds_iam_sidecar::config::{Config, process_env};
+use rds_iam_sidecar::duration::parse_duration;
 use rds_iam_sidecar::iam::credentials::CredentialCache;
 use rds_iam_sidecar::iam::region::resolve_region;
 use rds_iam_sidecar::iam::token::sign_token;
@@ -29,6 +33,9 @@ fn main() -> ExitCode {
     match command {
         Command::Run(args) => runtime.block_on(run(*args)),
         Command::Token(args) => runtime.block_on(token(args)),
+        Command::Healthcheck(args) => runtime.block_on(healthcheck(args)),
+        Command::Wait(args) => runtime.block_on(wait(args)),
+        Command::Shutdown(args) => runtime.block_on(shutdown(args)),
     }
 }
 
@@ -109,6 +116,99 @@ impl Signals {
             _ = self.interrupt.recv() => "SIGINT",
         }
     }
+}
+
+/// A `--timeout` flag, or `default`.
+fn timeout_flag(text: Option<&str>, default: Duration) -> Result<Duration, ExitCode> {
+    match text {
+        Some(text) => parse_duration(text).map_err(|e| usage_error(format!("--timeout: {e}"))),
+        None => Ok(default),
+    }
+}
+
+fn admin_of(args: &AdminArgs) -> String {
+    admin_address(args.admin.as_deref(), &process_env)
+}
+
+async fn healthcheck(args: HealthcheckArgs) -> ExitCode {
+    let timeout = match timeout_flag(args.timeout.as_deref(), Duration::from_secs(5)) {
+        Ok(timeout) => timeout,
+        Err(code) => return code,
+    };
+    let path = if args.live { "/livez" } else { "/readyz" };
+    match request(&admin_of(&args.admin), "GET", path, timeout).await {
+        Ok(response) => {
+            println!("{}", one_line(&response.body));
+            if response.status == 200 {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+        Err(error) => {
+            println!("not healthy: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn wait(args: WaitArgs) -> ExitCode {
+    let timeout = match timeout_flag(args.timeout.as_deref(), Duration::from_secs(30)) {
+        Ok(timeout) => timeout,
+        Err(code) => return code,
+    };
+    let admin = admin_of(&args.admin);
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let reason = match request(&admin, "GET", "/readyz", left.min(Duration::from_secs(5))).await
+        {
+            Ok(response) if response.status == 200 => {
+                println!("ready");
+                return ExitCode::SUCCESS;
+            }
+            Ok(response) => one_line(&response.body),
+            Err(error) => error,
+        };
+        if tokio::time::Instant::now() + Duration::from_millis(250) >= deadline {
+            println!("not ready after {timeout:?}: {reason}");
+            return ExitCode::FAILURE;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+async fn shutdown(args: AdminArgs) -> ExitCode {
+    match request(
+        &admin_of(&args),
+        "POST",
+        "/quitquitquit",
+        Duration::from_secs(5),
+    )
+    .await
+    {
+        Ok(response) if response.status == 200 => {
+            println!("{}", one_line(&response.body));
+            ExitCode::SUCCESS
+        }
+        Ok(response) => {
+            println!(
+                "refused ({}): {}",
+                response.status,
+                one_line(&response.body)
+            );
+            ExitCode::FAILURE
+        }
+        Err(error) => {
+            println!("{error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The first line of an admin answer.
+fn one_line(body: &str) -> String {
+    body.lines().next().unwrap_or("").trim().to_owned()
 }
 
 async fn token(args: TokenArgs) -> ExitCode {

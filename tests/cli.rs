@@ -287,6 +287,8 @@ async fn ecs_credentials_rotate_and_logs_hold_no_secret() {
             "trace",
             "--log-format",
             "json",
+            "--admin-listen",
+            "off",
         ])
         .env(
             "AWS_CONTAINER_CREDENTIALS_FULL_URI",

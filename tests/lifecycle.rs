@@ -1,5 +1,7 @@
-//! The binary's life in a container: graceful shutdown on SIGTERM (transactions finish, idle
-//! and new clients get 57P01, exit 0 within the grace period).
+//! The binary's life in a container: the admin endpoint (readiness that follows the upstream,
+//! Prometheus metrics after real traffic), the `healthcheck`, `wait` and `shutdown`
+//! subcommands, and graceful shutdown on SIGTERM (transactions finish, idle and new clients
+//! get 57P01, exit 0 within the grace period).
 
 mod harness;
 mod support;
@@ -30,8 +32,6 @@ fn spawn_sidecar(
             pki.ca_file().to_str().expect("utf-8 path"),
             "--listen",
             &format!("127.0.0.1:{port}"),
-            "--admin-listen",
-            "off",
         ])
         .args(extra)
         .env("AWS_ACCESS_KEY_ID", TEST_AKID)
@@ -73,7 +73,14 @@ async fn sigterm_lets_the_transaction_commit(pool_mode: &str) {
         &emulator,
         &pki,
         home.path(),
-        &["--pool-mode", pool_mode, "--shutdown-grace", "20s"],
+        &[
+            "--pool-mode",
+            pool_mode,
+            "--shutdown-grace",
+            "20s",
+            "--admin-listen",
+            "off",
+        ],
     );
     wait_for_port(port, &mut sidecar.0).await;
 
@@ -135,8 +142,12 @@ async fn grace_period_over_closes_what_is_left_and_exits_1() {
     let pki = TestPki::new();
     let emulator = support::emulator_for_cluster(&pki).await;
     let home = tempfile::tempdir().expect("tempdir");
-    let (mut sidecar, port) =
-        spawn_sidecar(&emulator, &pki, home.path(), &["--shutdown-grace", "1s"]);
+    let (mut sidecar, port) = spawn_sidecar(
+        &emulator,
+        &pki,
+        home.path(),
+        &["--shutdown-grace", "1s", "--admin-listen", "off"],
+    );
     wait_for_port(port, &mut sidecar.0).await;
     let (stuck, stuck_connection) = client(port).await.expect("client");
     stuck.batch_execute("begin").await.expect("begin");
@@ -151,5 +162,257 @@ async fn grace_period_over_closes_what_is_left_and_exits_1() {
     assert!(
         ended.is_err(),
         "the open transaction's connection was closed"
+    );
+}
+
+/// Runs a subcommand of the binary against the admin endpoint; (exit code, stdout).
+async fn subcommand(home: &std::path::Path, args: &[&str]) -> (Option<i32>, String) {
+    let output = tokio::process::Command::from(sidecar_command(home))
+        .args(args)
+        .output()
+        .await
+        .expect("run the subcommand");
+    (
+        output.status.code(),
+        String::from_utf8_lossy(&output.stdout).trim().to_owned(),
+    )
+}
+
+/// Relays 127.0.0.1:`port` to `target` from now on (the upstream "comes up").
+async fn relay(port: u16, target: std::net::SocketAddr) -> tokio::task::JoinHandle<()> {
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+        .await
+        .expect("bind the relay");
+    tokio::spawn(async move {
+        while let Ok((mut inbound, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                if let Ok(mut outbound) = tokio::net::TcpStream::connect(target).await {
+                    let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                }
+            });
+        }
+    })
+}
+
+async fn scrape(admin: &str) -> prometheus_parse::Scrape {
+    let response =
+        rds_iam_sidecar::admin_client::request(admin, "GET", "/metrics", Duration::from_secs(5))
+            .await
+            .expect("GET /metrics");
+    assert_eq!(response.status, 200, "{}", response.body);
+    prometheus_parse::Scrape::parse(response.body.lines().map(|l| Ok(l.to_owned())))
+        .expect("valid Prometheus exposition")
+}
+
+/// The value of the sample `name` whose labels include `labels`.
+fn value(scrape: &prometheus_parse::Scrape, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    scrape
+        .samples
+        .iter()
+        .find(|s| s.metric == name && labels.iter().all(|(k, v)| s.labels.get(k) == Some(v)))
+        .and_then(|s| match s.value {
+            prometheus_parse::Value::Counter(v)
+            | prometheus_parse::Value::Gauge(v)
+            | prometheus_parse::Value::Untyped(v) => Some(v),
+            _ => None,
+        })
+}
+
+#[tokio::test]
+async fn readiness_follows_the_upstream_and_metrics_follow_the_traffic() {
+    let pki = TestPki::new();
+    let emulator = support::emulator_for_cluster(&pki).await;
+    let home = tempfile::tempdir().expect("tempdir");
+    // The sidecar dials a port where nothing listens yet.
+    let upstream_port = free_port();
+    let admin_port = free_port();
+    let admin = format!("http://127.0.0.1:{admin_port}");
+    let port = free_port();
+    let mut sidecar = sidecar_command(home.path())
+        .args([
+            "--upstream",
+            &format!("{DEFAULT_ENDPOINT_HOST}:5432"),
+            "--upstream-addr",
+            &format!("127.0.0.1:{upstream_port}"),
+            "--ca-file",
+            pki.ca_file().to_str().expect("utf-8 path"),
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--admin-listen",
+            &format!("127.0.0.1:{admin_port}"),
+            "--connect-timeout",
+            "1s",
+            "--min-shutdown-delay",
+            "1s",
+        ])
+        .env("AWS_ACCESS_KEY_ID", TEST_AKID)
+        .env("AWS_SECRET_ACCESS_KEY", TEST_SECRET)
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .map(KillOnDrop)
+        .expect("spawn sidecar");
+    wait_for_port(admin_port, &mut sidecar.0).await;
+
+    // Alive and started, not ready: the upstream is unreachable.
+    let (code, line) = subcommand(home.path(), &["healthcheck", "--admin", &admin]).await;
+    assert_eq!(code, Some(1), "{line}");
+    assert!(
+        line.contains("not ready") && line.contains("upstream"),
+        "{line}"
+    );
+    let (code, line) = subcommand(home.path(), &["healthcheck", "--live", "--admin", &admin]).await;
+    assert_eq!(code, Some(0), "{line}");
+    let startup =
+        rds_iam_sidecar::admin_client::request(&admin, "GET", "/startup", Duration::from_secs(5))
+            .await
+            .expect("GET /startup");
+    assert_eq!(startup.status, 200);
+    let (code, line) =
+        subcommand(home.path(), &["wait", "--admin", &admin, "--timeout", "1s"]).await;
+    assert_eq!(code, Some(1), "wait gives up: {line}");
+
+    // The upstream comes up: `wait` returns once /readyz says so.
+    let _relay = relay(upstream_port, emulator.addr).await;
+    let (code, line) = subcommand(
+        home.path(),
+        &["wait", "--admin", &admin, "--timeout", "20s"],
+    )
+    .await;
+    assert_eq!(code, Some(0), "{line}");
+    let (code, line) = subcommand(home.path(), &["healthcheck", "--admin", &admin]).await;
+    assert_eq!((code, line.as_str()), (Some(0), "ready"));
+
+    // Real traffic: two clients one after the other (one upstream login), a failed login.
+    for _ in 0..2 {
+        let (client, _connection) = client(port).await.expect("client");
+        let row = client.query_one("select 6 * 7", &[]).await.expect("query");
+        assert_eq!(row.get::<_, i32>(0), 42);
+    }
+    let (held, _held_connection) = client(port).await.expect("client");
+    held.batch_execute("begin; select 1; commit")
+        .await
+        .expect("transaction");
+    let missing = tokio_postgres::connect(
+        &format!("host=127.0.0.1 port={port} user=postgres dbname=no_such_database"),
+        NoTls,
+    )
+    .await;
+    let Err(missing) = missing else {
+        panic!("a missing database fails the login");
+    };
+    assert_eq!(db_error(&missing).0, "3D000");
+
+    let metrics = scrape(&admin).await;
+    let get = |name: &str, labels: &[(&str, &str)]| value(&metrics, name, labels);
+    // Session mode: the second client may come before the first one's connection is reset
+    // and back in the pool, so one or two logins; the missing database is a server error.
+    let ok = get("rds_iam_sidecar_upstream_logins_total", &[("result", "ok")]).unwrap_or(0.0);
+    assert!(ok == 1.0 || ok == 2.0, "{ok} successful logins");
+    assert_eq!(
+        get(
+            "rds_iam_sidecar_upstream_logins_total",
+            &[("result", "server_error")]
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        get("rds_iam_sidecar_iam_tokens_signed_total", &[]),
+        Some(ok + 1.0),
+        "one token per login attempt"
+    );
+    assert_eq!(
+        emulator.accepted_logins().len() as f64,
+        ok + 1.0,
+        "the emulator saw every token"
+    );
+    assert!(get("rds_iam_sidecar_client_connections_accepted_total", &[]) >= Some(4.0));
+    assert_eq!(
+        get("rds_iam_sidecar_client_connections", &[("state", "idle")]),
+        Some(1.0),
+        "the held client"
+    );
+    assert_eq!(
+        get("rds_iam_sidecar_client_connections", &[("state", "active")]),
+        Some(0.0)
+    );
+    assert_eq!(
+        get(
+            "rds_iam_sidecar_auth_failures_total",
+            &[("sqlstate", "3D000")]
+        ),
+        Some(1.0)
+    );
+    assert!(get("rds_iam_sidecar_transactions_total", &[]) >= Some(3.0));
+    assert!(
+        get(
+            "rds_iam_sidecar_bytes_forwarded_total",
+            &[("direction", "to_client")]
+        ) > Some(0.0)
+    );
+    assert!(
+        get(
+            "rds_iam_sidecar_bytes_forwarded_total",
+            &[("direction", "to_server")]
+        ) > Some(0.0)
+    );
+    assert_eq!(
+        get(
+            "rds_iam_sidecar_upstream_connections",
+            &[("state", "in_use")]
+        ),
+        Some(1.0)
+    );
+    assert!(
+        get(
+            "rds_iam_sidecar_credential_refreshes_total",
+            &[("result", "ok")]
+        ) >= Some(1.0)
+    );
+    assert_eq!(
+        get(
+            "rds_iam_sidecar_build_info",
+            &[("version", env!("CARGO_PKG_VERSION"))]
+        ),
+        Some(1.0)
+    );
+    assert!(
+        metrics
+            .samples
+            .iter()
+            .any(|s| s.metric == "rds_iam_sidecar_upstream_login_duration_seconds"),
+        "login latency histogram"
+    );
+    for sample in &metrics.samples {
+        for (label, value) in sample.labels.iter() {
+            assert!(
+                !value.contains("127.0.0.1") && !value.contains(TEST_SECRET),
+                "{}: label {label}={value}",
+                sample.metric
+            );
+        }
+    }
+
+    // `shutdown`: readiness fails at once, clients are still served during
+    // --min-shutdown-delay, then the drain closes the held client and the process exits 0.
+    let (code, line) = subcommand(home.path(), &["shutdown", "--admin", &admin]).await;
+    assert_eq!(code, Some(0), "{line}");
+    let (code, line) = subcommand(home.path(), &["healthcheck", "--admin", &admin]).await;
+    assert_eq!(code, Some(1));
+    assert!(line.contains("shutting down"), "{line}");
+    let (late, _late_connection) = client(port).await.expect("served during the delay");
+    late.simple_query("select 1")
+        .await
+        .expect("query during the delay");
+    drop(late);
+    let status = sidecar.exit_within(Duration::from_secs(15)).await;
+    assert!(status.success(), "exit status {status}");
+    let error = held
+        .simple_query("select 1")
+        .await
+        .expect_err("closed by the drain");
+    assert!(
+        error.is_closed() || db_error(&error).0 == "57P01",
+        "{error}"
     );
 }

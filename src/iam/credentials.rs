@@ -108,6 +108,16 @@ impl CredentialCache {
             .and_then(|c| c.credentials.expiry())
     }
 
+    /// Whether usable credentials are held: `Some(expiry)` (the inner `None` for keys that
+    /// never expire), or `None` with nothing usable.
+    pub fn held(&self) -> Option<Option<SystemTime>> {
+        self.lock()
+            .cached
+            .as_ref()
+            .filter(|c| is_usable(c))
+            .map(|c| c.credentials.expiry())
+    }
+
     /// Credentials to sign with now.
     pub async fn get(self: &Arc<Self>) -> Result<Credentials, CredentialsUnavailable> {
         let seen_fetches = {
@@ -180,12 +190,14 @@ impl CredentialCache {
                     fetched_at: Instant::now(),
                 });
                 state.last_failure = None;
+                crate::metrics::credential_refresh(true, credentials.expiry());
                 Ok(credentials)
             }
             Err(error) => {
                 let error = CredentialsUnavailable {
                     reason: error_chain(&error),
                 };
+                crate::metrics::credential_refresh(false, None);
                 if let Some(cached) = state.cached.as_ref().filter(|c| is_usable(c)) {
                     return Ok(cached.credentials.clone());
                 }

@@ -214,6 +214,32 @@ impl Pools {
         })
     }
 
+    /// (idle, open, waiting clients) summed over every pool.
+    pub fn totals(&self) -> (usize, usize, usize) {
+        self.all()
+            .iter()
+            .fold((0, 0, 0), |(idle, open, waiting), pool| {
+                let state = pool.lock();
+                (
+                    idle + state.idle.len(),
+                    open + state.open,
+                    waiting + state.waiters.len(),
+                )
+            })
+    }
+
+    /// Pools at their size with clients waiting: `(pool, waiting clients)`.
+    pub fn saturated(&self) -> Vec<(String, usize)> {
+        self.all()
+            .iter()
+            .filter_map(|pool| {
+                let state = pool.lock();
+                (state.open >= self.settings.size && !state.waiters.is_empty())
+                    .then(|| (pool.key.to_string(), state.waiters.len()))
+            })
+            .collect()
+    }
+
     fn all(&self) -> Vec<Arc<Pool>> {
         let pools = self.pools.lock().unwrap_or_else(|p| p.into_inner());
         pools.values().cloned().collect()

@@ -71,6 +71,15 @@ pub struct Connector {
     server_name: ServerName<'static>,
     timeout: Duration,
     auth: Authenticator,
+    history: std::sync::Mutex<LoginHistory>,
+}
+
+/// When upstream logins last succeeded and failed (for readiness).
+#[derive(Debug, Clone, Default)]
+pub struct LoginHistory {
+    pub last_ok: Option<Instant>,
+    /// When, and the error (no secrets: ConnectError never holds one).
+    pub last_failure: Option<(Instant, String)>,
 }
 
 impl Connector {
@@ -96,7 +105,31 @@ impl Connector {
             server_name,
             timeout: config.connect_timeout,
             auth,
+            history: Default::default(),
         })
+    }
+
+    /// The latest login outcomes.
+    pub fn login_history(&self) -> LoginHistory {
+        self.history
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// The AWS credentials cache, in IAM mode.
+    pub fn credentials(&self) -> Option<&Arc<CredentialCache>> {
+        match &self.auth {
+            Authenticator::Iam { credentials, .. } => Some(credentials),
+            Authenticator::Password(_) => None,
+        }
+    }
+
+    /// DNS, TCP and TLS (certificate checked) to the upstream, without logging in.
+    pub async fn probe(&self) -> Result<(), ConnectError> {
+        let mut stream = self.open_transport(Instant::now() + self.timeout).await?;
+        let _ = tokio::time::timeout(Duration::from_secs(1), stream.shutdown()).await;
+        Ok(())
     }
 
     pub fn upstream(&self) -> &Endpoint {
@@ -121,6 +154,24 @@ impl Connector {
     /// server rejects is tried once more with freshly fetched credentials: keys rotate, and a
     /// cached key may have been revoked before it expired.
     pub async fn connect(
+        &self,
+        user: &str,
+        parameters: &[(&str, &str)],
+    ) -> Result<ServerConnection, ConnectError> {
+        let started = Instant::now();
+        let result = self.connect_with_retry(user, parameters).await;
+        crate::metrics::upstream_login(result.as_ref().map(|_| ()), started.elapsed());
+        {
+            let mut history = self.history.lock().unwrap_or_else(|p| p.into_inner());
+            match &result {
+                Ok(_) => history.last_ok = Some(Instant::now()),
+                Err(error) => history.last_failure = Some((Instant::now(), error.to_string())),
+            }
+        }
+        result
+    }
+
+    async fn connect_with_retry(
         &self,
         user: &str,
         parameters: &[(&str, &str)],
@@ -323,7 +374,7 @@ impl PasswordSource for LoginPassword<'_> {
                     .as_ref()
                     .ok_or_else(|| ConnectError::Sign("no credentials fetched".to_owned()))?;
                 let upstream = &self.connector.upstream;
-                sign_token(
+                let token = sign_token(
                     creds,
                     &upstream.host,
                     upstream.port,
@@ -331,7 +382,9 @@ impl PasswordSource for LoginPassword<'_> {
                     region,
                     SystemTime::now(),
                 )
-                .map_err(|e| ConnectError::Sign(e.to_string()))
+                .map_err(|e| ConnectError::Sign(e.to_string()))?;
+                crate::metrics::token_signed();
+                Ok(token)
             }
         }
     }
