@@ -41,10 +41,16 @@ USER nonroot
 # are not authenticated on this hop). With bridge networking or `docker run -p`, set
 # RDS_IAM_SIDECAR_LISTEN=0.0.0.0:5432 and keep the port unreachable from other hosts.
 EXPOSE 5432
+# The admin endpoint (/metrics, /readyz, ...) listens on 127.0.0.1:9090 unless
+# RDS_IAM_SIDECAR_ADMIN_LISTEN says otherwise (0.0.0.0:9090 for a Prometheus outside the task).
+EXPOSE 9090
 
-# HEALTHCHECK: comes with the admin endpoint, as
-#   HEALTHCHECK CMD ["/usr/local/bin/rds-iam-sidecar", "healthcheck"]
-# (the `healthcheck` subcommand does not exist yet).
+# No shell and no curl in this image: the binary checks itself. `healthcheck` asks the admin
+# endpoint's /readyz (it reads RDS_IAM_SIDECAR_ADMIN_LISTEN like the sidecar does) and exits
+# 0 or 1 with the reason on one line. ECS ignores this and uses the task definition's
+# healthCheck (see config/ecs-task-definition.json), which runs the same command.
+HEALTHCHECK --interval=10s --timeout=5s --start-period=10s --retries=3 \
+    CMD ["/usr/local/bin/rds-iam-sidecar", "healthcheck"]
 
 ENTRYPOINT ["/usr/local/bin/rds-iam-sidecar"]
 # Arguments given to `docker run` replace `run`; they may be `run` flags directly
