@@ -62,7 +62,8 @@ async fn client(
     Ok((client, tokio::spawn(connection)))
 }
 
-async fn sigterm_lets_the_transaction_commit(pool_mode: &str) {
+/// SIGTERM in `pool_mode`, with `--exit-code-on-signal exit_code`.
+async fn sigterm_lets_the_transaction_commit(pool_mode: &str, exit_code: u8) {
     let pki = TestPki::new();
     let emulator = support::emulator_for_cluster(&pki).await;
     let cluster = shared_cluster();
@@ -80,6 +81,8 @@ async fn sigterm_lets_the_transaction_commit(pool_mode: &str) {
             "20s",
             "--admin-listen",
             "off",
+            "--exit-code-on-signal",
+            &exit_code.to_string(),
         ],
     );
     wait_for_port(port, &mut sidecar.0).await;
@@ -113,7 +116,11 @@ async fn sigterm_lets_the_transaction_commit(pool_mode: &str) {
         .expect("the transaction finishes during the drain");
 
     let status = sidecar.exit_within(Duration::from_secs(15)).await;
-    assert!(status.success(), "exit status {status}");
+    assert_eq!(
+        status.code(),
+        Some(i32::from(exit_code)),
+        "exit status {status}"
+    );
     assert!(
         signalled.elapsed() < Duration::from_secs(15),
         "exit well within the grace period"
@@ -129,12 +136,13 @@ async fn sigterm_lets_the_transaction_commit(pool_mode: &str) {
 
 #[tokio::test]
 async fn sigterm_in_session_mode_lets_the_transaction_commit() {
-    sigterm_lets_the_transaction_commit("session").await;
+    sigterm_lets_the_transaction_commit("session", 0).await;
 }
 
 #[tokio::test]
 async fn sigterm_in_transaction_mode_lets_the_transaction_commit() {
-    sigterm_lets_the_transaction_commit("transaction").await;
+    // A clean drain exits with --exit-code-on-signal.
+    sigterm_lets_the_transaction_commit("transaction", 3).await;
 }
 
 #[tokio::test]
