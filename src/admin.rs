@@ -9,7 +9,7 @@ use std::time::{Duration, SystemTime};
 
 use axum::Router;
 use axum::extract::{ConnectInfo, State};
-use axum::http::StatusCode;
+use axum::http::{StatusCode, Uri};
 use axum::routing::{get, post};
 use tokio::net::TcpListener;
 use tokio::sync::Mutex;
@@ -50,8 +50,14 @@ impl Health {
         self.started.load(Ordering::Acquire)
     }
 
-    /// `Ok` when the sidecar can serve a new client now; otherwise what is wrong.
+    /// `Ok` when the sidecar can serve a new client now; otherwise what is wrong. A saturated
+    /// pool counts unless `ignore_saturation` (container health checks: a busy pool is not a
+    /// broken sidecar, and replacing the task would not help).
     pub async fn readiness(&self) -> Result<(), String> {
+        self.readiness_with(false).await
+    }
+
+    async fn readiness_with(&self, ignore_saturation: bool) -> Result<(), String> {
         if !self.is_started() {
             return Err("starting: the listeners are not open yet".to_owned());
         }
@@ -60,7 +66,7 @@ impl Health {
         }
         self.credentials().await?;
         let saturated = self.context.pools.saturated();
-        if let Some((pool, waiting)) = saturated.first() {
+        if !ignore_saturation && let Some((pool, waiting)) = saturated.first() {
             return Err(format!(
                 "pool {pool} is saturated: {waiting} clients wait for a connection (--pool-size)"
             ));
@@ -108,7 +114,10 @@ impl Health {
         let connector = self.context.pools.connector();
         let history = connector.login_history();
         let now = Instant::now();
+        // A failure counts while it is recent and not followed by a success; after that a
+        // probe decides.
         let failed_last = match (&history.last_failure, history.last_ok) {
+            (Some((failed_at, _)), _) if now.duration_since(*failed_at) >= RECENT_LOGIN => false,
             (Some((failed_at, _)), Some(ok_at)) => *failed_at > ok_at,
             (Some(_), None) => true,
             _ => false,
@@ -194,21 +203,35 @@ async fn livez() -> Reply {
     (StatusCode::OK, "alive\n".to_owned())
 }
 
-async fn readyz(State(health): State<Arc<Health>>) -> Reply {
-    match health.readiness().await {
+/// `/readyz`; `?saturation=ignore` leaves pool saturation out (the `healthcheck` subcommand).
+/// Only loopback clients are told the reason: it may name users, databases and hosts.
+async fn readyz(
+    State(health): State<Arc<Health>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    uri: Uri,
+) -> Reply {
+    let ignore_saturation = uri
+        .query()
+        .is_some_and(|q| q.split('&').any(|pair| pair == "saturation=ignore"));
+    match health.readiness_with(ignore_saturation).await {
         Ok(()) => (StatusCode::OK, "ready\n".to_owned()),
-        Err(reason) => (
+        Err(reason) if is_local(&peer) => (
             StatusCode::SERVICE_UNAVAILABLE,
             format!("not ready: {reason}\n"),
         ),
+        Err(_) => (StatusCode::SERVICE_UNAVAILABLE, "not ready\n".to_owned()),
     }
+}
+
+fn is_local(peer: &SocketAddr) -> bool {
+    peer.ip().to_canonical().is_loopback()
 }
 
 async fn quit(
     State(health): State<Arc<Health>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
 ) -> Reply {
-    if !peer.ip().is_loopback() {
+    if !is_local(&peer) {
         return (
             StatusCode::FORBIDDEN,
             "/quitquitquit only answers clients on this host\n".to_owned(),

@@ -105,11 +105,15 @@ fn dechunk(mut body: &str) -> String {
         else {
             break;
         };
-        if size == 0 || rest.len() < size {
+        // `get`, not indexing: a size from the wire may not end on a character boundary.
+        let (Some(chunk), Some(after)) = (rest.get(..size), rest.get(size..)) else {
+            break;
+        };
+        if size == 0 {
             break;
         }
-        out.push_str(&rest[..size]);
-        body = rest[size..].trim_start_matches("\r\n");
+        out.push_str(chunk);
+        body = after.trim_start_matches("\r\n");
     }
     out
 }

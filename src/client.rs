@@ -101,26 +101,34 @@ fn run(stream: ClientStream, context: Arc<SessionContext>) -> impl Future<Output
 /// Negotiation, startup packet, pool checkout and greeting; the logged-in session and its
 /// first upstream connection, or `None` when the client is gone or was refused.
 async fn login(mut stream: ClientStream, context: Arc<SessionContext>) -> Option<Box<Session>> {
-    let startup =
-        match tokio::time::timeout(STARTUP_TIMEOUT, negotiate(&mut stream, &context)).await {
-            Ok(Ok(Some(startup))) => startup,
-            Ok(Ok(None)) => return None,
-            Ok(Err(error)) => {
-                debug!(%error, "client startup failed");
-                if let Some(pg) = startup_error_to_pg(&error) {
-                    send_error(&mut stream, &pg).await;
-                }
-                return None;
-            }
-            Err(_) => {
-                let pg = PgError::fatal(
-                    sqlstate::PROTOCOL_VIOLATION,
-                    "rds-iam-sidecar: no startup packet within 30 s",
-                );
+    let negotiated = tokio::select! {
+        negotiated = tokio::time::timeout(STARTUP_TIMEOUT, negotiate(&mut stream, &context)) => negotiated,
+        // A client that has not logged in yet does not hold up a drain.
+        () = context.shutdown.draining() => {
+            metrics::client_refused("shutdown");
+            send_error(&mut stream, &shutdown_error()).await;
+            return None;
+        }
+    };
+    let startup = match negotiated {
+        Ok(Ok(Some(startup))) => startup,
+        Ok(Ok(None)) => return None,
+        Ok(Err(error)) => {
+            debug!(%error, "client startup failed");
+            if let Some(pg) = startup_error_to_pg(&error) {
                 send_error(&mut stream, &pg).await;
-                return None;
             }
-        };
+            return None;
+        }
+        Err(_) => {
+            let pg = PgError::fatal(
+                sqlstate::PROTOCOL_VIOLATION,
+                "rds-iam-sidecar: no startup packet within 30 s",
+            );
+            send_error(&mut stream, &pg).await;
+            return None;
+        }
+    };
     greet(stream, startup, context).await
 }
 
@@ -267,7 +275,16 @@ async fn greet(
         .pools
         .pool(PoolKey::new(&user, &database, forwarded));
     let started = Instant::now();
-    let mut lease = match Box::pin(context.pools.checkout(&pool)).await {
+    let checkout = tokio::select! {
+        checkout = Box::pin(context.pools.checkout(&pool)) => checkout,
+        // Waiting for a busy pool does not hold up a drain either.
+        () = context.shutdown.draining() => {
+            metrics::client_refused("shutdown");
+            send_error(&mut stream, &shutdown_error()).await;
+            return None;
+        }
+    };
+    let mut lease = match checkout {
         Ok(lease) => lease,
         Err(error) => {
             let pg = checkout_error_to_pg(&error, &context, &user);

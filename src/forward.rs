@@ -373,6 +373,13 @@ async fn send_upward<W: AsyncWrite + Unpin>(
         }
         return Ok(Some(Outcome::ClientTerminated));
     }
+    // Before writing: while this chunk is on its way the server may answer an earlier sync
+    // point, and the other direction must not see a quiet client then (it would detach and
+    // drop this half mid-write).
+    state.client_quiet.store(
+        up.quiet && client_side.scanner.at_boundary(),
+        Ordering::Release,
+    );
     // Hold back the start of a header that is not complete yet: it might be Terminate.
     let tail = client_side.scanner.partial_header_len().min(chunk.len());
     if (!held.is_empty() && write_flushed(server, &held).await.is_err())
@@ -386,10 +393,6 @@ async fn send_upward<W: AsyncWrite + Unpin>(
     held.clear();
     held.extend_from_slice(&chunk[chunk.len() - tail..]);
     client_side.held = held;
-    state.client_quiet.store(
-        up.quiet && client_side.scanner.at_boundary(),
-        Ordering::Release,
-    );
     Ok(None)
 }
 

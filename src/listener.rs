@@ -104,7 +104,14 @@ impl RunningSidecar {
     /// Stops accepting clients; sessions already running continue to their end.
     pub async fn stop(mut self) {
         let _ = self.stop.send(true);
-        while self.accept_loops.join_next().await.is_some() {}
+        // The admin server finishes its requests first; never wait on it for long.
+        let joined = async { while self.accept_loops.join_next().await.is_some() {} };
+        if tokio::time::timeout(Duration::from_secs(2), joined)
+            .await
+            .is_err()
+        {
+            self.accept_loops.abort_all();
+        }
         self.remove_socket_file();
     }
 

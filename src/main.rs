@@ -135,7 +135,13 @@ async fn healthcheck(args: HealthcheckArgs) -> ExitCode {
         Ok(timeout) => timeout,
         Err(code) => return code,
     };
-    let path = if args.live { "/livez" } else { "/readyz" };
+    // Saturation left out: ECS replaces a task whose health check fails, and a busy pool is
+    // not a broken sidecar.
+    let path = if args.live {
+        "/livez"
+    } else {
+        "/readyz?saturation=ignore"
+    };
     match request(&admin_of(&args.admin), "GET", path, timeout).await {
         Ok(response) => {
             println!("{}", one_line(&response.body));

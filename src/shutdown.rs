@@ -85,10 +85,15 @@ impl Shutdown {
         use std::task::Poll;
         let mut drained = std::pin::pin!(self.drain.notified());
         std::future::poll_fn(|cx| {
+            // Data that already arrived is served first: a query sent just before the drain
+            // runs, and the client is closed at its next idle moment.
+            if let Poll::Ready(result) = ready(cx) {
+                return Poll::Ready(Woken::Ready(result));
+            }
             if watch_drain && (self.is_draining() || drained.as_mut().poll(cx).is_ready()) {
                 return Poll::Ready(Woken::Draining);
             }
-            ready(cx).map(Woken::Ready)
+            Poll::Pending
         })
         .await
     }

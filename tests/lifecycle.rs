@@ -261,6 +261,23 @@ async fn readiness_follows_the_upstream_and_metrics_follow_the_traffic() {
         .map(KillOnDrop)
         .expect("spawn sidecar");
     wait_for_port(admin_port, &mut sidecar.0).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let startup = rds_iam_sidecar::admin_client::request(
+            &admin,
+            "GET",
+            "/startup",
+            Duration::from_secs(5),
+        )
+        .await
+        .expect("GET /startup");
+        if startup.status == 200 {
+            break;
+        }
+        assert_eq!(startup.status, 503, "{}", startup.body);
+        assert!(Instant::now() < deadline, "not started: {}", startup.body);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 
     // Alive and started, not ready: the upstream is unreachable.
     let (code, line) = subcommand(home.path(), &["healthcheck", "--admin", &admin]).await;

@@ -91,6 +91,21 @@ pub struct HintContext<'a> {
 }
 
 impl ConnectError {
+    /// The way to the upstream is broken (DNS, network, TLS, credentials, signing), as opposed
+    /// to this one login being refused (user, database, password).
+    pub fn is_path_failure(&self) -> bool {
+        matches!(
+            self,
+            Self::Resolve { .. }
+                | Self::Connect { .. }
+                | Self::Timeout { .. }
+                | Self::TlsRefused { .. }
+                | Self::Tls { .. }
+                | Self::Credentials(_)
+                | Self::Sign(_)
+        )
+    }
+
     /// The ErrorResponse a client gets for this failure.
     pub fn to_pg_error(&self, ctx: &HintContext<'_>) -> PgError {
         let prefix = "rds-iam-sidecar";

@@ -74,11 +74,14 @@ pub struct Connector {
     history: std::sync::Mutex<LoginHistory>,
 }
 
-/// When upstream logins last succeeded and failed (for readiness).
+/// When upstream logins last succeeded and last failed for a reason that is not the client's
+/// (for readiness).
 #[derive(Debug, Clone, Default)]
 pub struct LoginHistory {
     pub last_ok: Option<Instant>,
-    /// When, and the error (no secrets: ConnectError never holds one).
+    /// When, and the error (no secrets: ConnectError never holds one). Only failures of the
+    /// path to the upstream count (network, TLS, credentials), not a rejected user or a
+    /// missing database, which say nothing about other clients.
     pub last_failure: Option<(Instant, String)>,
 }
 
@@ -165,7 +168,10 @@ impl Connector {
             let mut history = self.history.lock().unwrap_or_else(|p| p.into_inner());
             match &result {
                 Ok(_) => history.last_ok = Some(Instant::now()),
-                Err(error) => history.last_failure = Some((Instant::now(), error.to_string())),
+                Err(error) if error.is_path_failure() => {
+                    history.last_failure = Some((Instant::now(), error.to_string()));
+                }
+                Err(_) => {}
             }
         }
         result
