@@ -38,6 +38,33 @@ pub enum Command {
     Wait(WaitArgs),
     /// Ask a running sidecar to shut down gracefully (like SIGTERM), e.g. at the end of a job.
     Shutdown(AdminArgs),
+    /// Check each step of an IAM login (configuration, credentials, DNS, TCP, TLS, login,
+    /// query) and explain the first one that fails. Takes the same settings as `run`.
+    Doctor(Box<DoctorArgs>),
+}
+
+#[derive(Debug, Args)]
+pub struct DoctorArgs {
+    #[command(flatten)]
+    pub run: RunArgs,
+    /// Database user to log in as [default: --db-user].
+    #[arg(long, value_name = "NAME")]
+    pub user: Option<String>,
+    /// Database to log in to [default: the user name].
+    #[arg(long, value_name = "NAME")]
+    pub database: Option<String>,
+    /// Report format.
+    #[arg(long, value_enum, default_value = "text")]
+    pub format: ReportFormat,
+}
+
+/// How `doctor` prints its report.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ReportFormat {
+    /// One line per check, causes and fix under the failure.
+    Text,
+    /// One JSON object (`ok`, `checks`: step, name, status, detail, warnings, causes, fix).
+    Json,
 }
 
 /// Where the running sidecar's admin endpoint is.

@@ -177,7 +177,15 @@ pub async fn run(config: Result<Config, String>, user: &str, database: &str) -> 
     if !tls(&mut checks, &config, &connector).await {
         return checks.finish(user, database);
     }
-    let Some(mut server) = login(&mut checks, &config, &connector, &credentials, &user, &database).await
+    let Some(mut server) = login(
+        &mut checks,
+        &config,
+        &connector,
+        &credentials,
+        &user,
+        &database,
+    )
+    .await
     else {
         return checks.finish(user, database);
     };
@@ -305,7 +313,7 @@ async fn credentials(checks: &mut Checks, config: &Config) -> Option<Arc<Credent
             };
             let check = checks.ok(format!(
                 "from {} (access key {}), {expiry}",
-                provider_description(credentials.provider_name()),
+                provider_description(&provider_name(&credentials)),
                 mask_access_key(credentials.access_key_id())
             ));
             if credentials
@@ -344,6 +352,17 @@ async fn credentials(checks: &mut Checks, config: &Config) -> Option<Arc<Credent
     }
 }
 
+/// The name of the provider that supplied `credentials`. aws-credential-types keeps it private
+/// and shows it only in `Debug` (which redacts the secret key and omits the session token).
+fn provider_name(credentials: &aws_credential_types::Credentials) -> String {
+    let debug = format!("{credentials:?}");
+    debug
+        .split_once("provider_name: \"")
+        .and_then(|(_, rest)| rest.split_once('"'))
+        .map(|(name, _)| name.to_owned())
+        .unwrap_or_else(|| "an unnamed provider".to_owned())
+}
+
 fn provider_description(name: &str) -> String {
     let known = match name {
         "EnvironmentVariable" => "environment variables (AWS_ACCESS_KEY_ID)",
@@ -374,7 +393,10 @@ async fn dns(checks: &mut Checks, config: &Config) -> Option<Vec<SocketAddr>> {
                 .collect::<Vec<_>>()
                 .join(", ");
             let check = checks.ok(format!("{target} resolves to {list}"));
-            if addresses.iter().all(|a| is_private(a.ip())) {
+            if addresses
+                .iter()
+                .all(|a| is_private(a.ip()) && !a.ip().is_loopback())
+            {
                 check.warnings.push(
                     "private addresses only: reachable from inside the VPC (or through a tunnel \
                      with --upstream-addr)"
@@ -397,7 +419,10 @@ async fn dns(checks: &mut Checks, config: &Config) -> Option<Vec<SocketAddr>> {
         }
         Err(_) => {
             checks.fail(
-                format!("resolving {target} took longer than {:?}", config.connect_timeout),
+                format!(
+                    "resolving {target} took longer than {:?}",
+                    config.connect_timeout
+                ),
                 vec!["the DNS server does not answer".to_owned()],
                 "check this machine's DNS settings",
             );
@@ -437,28 +462,32 @@ async fn tcp(checks: &mut Checks, config: &Config, addresses: &[SocketAddr]) -> 
             }
         }
     }
-    let causes = if timed_out {
-        vec![
+    let (causes, fix) = if timed_out {
+        (
+            vec![
             "a security group does not let this machine in: the endpoint's security group needs \
              an inbound rule for the port from this task's security group"
                 .to_owned(),
             "no route: subnets, route tables or network ACLs; RDS Proxy is reachable only from \
              inside its VPC"
                 .to_owned(),
-        ]
-    } else {
-        vec![
-            "nothing listens on that port: a wrong port in --upstream (RDS Proxy: 5432), or the \
-             endpoint is stopped or being replaced"
-                .to_owned(),
-        ]
-    };
-    checks.fail(
-        failures.join("; "),
-        causes,
-        "allow the port in the endpoint's security group from this task, or use a tunnel and \
+        ],
+            "allow the port in the endpoint's security group from this task, or use a tunnel and \
          --upstream-addr from outside the VPC",
-    );
+        )
+    } else {
+        (
+            vec![
+                "nothing listens on that port: a wrong port in --upstream / --upstream-addr \
+                 (RDS Proxy: 5432), the endpoint is stopped or being replaced, or a tunnel is \
+                 not running"
+                    .to_owned(),
+                "(a timeout instead would point at a security group)".to_owned(),
+            ],
+            "check the port and that the endpoint (or the tunnel) is up",
+        )
+    };
+    checks.fail(failures.join("; "), causes, fix);
     false
 }
 
@@ -493,7 +522,8 @@ async fn tls(checks: &mut Checks, config: &Config, connector: &Connector) -> boo
                 vec![
                     "--upstream is not an RDS endpoint (RDS and RDS Proxy always offer TLS)"
                         .to_owned(),
-                    "a plain PostgreSQL or a TCP forwarder that strips TLS is in the way".to_owned(),
+                    "a plain PostgreSQL or a TCP forwarder that strips TLS is in the way"
+                        .to_owned(),
                 ],
                 "point --upstream (or --upstream-addr) at the RDS endpoint; a local PostgreSQL \
                  without TLS needs --auth password --tls-mode disable",
@@ -533,11 +563,7 @@ async fn tls(checks: &mut Checks, config: &Config, connector: &Connector) -> boo
                     "check --tls-mode and --ca-file",
                 ),
             };
-            checks.fail(
-                format!("the handshake failed: {reason}"),
-                causes,
-                fix,
-            );
+            checks.fail(format!("the handshake failed: {reason}"), causes, fix);
             false
         }
         Err(error) => {
@@ -602,9 +628,7 @@ fn describe_certificate(der: &[u8]) -> Result<String, String> {
                 .iter()
                 .filter_map(|name| match name {
                     x509_parser::extensions::GeneralName::DNSName(dns) => Some((*dns).to_owned()),
-                    x509_parser::extensions::GeneralName::IPAddress(ip) => {
-                        Some(format!("{ip:?}"))
-                    }
+                    x509_parser::extensions::GeneralName::IPAddress(ip) => Some(format!("{ip:?}")),
                     _ => None,
                 })
                 .collect()
@@ -625,7 +649,11 @@ fn describe_certificate(der: &[u8]) -> Result<String, String> {
         .map(str::to_owned)
         .unwrap_or_else(|| cert.issuer().to_string());
     let mut out = String::new();
-    let _ = write!(out, "certificate for {}; issued by {issuer}", names.join(", "));
+    let _ = write!(
+        out,
+        "certificate for {}; issued by {issuer}",
+        names.join(", ")
+    );
     Ok(out)
 }
 
@@ -663,7 +691,11 @@ async fn login(
                 }
             },
             Err(error) => {
-                checks.fail(error.to_string(), Vec::new(), "give the sidecar AWS credentials");
+                checks.fail(
+                    error.to_string(),
+                    Vec::new(),
+                    "give the sidecar AWS credentials",
+                );
                 return None;
             }
         },
@@ -701,9 +733,11 @@ fn login_causes(error: &ConnectError, config: &Config, user: &str) -> (Vec<Strin
             let message = server.message.to_ascii_lowercase();
             if message.contains("rate") || message.contains("throttl") {
                 return (
-                    vec!["IAM authentication is being throttled (too many new connections per \
+                    vec![
+                        "IAM authentication is being throttled (too many new connections per \
                           second for this account and region)"
-                        .to_owned()],
+                            .to_owned(),
+                    ],
                     "lower --max-connect-rate, keep connections pooled (--min-idle, longer \
                      --idle-timeout), or request a quota increase"
                         .to_owned(),
@@ -770,9 +804,28 @@ fn login_causes(error: &ConnectError, config: &Config, user: &str) -> (Vec<Strin
     }
 }
 
-/// A UTC time as `YYYY-MM-DDTHH:MM:SSZ`.
+/// A UTC time as `YYYY-MM-DD HH:MM:SS UTC` (civil-from-days, proleptic Gregorian).
 fn humantime_utc(at: SystemTime) -> String {
-    crate::iam::token::format_utc(at)
+    let secs = at
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let (days, rest) = ((secs / 86_400) as i64, secs % 86_400);
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02} UTC",
+        rest / 3600,
+        rest % 3600 / 60,
+        rest % 60
+    )
 }
 
 /// 7. `select current_user, version()` and membership of rds_iam.
@@ -780,7 +833,11 @@ async fn query(checks: &mut Checks, server: &mut ServerConnection) {
     let sql = "select current_user, version(), case when exists (select 1 from pg_roles where \
                rolname = 'rds_iam') then pg_has_role(current_user, 'rds_iam', 'member')::text \
                else 'no rds_iam role' end";
-    match tokio::time::timeout(Duration::from_secs(10), simple_query(&mut server.stream, sql)).await
+    match tokio::time::timeout(
+        Duration::from_secs(10),
+        simple_query(&mut server.stream, sql),
+    )
+    .await
     {
         Ok(Ok(row)) if row.len() == 3 => {
             let member = match row[2].as_str() {
@@ -844,8 +901,7 @@ async fn simple_query(stream: &mut UpstreamStream, sql: &str) -> Result<Vec<Stri
                 let mut values = Vec::new();
                 let buf = data.buffer();
                 let mut ranges = data.ranges();
-                while let Ok(Some(range)) = fallible_iterator::FallibleIterator::next(&mut ranges)
-                {
+                while let Ok(Some(range)) = fallible_iterator::FallibleIterator::next(&mut ranges) {
                     values.push(
                         range
                             .map(|r| String::from_utf8_lossy(&buf[r]).into_owned())
@@ -937,5 +993,15 @@ mod tests {
         );
         assert_eq!(endpoint_kind("10.0.0.5"), EndpointKind::Ip);
         assert_eq!(endpoint_kind("db.example.com"), EndpointKind::Other);
+    }
+
+    #[test]
+    fn utc_times() {
+        let at = SystemTime::UNIX_EPOCH + Duration::from_secs(1_795_398_245);
+        assert_eq!(humantime_utc(at), "2026-11-23 01:44:05 UTC");
+        assert_eq!(
+            humantime_utc(SystemTime::UNIX_EPOCH),
+            "1970-01-01 00:00:00 UTC"
+        );
     }
 }

@@ -13,6 +13,7 @@ pub mod cancel;
 pub mod cli;
 pub mod client;
 pub mod config;
+pub mod doctor;
 pub mod duration;
 pub mod error;
 pub mod forward;

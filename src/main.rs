@@ -8,7 +8,8 @@ use std::time::{Duration, SystemTime};
 use clap::Parser;
 use rds_iam_sidecar::admin_client::{admin_address, request};
 use rds_iam_sidecar::cli::{
-    AdminArgs, Cli, Command, HealthcheckArgs, RunArgs, TokenArgs, WaitArgs,
+    AdminArgs, Cli, Command, DoctorArgs, HealthcheckArgs, ReportFormat, RunArgs, TokenArgs,
+    WaitArgs,
 };
 use rds_iam_sidecar::config::{Config, process_env};
 use rds_iam_sidecar::duration::parse_duration;
@@ -36,6 +37,7 @@ fn main() -> ExitCode {
         Command::Healthcheck(args) => runtime.block_on(healthcheck(args)),
         Command::Wait(args) => runtime.block_on(wait(args)),
         Command::Shutdown(args) => runtime.block_on(shutdown(args)),
+        Command::Doctor(args) => runtime.block_on(doctor(*args)),
     }
 }
 
@@ -209,6 +211,33 @@ async fn shutdown(args: AdminArgs) -> ExitCode {
             println!("{error}");
             ExitCode::FAILURE
         }
+    }
+}
+
+async fn doctor(args: DoctorArgs) -> ExitCode {
+    // Only errors: the report is the output, and the checks say what failed.
+    logging::init(rds_iam_sidecar::cli::LogFormat::Text, "error");
+    let config = Config::from_args(args.run, &process_env).map_err(|e| e.to_string());
+    let db_user = config.as_ref().ok().and_then(|c| c.db_user.clone());
+    let Some(user) = args.user.or(db_user) else {
+        return usage_error("--user: which database user should the doctor log in as?");
+    };
+    let database = args.database.unwrap_or_else(|| user.clone());
+    let report = rds_iam_sidecar::doctor::run(config, &user, &database).await;
+    match args.format {
+        ReportFormat::Text => print!("{}", report.to_text()),
+        ReportFormat::Json => match serde_json::to_string_pretty(&report) {
+            Ok(json) => println!("{json}"),
+            Err(e) => {
+                eprintln!("rds-iam-sidecar: cannot write the report as JSON: {e}");
+                return ExitCode::FAILURE;
+            }
+        },
+    }
+    if report.ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
     }
 }
 
