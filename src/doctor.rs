@@ -236,6 +236,15 @@ fn configuration(checks: &mut Checks, config: &Config) {
         ),
         _ => {}
     }
+    if let UpstreamAuth::Iam { region, .. } = &config.auth
+        && let Some(named) = crate::iam::region::region_from_host(host)
+        && named != *region
+    {
+        check.warnings.push(format!(
+            "the endpoint is in {named} but tokens are signed for {region}: RDS rejects them; \
+             drop --region / AWS_REGION or set it to {named}"
+        ));
+    }
     if matches!(kind, EndpointKind::Instance | EndpointKind::Cluster)
         && config.ca_file.is_none()
         && config.tls_mode != TlsMode::Disable
@@ -277,11 +286,15 @@ fn endpoint_kind(host: &str) -> EndpointKind {
     if crate::iam::region::region_from_host(&host).is_none() {
         return EndpointKind::Other;
     }
-    let first_labels: Vec<&str> = host.split('.').take(2).collect();
-    match first_labels.get(1) {
-        Some(label) if label.starts_with("proxy-") => EndpointKind::Proxy,
-        Some(label) if label.starts_with("cluster-") => EndpointKind::Cluster,
-        _ => EndpointKind::Instance,
+    // name.proxy-xyz.REGION..., custom proxy endpoints name.endpoint.proxy-xyz.REGION...,
+    // name.cluster-[ro-|custom-]xyz.REGION...
+    let labels: Vec<&str> = host.split('.').collect();
+    if labels.iter().skip(1).any(|l| l.starts_with("proxy-")) {
+        EndpointKind::Proxy
+    } else if labels.iter().skip(1).any(|l| l.starts_with("cluster-")) {
+        EndpointKind::Cluster
+    } else {
+        EndpointKind::Instance
     }
 }
 
@@ -327,8 +340,17 @@ async fn credentials(checks: &mut Checks, config: &Config) -> Option<Arc<Credent
             Some(cache)
         }
         Ok(Err(error)) => {
+            let said = crate::iam::credentials::each_source_said(region, Duration::from_secs(5))
+                .await
+                .into_iter()
+                .map(|(source, answer)| format!("{source}: {answer}"))
+                .collect::<Vec<_>>()
+                .join("; ");
             checks.fail(
-                format!("none found: {}", error.reason),
+                format!(
+                    "none found: {}. What each source said: {said}",
+                    error.reason
+                ),
                 vec![
                     format!("every source of the chain was tried: {CHAIN_SOURCES}"),
                     "on ECS: the task definition has no taskRoleArn, or the container cannot reach \
@@ -387,6 +409,14 @@ async fn dns(checks: &mut Checks, config: &Config) -> Option<Vec<SocketAddr>> {
     match lookup.await {
         Ok(Ok(addresses)) => {
             let addresses: Vec<SocketAddr> = addresses.collect();
+            if addresses.is_empty() {
+                checks.fail(
+                    format!("{target} resolves to no address"),
+                    vec!["the DNS record is empty".to_owned()],
+                    "check --upstream / --upstream-addr",
+                );
+                return None;
+            }
             let list = addresses
                 .iter()
                 .map(|a| a.ip().to_string())
@@ -501,11 +531,14 @@ async fn tls(checks: &mut Checks, config: &Config, connector: &Connector) -> boo
     match connector.probe().await {
         Ok(()) => {
             let detail = match &seen {
+                Ok(cert) if config.tls_mode == TlsMode::Require => {
+                    format!("TLS, certificate not checked (--tls-mode require): {cert}")
+                }
                 Ok(cert) => format!(
                     "TLS with the certificate checked ({:?}): {}",
                     config.tls_mode, cert
                 ),
-                Err(_) => format!("TLS with the certificate checked ({:?})", config.tls_mode),
+                Err(_) => format!("TLS ({:?})", config.tls_mode),
             };
             let check = checks.ok(detail);
             if config.tls_mode == TlsMode::Require {
@@ -722,16 +755,25 @@ fn login_causes(error: &ConnectError, config: &Config, user: &str) -> (Vec<Strin
         UpstreamAuth::Iam { region, .. } => region.as_str(),
         UpstreamAuth::Password(_) => "REGION",
     };
-    let resource = match endpoint_kind(host) {
+    let kind = endpoint_kind(host);
+    let resource = match kind {
         EndpointKind::Proxy => "prx-RESOURCEID",
         EndpointKind::Cluster => "cluster-RESOURCEID",
         _ => "db-RESOURCEID / cluster-RESOURCEID / prx-RESOURCEID",
+    };
+    let partition = if host.ends_with(".cn") {
+        "aws-cn"
+    } else {
+        "aws"
     };
     let now = humantime_utc(SystemTime::now());
     match error {
         ConnectError::AuthRejected(server) => {
             let message = server.message.to_ascii_lowercase();
-            if message.contains("rate") || message.contains("throttl") {
+            if message.contains("throttl")
+                || message.contains("rate exceeded")
+                || message.contains("too many competing requests")
+            {
                 return (
                     vec![
                         "IAM authentication is being throttled (too many new connections per \
@@ -749,11 +791,24 @@ fn login_causes(error: &ConnectError, config: &Config, user: &str) -> (Vec<Strin
                     "check --password-file / RDS_IAM_SIDECAR_PASSWORD".to_owned(),
                 );
             }
+            if message.contains("no credentials for the role") {
+                return (
+                    vec![format!(
+                        "the proxy has no Secrets Manager secret for the user {user} (and \
+                         end-to-end IAM is not enabled for it)"
+                    )],
+                    "add the user's secret to the proxy's authentication settings, or enable \
+                     end-to-end IAM authentication on the proxy"
+                        .to_owned(),
+                );
+            }
+            // A PAM failure comes from a database whose user has rds_iam (otherwise it asks for
+            // a password): the token itself was refused.
             let mut causes = vec![
                 format!(
                     "the IAM policy of these credentials lacks rds-db:connect on \
-                     arn:aws:rds-db:{region}:ACCOUNT:dbuser:{resource}/{user} (the resource id, \
-                     not the name)"
+                     arn:{partition}:rds-db:{region}:ACCOUNT:dbuser:{resource}/{user} (the \
+                     resource id, not the name)"
                 ),
                 format!(
                     "the token was signed for {host}, but the server expected another host name: \
@@ -774,7 +829,12 @@ fn login_causes(error: &ConnectError, config: &Config, user: &str) -> (Vec<Strin
                 "the access key was deactivated or the secret key is wrong".to_owned(),
             ];
             if message.contains("pam") {
-                causes.swap(0, 2);
+                // The user has the role: that cause is out.
+                causes.remove(2);
+            }
+            if matches!(kind, EndpointKind::Ip | EndpointKind::Other) {
+                // check 1 already warned: a name that is not the endpoint's own.
+                causes.swap(0, 1);
             }
             (
                 causes,
@@ -783,6 +843,15 @@ fn login_causes(error: &ConnectError, config: &Config, user: &str) -> (Vec<Strin
                     .to_owned(),
             )
         }
+        ConnectError::IamNotEnabled { .. } if kind == EndpointKind::Proxy => (
+            vec![
+                "the proxy does not require IAM authentication, so it asked for the user's \
+                 password"
+                    .to_owned(),
+            ],
+            "set the proxy's authentication to IAMAuth REQUIRED (for this user's secret)"
+                .to_owned(),
+        ),
         ConnectError::IamNotEnabled { .. } => (
             vec![
                 format!("the database user lacks the rds_iam role: GRANT rds_iam TO \"{user}\""),
@@ -790,6 +859,20 @@ fn login_causes(error: &ConnectError, config: &Config, user: &str) -> (Vec<Strin
             ],
             "grant rds_iam and enable IAM database authentication; a plain PostgreSQL needs \
              --auth password"
+                .to_owned(),
+        ),
+        ConnectError::Timeout { .. } => (
+            vec![
+                "the proxy accepted the connection but could not reach its database in time: \
+                 the database's security group must admit the proxy, and its targets must be \
+                 healthy (aws rds describe-db-proxy-targets)"
+                    .to_owned(),
+                "the proxy waits for a free database connection: MaxConnectionsPercent reached, \
+                 or ConnectionBorrowTimeout"
+                    .to_owned(),
+                "the database is at max_connections or starting up".to_owned(),
+            ],
+            "check the proxy's target health; raise --connect-timeout if logins are just slow"
                 .to_owned(),
         ),
         ConnectError::Server(server) if server.code == "3D000" => (
@@ -990,6 +1073,10 @@ mod tests {
         assert_eq!(
             endpoint_kind("app.abc123.eu-west-1.rds.amazonaws.com"),
             EndpointKind::Instance
+        );
+        assert_eq!(
+            endpoint_kind("reader.endpoint.proxy-abc123.us-east-1.rds.amazonaws.com"),
+            EndpointKind::Proxy
         );
         assert_eq!(endpoint_kind("10.0.0.5"), EndpointKind::Ip);
         assert_eq!(endpoint_kind("db.example.com"), EndpointKind::Other);

@@ -219,7 +219,9 @@ async fn doctor(args: DoctorArgs) -> ExitCode {
     logging::init(rds_iam_sidecar::cli::LogFormat::Text, "error");
     let config = Config::from_args(args.run, &process_env).map_err(|e| e.to_string());
     let db_user = config.as_ref().ok().and_then(|c| c.db_user.clone());
-    let Some(user) = args.user.or(db_user) else {
+    // A bad configuration is reported as check 1 even without a user.
+    let fallback = config.is_err().then(|| "?".to_owned());
+    let Some(user) = args.user.or(db_user).or(fallback) else {
         return usage_error("--user: which database user should the doctor log in as?");
     };
     let database = args.database.unwrap_or_else(|| user.clone());

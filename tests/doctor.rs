@@ -108,7 +108,7 @@ async fn doctor(args: &[String], env: &[(&str, &str)]) -> Run {
     let json: Value = serde_json::from_str(&json_text)
         .unwrap_or_else(|e| panic!("doctor --format json is not JSON ({e}): {json_text}"));
     assert_eq!(outputs[0].status.code(), outputs[1].status.code());
-    for secret in [TEST_SECRET, "X-Amz-Signature", "wrong/secret"] {
+    for secret in [TEST_SECRET, "X-Amz-Signature", "wrong/secret", TEST_AKID] {
         assert!(
             !text.contains(secret) && !json_text.contains(secret),
             "the report shows '{secret}'"
@@ -205,7 +205,15 @@ async fn no_credentials_fail_check_2_with_the_sources_tried() {
     let emulator = emulator(&pki, &[DEFAULT_ENDPOINT_HOST]).await;
     let upstream = format!("{DEFAULT_ENDPOINT_HOST}:5432");
     let run = doctor(&args_for(&upstream, &emulator.addr.to_string(), &pki), &[]).await;
-    run.assert_failed_at(2, &["environment", "ECS", "task role"]);
+    run.assert_failed_at(
+        2,
+        &[
+            "What each source said",
+            "environment: ",
+            "ECS task role: ",
+            "EC2 instance profile (IMDS): ",
+        ],
+    );
 }
 
 #[tokio::test]

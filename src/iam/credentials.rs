@@ -83,10 +83,7 @@ impl CredentialCache {
     /// The standard AWS chain (env, profile, web identity, ECS, IMDS) with a rustls/ring HTTP
     /// client, which the ECS, IMDS, SSO and STS providers need at run time.
     pub async fn from_default_chain(region: &str) -> Result<Self, CredentialsUnavailable> {
-        use aws_smithy_http_client::tls::{Provider, rustls_provider::CryptoMode};
-        let http_client = aws_smithy_http_client::Builder::new()
-            .tls_provider(Provider::Rustls(CryptoMode::Ring))
-            .build_https();
+        let http_client = http_client();
         let sdk_config = aws_config::defaults(BehaviorVersion::latest())
             .http_client(http_client)
             .region(Region::new(region.to_owned()))
@@ -240,6 +237,74 @@ pub fn mask_access_key(id: &str) -> String {
     id.char_indices()
         .map(|(i, c)| if i < keep { '*' } else { c })
         .collect()
+}
+
+/// The HTTP client the credential providers use (rustls on ring, like the rest).
+fn http_client() -> aws_smithy_runtime_api::client::http::SharedHttpClient {
+    use aws_smithy_http_client::tls::{Provider, rustls_provider::CryptoMode};
+    aws_smithy_http_client::Builder::new()
+        .tls_provider(Provider::Rustls(CryptoMode::Ring))
+        .build_https()
+}
+
+/// Asks each source of the default chain on its own (for `doctor`, when the chain as a whole
+/// found nothing): the source's name and what it said, each within `timeout`. Never returns a
+/// secret: a source that has credentials is reported only as having them.
+pub async fn each_source_said(region: &str, timeout: Duration) -> Vec<(&'static str, String)> {
+    use aws_config::provider_config::ProviderConfig;
+    let config = ProviderConfig::default()
+        .with_region(Some(Region::new(region.to_owned())))
+        .with_http_client(http_client());
+    let sources: Vec<(&'static str, SharedCredentialsProvider)> = vec![
+        (
+            "environment",
+            SharedCredentialsProvider::new(
+                aws_config::environment::EnvironmentVariableCredentialsProvider::new(),
+            ),
+        ),
+        (
+            "profile",
+            SharedCredentialsProvider::new(
+                aws_config::profile::ProfileFileCredentialsProvider::builder()
+                    .configure(&config)
+                    .build(),
+            ),
+        ),
+        (
+            "web identity",
+            SharedCredentialsProvider::new(
+                aws_config::web_identity_token::WebIdentityTokenCredentialsProvider::builder()
+                    .configure(&config)
+                    .build(),
+            ),
+        ),
+        (
+            "ECS task role",
+            SharedCredentialsProvider::new(
+                aws_config::ecs::EcsCredentialsProvider::builder()
+                    .configure(&config)
+                    .build(),
+            ),
+        ),
+        (
+            "EC2 instance profile (IMDS)",
+            SharedCredentialsProvider::new(
+                aws_config::imds::credentials::ImdsCredentialsProvider::builder()
+                    .configure(&config)
+                    .build(),
+            ),
+        ),
+    ];
+    let mut said = Vec::new();
+    for (name, provider) in sources {
+        let answer = match tokio::time::timeout(timeout, provider.provide_credentials()).await {
+            Ok(Ok(_)) => "has credentials".to_owned(),
+            Ok(Err(error)) => error_chain(&error),
+            Err(_) => format!("no answer within {timeout:?}"),
+        };
+        said.push((name, answer));
+    }
+    said
 }
 
 /// An error and all its sources, joined with ": ".
