@@ -215,7 +215,7 @@ start_sidecar() {
     RDS_IAM_SIDECAR_PASSWORD=unused "$SIDECAR" \
         --upstream "localhost:$PG_PORT" --auth password \
         --tls-mode verify-full --ca-file "$TMP/server.crt" \
-        --listen "127.0.0.1:$port" --log-level warn "$@" \
+        --listen "127.0.0.1:$port" --log-level warn --admin-listen off "$@" \
         </dev/null >"$TMP/$name.log" 2>&1 &
     SIDECAR_PID=$!
     PIDS+=("$SIDECAR_PID")

@@ -512,7 +512,9 @@ impl Session {
             let woken = self
                 .context
                 .shutdown
-                .idle_wait(true, |cx| stream.poll_readable(cx))
+                // Plain readiness, not peek-confirmed: the try_read below confirms it, and
+                // clears stale readiness, for one syscall instead of two.
+                .idle_wait(true, |cx| stream.poll_read_ready(cx))
                 .await;
             match woken {
                 Woken::Ready(Ok(())) => {}

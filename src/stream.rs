@@ -89,6 +89,15 @@ pub enum UpstreamStream {
 delegate_io!(UpstreamStream { Tls, Plain });
 
 impl ClientStream {
+    /// Ready when tokio saw the socket readable; may be left over from an earlier read that did
+    /// not drain it (follow with a `try_read`, which clears it).
+    pub fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self {
+            Self::Tcp(s) => s.poll_read_ready(cx),
+            Self::Unix(s) => s.poll_read_ready(cx),
+        }
+    }
+
     /// Ready when the client sent something (or closed); needs no buffer, and never reports
     /// readiness left over from an earlier read.
     pub fn poll_readable(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -116,6 +125,15 @@ impl ClientStream {
 }
 
 impl UpstreamStream {
+    /// The TCP socket's read readiness as tokio last saw it (no syscall; TLS-buffered data not
+    /// counted).
+    pub fn poll_socket_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self {
+            Self::Plain(s) => s.poll_read_ready(cx),
+            Self::Tls(tls) => tls.get_ref().0.poll_read_ready(cx),
+        }
+    }
+
     /// Ready when the server sent something (or closed), including plaintext or TLS records
     /// the TLS layer already holds; needs no buffer.
     pub fn poll_readable(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
