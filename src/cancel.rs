@@ -2,7 +2,9 @@
 //! the server key of the upstream connection serving that client right now (none between
 //! transactions in transaction mode), so a CancelRequest, which arrives on a fresh connection,
 //! reaches that connection and no other. Each client also has a closer its session listens
-//! to, for `--cancel-mode close`. Unknown keys are dropped silently, as PostgreSQL does.
+//! to, for `--cancel-mode close` and for a shutdown drain. Unknown keys are dropped silently,
+//! as PostgreSQL does. A client's entry is its own (`ClientSlot`): re-pointing it at every
+//! transaction never takes the registry's lock.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -25,7 +27,20 @@ pub struct CancelTarget {
     pub closer: Arc<Notify>,
 }
 
-type Entries = HashMap<(i32, i32), CancelTarget>;
+/// One client's entry: its current server key, and what wakes its session.
+#[derive(Debug, Default)]
+struct ClientSlot {
+    server: Mutex<Option<ServerKey>>,
+    closer: Arc<Notify>,
+}
+
+impl ClientSlot {
+    fn server(&self) -> Option<ServerKey> {
+        *self.server.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+type Entries = HashMap<(i32, i32), Arc<ClientSlot>>;
 
 /// Sidecar-issued keys → the server key currently behind them.
 #[derive(Debug, Default)]
@@ -44,19 +59,17 @@ impl CancelRegistry {
         loop {
             let key = (rand::random::<i32>() & i32::MAX, rand::random::<i32>());
             if key.0 != 0 && !map.contains_key(&key) {
-                let closer = Arc::new(Notify::new());
-                map.insert(
-                    key,
-                    CancelTarget {
-                        server,
-                        closer: closer.clone(),
-                    },
-                );
+                let slot = Arc::new(ClientSlot {
+                    server: Mutex::new(server),
+                    closer: Arc::new(Notify::new()),
+                });
+                map.insert(key, slot.clone());
                 return CancelKeyGuard {
                     registry: self.clone(),
                     pid: key.0,
                     secret: key.1,
-                    closer,
+                    closer: slot.closer.clone(),
+                    slot,
                 };
             }
         }
@@ -64,7 +77,19 @@ impl CancelRegistry {
 
     /// What a client key leads to, if that client is connected.
     pub fn lookup(&self, pid: i32, secret: i32) -> Option<CancelTarget> {
-        self.lock().get(&(pid, secret)).cloned()
+        let slot = self.lock().get(&(pid, secret)).cloned()?;
+        Some(CancelTarget {
+            server: slot.server(),
+            closer: slot.closer.clone(),
+        })
+    }
+
+    /// Wakes every client's session (a shutdown drain: idle ones close themselves).
+    pub fn wake_all(&self) {
+        let slots: Vec<Arc<ClientSlot>> = self.lock().values().cloned().collect();
+        for slot in slots {
+            slot.closer.notify_waiters();
+        }
     }
 
     pub fn len(&self) -> usize {
@@ -88,16 +113,15 @@ pub struct CancelKeyGuard {
     registry: Arc<CancelRegistry>,
     pub pid: i32,
     pub secret: i32,
-    /// Notified when a cancel asks to close the upstream connection.
+    /// Notified when a cancel asks to close the upstream connection, and when a drain starts.
     pub closer: Arc<Notify>,
+    slot: Arc<ClientSlot>,
 }
 
 impl CancelKeyGuard {
     /// Points the key at another upstream connection (or none, between transactions).
     pub fn set_server(&self, server: Option<ServerKey>) {
-        if let Some(slot) = self.registry.lock().get_mut(&(self.pid, self.secret)) {
-            slot.server = server;
-        }
+        *self.slot.server.lock().unwrap_or_else(|p| p.into_inner()) = server;
     }
 }
 

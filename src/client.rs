@@ -432,7 +432,7 @@ impl Session {
                 let woken = self
                     .context
                     .shutdown
-                    .idle_wait(outside_transaction, |cx| {
+                    .idle_wait(outside_transaction, &self.cancel_key.closer, |cx| {
                         match (
                             self.stream.poll_readable(cx),
                             server.stream.poll_readable(cx),
@@ -443,8 +443,10 @@ impl Session {
                         }
                     })
                     .await;
-                if let Woken::Draining = woken {
-                    break Outcome::Shutdown;
+                match woken {
+                    Woken::Draining => break Outcome::Shutdown,
+                    Woken::Spurious => continue,
+                    Woken::Ready(_) => {}
                 }
             }
             // Boxed: the attached period's state lives on the heap only while it runs.
@@ -509,15 +511,17 @@ impl Session {
             // poll_fn, not an async readiness future: nothing is stored for the wait but the
             // waker in the socket's registration.
             let stream = &self.stream;
+            let closer = &self.cancel_key.closer;
             let woken = self
                 .context
                 .shutdown
                 // Plain readiness, not peek-confirmed: the try_read below confirms it, and
                 // clears stale readiness, for one syscall instead of two.
-                .idle_wait(true, |cx| stream.poll_read_ready(cx))
+                .idle_wait(true, closer, |cx| stream.poll_read_ready(cx))
                 .await;
             match woken {
                 Woken::Ready(Ok(())) => {}
+                Woken::Spurious => continue,
                 Woken::Ready(Err(_)) => return Outcome::ClientError,
                 // Between transactions: a shutdown closes the session now.
                 Woken::Draining => {

@@ -82,6 +82,8 @@ impl RunningSidecar {
     pub async fn drain(self, grace: Duration) -> usize {
         let shutdown = self.context.shutdown.clone();
         shutdown.begin_drain();
+        // Idle clients wait on their own closer, not on the shutdown: wake each.
+        self.context.cancels.wake_all();
         info!(
             clients = shutdown.sessions(),
             grace_s = grace.as_secs_f64(),
@@ -198,6 +200,7 @@ pub async fn start(
     let (stop, stopped) = watch::channel(false);
     let mut accept_loops = JoinSet::new();
     accept_loops.spawn(pools.maintain(stopped.clone()));
+    accept_loops.spawn(crate::metrics::upkeep(stopped.clone()));
     for listener in tcp_listeners {
         accept_loops.spawn(accept_tcp(listener, context.clone(), stopped.clone()));
     }

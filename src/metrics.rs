@@ -144,6 +144,23 @@ fn describe_all() {
     describe_gauge!(BUILD_INFO, "Always 1; the version in a label");
 }
 
+/// How often histogram samples are folded into their buckets when nobody scrapes.
+const UPKEEP_PERIOD: Duration = Duration::from_secs(5);
+
+/// Folds recorded histogram samples into their buckets every few seconds until `stop`:
+/// without it, samples pile up between scrapes (forever with the admin endpoint off).
+pub async fn upkeep(mut stop: tokio::sync::watch::Receiver<bool>) {
+    let Some(handle) = install() else { return };
+    let mut tick = tokio::time::interval(UPKEEP_PERIOD);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => handle.run_upkeep(),
+            _ = stop.wait_for(|s| *s) => return,
+        }
+    }
+}
+
 /// Renders the exposition text, `None` without our recorder.
 pub fn render() -> Option<String> {
     let handle = install()?;

@@ -74,24 +74,35 @@ impl Shutdown {
         notified.await;
     }
 
-    /// Waits, holding nothing but a waker, until `ready` is or (with `watch_drain`) draining
-    /// starts. Cheaper to keep in an idle client's future than [`Self::draining`].
+    /// Waits, holding nothing but a waker, until `ready` is, or (with `watch_drain`) draining
+    /// starts. `wake` is the client's own closer (the drainer wakes every client's, see
+    /// [`crate::cancel::CancelRegistry::wake_all`]): waiting on one shared Notify would make
+    /// every idle wait of every client take one shared lock twice.
     pub async fn idle_wait(
         &self,
         watch_drain: bool,
+        wake: &Notify,
         mut ready: impl FnMut(&mut std::task::Context<'_>) -> std::task::Poll<std::io::Result<()>>,
     ) -> Woken {
         use std::future::Future;
         use std::task::Poll;
-        let mut drained = std::pin::pin!(self.drain.notified());
+        let mut woken = std::pin::pin!(wake.notified());
         std::future::poll_fn(|cx| {
             // Data that already arrived is served first: a query sent just before the drain
             // runs, and the client is closed at its next idle moment.
             if let Poll::Ready(result) = ready(cx) {
                 return Poll::Ready(Woken::Ready(result));
             }
-            if watch_drain && (self.is_draining() || drained.as_mut().poll(cx).is_ready()) {
+            if watch_drain && self.is_draining() {
                 return Poll::Ready(Woken::Draining);
+            }
+            if woken.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(if watch_drain && self.is_draining() {
+                    Woken::Draining
+                } else {
+                    // A cancel for a client with nothing running: wait again.
+                    Woken::Spurious
+                });
             }
             Poll::Pending
         })
@@ -128,6 +139,8 @@ impl Shutdown {
 pub enum Woken {
     Ready(std::io::Result<()>),
     Draining,
+    /// Woken for something that needs nothing now; wait again.
+    Spurious,
 }
 
 /// One client connection, counted by [`Shutdown`].
