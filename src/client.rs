@@ -424,19 +424,20 @@ impl Session {
         let mut pending = std::mem::take(&mut lease.server().pending);
         let outcome = loop {
             let server = lease.server();
+            let mut first = None;
             if pending.is_empty() {
                 // Idle: no buffers are held until either side sends something (the server may,
                 // unasked: notifications, a shutdown).
                 // A shutdown closes the session between transactions, never inside one.
                 let outside_transaction = self.state.status() == TransactionStatus::Idle;
+                let stream = &self.stream;
                 let woken = self
                     .context
                     .shutdown
                     .idle_wait(outside_transaction, &self.cancel_key.closer, |cx| {
-                        match (
-                            self.stream.poll_readable(cx),
-                            server.stream.poll_readable(cx),
-                        ) {
+                        // The client's readiness is confirmed by the try_read below (one
+                        // syscall); the server, which rarely speaks unasked, by a peek.
+                        match (stream.poll_read_ready(cx), server.stream.poll_readable(cx)) {
                             (Poll::Pending, Poll::Pending) => Poll::Pending,
                             // Errors show in the attached period's reads.
                             _ => Poll::Ready(Ok(())),
@@ -448,7 +449,23 @@ impl Session {
                     Woken::Spurious => continue,
                     Woken::Ready(_) => {}
                 }
+                let mut buffer = Buffer::take();
+                match self.stream.try_read(&mut buffer) {
+                    Ok(0) => break Outcome::ClientClosed,
+                    Ok(n) => first = Some((buffer, n)),
+                    Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => {
+                        // Not the client: the server spoke, or the client's readiness was
+                        // stale (then wait again, holding nothing).
+                        let waker = std::task::Waker::noop();
+                        let mut cx = std::task::Context::from_waker(waker);
+                        if server.stream.poll_readable(&mut cx).is_pending() {
+                            continue;
+                        }
+                    }
+                    Err(_) => break Outcome::ClientError,
+                }
             }
+            let first_bytes = first.as_ref().map_or(&[][..], |(buffer, n)| &buffer[..*n]);
             // Boxed: the attached period's state lives on the heap only while it runs.
             metrics::client_state(Some(ClientState::Idle), Some(ClientState::Active));
             let (outcome, traffic) = Box::pin(forward_attached(
@@ -457,7 +474,7 @@ impl Session {
                 &mut self.client_side,
                 &self.state,
                 &mut server.parameters,
-                &[],
+                first_bytes,
                 &pending,
                 Detach::WhenQuiet,
                 cancel.as_deref(),
