@@ -12,6 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use harness::binary::{KillOnDrop, free_port, sidecar_command, wait_for_port};
+use harness::scrape::{scrape, value};
 use support::sigv4::{Expectation, format_amz_date, verify_token};
 use support::{DEFAULT_ENDPOINT_HOST, TEST_AKID, TEST_SECRET, TestPki, unix_now};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -273,6 +274,7 @@ async fn ecs_credentials_rotate_and_logs_hold_no_secret() {
     let log_path = home.path().join("sidecar.log");
     let log_file = std::fs::File::create(&log_path).expect("log file");
     let port = free_port();
+    let admin_port = free_port();
     let mut child = sidecar_command(home.path())
         .args([
             "--upstream",
@@ -288,7 +290,7 @@ async fn ecs_credentials_rotate_and_logs_hold_no_secret() {
             "--log-format",
             "json",
             "--admin-listen",
-            "off",
+            &format!("127.0.0.1:{admin_port}"),
         ])
         .env(
             "AWS_CONTAINER_CREDENTIALS_FULL_URI",
@@ -339,6 +341,29 @@ async fn ecs_credentials_rotate_and_logs_hold_no_secret() {
         ]
     );
     assert!(ecs.requests.load(Ordering::SeqCst) >= 2);
+
+    // The expiry of the credentials in use (the endpoint hands out 240 s) and their fetches
+    // are exported.
+    let metrics = scrape(&format!("127.0.0.1:{admin_port}")).await;
+    let expiry = value(
+        &metrics,
+        "rds_iam_sidecar_credentials_expiry_timestamp_seconds",
+        &[],
+    )
+    .expect("credentials expiry exported");
+    let now = unix_now() as f64;
+    assert!(
+        expiry > now + 120.0 && expiry <= now + 241.0,
+        "expiry {expiry} vs now {now}"
+    );
+    assert!(
+        value(
+            &metrics,
+            "rds_iam_sidecar_credential_refreshes_total",
+            &[("result", "ok")]
+        ) >= Some(2.0),
+        "a fetch per rotation"
+    );
 
     child.signal("TERM");
     let status = child.exit_within(Duration::from_secs(10)).await;

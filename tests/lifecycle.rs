@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use harness::binary::{KillOnDrop, free_port, sidecar_command, wait_for_port};
 use harness::db_error;
+use harness::scrape::{scrape, value};
 use support::{DEFAULT_ENDPOINT_HOST, Emulator, TEST_AKID, TEST_SECRET, TestPki, shared_cluster};
 use tokio_postgres::NoTls;
 
@@ -200,30 +201,6 @@ async fn relay(port: u16, target: std::net::SocketAddr) -> tokio::task::JoinHand
             });
         }
     })
-}
-
-async fn scrape(admin: &str) -> prometheus_parse::Scrape {
-    let response =
-        rds_iam_sidecar::admin_client::request(admin, "GET", "/metrics", Duration::from_secs(5))
-            .await
-            .expect("GET /metrics");
-    assert_eq!(response.status, 200, "{}", response.body);
-    prometheus_parse::Scrape::parse(response.body.lines().map(|l| Ok(l.to_owned())))
-        .expect("valid Prometheus exposition")
-}
-
-/// The value of the sample `name` whose labels include `labels`.
-fn value(scrape: &prometheus_parse::Scrape, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
-    scrape
-        .samples
-        .iter()
-        .find(|s| s.metric == name && labels.iter().all(|(k, v)| s.labels.get(k) == Some(v)))
-        .and_then(|s| match s.value {
-            prometheus_parse::Value::Counter(v)
-            | prometheus_parse::Value::Gauge(v)
-            | prometheus_parse::Value::Untyped(v) => Some(v),
-            _ => None,
-        })
 }
 
 #[tokio::test]

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod binary;
+pub mod scrape;
 
 use std::sync::Arc;
 use std::time::Duration;
