@@ -23,7 +23,7 @@ use crate::error::{PgError, sqlstate};
 use crate::forward::{
     ClientSide, Detach, Outcome, Rewrite, SessionState, Traffic, forward_attached,
 };
-use crate::metrics::{self, ClientState};
+use crate::metrics::{self, ClientGauge, ClientState};
 use crate::pool::reset::reset;
 use crate::pool::{CheckoutError, Lease, Pool, PoolKey, PoolMode, Pools};
 use crate::prepared::{ClientRewriter, ClientStatements};
@@ -77,30 +77,34 @@ pub async fn serve_client(stream: ClientStream, peer: String, context: Arc<Sessi
     let id = context.next_id.fetch_add(1, Ordering::Relaxed);
     let span = info_span!("client", conn = id, peer = %peer);
     let _counted = context.shutdown.session();
-    metrics::client_state(None, Some(ClientState::Login));
-    run(stream, context).instrument(span).await;
+    run(stream, context, ClientGauge::login())
+        .instrument(span)
+        .await;
 }
 
-fn run(stream: ClientStream, context: Arc<SessionContext>) -> impl Future<Output = ()> {
+fn run(
+    stream: ClientStream,
+    context: Arc<SessionContext>,
+    gauge: ClientGauge,
+) -> impl Future<Output = ()> {
     // Boxed, and outside the future the task holds: everything the login needs is freed once
     // it is done, so what an idle client's task holds is the logged-in [`Session`] (on the
     // heap) and the wait for its next message.
-    let login = Box::pin(login(stream, context));
+    let login = Box::pin(login(stream, context, gauge));
     async move {
-        match login.await {
-            Some(session) => {
-                metrics::client_state(Some(ClientState::Login), Some(ClientState::Idle));
-                session.serve().await;
-                metrics::client_state(Some(ClientState::Idle), None);
-            }
-            None => metrics::client_state(Some(ClientState::Login), None),
+        if let Some(session) = login.await {
+            session.serve().await;
         }
     }
 }
 
 /// Negotiation, startup packet, pool checkout and greeting; the logged-in session and its
 /// first upstream connection, or `None` when the client is gone or was refused.
-async fn login(mut stream: ClientStream, context: Arc<SessionContext>) -> Option<Box<Session>> {
+async fn login(
+    mut stream: ClientStream,
+    context: Arc<SessionContext>,
+    gauge: ClientGauge,
+) -> Option<Box<Session>> {
     let negotiated = tokio::select! {
         negotiated = tokio::time::timeout(STARTUP_TIMEOUT, negotiate(&mut stream, &context)) => negotiated,
         // A client that has not logged in yet does not hold up a drain.
@@ -129,7 +133,7 @@ async fn login(mut stream: ClientStream, context: Arc<SessionContext>) -> Option
             return None;
         }
     };
-    greet(stream, startup, context).await
+    greet(stream, startup, context, gauge).await
 }
 
 /// Answers SSL/GSS requests until the startup packet; `None` when the connection was a cancel.
@@ -206,6 +210,7 @@ async fn greet(
     mut stream: ClientStream,
     startup: StartupRequest,
     context: Arc<SessionContext>,
+    mut gauge: ClientGauge,
 ) -> Option<Box<Session>> {
     if context.shutdown.is_draining() {
         info!("client refused: shutting down");
@@ -346,6 +351,7 @@ async fn greet(
             None
         }
     };
+    gauge.set(ClientState::Idle);
     Some(Box::new(Session {
         stream,
         context,
@@ -359,6 +365,7 @@ async fn greet(
         state: SessionState::default(),
         traffic: Traffic::default(),
         held,
+        gauge,
     }))
 }
 
@@ -398,6 +405,7 @@ struct Session {
     traffic: Traffic,
     /// Session mode: the upstream connection the client holds for its life.
     held: Option<Box<Lease>>,
+    gauge: ClientGauge,
 }
 
 impl Session {
@@ -467,7 +475,7 @@ impl Session {
             }
             let first_bytes = first.as_ref().map_or(&[][..], |(buffer, n)| &buffer[..*n]);
             // Boxed: the attached period's state lives on the heap only while it runs.
-            metrics::client_state(Some(ClientState::Idle), Some(ClientState::Active));
+            self.gauge.set(ClientState::Active);
             let (outcome, traffic) = Box::pin(forward_attached(
                 &mut self.stream,
                 &mut server.stream,
@@ -481,7 +489,7 @@ impl Session {
                 None,
             ))
             .await;
-            metrics::client_state(Some(ClientState::Active), Some(ClientState::Idle));
+            self.gauge.set(ClientState::Idle);
             pending = BytesMut::new();
             self.add(traffic);
             if outcome != Outcome::Released {
@@ -567,9 +575,9 @@ impl Session {
         if self.rewriter.at_boundary() && first.starts_with(&[b'X', 0, 0, 0, 4]) {
             return Some(Outcome::ClientTerminated);
         }
-        metrics::client_state(Some(ClientState::Idle), Some(ClientState::Active));
+        self.gauge.set(ClientState::Active);
         let ending = self.attached_transaction(first).await;
-        metrics::client_state(Some(ClientState::Active), Some(ClientState::Idle));
+        self.gauge.set(ClientState::Idle);
         ending
     }
 
@@ -701,7 +709,9 @@ mod tests {
     /// Grown? Box the new state, or keep it out of the idle wait.
     #[test]
     fn an_idle_client_holds_little() {
-        let task = future_size(|stream: ClientStream| run(stream, unreachable_context()));
+        let task = future_size(|(stream, gauge): (ClientStream, ClientGauge)| {
+            run(stream, unreachable_context(), gauge)
+        });
         // 232 bytes in 2026-11: 104 of them the wait for the client or a shutdown drain
         // (a tokio Notified is 64).
         assert!(task <= 256, "a client task's future is {task} bytes");

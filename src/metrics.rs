@@ -195,6 +195,36 @@ impl ClientState {
     }
 }
 
+/// A client's place in [`CLIENT_CONNECTIONS`], kept exact by construction: counted as `login`
+/// when made, moved with [`ClientGauge::set`], uncounted when dropped (whatever ends the client,
+/// a panic included).
+#[derive(Debug)]
+pub struct ClientGauge {
+    state: ClientState,
+}
+
+impl ClientGauge {
+    pub fn login() -> Self {
+        client_state(None, Some(ClientState::Login));
+        Self {
+            state: ClientState::Login,
+        }
+    }
+
+    pub fn set(&mut self, to: ClientState) {
+        if self.state != to {
+            client_state(Some(self.state), Some(to));
+            self.state = to;
+        }
+    }
+}
+
+impl Drop for ClientGauge {
+    fn drop(&mut self) {
+        client_state(Some(self.state), None);
+    }
+}
+
 /// A client moves from `from` (or nowhere) to `to` (or away).
 pub fn client_state(from: Option<ClientState>, to: Option<ClientState>) {
     if let Some(from) = from {
