@@ -70,8 +70,8 @@ pub enum ReportFormat {
 /// Where the running sidecar's admin endpoint is.
 #[derive(Debug, Clone, Args)]
 pub struct AdminArgs {
-    /// The sidecar's admin endpoint [default: from RDS_IAM_SIDECAR_ADMIN_LISTEN, else
-    /// http://127.0.0.1:9090].
+    /// The sidecar's admin endpoint [default: from RDS_IAM_SIDECAR_ADMIN_LISTEN, else from the
+    /// RDS_IAM_SIDECAR_CONFIG file, else http://127.0.0.1:9090].
     #[arg(long, env = "RDS_IAM_SIDECAR_ADMIN_URL", value_name = "URL")]
     pub admin: Option<String>,
 }
