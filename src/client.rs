@@ -109,8 +109,7 @@ async fn login(
         negotiated = tokio::time::timeout(STARTUP_TIMEOUT, negotiate(&mut stream, &context)) => negotiated,
         // A client that has not logged in yet does not hold up a drain.
         () = context.shutdown.draining() => {
-            metrics::client_refused("shutdown");
-            send_error(&mut stream, &shutdown_error()).await;
+            refuse_for_shutdown(&mut stream).await;
             return None;
         }
     };
@@ -213,9 +212,7 @@ async fn greet(
     mut gauge: ClientGauge,
 ) -> Option<Box<Session>> {
     if context.shutdown.is_draining() {
-        info!("client refused: shutting down");
-        metrics::client_refused("shutdown");
-        send_error(&mut stream, &shutdown_error()).await;
+        refuse_for_shutdown(&mut stream).await;
         return None;
     }
     let Some(client_user) = startup.get("user").filter(|u| !u.is_empty()) else {
@@ -284,8 +281,7 @@ async fn greet(
         checkout = Box::pin(context.pools.checkout(&pool)) => checkout,
         // Waiting for a busy pool does not hold up a drain either.
         () = context.shutdown.draining() => {
-            metrics::client_refused("shutdown");
-            send_error(&mut stream, &shutdown_error()).await;
+            refuse_for_shutdown(&mut stream).await;
             return None;
         }
     };
@@ -304,9 +300,7 @@ async fn greet(
     let wait_ms = waited.as_secs_f64() * 1000.0;
     if context.shutdown.is_draining() {
         lease.release();
-        info!("client refused: shutting down");
-        metrics::client_refused("shutdown");
-        send_error(&mut stream, &shutdown_error()).await;
+        refuse_for_shutdown(&mut stream).await;
         return None;
     }
 
@@ -367,6 +361,13 @@ async fn greet(
         held,
         gauge,
     }))
+}
+
+/// Turns away a client that is still logging in while the sidecar drains.
+async fn refuse_for_shutdown(stream: &mut ClientStream) {
+    info!("client refused: shutting down");
+    metrics::client_refused("shutdown");
+    send_error(stream, &shutdown_error()).await;
 }
 
 fn server_key(server: &ServerConnection) -> Option<ServerKey> {

@@ -504,10 +504,7 @@ fn duration_setting(
     from_file: &Option<String>,
     default: Duration,
 ) -> Result<Duration, ConfigError> {
-    let value = match from_args.as_ref().or(from_file.as_ref()) {
-        Some(text) => parse_duration(text).map_err(|e| ConfigError::new(flag, e))?,
-        None => default,
-    };
+    let value = optional_duration(flag, from_args, from_file, default)?;
     if value.is_zero() {
         return Err(ConfigError::new(flag, "must be more than 0"));
     }

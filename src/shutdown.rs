@@ -44,11 +44,7 @@ impl Shutdown {
 
     /// Waits until a shutdown is asked for.
     pub async fn requested(&self) {
-        let notified = self.request.notified();
-        if self.is_requested() {
-            return;
-        }
-        notified.await;
+        wait_for(&self.requested, &self.request).await;
     }
 
     /// Starts draining: idle clients are closed, new ones refused.
@@ -67,11 +63,7 @@ impl Shutdown {
     /// Waits until draining starts. Create the future before checking [`Self::is_draining`]
     /// elsewhere, or just await it: it returns at once when draining already.
     pub async fn draining(&self) {
-        let notified = self.drain.notified();
-        if self.is_draining() {
-            return;
-        }
-        notified.await;
+        wait_for(&self.draining, &self.drain).await;
     }
 
     /// Waits, holding nothing but a waker, until `ready` is, or (with `watch_drain`) draining
@@ -132,6 +124,16 @@ impl Shutdown {
             notified.await;
         }
     }
+}
+
+/// Waits until `flag` is set; `notify` is woken (notify_waiters) right after it is. The future
+/// is made before the flag is read, so a wake in between is not lost.
+async fn wait_for(flag: &AtomicBool, notify: &Notify) {
+    let notified = notify.notified();
+    if flag.load(Ordering::Acquire) {
+        return;
+    }
+    notified.await;
 }
 
 /// What ended [`Shutdown::idle_wait`].

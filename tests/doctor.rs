@@ -139,16 +139,18 @@ const CREDENTIALS: &[(&str, &str)] = &[
     ("AWS_SECRET_ACCESS_KEY", TEST_SECRET),
 ];
 
+/// Doctor for `upstream_host` against an emulator whose certificate names `cert_names` (no TLS
+/// if empty), with the credentials in `env`.
+async fn doctor_through(cert_names: &[&str], upstream_host: &str, env: &[(&str, &str)]) -> Run {
+    let pki = TestPki::new();
+    let emulator = emulator(&pki, cert_names).await;
+    let upstream = format!("{upstream_host}:5432");
+    doctor(&args_for(&upstream, &emulator.addr.to_string(), &pki), env).await
+}
+
 #[tokio::test]
 async fn a_working_chain_passes_every_check() {
-    let pki = TestPki::new();
-    let emulator = emulator(&pki, &[DEFAULT_ENDPOINT_HOST]).await;
-    let upstream = format!("{DEFAULT_ENDPOINT_HOST}:5432");
-    let run = doctor(
-        &args_for(&upstream, &emulator.addr.to_string(), &pki),
-        CREDENTIALS,
-    )
-    .await;
+    let run = doctor_through(&[DEFAULT_ENDPOINT_HOST], DEFAULT_ENDPOINT_HOST, CREDENTIALS).await;
     assert_eq!(run.code, Some(0), "{}", run.text);
     assert_eq!(run.json["ok"], true);
     for step in 1..=7 {
@@ -201,10 +203,7 @@ async fn a_working_chain_passes_every_check() {
 
 #[tokio::test]
 async fn no_credentials_fail_check_2_with_the_sources_tried() {
-    let pki = TestPki::new();
-    let emulator = emulator(&pki, &[DEFAULT_ENDPOINT_HOST]).await;
-    let upstream = format!("{DEFAULT_ENDPOINT_HOST}:5432");
-    let run = doctor(&args_for(&upstream, &emulator.addr.to_string(), &pki), &[]).await;
+    let run = doctor_through(&[DEFAULT_ENDPOINT_HOST], DEFAULT_ENDPOINT_HOST, &[]).await;
     run.assert_failed_at(
         2,
         &[
@@ -218,11 +217,9 @@ async fn no_credentials_fail_check_2_with_the_sources_tried() {
 
 #[tokio::test]
 async fn a_wrong_secret_key_fails_the_login_at_check_6() {
-    let pki = TestPki::new();
-    let emulator = emulator(&pki, &[DEFAULT_ENDPOINT_HOST]).await;
-    let upstream = format!("{DEFAULT_ENDPOINT_HOST}:5432");
-    let run = doctor(
-        &args_for(&upstream, &emulator.addr.to_string(), &pki),
+    let run = doctor_through(
+        &[DEFAULT_ENDPOINT_HOST],
+        DEFAULT_ENDPOINT_HOST,
         &[
             ("AWS_ACCESS_KEY_ID", TEST_AKID),
             (
@@ -246,25 +243,16 @@ async fn a_closed_port_fails_check_4() {
 
 #[tokio::test]
 async fn a_certificate_for_another_name_fails_check_5() {
-    let pki = TestPki::new();
-    let emulator = emulator(&pki, &[OTHER_HOST]).await;
-    let upstream = format!("{DEFAULT_ENDPOINT_HOST}:5432");
-    let run = doctor(
-        &args_for(&upstream, &emulator.addr.to_string(), &pki),
-        CREDENTIALS,
-    )
-    .await;
+    let run = doctor_through(&[OTHER_HOST], DEFAULT_ENDPOINT_HOST, CREDENTIALS).await;
     run.assert_failed_at(5, &["does not name", OTHER_HOST, "--upstream-addr"]);
 }
 
 #[tokio::test]
 async fn a_token_signed_for_another_host_fails_check_6() {
-    let pki = TestPki::new();
     // The certificate names both hosts, so TLS passes; the proxy expects tokens for its own.
-    let emulator = emulator(&pki, &[DEFAULT_ENDPOINT_HOST, OTHER_HOST]).await;
-    let upstream = format!("{OTHER_HOST}:5432");
-    let run = doctor(
-        &args_for(&upstream, &emulator.addr.to_string(), &pki),
+    let run = doctor_through(
+        &[DEFAULT_ENDPOINT_HOST, OTHER_HOST],
+        OTHER_HOST,
         CREDENTIALS,
     )
     .await;
@@ -273,14 +261,7 @@ async fn a_token_signed_for_another_host_fails_check_6() {
 
 #[tokio::test]
 async fn a_server_without_tls_fails_check_5() {
-    let pki = TestPki::new();
-    let emulator = emulator(&pki, &[]).await;
-    let upstream = format!("{DEFAULT_ENDPOINT_HOST}:5432");
-    let run = doctor(
-        &args_for(&upstream, &emulator.addr.to_string(), &pki),
-        CREDENTIALS,
-    )
-    .await;
+    let run = doctor_through(&[], DEFAULT_ENDPOINT_HOST, CREDENTIALS).await;
     run.assert_failed_at(5, &["does not offer TLS"]);
 }
 

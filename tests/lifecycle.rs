@@ -12,12 +12,13 @@ use std::time::{Duration, Instant};
 use harness::binary::{KillOnDrop, free_port, sidecar_command, wait_for_port};
 use harness::db_error;
 use harness::scrape::{scrape, value};
-use support::{DEFAULT_ENDPOINT_HOST, Emulator, TEST_AKID, TEST_SECRET, TestPki, shared_cluster};
+use support::{DEFAULT_ENDPOINT_HOST, TEST_AKID, TEST_SECRET, TestPki, shared_cluster};
 use tokio_postgres::NoTls;
 
-/// The binary in front of `emulator`, with static credentials, on a free port.
+/// The binary dialling `upstream_addr` (for the default endpoint name), with static
+/// credentials, on a free port.
 fn spawn_sidecar(
-    emulator: &Emulator,
+    upstream_addr: &str,
     pki: &TestPki,
     home: &std::path::Path,
     extra: &[&str],
@@ -28,7 +29,7 @@ fn spawn_sidecar(
             "--upstream",
             &format!("{DEFAULT_ENDPOINT_HOST}:5432"),
             "--upstream-addr",
-            &emulator.addr.to_string(),
+            upstream_addr,
             "--ca-file",
             pki.ca_file().to_str().expect("utf-8 path"),
             "--listen",
@@ -72,7 +73,7 @@ async fn sigterm_lets_the_transaction_commit(pool_mode: &str, exit_code: u8) {
     cluster.exec(&format!("create table {table} (n int)")).await;
     let home = tempfile::tempdir().expect("tempdir");
     let (mut sidecar, port) = spawn_sidecar(
-        &emulator,
+        &emulator.addr.to_string(),
         &pki,
         home.path(),
         &[
@@ -152,7 +153,7 @@ async fn grace_period_over_closes_what_is_left_and_exits_1() {
     let emulator = support::emulator_for_cluster(&pki).await;
     let home = tempfile::tempdir().expect("tempdir");
     let (mut sidecar, port) = spawn_sidecar(
-        &emulator,
+        &emulator.addr.to_string(),
         &pki,
         home.path(),
         &["--shutdown-grace", "1s", "--admin-listen", "off"],
@@ -212,31 +213,19 @@ async fn readiness_follows_the_upstream_and_metrics_follow_the_traffic() {
     let upstream_port = free_port();
     let admin_port = free_port();
     let admin = format!("http://127.0.0.1:{admin_port}");
-    let port = free_port();
-    let mut sidecar = sidecar_command(home.path())
-        .args([
-            "--upstream",
-            &format!("{DEFAULT_ENDPOINT_HOST}:5432"),
-            "--upstream-addr",
-            &format!("127.0.0.1:{upstream_port}"),
-            "--ca-file",
-            pki.ca_file().to_str().expect("utf-8 path"),
-            "--listen",
-            &format!("127.0.0.1:{port}"),
+    let (mut sidecar, port) = spawn_sidecar(
+        &format!("127.0.0.1:{upstream_port}"),
+        &pki,
+        home.path(),
+        &[
             "--admin-listen",
             &format!("127.0.0.1:{admin_port}"),
             "--connect-timeout",
             "1s",
             "--min-shutdown-delay",
             "1s",
-        ])
-        .env("AWS_ACCESS_KEY_ID", TEST_AKID)
-        .env("AWS_SECRET_ACCESS_KEY", TEST_SECRET)
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .map(KillOnDrop)
-        .expect("spawn sidecar");
+        ],
+    );
     wait_for_port(admin_port, &mut sidecar.0).await;
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
