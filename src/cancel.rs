@@ -1,15 +1,17 @@
 //! Cancel keys. Each client gets a BackendKeyData the sidecar made up; this registry maps it to
 //! the server key of the upstream connection serving that client right now (none between
 //! transactions in transaction mode), so a CancelRequest, which arrives on a fresh connection,
-//! reaches that connection and no other. Each client also has a closer its session listens
+//! reaches that connection and no other. Each client also has a [`Closer`] its session listens
 //! to, for `--cancel-mode close` and for a shutdown drain. Unknown keys are dropped silently,
 //! as PostgreSQL does. A client's entry is its own (`ClientSlot`): re-pointing it at every
 //! transaction never takes the registry's lock.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 
-use tokio::sync::Notify;
+use atomic_waker::AtomicWaker;
 
 /// The server-side key a client's cancel must be sent with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -23,15 +25,59 @@ pub struct ServerKey {
 pub struct CancelTarget {
     /// The server key of the upstream connection serving the client now.
     pub server: Option<ServerKey>,
-    /// Wakes the client's session to close its upstream connection.
-    pub closer: Arc<Notify>,
+    slot: Arc<ClientSlot>,
+}
+
+impl CancelTarget {
+    /// Asks the client's session to close its upstream connection (`--cancel-mode close`).
+    pub fn close(&self) {
+        self.slot.closer.close();
+    }
+}
+
+/// Wakes one client's session: to close its upstream connection (a cancel with
+/// `--cancel-mode close`) or to look at a shutdown drain. It holds one waker, the client
+/// task's, so an idle client's wait stores nothing of its own.
+#[derive(Debug, Default)]
+pub struct Closer {
+    close: AtomicBool,
+    waker: AtomicWaker,
+}
+
+impl Closer {
+    /// Asks the session to close its upstream connection.
+    fn close(&self) {
+        self.close.store(true, Ordering::Release);
+        self.waker.wake();
+    }
+
+    /// Wakes the session so that it looks at the shutdown state.
+    fn wake(&self) {
+        self.waker.wake();
+    }
+
+    /// Ready, once per request, when a close was asked for; either way the task is woken by
+    /// the next [`Self::close`] or drain.
+    pub fn poll_close(&self, cx: &mut Context<'_>) -> Poll<()> {
+        self.waker.register(cx.waker());
+        if self.close.swap(false, Ordering::AcqRel) {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
+    }
+
+    /// Waits for a close request.
+    pub async fn closed(&self) {
+        std::future::poll_fn(|cx| self.poll_close(cx)).await;
+    }
 }
 
 /// One client's entry: its current server key, and what wakes its session.
 #[derive(Debug, Default)]
 struct ClientSlot {
     server: Mutex<Option<ServerKey>>,
-    closer: Arc<Notify>,
+    closer: Closer,
 }
 
 impl ClientSlot {
@@ -61,14 +107,13 @@ impl CancelRegistry {
             if key.0 != 0 && !map.contains_key(&key) {
                 let slot = Arc::new(ClientSlot {
                     server: Mutex::new(server),
-                    closer: Arc::new(Notify::new()),
+                    closer: Closer::default(),
                 });
                 map.insert(key, slot.clone());
                 return CancelKeyGuard {
                     registry: self.clone(),
                     pid: key.0,
                     secret: key.1,
-                    closer: slot.closer.clone(),
                     slot,
                 };
             }
@@ -80,7 +125,7 @@ impl CancelRegistry {
         let slot = self.lock().get(&(pid, secret)).cloned()?;
         Some(CancelTarget {
             server: slot.server(),
-            closer: slot.closer.clone(),
+            slot,
         })
     }
 
@@ -88,7 +133,7 @@ impl CancelRegistry {
     pub fn wake_all(&self) {
         let slots: Vec<Arc<ClientSlot>> = self.lock().values().cloned().collect();
         for slot in slots {
-            slot.closer.notify_waiters();
+            slot.closer.wake();
         }
     }
 
@@ -113,12 +158,15 @@ pub struct CancelKeyGuard {
     registry: Arc<CancelRegistry>,
     pub pid: i32,
     pub secret: i32,
-    /// Notified when a cancel asks to close the upstream connection, and when a drain starts.
-    pub closer: Arc<Notify>,
     slot: Arc<ClientSlot>,
 }
 
 impl CancelKeyGuard {
+    /// Woken when a cancel asks to close the upstream connection, and when a drain starts.
+    pub fn closer(&self) -> &Closer {
+        &self.slot.closer
+    }
+
     /// Points the key at another upstream connection (or none, between transactions).
     pub fn set_server(&self, server: Option<ServerKey>) {
         *self.slot.server.lock().unwrap_or_else(|p| p.into_inner()) = server;
@@ -155,5 +203,44 @@ mod tests {
         assert!(registry.lookup(a.pid, a.secret).is_some());
         drop(b);
         assert_eq!(registry.len(), 1);
+    }
+
+    #[test]
+    fn a_close_request_is_seen_once_and_wakes_the_waiting_task() {
+        use std::sync::atomic::AtomicUsize;
+        use std::task::{Wake, Waker};
+
+        struct Count(AtomicUsize);
+        impl Wake for Count {
+            fn wake(self: Arc<Self>) {
+                self.0.fetch_add(1, Ordering::SeqCst);
+            }
+        }
+        let registry = CancelRegistry::new();
+        let key = registry.register(Some(ServerKey { pid: 1, secret: 2 }));
+        let count = Arc::new(Count(AtomicUsize::new(0)));
+        let waker = Waker::from(count.clone());
+        let mut cx = Context::from_waker(&waker);
+        assert!(key.closer().poll_close(&mut cx).is_pending());
+
+        registry.wake_all();
+        assert_eq!(
+            count.0.load(Ordering::SeqCst),
+            1,
+            "a drain wakes the session"
+        );
+        assert!(
+            key.closer().poll_close(&mut cx).is_pending(),
+            "but asks no close"
+        );
+
+        let target = registry.lookup(key.pid, key.secret).expect("registered");
+        target.close();
+        assert_eq!(count.0.load(Ordering::SeqCst), 2);
+        assert!(key.closer().poll_close(&mut cx).is_ready());
+        assert!(
+            key.closer().poll_close(&mut cx).is_pending(),
+            "one request closes once"
+        );
     }
 }

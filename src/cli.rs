@@ -208,6 +208,16 @@ pub struct RunArgs {
     #[arg(long, env = "RDS_IAM_SIDECAR_MIN_IDLE", value_name = "N")]
     pub min_idle: Option<usize>,
 
+    /// A pool to open at start with --min-idle connections: user@database?name=value&...
+    /// as the log line "new pool" shows it (repeat the flag; commas in the variable).
+    #[arg(
+        long = "warm-pool",
+        env = "RDS_IAM_SIDECAR_WARM_POOLS",
+        value_name = "SPEC",
+        value_delimiter = ','
+    )]
+    pub warm_pools: Vec<String>,
+
     /// Most client connections at once; more get 53300 [default: 1000].
     #[arg(long, env = "RDS_IAM_SIDECAR_MAX_CLIENT_CONNECTIONS", value_name = "N")]
     pub max_client_connections: Option<usize>,

@@ -4,8 +4,9 @@
 //! our BackendKeyData, ReadyForQuery), then forwarding in session or transaction mode. Every
 //! failure reaches the client as an ErrorResponse before the socket closes.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::task::Poll;
 use std::time::{Duration, Instant};
 
@@ -13,10 +14,8 @@ use bytes::BytesMut;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tracing::{Instrument, debug, info, info_span, warn};
 
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
-
 use crate::buffers::Buffer;
-use crate::cancel::{CancelKeyGuard, CancelRegistry, ServerKey};
+use crate::cancel::{CancelKeyGuard, CancelRegistry, Closer, ServerKey};
 use crate::cli::CancelMode;
 use crate::config::Config;
 use crate::error::{PgError, sqlstate};
@@ -48,7 +47,8 @@ pub struct SessionContext {
     pub db_user: Option<String>,
     pub cancel_mode: CancelMode,
     pub shutdown: Arc<Shutdown>,
-    client_slots: Arc<Semaphore>,
+    /// Clients past the startup packet, against `max_clients`.
+    clients: AtomicUsize,
     max_clients: usize,
     next_id: AtomicU64,
 }
@@ -61,7 +61,7 @@ impl SessionContext {
             cancels: CancelRegistry::new(),
             db_user: config.db_user.clone(),
             cancel_mode: config.cancel_mode,
-            client_slots: Arc::new(Semaphore::new(config.max_client_connections)),
+            clients: AtomicUsize::new(0),
             max_clients: config.max_client_connections,
             next_id: AtomicU64::new(1),
         }
@@ -70,32 +70,68 @@ impl SessionContext {
     fn connector(&self) -> &Connector {
         self.pools.connector()
     }
-}
 
-/// Serves one accepted client connection to its end.
-pub async fn serve_client(stream: ClientStream, peer: String, context: Arc<SessionContext>) {
-    let id = context.next_id.fetch_add(1, Ordering::Relaxed);
-    let span = info_span!("client", conn = id, peer = %peer);
-    let _counted = context.shutdown.session();
-    run(stream, context, ClientGauge::login())
-        .instrument(span)
-        .await;
-}
-
-fn run(
-    stream: ClientStream,
-    context: Arc<SessionContext>,
-    gauge: ClientGauge,
-) -> impl Future<Output = ()> {
-    // Boxed, and outside the future the task holds: everything the login needs is freed once
-    // it is done, so what an idle client's task holds is the logged-in [`Session`] (on the
-    // heap) and the wait for its next message.
-    let login = Box::pin(login(stream, context, gauge));
-    async move {
-        if let Some(session) = login.await {
-            session.serve().await;
+    /// A place under `--max-client-connections`, or `None` when all are taken.
+    fn admit(self: &Arc<Self>) -> Option<Admitted> {
+        if self.clients.fetch_add(1, Ordering::AcqRel) >= self.max_clients {
+            self.clients.fetch_sub(1, Ordering::AcqRel);
+            return None;
         }
+        Some(Admitted(self.clone()))
     }
+}
+
+/// A client's place under `--max-client-connections`, given back on drop; also the session's
+/// handle on what all sessions share (one pointer for both).
+struct Admitted(Arc<SessionContext>);
+
+impl std::ops::Deref for Admitted {
+    type Target = SessionContext;
+
+    fn deref(&self) -> &SessionContext {
+        &self.0
+    }
+}
+
+impl Drop for Admitted {
+    fn drop(&mut self) {
+        self.0.clients.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Serves one accepted client connection to its end: the future to spawn for it.
+///
+/// What an idle client costs is this future (inline in its tokio task, which tokio rounds up
+/// to 128 bytes), the boxed [`Session`], tokio's registration of the socket and the cancel
+/// key: the login's state is boxed and freed once the client is logged in, and the idle
+/// waits store nothing but references.
+pub fn serve_client(
+    stream: ClientStream,
+    peer: Option<SocketAddr>,
+    context: Arc<SessionContext>,
+) -> impl Future<Output = ()> + Send {
+    let id = context.next_id.fetch_add(1, Ordering::Relaxed);
+    let span = match peer {
+        Some(peer) => info_span!("client", conn = id, peer = %peer),
+        None => info_span!("client", conn = id, peer = "unix"),
+    };
+    let counted = context.shutdown.session();
+    let login = Box::pin(login(stream, context, ClientGauge::login()));
+    async move {
+        // Held (not moved: a moved capture would take a second slot) until the client is gone.
+        let _counted = &counted;
+        let Some(mut session) = login.await else {
+            return;
+        };
+        // One level, not a `serve` method: each nested async fn would keep its own copy of
+        // its arguments in the task.
+        let ending = match session.held.take() {
+            Some(lease) => Box::pin(session.run_session_mode(*lease)).await,
+            None => session.run_transaction_mode().await,
+        };
+        session.log_end(ending);
+    }
+    .instrument(span)
 }
 
 /// Negotiation, startup packet, pool checkout and greeting; the logged-in session and its
@@ -184,7 +220,7 @@ async fn handle_cancel(context: &SessionContext, pid: i32, secret: &[u8]) {
         CancelMode::Close => {
             info!("cancel request: closing the client's upstream connection (--cancel-mode close)");
             metrics::cancel_request("closed");
-            target.closer.notify_waiters();
+            target.close();
         }
     }
 }
@@ -235,7 +271,7 @@ async fn greet(
         send_error(&mut stream, &pg).await;
         return None;
     }
-    let Ok(client_slot) = context.client_slots.clone().try_acquire_owned() else {
+    let Some(admitted) = context.admit() else {
         let pg = PgError::fatal(
             sqlstate::TOO_MANY_CONNECTIONS,
             format!(
@@ -346,18 +382,18 @@ async fn greet(
         }
     };
     gauge.set(ClientState::Idle);
+    drop(context);
     Some(Box::new(Session {
         stream,
-        context,
+        context: admitted,
         pool,
-        _client_slot: client_slot,
         connected: Instant::now(),
         cancel_key,
-        client_side: ClientSide::default(),
         rewriter: ClientRewriter::new(),
         statements: ClientStatements::default(),
         state: SessionState::default(),
-        traffic: Traffic::default(),
+        bytes_to_server: 0,
+        bytes_to_client: 0,
         held,
         gauge,
     }))
@@ -392,35 +428,30 @@ fn checkout_error_to_pg(error: &CheckoutError, context: &SessionContext, user: &
 /// One logged-in client after the greeting: all that an idle client holds.
 struct Session {
     stream: ClientStream,
-    context: Arc<SessionContext>,
+    /// What sessions share; holding it is the client's place under --max-client-connections.
+    context: Admitted,
     pool: Arc<Pool>,
-    /// The client's place under --max-client-connections.
-    _client_slot: OwnedSemaphorePermit,
     connected: Instant,
     cancel_key: CancelKeyGuard,
-    client_side: ClientSide,
     /// Transaction mode: the client's messages and statements across transactions.
     rewriter: ClientRewriter,
     statements: ClientStatements,
     state: SessionState,
-    traffic: Traffic,
+    /// Totals for the closing log line (the metrics are counted per attached period).
+    bytes_to_server: u64,
+    bytes_to_client: u64,
     /// Session mode: the upstream connection the client holds for its life.
     held: Option<Box<Lease>>,
     gauge: ClientGauge,
 }
 
 impl Session {
-    /// Serves the client until it leaves.
-    async fn serve(mut self: Box<Self>) {
-        let ending = match self.held.take() {
-            Some(lease) => Box::pin(self.run_session_mode(*lease)).await,
-            None => self.run_transaction_mode().await,
-        };
+    fn log_end(&self, ending: Outcome) {
         info!(
             ending = ?ending,
             duration_ms = self.connected.elapsed().as_millis() as u64,
-            bytes_to_server = self.traffic.to_server,
-            bytes_to_client = self.traffic.to_client,
+            bytes_to_server = self.bytes_to_server,
+            bytes_to_client = self.bytes_to_client,
             "client disconnected"
         );
     }
@@ -429,7 +460,9 @@ impl Session {
     /// only if it is idle and the reset query succeeds. Between round trips the client holds
     /// no forwarding buffers.
     async fn run_session_mode(&mut self, mut lease: Lease) -> Outcome {
-        let cancel = self.closer();
+        // The client's stream as it passes through (in this boxed future, not the Session:
+        // transaction mode keeps its own framing in the rewriter).
+        let mut client_side = ClientSide::default();
         let mut pending = std::mem::take(&mut lease.server().pending);
         let outcome = loop {
             let server = lease.server();
@@ -443,7 +476,7 @@ impl Session {
                 let woken = self
                     .context
                     .shutdown
-                    .idle_wait(outside_transaction, &self.cancel_key.closer, |cx| {
+                    .idle_wait(outside_transaction, self.cancel_key.closer(), |cx| {
                         // The client's readiness is confirmed by the try_read below (one
                         // syscall); the server, which rarely speaks unasked, by a peek.
                         match (stream.poll_read_ready(cx), server.stream.poll_readable(cx)) {
@@ -455,7 +488,6 @@ impl Session {
                     .await;
                 match woken {
                     Woken::Draining => break Outcome::Shutdown,
-                    Woken::Spurious => continue,
                     Woken::Ready(_) => {}
                 }
                 let mut buffer = Buffer::take();
@@ -477,16 +509,17 @@ impl Session {
             let first_bytes = first.as_ref().map_or(&[][..], |(buffer, n)| &buffer[..*n]);
             // Boxed: the attached period's state lives on the heap only while it runs.
             self.gauge.set(ClientState::Active);
+            let cancel = closer(self.context.cancel_mode, &self.cancel_key);
             let (outcome, traffic) = Box::pin(forward_attached(
                 &mut self.stream,
                 &mut server.stream,
-                &mut self.client_side,
+                &mut client_side,
                 &self.state,
                 &mut server.parameters,
                 first_bytes,
                 &pending,
                 Detach::WhenQuiet,
-                cancel.as_deref(),
+                cancel,
                 None,
             ))
             .await;
@@ -521,7 +554,7 @@ impl Session {
             }
             Outcome::Shutdown => {
                 drop(lease);
-                Box::pin(send_error(&mut self.stream, &shutdown_error())).await;
+                Box::pin(send_shutdown_error(&mut self.stream)).await;
             }
             _ => {
                 debug!(?outcome, status = ?self.state.status(), "upstream connection not reusable; closing it")
@@ -531,41 +564,44 @@ impl Session {
     }
 
     /// An upstream connection is attached for each transaction and released when it is idle.
-    async fn run_transaction_mode(&mut self) -> Outcome {
-        loop {
-            // Detached: no upstream connection and no buffer until the client sends something.
-            // poll_fn, not an async readiness future: nothing is stored for the wait but the
-            // waker in the socket's registration.
-            let stream = &self.stream;
-            let closer = &self.cancel_key.closer;
-            let woken = self
-                .context
-                .shutdown
-                // Plain readiness, not peek-confirmed: the try_read below confirms it, and
-                // clears stale readiness, for one syscall instead of two.
-                .idle_wait(true, closer, |cx| stream.poll_read_ready(cx))
-                .await;
-            match woken {
-                Woken::Ready(Ok(())) => {}
-                Woken::Spurious => continue,
-                Woken::Ready(Err(_)) => return Outcome::ClientError,
-                // Between transactions: a shutdown closes the session now.
-                Woken::Draining => {
-                    Box::pin(send_error(&mut self.stream, &shutdown_error())).await;
-                    return Outcome::Shutdown;
+    /// (A plain fn around an async block: an `async fn` would store `self` twice.)
+    #[allow(clippy::manual_async_fn)]
+    fn run_transaction_mode(&mut self) -> impl Future<Output = Outcome> + Send + '_ {
+        async move {
+            loop {
+                // Detached: no upstream connection and no buffer until the client sends something.
+                // poll_fn, not an async readiness future: nothing is stored for the wait but the
+                // waker in the socket's registration.
+                let stream = &self.stream;
+                let closer = self.cancel_key.closer();
+                let woken = self
+                    .context
+                    .shutdown
+                    // Plain readiness, not peek-confirmed: the try_read below confirms it, and
+                    // clears stale readiness, for one syscall instead of two.
+                    .idle_wait(true, closer, |cx| stream.poll_read_ready(cx))
+                    .await;
+                match woken {
+                    Woken::Ready(Ok(())) => {}
+                    Woken::Ready(Err(_)) => return Outcome::ClientError,
+                    // Between transactions: a shutdown closes the session now.
+                    Woken::Draining => {
+                        Box::pin(send_shutdown_error(&mut self.stream)).await;
+                        return Outcome::Shutdown;
+                    }
                 }
-            }
-            let mut first = Buffer::take();
-            let n = match self.stream.try_read(&mut first) {
-                Ok(0) => return Outcome::ClientClosed,
-                Ok(n) => n,
-                // Readiness was stale: give the buffer back and wait again.
-                Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => continue,
-                Err(_) => return Outcome::ClientError,
-            };
-            // Boxed: a transaction's state lives on the heap only while it runs.
-            if let Some(ending) = Box::pin(self.transaction(&first[..n])).await {
-                return ending;
+                let mut first = Buffer::take();
+                let n = match self.stream.try_read(&mut first) {
+                    Ok(0) => return Outcome::ClientClosed,
+                    Ok(n) => n,
+                    // Readiness was stale: give the buffer back and wait again.
+                    Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => continue,
+                    Err(_) => return Outcome::ClientError,
+                };
+                // Boxed: a transaction's state lives on the heap only while it runs.
+                if let Some(ending) = Box::pin(self.transaction(&first[..n])).await {
+                    return ending;
+                }
             }
         }
     }
@@ -595,7 +631,7 @@ impl Session {
         };
         metrics::pool_wait(started.elapsed());
         self.cancel_key.set_server(server_key(lease.server()));
-        let cancel = self.closer();
+        let cancel = closer(self.context.cancel_mode, &self.cancel_key);
         let pending = std::mem::take(&mut lease.server().pending);
         let server = lease.server();
         let rewrite = Rewrite {
@@ -606,13 +642,14 @@ impl Session {
         let (outcome, traffic) = forward_attached(
             &mut self.stream,
             &mut server.stream,
-            &mut self.client_side,
+            // Unused when rewriting.
+            &mut ClientSide::default(),
             &self.state,
             &mut server.parameters,
             first,
             &pending,
             Detach::WhenIdle,
-            cancel.as_deref(),
+            cancel,
             Some(rewrite),
         )
         .await;
@@ -655,11 +692,6 @@ impl Session {
         }
     }
 
-    /// What wakes the attached period on a cancel, with `--cancel-mode close`.
-    fn closer(&self) -> Option<Arc<tokio::sync::Notify>> {
-        (self.context.cancel_mode == CancelMode::Close).then(|| self.cancel_key.closer.clone())
-    }
-
     async fn cancelled_fatal(&mut self) {
         send_error(
             &mut self.stream,
@@ -669,11 +701,15 @@ impl Session {
     }
 
     fn add(&mut self, traffic: Traffic) {
-        self.traffic.to_server += traffic.to_server;
-        self.traffic.to_client += traffic.to_client;
-        self.traffic.transactions += traffic.transactions;
+        self.bytes_to_server += traffic.to_server;
+        self.bytes_to_client += traffic.to_client;
         metrics::forwarded(traffic.to_server, traffic.to_client, traffic.transactions);
     }
+}
+
+/// What wakes an attached period on a cancel, with `--cancel-mode close`.
+fn closer(mode: CancelMode, key: &CancelKeyGuard) -> Option<&Closer> {
+    (mode == CancelMode::Close).then(|| key.closer())
 }
 
 fn cancelled_error(severity: crate::error::Severity) -> PgError {
@@ -683,6 +719,11 @@ fn cancelled_error(severity: crate::error::Severity) -> PgError {
         "canceling statement due to user request",
     )
     .with_detail("rds-iam-sidecar closed the upstream connection (--cancel-mode close)")
+}
+
+/// Tells a client that the sidecar closes its connection for a shutdown.
+async fn send_shutdown_error(stream: &mut ClientStream) {
+    send_error(stream, &shutdown_error()).await;
 }
 
 /// Writes an ErrorResponse and closes the write side; failures here are the client's loss.
@@ -707,19 +748,18 @@ mod tests {
 
     /// What an idle client holds is its task (the future below, inline) and the boxed
     /// [`Session`]; DESIGN.md aims at 1 KiB per idle client in all, so these must stay small.
-    /// Grown? Box the new state, or keep it out of the idle wait.
+    /// Grown? Box the new state, or keep it out of the idle wait (`RUSTC_BOOTSTRAP=1 cargo
+    /// rustc --release --lib -- -Zprint-type-sizes` shows what each await point holds).
     #[test]
     fn an_idle_client_holds_little() {
-        let task = future_size(|(stream, gauge): (ClientStream, ClientGauge)| {
-            run(stream, unreachable_context(), gauge)
-        });
-        // 232 bytes in 2026-11: 104 of them the wait for the client or a shutdown drain
-        // (a tokio Notified is 64).
-        assert!(task <= 256, "a client task's future is {task} bytes");
-        let serve = future_size(|session: Box<Session>| session.serve());
-        assert!(serve <= 224, "the serve future is {serve} bytes");
+        let task =
+            future_size(|stream: ClientStream| serve_client(stream, None, unreachable_context()));
+        // 136 bytes in 2026-11: tokio's task cell is this plus 104, rounded up to 128, so up
+        // to 152 bytes make a 256-byte task.
+        assert!(task <= 152, "a client task's future is {task} bytes");
         let session = size_of::<Session>();
-        assert!(session <= 384, "Session is {session} bytes");
+        // 272 bytes in 2026-11.
+        assert!(session <= 288, "Session is {session} bytes");
     }
 
     fn unreachable_context() -> Arc<SessionContext> {

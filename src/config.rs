@@ -12,7 +12,7 @@ use serde::Deserialize;
 use crate::cli::{AuthMode, CancelMode, LogFormat, RunArgs, TlsMode};
 use crate::duration::parse_duration;
 use crate::iam::region::{RegionSource, resolve_region};
-use crate::pool::{PoolMode, PoolSettings};
+use crate::pool::{PoolKey, PoolMode, PoolSettings};
 use crate::secret::Secret;
 
 /// Environment variable holding the upstream password in `--auth password` mode.
@@ -106,6 +106,8 @@ pub struct Config {
     pub db_user: Option<String>,
     pub connect_timeout: Duration,
     pub pool: PoolSettings,
+    /// Pools opened at start with `--min-idle` connections (`--warm-pool`).
+    pub warm_pools: Vec<PoolKey>,
     pub max_client_connections: usize,
     pub cancel_mode: CancelMode,
     /// Where the admin HTTP endpoint listens; `None` when turned off.
@@ -153,6 +155,7 @@ impl Config {
             db_user: None,
             connect_timeout: Duration::from_secs(5),
             pool: PoolSettings::default(),
+            warm_pools: Vec::new(),
             max_client_connections: DEFAULT_MAX_CLIENTS,
             cancel_mode: CancelMode::Forward,
             admin_listen: None,
@@ -216,6 +219,7 @@ pub struct FileConfig {
     pub pool_mode: Option<PoolMode>,
     pub pool_size: Option<usize>,
     pub min_idle: Option<usize>,
+    pub warm_pools: Option<Vec<String>>,
     pub max_client_connections: Option<usize>,
     pub pool_timeout: Option<String>,
     pub idle_timeout: Option<String>,
@@ -399,6 +403,16 @@ impl Config {
             return Err(ConfigError::new("--db-user", "must not be empty"));
         }
 
+        let warm_pools = warm_pools(
+            if args.warm_pools.is_empty() {
+                file.warm_pools.as_deref().unwrap_or_default()
+            } else {
+                &args.warm_pools
+            },
+            db_user.as_deref(),
+            pool.min_idle,
+        )?;
+
         let connect_timeout = match args.connect_timeout.or(file.connect_timeout) {
             Some(text) => {
                 parse_duration(&text).map_err(|e| ConfigError::new("--connect-timeout", e))?
@@ -468,6 +482,7 @@ impl Config {
             db_user,
             connect_timeout,
             pool,
+            warm_pools,
             max_client_connections,
             cancel_mode: args
                 .cancel_mode
@@ -509,6 +524,37 @@ fn duration_setting(
         return Err(ConfigError::new(flag, "must be more than 0"));
     }
     Ok(value)
+}
+
+/// The `--warm-pool` specs as pool keys; each opens `--min-idle` connections at start, so
+/// they need `--min-idle` of 1 or more.
+fn warm_pools(
+    specs: &[String],
+    db_user: Option<&str>,
+    min_idle: usize,
+) -> Result<Vec<PoolKey>, ConfigError> {
+    let error = |message: String| ConfigError {
+        setting: "--warm-pool (RDS_IAM_SIDECAR_WARM_POOLS)".to_owned(),
+        message,
+    };
+    let mut keys: Vec<PoolKey> = Vec::new();
+    for spec in specs
+        .iter()
+        .map(|spec| spec.trim())
+        .filter(|s| !s.is_empty())
+    {
+        let key = PoolKey::parse_spec(spec, db_user).map_err(&error)?;
+        if !keys.contains(&key) {
+            keys.push(key);
+        }
+    }
+    if !keys.is_empty() && min_idle == 0 {
+        return Err(error(
+            "opens --min-idle connections per pool at start: set --min-idle to 1 or more"
+                .to_owned(),
+        ));
+    }
+    Ok(keys)
 }
 
 fn pool_settings(args: &RunArgs, file: &FileConfig) -> Result<PoolSettings, ConfigError> {
@@ -617,6 +663,58 @@ mod tests {
         }
         assert_eq!(config.listen, vec!["127.0.0.1:5432".parse().expect("addr")]);
         assert_eq!(config.connect_timeout, Duration::from_secs(5));
+    }
+
+    #[test]
+    fn warm_pools_come_from_repeated_flags_or_one_comma_separated_variable() {
+        use clap::Parser;
+        let endpoint = "mydb.proxy-abc123.eu-west-2.rds.amazonaws.com";
+        let parse = |argv: &[&str]| {
+            let cli = crate::cli::Cli::try_parse_from(
+                ["rds-iam-sidecar", "--upstream", endpoint]
+                    .iter()
+                    .chain(argv),
+            )
+            .expect("flags parse");
+            Config::from_args(cli.run, &no_env)
+        };
+        let config = parse(&[
+            "--min-idle",
+            "2",
+            "--warm-pool",
+            "app@orders?application_name=api",
+            "--warm-pool",
+            "app@orders,app@billing",
+        ])
+        .expect("valid");
+        let specs: Vec<String> = config.warm_pools.iter().map(PoolKey::spec).collect();
+        assert_eq!(
+            specs,
+            [
+                "app@orders?application_name=api",
+                "app@orders",
+                "app@billing"
+            ]
+        );
+        let err = parse(&["--warm-pool", "app@orders"]).expect_err("no --min-idle");
+        assert!(
+            err.setting
+                .starts_with("--warm-pool (RDS_IAM_SIDECAR_WARM_POOLS)")
+        );
+        assert!(err.message.contains("--min-idle"), "{err}");
+        let err = parse(&[
+            "--min-idle",
+            "1",
+            "--db-user",
+            "svc",
+            "--warm-pool",
+            "app@db",
+        ])
+        .expect_err("user differs from --db-user");
+        assert!(err.message.contains("--db-user"), "{err}");
+        let config = parse(&["--min-idle", "1", "--db-user", "svc", "--warm-pool", "db"])
+            .expect("the user defaults to --db-user");
+        assert_eq!(config.warm_pools[0].to_string(), "svc@db");
     }
 
     #[test]

@@ -12,8 +12,8 @@
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, Ordering};
 use std::time::Duration;
 
+use crate::cancel::Closer;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::sync::Notify;
 
 use crate::buffers::Buffer;
 use crate::prepared::{ClientRewriter, ClientStatements, Plan, ServerRewriter};
@@ -160,7 +160,7 @@ pub async fn forward_attached<C, S>(
     first: &[u8],
     pending: &[u8],
     detach: Detach,
-    cancel: Option<&Notify>,
+    cancel: Option<&Closer>,
     mut rewrite: Option<Rewrite<'_>>,
 ) -> (Outcome, Traffic)
 where
@@ -291,7 +291,7 @@ where
     };
     let cancelled = async {
         match cancel {
-            Some(notify) => notify.notified().await,
+            Some(closer) => closer.closed().await,
             None => std::future::pending().await,
         }
     };

@@ -199,6 +199,9 @@ pub async fn start(
 
     let (stop, stopped) = watch::channel(false);
     let mut accept_loops = JoinSet::new();
+    for key in &config.warm_pools {
+        pools.warm(key.clone());
+    }
     accept_loops.spawn(pools.maintain(stopped.clone()));
     accept_loops.spawn(crate::metrics::upkeep(stopped.clone()));
     for listener in tcp_listeners {
@@ -299,7 +302,7 @@ async fn accept_tcp(
                 Ok((socket, peer)) => {
                     crate::metrics::client_accepted();
                     let _ = socket.set_nodelay(true);
-                    tokio::spawn(serve_client(ClientStream::Tcp(socket), peer.to_string(), context.clone()));
+                    tokio::spawn(serve_client(ClientStream::Tcp(socket), Some(peer), context.clone()));
                 }
                 Err(e) => {
                     error!(error = %e, "accept failed");
@@ -321,7 +324,7 @@ async fn accept_unix(
             accepted = listener.accept() => match accepted {
                 Ok((socket, _)) => {
                     crate::metrics::client_accepted();
-                    tokio::spawn(serve_client(ClientStream::Unix(socket), "unix".to_owned(), context.clone()));
+                    tokio::spawn(serve_client(ClientStream::Unix(socket), None, context.clone()));
                 }
                 Err(e) => {
                     error!(error = %e, "accept failed");

@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use tokio::sync::Notify;
 
+use crate::cancel::Closer;
 use crate::error::{PgError, Severity, sqlstate};
 
 /// Shared shutdown state.
@@ -66,39 +67,34 @@ impl Shutdown {
         wait_for(&self.draining, &self.drain).await;
     }
 
-    /// Waits, holding nothing but a waker, until `ready` is, or (with `watch_drain`) draining
-    /// starts. `wake` is the client's own closer (the drainer wakes every client's, see
+    /// Waits, storing nothing but the task's waker, until `ready` is, or (with `watch_drain`)
+    /// draining starts. `closer` is the client's own (the drainer wakes every client's, see
     /// [`crate::cancel::CancelRegistry::wake_all`]): waiting on one shared Notify would make
-    /// every idle wait of every client take one shared lock twice.
-    pub async fn idle_wait(
-        &self,
+    /// every idle wait of every client take one shared lock twice, and store a 64-byte
+    /// `Notified` per idle client. A close request (a cancel) for a client with nothing
+    /// running is dropped here, as PostgreSQL ignores a cancel for an idle backend.
+    /// A plain `poll_fn`, not an `async fn`: its state is the references it was given.
+    pub fn idle_wait<'a>(
+        &'a self,
         watch_drain: bool,
-        wake: &Notify,
-        mut ready: impl FnMut(&mut std::task::Context<'_>) -> std::task::Poll<std::io::Result<()>>,
-    ) -> Woken {
-        use std::future::Future;
+        closer: &'a Closer,
+        mut ready: impl FnMut(&mut std::task::Context<'_>) -> std::task::Poll<std::io::Result<()>> + 'a,
+    ) -> impl Future<Output = Woken> + 'a {
         use std::task::Poll;
-        let mut woken = std::pin::pin!(wake.notified());
-        std::future::poll_fn(|cx| {
+        std::future::poll_fn(move |cx| {
             // Data that already arrived is served first: a query sent just before the drain
-            // runs, and the client is closed at its next idle moment.
+            // runs, and the client is closed at its next idle moment. A close request that
+            // came with it is left for the attached period.
             if let Poll::Ready(result) = ready(cx) {
                 return Poll::Ready(Woken::Ready(result));
             }
+            // Registered before the drain flag is read, so a drain in between is not missed.
+            let _ = closer.poll_close(cx);
             if watch_drain && self.is_draining() {
                 return Poll::Ready(Woken::Draining);
             }
-            if woken.as_mut().poll(cx).is_ready() {
-                return Poll::Ready(if watch_drain && self.is_draining() {
-                    Woken::Draining
-                } else {
-                    // A cancel for a client with nothing running: wait again.
-                    Woken::Spurious
-                });
-            }
             Poll::Pending
         })
-        .await
     }
 
     /// Counts a client connection for as long as the guard lives.
@@ -141,8 +137,6 @@ async fn wait_for(flag: &AtomicBool, notify: &Notify) {
 pub enum Woken {
     Ready(std::io::Result<()>),
     Draining,
-    /// Woken for something that needs nothing now; wait again.
-    Spurious,
 }
 
 /// One client connection, counted by [`Shutdown`].

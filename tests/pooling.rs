@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use harness::{Stack, connect, credentials, db_error, stack_with, try_connect};
 use rds_iam_sidecar::cli::CancelMode;
 use rds_iam_sidecar::config::Config;
-use rds_iam_sidecar::pool::PoolMode;
+use rds_iam_sidecar::pool::{PoolKey, PoolMode};
 use support::{TEST_AKID, TEST_SECRET, shared_cluster, unique_name};
 
 async fn pooled(adjust: impl FnOnce(&mut Config)) -> Stack {
@@ -269,6 +269,36 @@ async fn too_many_clients_get_53300() {
     assert!(message.contains("too many clients"), "{message}");
     a.simple_query("select 1").await.expect("a still works");
     b.simple_query("select 1").await.expect("b still works");
+}
+
+#[tokio::test]
+async fn warm_pools_log_in_at_start_and_serve_the_first_clients() {
+    // tokio-postgres sends client_encoding=UTF8: its clients' pool is this one.
+    let warm = PoolKey::parse_spec("postgres@postgres?client_encoding=UTF8", None).expect("spec");
+    let other =
+        PoolKey::parse_spec("postgres@postgres?application_name=batch", None).expect("spec");
+    let stack = pooled(|c| {
+        c.pool.min_idle = 2;
+        c.warm_pools = vec![warm, other];
+    })
+    .await;
+    eventually("both pools opened before any client came", || {
+        stack.sidecar.pool_counts("postgres", "postgres") == Some((4, 4))
+    })
+    .await;
+    assert_eq!(stack.emulator.logins(), 4);
+    let (a, b) = tokio::join!(connect(&stack), connect(&stack));
+    let pid_a = backend_pid(&a).await;
+    assert_ne!(pid_a, backend_pid(&b).await);
+    assert_eq!(
+        stack.emulator.logins(),
+        4,
+        "the clients took warm connections"
+    );
+    drop((a, b));
+    // Kept at --min-idle from then on, like any pool.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(stack.emulator.logins(), 4);
 }
 
 #[tokio::test]

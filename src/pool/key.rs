@@ -1,7 +1,26 @@
 //! What makes two clients share upstream connections: the upstream database user, the database
-//! and the startup parameters RDS Proxy accepts, as the client sent them.
+//! and the startup parameters RDS Proxy accepts, as the client sent them. A key also has a
+//! written form, `user@database?name=value&...`, which `--warm-pool` takes and the log shows
+//! for each new pool.
 
 use std::fmt;
+
+use percent_encoding::{AsciiSet, CONTROLS, percent_decode_str, utf8_percent_encode};
+
+use crate::upstream::FORWARDED_PARAMETERS;
+
+/// What the written form escapes: its own separators, the comma that separates specs in
+/// `RDS_IAM_SIDECAR_WARM_POOLS`, `%`, quotes and whitespace.
+const SPEC_ESCAPED: &AsciiSet = &CONTROLS
+    .add(b' ')
+    .add(b'%')
+    .add(b'&')
+    .add(b'=')
+    .add(b'?')
+    .add(b',')
+    .add(b'@')
+    .add(b'"')
+    .add(b'\'');
 
 /// Identifies one pool.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -37,6 +56,90 @@ impl PoolKey {
     }
 }
 
+impl PoolKey {
+    /// The written form: `user@database`, then `?name=value&...` when the client sent
+    /// parameters; each part percent-encoded where it holds a separator.
+    pub fn spec(&self) -> String {
+        let escape = |text: &str| utf8_percent_encode(text, SPEC_ESCAPED).to_string();
+        let mut spec = format!("{}@{}", escape(&self.user), escape(&self.database));
+        for (index, (name, value)) in self.parameters.iter().enumerate() {
+            spec.push(if index == 0 { '?' } else { '&' });
+            spec.push_str(&escape(name));
+            spec.push('=');
+            spec.push_str(&escape(value));
+        }
+        spec
+    }
+
+    /// Reads the written form `[user@]database[?name=value&...]`; the user defaults to
+    /// `default_user` (`--db-user`), and must equal it when both are given, since every
+    /// upstream login then uses `--db-user`. Parameter names are those RDS Proxy accepts,
+    /// spelled as the client's driver sends them (pools are told apart by the exact text).
+    pub fn parse_spec(spec: &str, default_user: Option<&str>) -> Result<Self, String> {
+        let decode = |text: &str| {
+            percent_decode_str(text)
+                .decode_utf8()
+                .map(|decoded| decoded.into_owned())
+                .map_err(|_| format!("'{text}' is not UTF-8 once percent-decoded"))
+        };
+        let (target, query) = match spec.split_once('?') {
+            Some((target, query)) => (target, Some(query)),
+            None => (spec, None),
+        };
+        let (user, database) = match target.rsplit_once('@') {
+            Some((user, database)) => (Some(decode(user)?), decode(database)?),
+            None => (None, decode(target)?),
+        };
+        let user = match (user, default_user) {
+            (Some(user), Some(forced)) if user != forced => {
+                return Err(format!(
+                    "user '{user}' differs from --db-user '{forced}', which every upstream \
+                     login uses; write '{forced}@{database}' or leave the user out"
+                ));
+            }
+            (Some(user), _) if !user.is_empty() => user,
+            (_, Some(forced)) => forced.to_owned(),
+            _ => {
+                return Err(format!(
+                    "'{spec}' names no user: write user@database (or set --db-user)"
+                ));
+            }
+        };
+        if database.is_empty() {
+            return Err(format!("'{spec}' names no database: write user@database"));
+        }
+        let mut parameters: Vec<(String, String)> = Vec::new();
+        for pair in query
+            .unwrap_or("")
+            .split('&')
+            .filter(|pair| !pair.is_empty())
+        {
+            let (name, value) = pair
+                .split_once('=')
+                .ok_or_else(|| format!("'{pair}' is not name=value"))?;
+            let name = decode(name)?;
+            if !settable().any(|allowed| allowed.eq_ignore_ascii_case(&name)) {
+                return Err(format!(
+                    "'{name}' is not a startup parameter the sidecar forwards ({})",
+                    settable().collect::<Vec<_>>().join(", ")
+                ));
+            }
+            if parameters.iter().any(|(seen, _)| *seen == name) {
+                return Err(format!("'{name}' is given twice"));
+            }
+            parameters.push((name, decode(value)?));
+        }
+        Ok(Self::new(&user, &database, parameters))
+    }
+}
+
+/// The forwarded startup parameters a pool's key may hold besides its user and database.
+fn settable() -> impl Iterator<Item = &'static str> {
+    FORWARDED_PARAMETERS
+        .into_iter()
+        .filter(|name| !matches!(*name, "user" | "database"))
+}
+
 impl fmt::Display for PoolKey {
     /// `user@database`: what messages and metric labels name.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -69,5 +172,52 @@ mod tests {
         assert_eq!(a, b);
         assert_eq!(a.to_string(), "u@d");
         assert_eq!(a.startup_parameters()[0], ("user", "u"));
+    }
+
+    #[test]
+    fn the_written_form_reads_back_as_the_same_key() {
+        let key = PoolKey::new(
+            "app@corp",
+            "orders",
+            vec![
+                ("application_name".into(), "PostgreSQL JDBC Driver".into()),
+                ("options".into(), "-c search_path=a,b&c".into()),
+                ("DateStyle".into(), "ISO".into()),
+            ],
+        );
+        let spec = key.spec();
+        assert_eq!(
+            spec,
+            "app%40corp@orders?DateStyle=ISO&application_name=PostgreSQL%20JDBC%20Driver\
+             &options=-c%20search_path%3Da%2Cb%26c"
+        );
+        assert_eq!(PoolKey::parse_spec(&spec, None), Ok(key.clone()));
+        assert_eq!(PoolKey::parse_spec(&spec, Some("app@corp")), Ok(key));
+        // Raw spaces and an unescaped '@' in the user are read too.
+        let loose =
+            PoolKey::parse_spec("me@corp.com@db?application_name=my app", None).expect("loose");
+        assert_eq!(loose.user, "me@corp.com");
+        assert_eq!(loose.database, "db");
+        assert_eq!(
+            loose.parameters,
+            vec![("application_name".into(), "my app".into())]
+        );
+    }
+
+    #[test]
+    fn written_forms_that_name_no_usable_pool_are_refused() {
+        let err = |spec: &str, user: Option<&str>| PoolKey::parse_spec(spec, user).expect_err(spec);
+        assert_eq!(
+            PoolKey::parse_spec("orders", Some("svc")).map(|k| k.to_string()),
+            Ok("svc@orders".to_owned())
+        );
+        assert!(err("orders", None).contains("names no user"));
+        assert!(err("other@orders", Some("svc")).contains("differs from --db-user"));
+        assert!(err("app@", None).contains("names no database"));
+        assert!(err("app@db?search_path=x", None).contains("not a startup parameter"));
+        assert!(err("app@db?user=x", None).contains("not a startup parameter"));
+        assert!(err("app@db?TimeZone", None).contains("not name=value"));
+        assert!(err("app@db?TimeZone=UTC&TimeZone=UTC", None).contains("twice"));
+        assert!(err("app@db%FF", None).contains("UTF-8"));
     }
 }

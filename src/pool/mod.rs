@@ -187,6 +187,11 @@ impl Pools {
         pools
             .entry(key.clone())
             .or_insert_with(|| {
+                info!(
+                    pool = %key,
+                    spec = %key.spec(),
+                    "new pool (--warm-pool with this spec opens it at start)"
+                );
                 Arc::new(Pool {
                     key,
                     state: Mutex::new(PoolState {
@@ -388,6 +393,13 @@ impl Pools {
         if !retired.is_empty() {
             debug!(pool = %pool.key, count = retired.len(), "retired idle upstream connections");
         }
+    }
+
+    /// Opens the pool of `key` now, with `--min-idle` connections (`--warm-pool`); the
+    /// maintenance task keeps them.
+    pub fn warm(self: &Arc<Self>, key: PoolKey) {
+        let pool = self.pool(key);
+        self.top_up(&pool);
     }
 
     fn top_up(self: &Arc<Self>, pool: &Arc<Pool>) {
