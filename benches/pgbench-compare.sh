@@ -17,6 +17,9 @@
 #     client alone (pgbench --log), and the average under load.
 #   * Each pooler's own CPU time per transaction (utime + stime from /proc): the cost that
 #     decides throughput when pooler, pgbench and PostgreSQL share the cores.
+#   * Streaming: one client's COPY ... TO STDOUT of COPY_ROWS generated rows (a large result)
+#     and \copy FROM a file of the same rows (COPY IN), in MB/s, for direct TLS, the sidecar in
+#     both modes and PgBouncer in session mode, with the ratio to direct (target: >= 0.9).
 #   * The sidecar's RSS (VmRSS): right after start, then with IDLE_CLIENTS idle clients in
 #     transaction mode and SESSION_IDLE_CLIENTS idle clients in session mode (each of those holds
 #     an upstream TLS connection, so PostgreSQL's max_connections caps how many), and the same
@@ -30,24 +33,30 @@
 #   benches/pgbench-compare.sh
 #   DURATION=30 CLIENTS=16 benches/pgbench-compare.sh
 # Environment:
-#   DURATION              seconds per pgbench run                       (default 10)
+#   DURATION              seconds per pgbench run                       (default 8)
+#   ROUNDS                rounds of all runs; medians are reported      (default 3)
 #   CLIENTS               pgbench clients (-c)                          (default 8)
 #   THREADS               pgbench threads (-j)                          (default 2)
 #   POOL_SIZE             upstream connections per pooler               (default 8)
 #   IDLE_CLIENTS          idle clients for the transaction-mode RSS test (default 1000)
 #   SESSION_IDLE_CLIENTS  idle clients for the session-mode RSS test     (default 250)
+#   COPY_ROWS             rows of the streaming test's COPY (~200 bytes each; default 1000000)
+#   STREAM_RUNS           runs per streaming test, the best is shown     (default 2)
 #   SKIP_BUILD=1          do not run cargo build (use the existing binary)
 #   KEEP_TMP=1            keep the temporary directory (logs) after exit
-# A full run with the defaults takes about 4 minutes after the build (2 cores).
+# A full run with the defaults takes about 10 minutes after the build (2 cores).
 
 set -euo pipefail
 
-DURATION=${DURATION:-10}
+DURATION=${DURATION:-8}
+ROUNDS=${ROUNDS:-3}
 CLIENTS=${CLIENTS:-8}
 THREADS=${THREADS:-2}
 POOL_SIZE=${POOL_SIZE:-8}
 IDLE_CLIENTS=${IDLE_CLIENTS:-1000}
 SESSION_IDLE_CLIENTS=${SESSION_IDLE_CLIENTS:-250}
+COPY_ROWS=${COPY_ROWS:-1000000}
+STREAM_RUNS=${STREAM_RUNS:-2}
 PG_MAX_CONNECTIONS=300
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -302,9 +311,10 @@ CLK_TCK=$(getconf CLK_TCK)
 # cpu_ticks PID: user + system CPU time of a process so far, in clock ticks.
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat" 2>/dev/null || echo 0; }
 
-# run_pgbench TARGET KIND: fills TPS[TARGET,KIND] and LAT[TARGET,KIND] ("ERR" on failure).
+# run_pgbench TARGET KIND ROUND: fills TPS, LAT, CPU (and P50 for single) at [TARGET,KIND,ROUND]
+# ("ERR" on failure).
 run_pgbench() {
-    local target=$1 kind=$2 out="$TMP/pgbench-$1-$2.out" rc=0
+    local target=$1 kind=$2 round=$3 out="$TMP/pgbench-$1-$2-$3.out" rc=0
     local -a flags=(-S -n -c "$CLIENTS" -j "$THREADS" -T "$DURATION")
     case $kind in
     simple) flags+=(-M simple) ;;
@@ -333,30 +343,114 @@ run_pgbench() {
     elif [[ -n $failed && $failed != 0 ]]; then
         ERRORS+=("$target $kind: $failed failed transactions")
     fi
-    TPS[$target,$kind]=${tps:-ERR}
-    LAT[$target,$kind]=${lat:-ERR}
+    local key=$target,$kind,$round
+    TPS[$key]=${tps:-ERR}
+    LAT[$key]=${lat:-ERR}
     local transactions
     transactions=$(sed -nE 's/^number of transactions actually processed: ([0-9]+).*/\1/p' "$out" | head -1)
     if [[ -n $pid && $tps != ERR && -n $transactions && $transactions -gt 0 ]]; then
         # The pooler's own CPU time per transaction: what it costs, whatever the machine's load.
-        CPU[$target,$kind]=$(awk -v t="$(($(cpu_ticks "$pid") - ticks_before))" -v hz="$CLK_TCK" \
+        CPU[$key]=$(awk -v t="$(($(cpu_ticks "$pid") - ticks_before))" -v hz="$CLK_TCK" \
             -v n="$transactions" 'BEGIN {printf "%.1f", t / hz * 1e6 / n}')
     fi
     if [[ $kind == single && $tps != ERR ]]; then
         # pgbench --log: one line per transaction, its latency in microseconds in field 3.
-        P50[$target]=$(cat "$TMP/latency-$target".* 2>/dev/null | awk '{print $3}' | sort -n |
+        P50[$key]=$(cat "$TMP/latency-$target".* 2>/dev/null | awk '{print $3}' | sort -n |
             awk '{v[NR] = $1} END {if (NR) print v[int((NR + 1) / 2)]}')
         rm -f "$TMP/latency-$target".*
     fi
-    log "$(printf '%-13s %-9s tps %-12s latency %s ms' "$target" "$kind" "${TPS[$target,$kind]}" "${LAT[$target,$kind]}")"
+    log "$(printf '%-13s %-9s round %s: tps %-12s latency %s ms, cpu %s us/tx' "$target" "$kind" \
+        "$round" "${TPS[$key]}" "${LAT[$key]}" "${CPU[$key]:--}")"
 }
 
-log "pgbench -S: $CLIENTS clients, $THREADS threads, ${DURATION}s per run, ${#TARGETS[@]} targets x ${#KINDS[@]} runs"
-for target in "${TARGETS[@]}"; do
+# median VALUE...: the median of the numeric values (empty when there are none).
+median() {
+    printf '%s\n' "$@" | { grep -E '^[0-9.]+$' || true; } | sort -n |
+        awk '{v[NR] = $1} END {if (NR) print v[int((NR + 1) / 2)]}'
+}
+
+# fold ARRAY: ARRAY[target,kind] = the median over the rounds of ARRAY[target,kind,round]; ERR
+# when any round failed.
+fold() {
+    local -n values=$1
+    local target kind round failed
+    for target in "${TARGETS[@]}"; do
+        for kind in "${KINDS[@]}"; do
+            local -a rounds=()
+            failed=0
+            for ((round = 1; round <= ROUNDS; round++)); do
+                [[ ${values[$target,$kind,$round]:-} == ERR ]] && failed=1
+                rounds+=("${values[$target,$kind,$round]:-}")
+            done
+            if ((failed)); then
+                values[$target,$kind]=ERR
+            else
+                values[$target,$kind]=$(median "${rounds[@]}")
+            fi
+        done
+    done
+}
+
+# Targets take turns within each kind and round, so that a machine that gets slower or faster
+# during the run (a shared VM does) does not favour whoever ran first; the median of ROUNDS
+# rounds is reported.
+log "pgbench -S: $CLIENTS clients, $THREADS threads, ${DURATION}s per run, ${#TARGETS[@]} targets x ${#KINDS[@]} kinds x $ROUNDS rounds"
+for ((round = 1; round <= ROUNDS; round++)); do
     for kind in "${KINDS[@]}"; do
-        run_pgbench "$target" "$kind"
+        for target in "${TARGETS[@]}"; do
+            run_pgbench "$target" "$kind" "$round"
+        done
     done
 done
+for array in TPS LAT CPU P50; do
+    fold "$array"
+done
+
+# ---------------------------------------------------------------------------------------------
+# 5b. Streaming: a large COPY out (a big result) and in, one client, best of STREAM_RUNS runs
+# ---------------------------------------------------------------------------------------------
+declare -A COPY_OUT=() COPY_IN=()
+STREAM_TARGETS=(direct sidecar-sess sidecar-tx)
+((HAVE_PGBOUNCER)) && STREAM_TARGETS+=(pgb-sess)
+COPY_SQL="COPY (SELECT g, md5(g::text), repeat('x', 160) FROM generate_series(1, $COPY_ROWS) g) TO STDOUT"
+# The data for COPY IN, made once (and its size, which both directions move).
+PGSSLMODE=disable psql -h 127.0.0.1 -p "$PG_PORT" -U postgres -d postgres -XAtqc "$COPY_SQL" >"$TMP/copy.data"
+COPY_BYTES=$(stat -c %s "$TMP/copy.data")
+psql_at() { # TARGET SQL...: psql through TARGET, output discarded
+    local target=$1
+    shift
+    PGSSLMODE=${SSLMODE[$target]} psql -h 127.0.0.1 -p "${PORT[$target]}" -U postgres -d postgres \
+        -XAtq -v ON_ERROR_STOP=1 "$@" >/dev/null
+}
+psql_at direct -c "CREATE UNLOGGED TABLE IF NOT EXISTS copy_in (g int, h text, x text)"
+# MB/s of one run of COMMAND... (its output discarded), or ERR.
+mb_per_s() {
+    local started elapsed
+    started=$(date +%s.%N)
+    if ! "$@" 2>>"$TMP/stream.err"; then
+        echo ERR
+        return
+    fi
+    elapsed=$(awk -v a="$started" -v b="$(date +%s.%N)" 'BEGIN {print b - a}')
+    awk -v n="$COPY_BYTES" -v t="$elapsed" 'BEGIN {printf "%.0f", n / t / 1e6}'
+}
+best() { printf '%s\n' "$@" | grep -vx ERR | sort -n | tail -1 || true; }
+log "streaming: COPY of $COPY_ROWS rows ($((COPY_BYTES / 1000000)) MB) out and in, best of $STREAM_RUNS"
+for target in "${STREAM_TARGETS[@]}"; do
+    outs=() ins=()
+    for ((run = 0; run < STREAM_RUNS; run++)); do
+        outs+=("$(mb_per_s psql_at "$target" -c "$COPY_SQL")")
+        psql_at direct -c "TRUNCATE copy_in"
+        ins+=("$(mb_per_s psql_at "$target" -c "\\copy copy_in FROM '$TMP/copy.data'")")
+    done
+    COPY_OUT[$target]=$(best "${outs[@]}")
+    COPY_IN[$target]=$(best "${ins[@]}")
+    [[ -n ${COPY_OUT[$target]} ]] || { COPY_OUT[$target]=ERR; ERRORS+=("$target: COPY out failed"); }
+    [[ -n ${COPY_IN[$target]} ]] || { COPY_IN[$target]=ERR; ERRORS+=("$target: COPY in failed"); }
+    log "$(printf '%-13s COPY out %s MB/s, in %s MB/s' "$target" "${COPY_OUT[$target]}" "${COPY_IN[$target]}")"
+done
+psql_at direct -c "DROP TABLE copy_in"
+rm -f "$TMP/copy.data"
 
 # Sidecar warnings/errors during the benchmark (they run at --log-level warn).
 SIDECAR_LOG_LINES=()
@@ -506,7 +600,7 @@ fmt_tps() { if num "$1"; then printf '%.0f' "$1"; else printf '%s' "${1:--}"; fi
 row() { printf '%-26s %14s %14s %16s %14s\n' "$@"; }
 
 echo
-echo "pgbench -S, $CLIENTS clients, -j $THREADS, ${DURATION}s per run, pool size $POOL_SIZE," \
+echo "pgbench -S, $CLIENTS clients, -j $THREADS, ${DURATION}s per run, median of $ROUNDS rounds, pool size $POOL_SIZE," \
     "PostgreSQL $(postgres --version | awk '{print $3}'), $(nproc) cores"
 row target "simple TPS" "prepared TPS" "connect/tx TPS" "simple lat ms"
 row -------------------------- -------------- -------------- ---------------- --------------
@@ -532,8 +626,9 @@ echo "the DESIGN.md measure), and the average under load (-M simple / -M prepare
 for target in "${TARGETS[@]}"; do
     [[ $target == direct ]] && continue
     single=-
-    if num "${P50[$target]:-}" && num "${P50[direct]:-}"; then
-        single=$(printf '%+d us (p50 %s us)' $((P50[$target] - P50[direct])) "${P50[$target]}")
+    if num "${P50[$target,single]:-}" && num "${P50[direct,single]:-}"; then
+        single=$(printf '%+d us (p50 %s us)' $((P50[$target,single] - P50[direct,single])) \
+            "${P50[$target,single]}")
     fi
     added=()
     for kind in simple prepared; do
@@ -546,7 +641,7 @@ for target in "${TARGETS[@]}"; do
     done
     printf '  %-13s %-24s %10s %10s\n' "$target" "$single" "${added[0]}" "${added[1]}"
 done
-echo "  direct: 1-client p50 ${P50[direct]:--} us"
+echo "  direct: 1-client p50 ${P50[direct,single]:--} us"
 echo
 echo "pooler CPU time per transaction (us; user + system of the pooler process alone):"
 printf '  %-13s %10s %10s %12s %10s\n' "" simple prepared connect/tx "1 client"
@@ -554,6 +649,15 @@ for target in "${TARGETS[@]}"; do
     [[ $target == direct ]] && continue
     printf '  %-13s %10s %10s %12s %10s\n' "$target" "${CPU[$target,simple]:--}" \
         "${CPU[$target,prepared]:--}" "${CPU[$target,connect]:--}" "${CPU[$target,single]:--}"
+done
+
+echo
+echo "streaming, one client, $((COPY_BYTES / 1000000)) MB each way (MB/s, best of $STREAM_RUNS; ratio to direct TLS):"
+printf '  %-13s %10s %8s %10s %8s\n' "" "COPY out" ratio "COPY in" ratio
+for target in "${STREAM_TARGETS[@]}"; do
+    printf '  %-13s %10s %8s %10s %8s\n' "$target" "${COPY_OUT[$target]}" \
+        "$(ratio "${COPY_OUT[$target]}" "${COPY_OUT[direct]}")" "${COPY_IN[$target]}" \
+        "$(ratio "${COPY_IN[$target]}" "${COPY_IN[direct]}")"
 done
 
 echo

@@ -189,7 +189,9 @@ where
         }
         traffic.to_client += pending.len() as u64;
     }
-    let mut up_out = Vec::new();
+    // Sized for a typical batch up front in transaction mode (no regrowth per message);
+    // session mode never writes to it.
+    let mut up_out = Vec::with_capacity(if rewrite.is_some() { 1024 } else { 0 });
     if !first.is_empty() {
         let sent = match rewrite.as_mut() {
             Some(rewrite) => {
@@ -236,7 +238,7 @@ where
     let downward = async {
         let mut buffer = Buffer::take();
         let mut server_rewriter = ServerRewriter::default();
-        let mut down_out = Vec::new();
+        let mut down_out = Vec::with_capacity(if prepared.is_some() { 2048 } else { 0 });
         loop {
             let read = tokio::select! {
                 read = server_read.read(&mut buffer) => read,

@@ -131,24 +131,48 @@ fn cstr(body: &[u8]) -> Option<(&[u8], &[u8])> {
     Some((&body[..end], &body[end + 1..]))
 }
 
+/// The five header bytes of a message (tag and length), gathered across chunks; inline, so a
+/// rewriter allocates nothing for them.
+#[derive(Debug, Default)]
+struct Header {
+    bytes: [u8; 5],
+    len: usize,
+}
+
+impl Header {
+    fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    fn clear(&mut self) {
+        self.len = 0;
+    }
+
+    fn as_slice(&self) -> &[u8] {
+        &self.bytes[..self.len]
+    }
+}
+
 /// Adds header bytes from `chunk` at `pos` to `header`; once it holds all five, returns the
 /// message's tag and body length (the header stays in `header` for the caller to forward).
 fn gather_header(
-    header: &mut Vec<u8>,
+    header: &mut Header,
     chunk: &[u8],
     pos: &mut usize,
 ) -> Result<Option<(u8, usize)>, String> {
-    let take = (5 - header.len()).min(chunk.len() - *pos);
-    header.extend_from_slice(&chunk[*pos..*pos + take]);
+    let take = (5 - header.len).min(chunk.len() - *pos);
+    header.bytes[header.len..header.len + take].copy_from_slice(&chunk[*pos..*pos + take]);
+    header.len += take;
     *pos += take;
-    if header.len() < 5 {
+    if header.len < 5 {
         return Ok(None);
     }
-    let length = u32::from_be_bytes([header[1], header[2], header[3], header[4]]) as usize;
+    let [tag, length @ ..] = header.bytes;
+    let length = u32::from_be_bytes(length) as usize;
     if length < 4 {
         return Err(format!("invalid message length {length}"));
     }
-    Ok(Some((header[0], length - 4)))
+    Ok(Some((tag, length - 4)))
 }
 
 /// What the client side found in one chunk.
@@ -165,7 +189,7 @@ pub struct UpwardReport {
 /// Rewrites client → server messages (transaction mode).
 #[derive(Debug, Default)]
 pub struct ClientRewriter {
-    header: Vec<u8>,
+    header: Header,
     /// Body of a message being collected (tag, bytes so far, bytes still to come).
     collecting: Option<(u8, Vec<u8>, usize)>,
     /// Body bytes of a passed-through message still to come.
@@ -259,7 +283,7 @@ impl ClientRewriter {
                 }
                 _ => self.quiet = false,
             }
-            out.extend_from_slice(&self.header);
+            out.extend_from_slice(self.header.as_slice());
             self.header.clear();
             self.passing = body_len;
         }
@@ -404,7 +428,7 @@ impl ClientRewriter {
 /// Walks server → client messages against the [`Plan`] (transaction mode).
 #[derive(Debug, Default)]
 pub struct ServerRewriter {
-    header: Vec<u8>,
+    header: Header,
     /// Body bytes of the current message still to come, and whether it is being dropped.
     remaining: usize,
     dropping: bool,
@@ -435,7 +459,7 @@ impl ServerRewriter {
             };
             let drop = self.on_message(tag, plan, prepared, out);
             if !drop {
-                out.extend_from_slice(&self.header);
+                out.extend_from_slice(self.header.as_slice());
             }
             self.header.clear();
             self.remaining = body_len;

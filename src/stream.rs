@@ -28,6 +28,13 @@ macro_rules! delegate_io {
             }
         }
 
+        delegate_write!($name { $($variant),+ });
+    };
+}
+
+/// Implements AsyncWrite for an enum by delegating to each variant.
+macro_rules! delegate_write {
+    ($name:ident { $($variant:ident),+ }) => {
         impl AsyncWrite for $name {
             fn poll_write(
                 self: Pin<&mut Self>,
@@ -77,7 +84,31 @@ pub enum ClientStream {
     Unix(UnixStream),
 }
 
-delegate_io!(ClientStream { Tcp, Unix });
+delegate_write!(ClientStream { Tcp, Unix });
+
+/// Reads through [`ClientStream::try_read`]: a short read also clears the readiness, so the
+/// read after it waits for the client instead of asking the kernel for nothing.
+impl AsyncRead for ClientStream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        loop {
+            std::task::ready!(this.poll_read_ready(cx))?;
+            match this.try_read(buf.initialize_unfilled()) {
+                Ok(n) => {
+                    buf.advance(n);
+                    return Poll::Ready(Ok(()));
+                }
+                // Readiness cleared: polling it again registers the waker.
+                Err(error) if error.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(error) => return Poll::Ready(Err(error)),
+            }
+        }
+    }
+}
 
 /// A connection to the upstream database or proxy.
 #[derive(Debug)]
@@ -116,12 +147,39 @@ impl ClientStream {
     }
 
     /// Reads what is there without waiting; `WouldBlock` when nothing is.
+    ///
+    /// A read that returns less than `buf` holds emptied the socket's receive queue, so it
+    /// also clears tokio's read readiness (tokio clears it only on `WouldBlock`): the next
+    /// read then waits for the next event instead of costing a `recv` that answers `EAGAIN`,
+    /// one syscall per round trip. The readiness cleared is the one seen *before* the read:
+    /// data that arrives after it is a newer event, which tokio keeps (see `try_io`).
     pub fn try_read(&self, buf: &mut [u8]) -> io::Result<usize> {
-        match self {
-            Self::Tcp(s) => s.try_read(buf),
-            Self::Unix(s) => s.try_read(buf),
+        let mut short = None;
+        let result = match self {
+            Self::Tcp(s) => s.try_io(Interest::READABLE, || read_noting_short(s, buf, &mut short)),
+            Self::Unix(s) => s.try_io(Interest::READABLE, || read_noting_short(s, buf, &mut short)),
+        };
+        match (result, short) {
+            (Err(error), Some(n)) if error.kind() == io::ErrorKind::WouldBlock => Ok(n),
+            (result, _) => result,
         }
     }
+}
+
+/// One `recv`; a short one (some bytes, fewer than asked for) is reported through `short`
+/// and answered `WouldBlock`, which makes `try_io` clear the readiness.
+fn read_noting_short<S: AsFd>(
+    socket: &S,
+    buf: &mut [u8],
+    short: &mut Option<usize>,
+) -> io::Result<usize> {
+    use std::io::Read;
+    let n = (&*SockRef::from(socket)).read(buf)?;
+    if n > 0 && n < buf.len() {
+        *short = Some(n);
+        return Err(io::ErrorKind::WouldBlock.into());
+    }
+    Ok(n)
 }
 
 impl UpstreamStream {
@@ -188,4 +246,47 @@ fn poll_readable(
 fn peek_one<S: AsFd>(socket: &S) -> io::Result<usize> {
     let mut byte = [MaybeUninit::<u8>::uninit()];
     SockRef::from(socket).peek(&mut byte)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn a_short_read_clears_readiness_and_misses_nothing_after_it() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let mut peer = TcpStream::connect(listener.local_addr().expect("addr"))
+            .await
+            .expect("connect");
+        let mut client = ClientStream::Tcp(listener.accept().await.expect("accept").0);
+        let mut buf = [0u8; 64];
+
+        peer.write_all(b"hello").await.expect("write");
+        assert_eq!(client.read(&mut buf).await.expect("read"), 5);
+        // The short read emptied the socket and cleared tokio's readiness: the next read
+        // waits for the client without a recv.
+        let waker = std::task::Waker::noop();
+        let mut cx = Context::from_waker(waker);
+        assert!(client.poll_read_ready(&mut cx).is_pending());
+
+        peer.write_all(b"again!").await.expect("write");
+        let n = tokio::time::timeout(Duration::from_secs(5), client.read(&mut buf))
+            .await
+            .expect("data sent after a cleared readiness still wakes the reader")
+            .expect("read");
+        assert_eq!(&buf[..n], b"again!");
+
+        // A full read leaves readiness as it was: more may be waiting.
+        peer.write_all(&[7u8; 100]).await.expect("write");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(client.read(&mut buf).await.expect("read"), 64);
+        assert_eq!(client.read(&mut buf).await.expect("read"), 36);
+        drop(peer);
+        assert_eq!(client.read(&mut buf).await.expect("end of stream"), 0);
+    }
 }

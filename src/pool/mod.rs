@@ -147,15 +147,17 @@ impl Pool {
     /// A connection is free: it goes to the first waiting client, else to the idle list.
     fn give_back(&self, connection: PooledConnection) {
         let mut state = self.lock();
-        let mut connection = Box::new(connection);
+        let mut connection = connection;
+        // Boxed only for a waiter: most returns go to the idle list, one allocation fewer per
+        // transaction in transaction mode.
         while let Some(waiter) = state.waiters.pop_front() {
-            match waiter.send(Handoff::Connection(connection)) {
+            match waiter.send(Handoff::Connection(Box::new(connection))) {
                 Ok(()) => return,
-                Err(Handoff::Connection(back)) => connection = back,
+                Err(Handoff::Connection(back)) => connection = *back,
                 Err(Handoff::Room) => return,
             }
         }
-        state.idle.push(*connection);
+        state.idle.push(connection);
     }
 }
 
