@@ -38,7 +38,7 @@
 #   CLIENTS               pgbench clients (-c)                          (default 8)
 #   THREADS               pgbench threads (-j)                          (default 2)
 #   POOL_SIZE             upstream connections per pooler               (default 8)
-#   IDLE_CLIENTS          idle clients for the transaction-mode RSS test (default 1000)
+#   IDLE_CLIENTS          idle clients for the transaction-mode RSS test (default 4000)
 #   SESSION_IDLE_CLIENTS  idle clients for the session-mode RSS test     (default 250)
 #   COPY_ROWS             rows of the streaming test's COPY (~200 bytes each; default 1000000)
 #   STREAM_RUNS           runs per streaming test, the best is shown     (default 2)
@@ -53,7 +53,7 @@ ROUNDS=${ROUNDS:-3}
 CLIENTS=${CLIENTS:-8}
 THREADS=${THREADS:-2}
 POOL_SIZE=${POOL_SIZE:-8}
-IDLE_CLIENTS=${IDLE_CLIENTS:-1000}
+IDLE_CLIENTS=${IDLE_CLIENTS:-4000}
 SESSION_IDLE_CLIENTS=${SESSION_IDLE_CLIENTS:-250}
 COPY_ROWS=${COPY_ROWS:-1000000}
 STREAM_RUNS=${STREAM_RUNS:-2}
