@@ -12,10 +12,10 @@
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, Ordering};
 use std::time::Duration;
 
-use crate::cancel::Closer;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::buffers::Buffer;
+use crate::cancel::Closer;
 use crate::prepared::{ClientRewriter, ClientStatements, Plan, ServerRewriter};
 use crate::protocol::framing::{
     FrameScanner, FrameVisitor, PARAMETER_STATUS, READY_FOR_QUERY, TransactionStatus,

@@ -129,23 +129,6 @@ impl ClientStream {
         }
     }
 
-    /// Ready when the client sent something (or closed); needs no buffer, and never reports
-    /// readiness left over from an earlier read.
-    pub fn poll_readable(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self {
-            Self::Tcp(s) => poll_readable(
-                cx,
-                |cx| s.poll_read_ready(cx),
-                || s.try_io(Interest::READABLE, || peek_one(s)),
-            ),
-            Self::Unix(s) => poll_readable(
-                cx,
-                |cx| s.poll_read_ready(cx),
-                || s.try_io(Interest::READABLE, || peek_one(s)),
-            ),
-        }
-    }
-
     /// Reads what is there without waiting; `WouldBlock` when nothing is.
     ///
     /// A read that returns less than `buf` holds emptied the socket's receive queue, so it

@@ -185,25 +185,30 @@ impl Pools {
 
     /// The pool for a key, created on first use.
     pub fn pool(&self, key: PoolKey) -> Arc<Pool> {
-        let mut pools = self.pools.lock().unwrap_or_else(|p| p.into_inner());
-        pools
-            .entry(key.clone())
-            .or_insert_with(|| {
-                info!(
-                    pool = %key,
-                    spec = %key.spec(),
-                    "new pool (--warm-pool with this spec opens it at start)"
-                );
-                Arc::new(Pool {
-                    key,
-                    state: Mutex::new(PoolState {
-                        idle: Vec::new(),
-                        open: 0,
-                        waiters: VecDeque::new(),
-                    }),
-                })
-            })
-            .clone()
+        let created = {
+            let mut pools = self.pools.lock().unwrap_or_else(|p| p.into_inner());
+            // Looked up first: the key is cloned (for the map) only when a pool is created,
+            // not on every client's login.
+            if let Some(pool) = pools.get(&key) {
+                return pool.clone();
+            }
+            let pool = Arc::new(Pool {
+                key: key.clone(),
+                state: Mutex::new(PoolState {
+                    idle: Vec::new(),
+                    open: 0,
+                    waiters: VecDeque::new(),
+                }),
+            });
+            pools.insert(key, pool.clone());
+            pool
+        };
+        info!(
+            pool = %created.key,
+            spec = %created.key.spec(),
+            "new pool (--warm-pool with this spec opens it at start)"
+        );
+        created
     }
 
     /// (idle, open) summed over the pools of `user@database`, if any exist.
