@@ -8,8 +8,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
-use rds_iam_sidecar::cli::TlsMode;
 use rds_iam_sidecar::forward::forward;
+use rds_iam_sidecar::upstream::tls::TlsMode;
 use rds_iam_sidecar::upstream::tls::client_config;
 use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};

@@ -12,10 +12,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use aws_credential_types::Credentials;
-use rds_iam_sidecar::cli::LogFormat;
-use rds_iam_sidecar::config::{Config, Endpoint, UpstreamAuth};
 use rds_iam_sidecar::iam::credentials::CredentialCache;
 use rds_iam_sidecar::iam::region::RegionSource;
+use rds_iam_sidecar::ops::logging::LogFormat;
+use rds_iam_sidecar::settings::{EndpointSettings, Settings};
+use rds_iam_sidecar::upstream::{Endpoint, UpstreamAuth, UpstreamSettings};
 use support::{DEFAULT_ENDPOINT_HOST, DEFAULT_REGION, PgCluster, TEST_AKID, TEST_SECRET, TestPki};
 
 #[tokio::main]
@@ -25,14 +26,14 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .ok()
         .and_then(|p| p.parse().ok())
         .unwrap_or(15432);
-    rds_iam_sidecar::logging::init(LogFormat::Text, "info");
+    rds_iam_sidecar::ops::logging::init(LogFormat::Text, "info");
 
     eprintln!("starting an ephemeral PostgreSQL ...");
     let cluster = tokio::task::spawn_blocking(PgCluster::start).await?;
     let pki = TestPki::new();
     let emulator = support::emulator_for_cluster_at(&pki, cluster.port).await;
 
-    let mut config = Config::new(
+    let mut upstream = UpstreamSettings::new(
         Endpoint {
             host: DEFAULT_ENDPOINT_HOST.to_owned(),
             port: 5432,
@@ -42,12 +43,13 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             region_source: RegionSource::EndpointName,
         },
     );
-    config.upstream_addr = Some(Endpoint {
+    upstream.upstream_addr = Some(Endpoint {
         host: "127.0.0.1".to_owned(),
         port: emulator.addr.port(),
     });
-    config.ca_file = Some(pki.ca_file());
-    config.listen = vec![([127, 0, 0, 1], port).into()];
+    upstream.ca_file = Some(pki.ca_file());
+    let mut endpoint = EndpointSettings::new(upstream);
+    endpoint.listen = vec![([127, 0, 0, 1], port).into()];
     let credentials = Arc::new(CredentialCache::new(Credentials::new(
         TEST_AKID,
         TEST_SECRET,
@@ -55,7 +57,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         None,
         "demo",
     )));
-    let sidecar = rds_iam_sidecar::start(config, Some(credentials)).await?;
+    let settings = Settings::new(vec![endpoint]);
+    let sidecar = rds_iam_sidecar::start(settings, Some(credentials)).await?;
 
     let conninfo = format!("host=127.0.0.1 port={port} user=postgres dbname=postgres");
     if check_only {

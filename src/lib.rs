@@ -1,32 +1,25 @@
 //! rds-iam-sidecar: a local PostgreSQL endpoint that logs in to AWS RDS / RDS Proxy with IAM
 //! database authentication on behalf of unmodified applications.
 //!
-//! The crate is organised one concept per module (see `docs/ARCHITECTURE.md`):
-//! `config` turns flags, environment and TOML into one validated [`config::Config`];
-//! `listener` accepts clients; `client` runs one client's life; `upstream` dials, secures and
-//! logs in to the database; `iam` owns credentials and token signing; `forward` is the hot loop.
+//! Data flows one way (see `docs/ARCHITECTURE.md`): [`settings`] turns flags, environment and
+//! TOML into one validated [`settings::Settings`]; [`sidecar`] starts one engine per upstream
+//! endpoint from it; [`frontend`] accepts clients and runs each one's life; [`pool`] keeps
+//! logged-in upstream connections; [`upstream`] dials, secures and logs in; [`forward`] is the
+//! hot loop. [`iam`] and [`protocol`] sit below them; [`ops`] (admin, health, metrics,
+//! shutdown, logging) and [`doctor`] beside.
 
-pub mod admin;
-pub mod admin_client;
-pub mod buffers;
-pub mod cancel;
-pub mod cli;
-pub mod client;
-pub mod config;
 pub mod doctor;
-pub mod duration;
 pub mod error;
 pub mod forward;
+pub mod frontend;
 pub mod iam;
-pub mod listener;
-pub mod logging;
-pub mod metrics;
+pub mod ops;
 pub mod pool;
-pub mod prepared;
 pub mod protocol;
 pub mod secret;
-pub mod shutdown;
+pub mod settings;
+pub mod sidecar;
 pub mod stream;
 pub mod upstream;
 
-pub use listener::{RunningSidecar, start};
+pub use sidecar::{RunningSidecar, start};

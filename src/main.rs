@@ -6,17 +6,18 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use clap::Parser;
-use rds_iam_sidecar::admin_client::{admin_address, request};
-use rds_iam_sidecar::cli::{
-    AdminArgs, Cli, Command, DoctorArgs, HealthcheckArgs, ReportFormat, RunArgs, TokenArgs,
-    WaitArgs,
-};
-use rds_iam_sidecar::config::{Config, process_env};
-use rds_iam_sidecar::duration::parse_duration;
 use rds_iam_sidecar::iam::credentials::CredentialCache;
 use rds_iam_sidecar::iam::region::resolve_region;
 use rds_iam_sidecar::iam::token::sign_token;
-use rds_iam_sidecar::logging;
+use rds_iam_sidecar::ops::admin_client::request;
+use rds_iam_sidecar::ops::logging;
+use rds_iam_sidecar::settings::admin::admin_address;
+use rds_iam_sidecar::settings::cli::{
+    AdminArgs, Cli, Command, DoctorArgs, HealthcheckArgs, ReportFormat, RunArgs, TokenArgs,
+    WaitArgs,
+};
+use rds_iam_sidecar::settings::duration::parse_duration;
+use rds_iam_sidecar::settings::{Settings, process_env};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -47,7 +48,7 @@ fn usage_error(message: impl std::fmt::Display) -> ExitCode {
 }
 
 async fn run(args: RunArgs) -> ExitCode {
-    let config = match Config::from_args(args, &process_env) {
+    let config = match Settings::from_args(args, &process_env) {
         Ok(config) => config,
         Err(e) => return usage_error(e),
     };
@@ -216,27 +217,41 @@ async fn shutdown(args: AdminArgs) -> ExitCode {
 
 async fn doctor(args: DoctorArgs) -> ExitCode {
     // Only errors: the report is the output, and the checks say what failed.
-    logging::init(rds_iam_sidecar::cli::LogFormat::Text, "error");
-    let config = Config::from_args(args.run, &process_env).map_err(|e| e.to_string());
-    let db_user = config.as_ref().ok().and_then(|c| c.db_user.clone());
-    // A bad configuration is reported as check 1 even without a user.
-    let fallback = config.is_err().then(|| "?".to_owned());
-    let Some(user) = args.user.or(db_user).or(fallback) else {
-        return usage_error("--user: which database user should the doctor log in as?");
+    logging::init(rds_iam_sidecar::ops::logging::LogFormat::Text, "error");
+    // A bad configuration is reported as check 1 (of the one report there is then).
+    let endpoints = match Settings::from_args(args.run, &process_env) {
+        Ok(settings) => settings.endpoints.into_iter().map(Ok).collect(),
+        Err(e) => vec![Err(e.to_string())],
     };
-    let database = args.database.unwrap_or_else(|| user.clone());
-    let report = rds_iam_sidecar::doctor::run(config, &user, &database).await;
-    match args.format {
-        ReportFormat::Text => print!("{}", report.to_text()),
-        ReportFormat::Json => match serde_json::to_string_pretty(&report) {
-            Ok(json) => println!("{json}"),
-            Err(e) => {
-                eprintln!("rds-iam-sidecar: cannot write the report as JSON: {e}");
-                return ExitCode::FAILURE;
-            }
-        },
+    let mut reports = Vec::with_capacity(endpoints.len());
+    for endpoint in endpoints {
+        let db_user = endpoint
+            .as_ref()
+            .ok()
+            .and_then(|e| e.frontend.db_user.clone());
+        let fallback = endpoint.is_err().then(|| "?".to_owned());
+        let Some(user) = args.user.clone().or(db_user).or(fallback) else {
+            return usage_error("--user: which database user should the doctor log in as?");
+        };
+        let database = args.database.clone().unwrap_or_else(|| user.clone());
+        let upstream = endpoint.map(|e| e.upstream);
+        reports.push(rds_iam_sidecar::doctor::run(upstream, &user, &database).await);
     }
-    if report.ok {
+    let ok = reports.iter().all(|report| report.ok);
+    let printed = match args.format {
+        ReportFormat::Text => {
+            print!("{}", rds_iam_sidecar::doctor::Report::all_to_text(&reports));
+            Ok(())
+        }
+        ReportFormat::Json => {
+            rds_iam_sidecar::doctor::Report::all_to_json(&reports).map(|json| println!("{json}"))
+        }
+    };
+    if let Err(e) = printed {
+        eprintln!("rds-iam-sidecar: cannot write the report as JSON: {e}");
+        return ExitCode::FAILURE;
+    }
+    if ok {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE

@@ -7,8 +7,8 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
 use clap::{CommandFactory, Parser};
-use rds_iam_sidecar::cli::{Cli, Command};
-use rds_iam_sidecar::config::{Config, FileConfig};
+use rds_iam_sidecar::settings::cli::{Cli, Command};
+use rds_iam_sidecar::settings::{FileSettings, Settings};
 use serde_json::Value;
 
 fn config_dir() -> PathBuf {
@@ -59,8 +59,8 @@ fn every_file_in_config_is_checked_here() {
 
 #[test]
 fn sidecar_toml_sets_every_key_and_loads_into_the_real_config() {
-    let file = FileConfig::load(&config_dir().join("sidecar.toml")).expect("sidecar.toml loads");
-    // Every field of FileConfig appears in the example: the TOML keys are the flags' names.
+    let file = FileSettings::load(&config_dir().join("sidecar.toml")).expect("sidecar.toml loads");
+    // Every setting appears in the example: the TOML keys are the flags' names.
     let text = read("sidecar.toml");
     for variable in flag_variables() {
         let key = variable
@@ -84,7 +84,7 @@ fn sidecar_toml_sets_every_key_and_loads_into_the_real_config() {
         config_dir().join("sidecar.toml").to_str().expect("utf-8"),
     ])
     .expect("flags parse");
-    let config = Config::from_args(args.run, &|name| {
+    let config = Settings::from_args(args.run, &|name| {
         (name == "AWS_REGION").then(|| "us-east-1".to_owned())
     })
     .expect("the example is a valid configuration");
@@ -127,7 +127,7 @@ fn ecs_task_definition_uses_real_flags_ports_and_health_check() {
         argv.push(format!("--{flag}={value}"));
     }
     let args = Cli::try_parse_from(&argv).expect("the task's variables are flags");
-    let config = Config::from_args(args.run, &|_| None).expect("the task's settings are valid");
+    let config = Settings::from_args(args.run, &|_| None).expect("the task's settings are valid");
 
     // The metrics port mapping is the admin port; the grace fits in the stop timeout.
     let admin = config.admin_listen.expect("admin endpoint on");
@@ -176,7 +176,7 @@ fn ecs_task_definition_uses_real_flags_ports_and_health_check() {
     let url = app["environment"][0]["value"]
         .as_str()
         .expect("DATABASE_URL");
-    let listen = config.listen[0];
+    let listen = config.endpoints[0].listen[0];
     assert!(url.contains(&format!("@{listen}/")), "{url} vs {listen}");
 }
 
@@ -221,5 +221,5 @@ fn prometheus_scrapes_the_admin_endpoint() {
     let target = scrape["static_configs"][0]["targets"][0]
         .as_str()
         .expect("a target");
-    assert_eq!(target, rds_iam_sidecar::config::DEFAULT_ADMIN_LISTEN);
+    assert_eq!(target, rds_iam_sidecar::settings::DEFAULT_ADMIN_LISTEN);
 }

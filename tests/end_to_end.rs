@@ -437,7 +437,7 @@ async fn every_listen_address_serves() {
 #[tokio::test]
 async fn db_user_overrides_the_clients_user() {
     let stack = harness::stack_with(
-        |c| c.db_user = Some("postgres".to_owned()),
+        |c| c.frontend.db_user = Some("postgres".to_owned()),
         harness::credentials(support::TEST_AKID, support::TEST_SECRET),
     )
     .await;

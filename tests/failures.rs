@@ -9,9 +9,9 @@ use std::time::{Duration, Instant};
 
 use aws_credential_types::provider::{ProvideCredentials, error::CredentialsError, future};
 use harness::{config_for, connect, credentials, db_error, stack_with, try_connect};
-use rds_iam_sidecar::cli::TlsMode;
-use rds_iam_sidecar::config::Endpoint;
 use rds_iam_sidecar::iam::credentials::CredentialCache;
+use rds_iam_sidecar::upstream::Endpoint;
+use rds_iam_sidecar::upstream::tls::TlsMode;
 use support::{
     DEFAULT_ENDPOINT_HOST, Emulator, EmulatorOptions, TEST_AKID, TEST_SECRET, TestPki,
     shared_cluster,
@@ -41,11 +41,12 @@ async fn emulator_with(pki: &TestPki, cert_names: Option<&[&str]>) -> Emulator {
 async fn sidecar_for(
     emulator: &Emulator,
     pki: &TestPki,
-    adjust: impl FnOnce(&mut rds_iam_sidecar::config::Config),
+    adjust: impl FnOnce(&mut rds_iam_sidecar::settings::EndpointSettings),
 ) -> rds_iam_sidecar::RunningSidecar {
     let mut config = config_for(emulator, pki);
     adjust(&mut config);
-    rds_iam_sidecar::start(config, Some(credentials(TEST_AKID, TEST_SECRET)))
+    let settings = rds_iam_sidecar::settings::Settings::new(vec![config]);
+    rds_iam_sidecar::start(settings, Some(credentials(TEST_AKID, TEST_SECRET)))
         .await
         .expect("sidecar starts")
 }
@@ -106,7 +107,7 @@ async fn token_signed_for_another_host_is_rejected() {
     // The certificate names both hosts so TLS passes and the token check decides.
     let emulator = emulator_with(&pki, Some(&[DEFAULT_ENDPOINT_HOST, other])).await;
     let sidecar = sidecar_for(&emulator, &pki, |config| {
-        config.upstream = Endpoint {
+        config.upstream.endpoint = Endpoint {
             host: other.to_owned(),
             port: 5432,
         };
@@ -130,11 +131,11 @@ async fn closed_upstream_port_gives_08001_within_the_connect_timeout() {
         listener.local_addr().expect("addr").port()
     };
     let sidecar = sidecar_for(&emulator, &pki, |config| {
-        config.upstream_addr = Some(Endpoint {
+        config.upstream.upstream_addr = Some(Endpoint {
             host: "127.0.0.1".to_owned(),
             port: closed_port,
         });
-        config.connect_timeout = Duration::from_secs(2);
+        config.upstream.connect_timeout = Duration::from_secs(2);
     })
     .await;
     let started = Instant::now();
@@ -165,11 +166,11 @@ async fn silent_upstream_times_out_with_08001() {
         }
     });
     let sidecar = sidecar_for(&emulator, &pki, |config| {
-        config.upstream_addr = Some(Endpoint {
+        config.upstream.upstream_addr = Some(Endpoint {
             host: "127.0.0.1".to_owned(),
             port: silent_port,
         });
-        config.connect_timeout = Duration::from_millis(700);
+        config.upstream.connect_timeout = Duration::from_millis(700);
     })
     .await;
     let started = Instant::now();
@@ -196,7 +197,7 @@ async fn certificate_for_the_wrong_name_is_refused_under_verify_full() {
     assert_eq!(emulator.logins(), 0);
 
     // verify-ca checks the chain (against --ca-file only), so the same server is accepted.
-    let sidecar = sidecar_for(&emulator, &pki, |c| c.tls_mode = TlsMode::VerifyCa).await;
+    let sidecar = sidecar_for(&emulator, &pki, |c| c.upstream.tls_mode = TlsMode::VerifyCa).await;
     let client = connect_to(&sidecar).await.expect("verify-ca accepts");
     client.simple_query("select 1").await.expect("query");
 }
@@ -205,7 +206,7 @@ async fn certificate_for_the_wrong_name_is_refused_under_verify_full() {
 async fn unknown_certificate_authority_is_refused_with_a_ca_file_hint() {
     let pki = TestPki::new();
     let emulator = emulator_with(&pki, Some(&[DEFAULT_ENDPOINT_HOST])).await;
-    let sidecar = sidecar_for(&emulator, &pki, |c| c.ca_file = None).await;
+    let sidecar = sidecar_for(&emulator, &pki, |c| c.upstream.ca_file = None).await;
     let error = connect_to(&sidecar).await.expect_err("must fail");
     let (code, _, hint) = db_error(&error);
     assert_eq!(code, "08001");
@@ -213,8 +214,8 @@ async fn unknown_certificate_authority_is_refused_with_a_ca_file_hint() {
 
     // require encrypts without checking: the login works.
     let sidecar = sidecar_for(&emulator, &pki, |c| {
-        c.ca_file = None;
-        c.tls_mode = TlsMode::Require;
+        c.upstream.ca_file = None;
+        c.upstream.tls_mode = TlsMode::Require;
     })
     .await;
     connect_to(&sidecar).await.expect("require accepts");

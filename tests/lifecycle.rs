@@ -229,7 +229,7 @@ async fn readiness_follows_the_upstream_and_metrics_follow_the_traffic() {
     wait_for_port(admin_port, &mut sidecar.0).await;
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let startup = rds_iam_sidecar::admin_client::request(
+        let startup = rds_iam_sidecar::ops::admin_client::request(
             &admin,
             "GET",
             "/startup",
@@ -254,10 +254,14 @@ async fn readiness_follows_the_upstream_and_metrics_follow_the_traffic() {
     );
     let (code, line) = subcommand(home.path(), &["healthcheck", "--live", "--admin", &admin]).await;
     assert_eq!(code, Some(0), "{line}");
-    let startup =
-        rds_iam_sidecar::admin_client::request(&admin, "GET", "/startup", Duration::from_secs(5))
-            .await
-            .expect("GET /startup");
+    let startup = rds_iam_sidecar::ops::admin_client::request(
+        &admin,
+        "GET",
+        "/startup",
+        Duration::from_secs(5),
+    )
+    .await
+    .expect("GET /startup");
     assert_eq!(startup.status, 200);
     let (code, line) =
         subcommand(home.path(), &["wait", "--admin", &admin, "--timeout", "1s"]).await;

@@ -7,9 +7,10 @@ mod support;
 
 use std::sync::Arc;
 
-use rds_iam_sidecar::cli::TlsMode;
-use rds_iam_sidecar::config::{Config, Endpoint, UpstreamAuth};
 use rds_iam_sidecar::secret::Secret;
+use rds_iam_sidecar::settings::{EndpointSettings, Settings};
+use rds_iam_sidecar::upstream::tls::TlsMode;
+use rds_iam_sidecar::upstream::{Endpoint, UpstreamAuth, UpstreamSettings};
 use support::{
     DEFAULT_ENDPOINT_HOST, Emulator, EmulatorAuth, EmulatorOptions, TestPki, shared_cluster,
 };
@@ -53,8 +54,8 @@ async fn make_password_roles() -> &'static support::PgCluster {
     cluster
 }
 
-fn direct_config(port: u16, password: &str) -> Config {
-    let mut config = Config::new(
+fn direct_config(port: u16, password: &str) -> Settings {
+    let mut config = UpstreamSettings::new(
         Endpoint {
             host: "127.0.0.1".to_owned(),
             port,
@@ -62,7 +63,7 @@ fn direct_config(port: u16, password: &str) -> Config {
         UpstreamAuth::Password(Secret::new(password)),
     );
     config.tls_mode = TlsMode::Disable;
-    config
+    Settings::new(vec![EndpointSettings::new(config)])
 }
 
 async fn query_as(
@@ -130,8 +131,10 @@ async fn cleartext_password_over_tls_to_the_emulator() {
     })
     .await;
     let mut config = harness::config_for(&emulator, &pki);
-    config.auth = UpstreamAuth::Password(Secret::new(PASSWORD));
-    let sidecar = rds_iam_sidecar::start(config, None).await.expect("start");
+    config.upstream.auth = UpstreamAuth::Password(Secret::new(PASSWORD));
+    let sidecar = rds_iam_sidecar::start(Settings::new(vec![config]), None)
+        .await
+        .expect("start");
     assert_eq!(
         query_as(&sidecar, "postgres").await.expect("login"),
         "postgres"
@@ -184,8 +187,8 @@ async fn enable_tls() -> (&'static support::PgCluster, &'static TestPki) {
     (cluster, pki)
 }
 
-fn iam_config_for_real_postgres(cluster: &support::PgCluster, pki: &TestPki) -> Config {
-    let mut config = Config::new(
+fn iam_config_for_real_postgres(cluster: &support::PgCluster, pki: &TestPki) -> Settings {
+    let mut config = UpstreamSettings::new(
         Endpoint {
             host: DEFAULT_ENDPOINT_HOST.to_owned(),
             port: 5432,
@@ -200,7 +203,7 @@ fn iam_config_for_real_postgres(cluster: &support::PgCluster, pki: &TestPki) -> 
         port: cluster.port,
     });
     config.ca_file = Some(pki.ca_file());
-    config
+    Settings::new(vec![EndpointSettings::new(config)])
 }
 
 #[tokio::test]

@@ -9,13 +9,15 @@ mod support;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use harness::{Stack, connect, credentials, db_error, stack_with, try_connect};
-use rds_iam_sidecar::cli::CancelMode;
-use rds_iam_sidecar::config::Config;
+use harness::{
+    Stack, connect, credentials, db_error, stack_with, stack_with_settings, try_connect,
+};
+use rds_iam_sidecar::frontend::cancel::CancelMode;
 use rds_iam_sidecar::pool::{PoolKey, PoolMode};
+use rds_iam_sidecar::settings::EndpointSettings;
 use support::{TEST_AKID, TEST_SECRET, shared_cluster, unique_name};
 
-async fn pooled(adjust: impl FnOnce(&mut Config)) -> Stack {
+async fn pooled(adjust: impl FnOnce(&mut EndpointSettings)) -> Stack {
     stack_with(adjust, credentials(TEST_AKID, TEST_SECRET)).await
 }
 
@@ -258,7 +260,7 @@ async fn eventually_connects(stack: &Stack) {
 
 #[tokio::test]
 async fn too_many_clients_get_53300() {
-    let stack = pooled(|c| c.max_client_connections = 2).await;
+    let stack = pooled(|c| c.frontend.max_client_connections = 2).await;
     let a = connect(&stack).await;
     let b = connect(&stack).await;
     let error = try_connect(&stack, "postgres", "postgres")
@@ -363,10 +365,13 @@ async fn a_connection_killed_while_idle_never_reaches_a_client() {
 #[tokio::test]
 async fn the_login_rate_limit_holds() {
     let stack = Arc::new(
-        pooled(|c| {
-            c.pool.size = 10;
-            c.pool.max_connect_rate = 2;
-        })
+        stack_with_settings(
+            |s| {
+                s.endpoints[0].pool.size = 10;
+                s.max_connect_rate = 2;
+            },
+            credentials(TEST_AKID, TEST_SECRET),
+        )
         .await,
     );
     let (release, _) = tokio::sync::broadcast::channel::<()>(1);
@@ -419,7 +424,7 @@ async fn cancel_a_sleeping_query(stack: &Stack) -> String {
 
 #[tokio::test]
 async fn cancel_close_mode_closes_the_upstream_connection() {
-    let stack = pooled(|c| c.cancel_mode = CancelMode::Close).await;
+    let stack = pooled(|c| c.frontend.cancel_mode = CancelMode::Close).await;
     let other = connect(&stack).await;
     assert_eq!(cancel_a_sleeping_query(&stack).await, "57014");
     assert_eq!(stack.emulator.cancels(), 0, "nothing was sent upstream");

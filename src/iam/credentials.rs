@@ -187,14 +187,14 @@ impl CredentialCache {
                     fetched_at: Instant::now(),
                 });
                 state.last_failure = None;
-                crate::metrics::credential_refresh(true, credentials.expiry());
+                crate::ops::metrics::credential_refresh(true, credentials.expiry());
                 Ok(credentials)
             }
             Err(error) => {
                 let error = CredentialsUnavailable {
                     reason: error_chain(&error),
                 };
-                crate::metrics::credential_refresh(false, None);
+                crate::ops::metrics::credential_refresh(false, None);
                 if let Some(cached) = state.cached.as_ref().filter(|c| is_usable(c)) {
                     return Ok(cached.credentials.clone());
                 }

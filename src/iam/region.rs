@@ -1,7 +1,8 @@
 //! Which AWS region signs the token: `--region`, else the region inside an
 //! `*.REGION.rds.amazonaws.com(.cn)` endpoint name, else `AWS_REGION` / `AWS_DEFAULT_REGION`.
 
-use crate::config::EnvLookup;
+/// Reads an environment variable; injectable so tests need not touch the process environment.
+pub type EnvLookup<'a> = &'a dyn Fn(&str) -> Option<String>;
 
 /// Where the region was found (reported by `doctor` and at start-up).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -25,7 +25,9 @@ pub use key::PoolKey;
 pub use rate::RateLimiter;
 
 /// How upstream connections are shared.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Deserialize, serde::Serialize,
+)]
 #[serde(rename_all = "kebab-case")]
 pub enum PoolMode {
     /// A client holds one upstream connection for its whole life (default).
@@ -50,8 +52,6 @@ pub struct PoolSettings {
     pub max_lifetime: Duration,
     /// Run on a connection before another client gets it (session mode); None to skip.
     pub reset_query: Option<String>,
-    /// New upstream logins per second across all pools.
-    pub max_connect_rate: u32,
 }
 
 impl Default for PoolSettings {
@@ -64,7 +64,6 @@ impl Default for PoolSettings {
             idle_timeout: Duration::from_secs(600),
             max_lifetime: Duration::from_secs(3600),
             reset_query: Some("DISCARD ALL".to_owned()),
-            max_connect_rate: 20,
         }
     }
 }
@@ -161,18 +160,23 @@ impl Pool {
     }
 }
 
-/// All pools, the connector behind them and the shared login rate limit.
+/// All pools of one endpoint, the connector behind them and the login rate limit that every
+/// endpoint of the process shares.
 pub struct Pools {
     connector: Arc<Connector>,
     pub settings: PoolSettings,
-    limiter: RateLimiter,
+    limiter: Arc<RateLimiter>,
     pools: Mutex<HashMap<PoolKey, Arc<Pool>>>,
 }
 
 impl Pools {
-    pub fn new(connector: Arc<Connector>, settings: PoolSettings) -> Arc<Self> {
+    pub fn new(
+        connector: Arc<Connector>,
+        settings: PoolSettings,
+        limiter: Arc<RateLimiter>,
+    ) -> Arc<Self> {
         Arc::new(Self {
-            limiter: RateLimiter::new(settings.max_connect_rate),
+            limiter,
             connector,
             settings,
             pools: Mutex::new(HashMap::new()),

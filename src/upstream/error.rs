@@ -91,6 +91,19 @@ pub struct HintContext<'a> {
 }
 
 impl ConnectError {
+    /// The `result` label of the upstream logins metric for this failure.
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            Self::AuthRejected(_) | Self::IamNotEnabled { .. } => "auth_rejected",
+            Self::Timeout { .. } => "timeout",
+            Self::Resolve { .. } | Self::Connect { .. } => "network",
+            Self::TlsRefused { .. } | Self::Tls { .. } => "tls",
+            Self::Credentials(_) | Self::Sign(_) => "credentials",
+            Self::Server(_) => "server_error",
+            _ => "other",
+        }
+    }
+
     /// The way to the upstream is broken (DNS, network, TLS, credentials, signing), as opposed
     /// to this one login being refused (user, database, password).
     pub fn is_path_failure(&self) -> bool {

@@ -5,6 +5,7 @@
 
 pub mod error;
 pub mod login;
+pub mod settings;
 pub mod tls;
 
 use std::sync::Arc;
@@ -20,13 +21,14 @@ use tokio::net::TcpStream;
 use tokio::time::{Instant, timeout_at};
 use tokio_rustls::TlsConnector;
 
-use crate::config::{Config, Endpoint, UpstreamAuth};
 use crate::iam::credentials::CredentialCache;
 use crate::iam::token::sign_token;
+use crate::ops::metrics::UpstreamMetrics;
 use crate::secret::Secret;
 use crate::stream::UpstreamStream;
 use error::{ConnectError, HintContext, classify_tls};
 use login::{LoginOutcome, PasswordSource};
+pub use settings::{Endpoint, UpstreamAuth, UpstreamSettings};
 
 /// The startup parameters RDS Proxy accepts; everything else a client sends is dropped.
 pub const FORWARDED_PARAMETERS: [&str; 8] = [
@@ -72,6 +74,7 @@ pub struct Connector {
     timeout: Duration,
     auth: Authenticator,
     history: std::sync::Mutex<LoginHistory>,
+    metrics: &'static UpstreamMetrics,
 }
 
 /// When upstream logins last succeeded and last failed for a reason that is not the client's
@@ -86,8 +89,12 @@ pub struct LoginHistory {
 }
 
 impl Connector {
-    pub fn new(config: &Config, auth: Authenticator) -> Result<Self, String> {
-        let tls = tls::client_config(config.tls_mode, config.ca_file.as_deref())?;
+    pub fn new(
+        settings: &UpstreamSettings,
+        auth: Authenticator,
+        metrics: &'static UpstreamMetrics,
+    ) -> Result<Self, String> {
+        let tls = tls::client_config(settings.tls_mode, settings.ca_file.as_deref())?;
         if tls.is_none() && matches!(auth, Authenticator::Iam { .. }) {
             return Err(
                 "IAM tokens are never sent without TLS: --tls-mode disable is only \
@@ -95,20 +102,18 @@ impl Connector {
                     .to_owned(),
             );
         }
-        let server_name = ServerName::try_from(config.upstream.host.clone()).map_err(|e| {
-            format!(
-                "'{}' is not a valid TLS server name: {e}",
-                config.upstream.host
-            )
-        })?;
+        let host = &settings.endpoint.host;
+        let server_name = ServerName::try_from(host.clone())
+            .map_err(|e| format!("'{host}' is not a valid TLS server name: {e}"))?;
         Ok(Self {
-            upstream: config.upstream.clone(),
-            dial: config.dial_endpoint().clone(),
+            upstream: settings.endpoint.clone(),
+            dial: settings.dial_endpoint().clone(),
             tls,
             server_name,
-            timeout: config.connect_timeout,
+            timeout: settings.connect_timeout,
             auth,
             history: Default::default(),
+            metrics,
         })
     }
 
@@ -139,6 +144,11 @@ impl Connector {
         &self.upstream
     }
 
+    /// This endpoint's metric handles.
+    pub fn metrics(&self) -> &'static UpstreamMetrics {
+        self.metrics
+    }
+
     /// What hints in error messages name.
     pub fn hint_context<'a>(&'a self, user: &'a str) -> HintContext<'a> {
         HintContext {
@@ -163,7 +173,10 @@ impl Connector {
     ) -> Result<ServerConnection, ConnectError> {
         let started = Instant::now();
         let result = self.connect_with_retry(user, parameters).await;
-        crate::metrics::upstream_login(result.as_ref().map(|_| ()), started.elapsed());
+        let label = result
+            .as_ref()
+            .map_or_else(ConnectError::metric_label, |_| "ok");
+        self.metrics.upstream_login(label, started.elapsed());
         {
             let mut history = self.history.lock().unwrap_or_else(|p| p.into_inner());
             match &result {
@@ -389,7 +402,7 @@ impl PasswordSource for LoginPassword<'_> {
                     SystemTime::now(),
                 )
                 .map_err(|e| ConnectError::Sign(e.to_string()))?;
-                crate::metrics::token_signed();
+                self.connector.metrics.token_signed();
                 Ok(token)
             }
         }
@@ -397,12 +410,12 @@ impl PasswordSource for LoginPassword<'_> {
 }
 
 impl Authenticator {
-    /// The authenticator the configuration asks for; IAM credentials come from `credentials`.
-    pub fn from_config(
-        config: &Config,
+    /// The authenticator `auth` asks for; IAM credentials come from `credentials`.
+    pub fn new(
+        auth: &UpstreamAuth,
         credentials: Option<Arc<CredentialCache>>,
     ) -> Result<Self, String> {
-        match &config.auth {
+        match auth {
             UpstreamAuth::Password(secret) => Ok(Self::Password(secret.clone())),
             UpstreamAuth::Iam { region, .. } => Ok(Self::Iam {
                 credentials: credentials.ok_or("IAM mode needs a credentials source")?,

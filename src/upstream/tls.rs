@@ -17,7 +17,21 @@ use rustls::{
     CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme,
 };
 
-use crate::cli::TlsMode;
+/// How the upstream certificate is checked.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Deserialize, serde::Serialize,
+)]
+#[serde(rename_all = "kebab-case")]
+pub enum TlsMode {
+    /// Chain to a trusted root and the certificate names the upstream host (default).
+    VerifyFull,
+    /// Chain to a trusted root; the host name is not checked.
+    VerifyCa,
+    /// TLS without any certificate check (like libpq's sslmode=require).
+    Require,
+    /// No TLS at all; only allowed with `--auth password` (local development).
+    Disable,
+}
 
 /// Reads every certificate in a PEM file; an empty or unreadable file is an error.
 pub fn load_ca_file(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {

@@ -9,9 +9,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use aws_credential_types::Credentials;
-use rds_iam_sidecar::config::{Config, Endpoint, UpstreamAuth};
 use rds_iam_sidecar::iam::credentials::CredentialCache;
 use rds_iam_sidecar::iam::region::RegionSource;
+use rds_iam_sidecar::settings::{EndpointSettings, Settings};
+use rds_iam_sidecar::upstream::{Endpoint, UpstreamAuth, UpstreamSettings};
 use rds_iam_sidecar::{RunningSidecar, start};
 use tokio_postgres::{AsyncMessage, Client, NoTls};
 
@@ -33,11 +34,16 @@ pub fn credentials(akid: &str, secret: &str) -> Arc<CredentialCache> {
     )))
 }
 
-/// The sidecar configuration for an emulator: IAM, verify-full against the test CA.
-pub fn config_for(emulator: &Emulator, pki: &TestPki) -> Config {
-    let mut config = Config::new(
+/// The sidecar's settings for an emulator's endpoint: IAM, verify-full against the test CA.
+pub fn config_for(emulator: &Emulator, pki: &TestPki) -> EndpointSettings {
+    config_for_host(emulator, pki, DEFAULT_ENDPOINT_HOST)
+}
+
+/// Like [`config_for`], for an emulator whose certificate names `host`.
+pub fn config_for_host(emulator: &Emulator, pki: &TestPki, host: &str) -> EndpointSettings {
+    let mut upstream = UpstreamSettings::new(
         Endpoint {
-            host: DEFAULT_ENDPOINT_HOST.to_owned(),
+            host: host.to_owned(),
             port: 5432,
         },
         UpstreamAuth::Iam {
@@ -45,13 +51,13 @@ pub fn config_for(emulator: &Emulator, pki: &TestPki) -> Config {
             region_source: RegionSource::EndpointName,
         },
     );
-    config.upstream_addr = Some(Endpoint {
+    upstream.upstream_addr = Some(Endpoint {
         host: "127.0.0.1".to_owned(),
         port: emulator.addr.port(),
     });
-    config.ca_file = Some(pki.ca_file());
-    config.connect_timeout = Duration::from_secs(5);
-    config
+    upstream.ca_file = Some(pki.ca_file());
+    upstream.connect_timeout = Duration::from_secs(5);
+    EndpointSettings::new(upstream)
 }
 
 /// Emulator + sidecar with the default configuration and valid credentials.
@@ -59,16 +65,24 @@ pub async fn stack() -> Stack {
     stack_with(|_| {}, credentials(TEST_AKID, TEST_SECRET)).await
 }
 
-/// Emulator + sidecar, with the configuration adjusted by `adjust`.
+/// Emulator + sidecar, with the endpoint's settings adjusted by `adjust`.
 pub async fn stack_with(
-    adjust: impl FnOnce(&mut Config),
+    adjust: impl FnOnce(&mut EndpointSettings),
+    credentials: Arc<CredentialCache>,
+) -> Stack {
+    stack_with_settings(|settings| adjust(&mut settings.endpoints[0]), credentials).await
+}
+
+/// Emulator + sidecar, with the whole settings adjusted by `adjust`.
+pub async fn stack_with_settings(
+    adjust: impl FnOnce(&mut Settings),
     credentials: Arc<CredentialCache>,
 ) -> Stack {
     let pki = TestPki::new();
     let emulator = crate::support::emulator_for_cluster(&pki).await;
-    let mut config = config_for(&emulator, &pki);
-    adjust(&mut config);
-    let sidecar = start(config, Some(credentials))
+    let mut settings = Settings::new(vec![config_for(&emulator, &pki)]);
+    adjust(&mut settings);
+    let sidecar = start(settings, Some(credentials))
         .await
         .expect("sidecar starts");
     Stack {

@@ -4,10 +4,14 @@ use std::time::Duration;
 
 /// GET /metrics from `admin`, parsed (the test fails on a bad exposition).
 pub async fn scrape(admin: &str) -> prometheus_parse::Scrape {
-    let response =
-        rds_iam_sidecar::admin_client::request(admin, "GET", "/metrics", Duration::from_secs(5))
-            .await
-            .expect("GET /metrics");
+    let response = rds_iam_sidecar::ops::admin_client::request(
+        admin,
+        "GET",
+        "/metrics",
+        Duration::from_secs(5),
+    )
+    .await
+    .expect("GET /metrics");
     assert_eq!(response.status, 200, "{}", response.body);
     prometheus_parse::Scrape::parse(response.body.lines().map(|l| Ok(l.to_owned())))
         .expect("valid Prometheus exposition")

@@ -1,21 +1,19 @@
-//! The admin HTTP endpoint (`--admin-listen`): `/metrics` for Prometheus, `/startup`,
-//! `/livez` and `/readyz` for orchestrators, and `POST /quitquitquit` (loopback clients only)
-//! to start the same graceful shutdown as SIGTERM. Bodies are plain text saying what failed.
+//! Readiness, as `/readyz` and the `healthcheck` subcommand report it: started, no shutdown
+//! requested, AWS credentials held (shared by every endpoint), and for each endpoint a pool
+//! that is not saturated and a recent login or a live probe of the path to the upstream.
+//! [`Health`] holds exactly what it checks: each endpoint's pools (and through them its
+//! connector), the credentials cache and the shutdown state.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime};
 
-use axum::Router;
-use axum::extract::{ConnectInfo, State};
-use axum::http::{StatusCode, Uri};
-use axum::routing::{get, post};
-use tokio::net::TcpListener;
 use tokio::sync::Mutex;
 use tokio::time::Instant;
 
-use crate::client::SessionContext;
+use super::shutdown::Shutdown;
+use crate::iam::credentials::CredentialCache;
+use crate::pool::Pools;
 
 /// Credentials closer than this to their expiry (and not refreshed) make the sidecar unready.
 const CREDENTIALS_MIN_LEFT: Duration = Duration::from_secs(60);
@@ -24,21 +22,51 @@ const RECENT_LOGIN: Duration = Duration::from_secs(60);
 /// How long the outcome of a readiness probe of the upstream is reused.
 const PROBE_CACHE: Duration = Duration::from_secs(5);
 
-/// What the endpoints look at.
+/// What readiness looks at.
 pub struct Health {
-    context: Arc<SessionContext>,
+    endpoints: Vec<EndpointHealth>,
+    credentials: Option<Arc<CredentialCache>>,
+    pub(super) shutdown: Arc<Shutdown>,
     started: AtomicBool,
+}
+
+/// One endpoint's part of readiness.
+struct EndpointHealth {
+    pools: Arc<Pools>,
     /// Last upstream probe: when, and its outcome.
     probe: Mutex<Option<(Instant, Result<(), String>)>>,
 }
 
 impl Health {
-    pub fn new(context: Arc<SessionContext>) -> Arc<Self> {
+    /// Readiness of the endpoints served by `pools` (one per endpoint), with the shared
+    /// credentials cache (IAM mode) and shutdown state.
+    pub fn new(
+        pools: Vec<Arc<Pools>>,
+        credentials: Option<Arc<CredentialCache>>,
+        shutdown: Arc<Shutdown>,
+    ) -> Arc<Self> {
+        let endpoints = pools
+            .into_iter()
+            .map(|pools| EndpointHealth {
+                pools,
+                probe: Mutex::new(None),
+            })
+            .collect();
         Arc::new(Self {
-            context,
+            endpoints,
+            credentials,
+            shutdown,
             started: AtomicBool::new(false),
-            probe: Mutex::new(None),
         })
+    }
+
+    /// Upstream connection counts per endpoint, as metrics (at scrape time).
+    pub fn record_pool_metrics(&self) {
+        for endpoint in &self.endpoints {
+            let (idle, open, waiting) = endpoint.pools.totals();
+            let metrics = endpoint.pools.connector().metrics();
+            metrics.upstream_connections(idle, open.saturating_sub(idle), waiting);
+        }
     }
 
     /// Listeners are bound and the configuration was accepted.
@@ -46,7 +74,7 @@ impl Health {
         self.started.store(true, Ordering::Release);
     }
 
-    fn is_started(&self) -> bool {
+    pub(super) fn is_started(&self) -> bool {
         self.started.load(Ordering::Acquire)
     }
 
@@ -57,26 +85,38 @@ impl Health {
         self.readiness_with(false).await
     }
 
-    async fn readiness_with(&self, ignore_saturation: bool) -> Result<(), String> {
+    /// Like [`Health::readiness`]; with several endpoints, every one that is not ready is
+    /// named with its reason.
+    pub(super) async fn readiness_with(&self, ignore_saturation: bool) -> Result<(), String> {
         if !self.is_started() {
             return Err("starting: the listeners are not open yet".to_owned());
         }
-        if self.context.shutdown.is_requested() {
+        if self.shutdown.is_requested() {
             return Err("shutting down: draining client connections".to_owned());
         }
         self.credentials().await?;
-        let saturated = self.context.pools.saturated();
-        if !ignore_saturation && let Some((pool, waiting)) = saturated.first() {
-            return Err(format!(
-                "pool {pool} is saturated: {waiting} clients wait for a connection (--pool-size)"
-            ));
+        let several = self.endpoints.len() > 1;
+        let mut not_ready = Vec::new();
+        for endpoint in &self.endpoints {
+            if let Err(reason) = endpoint.readiness(ignore_saturation).await {
+                let name = endpoint.pools.connector().upstream();
+                not_ready.push(if several {
+                    format!("upstream {name}: {reason}")
+                } else {
+                    reason
+                });
+            }
         }
-        self.upstream().await
+        if not_ready.is_empty() {
+            Ok(())
+        } else {
+            Err(not_ready.join("; "))
+        }
     }
 
     /// IAM mode: usable credentials, not about to expire.
     async fn credentials(&self) -> Result<(), String> {
-        let Some(cache) = self.context.pools.connector().credentials() else {
+        let Some(cache) = &self.credentials else {
             return Ok(());
         };
         if cache.held().is_none() {
@@ -107,11 +147,23 @@ impl Health {
             Some(None) => Ok(()),
         }
     }
+}
+
+impl EndpointHealth {
+    async fn readiness(&self, ignore_saturation: bool) -> Result<(), String> {
+        let saturated = self.pools.saturated();
+        if !ignore_saturation && let Some((pool, waiting)) = saturated.first() {
+            return Err(format!(
+                "pool {pool} is saturated: {waiting} clients wait for a connection (--pool-size)"
+            ));
+        }
+        self.upstream().await
+    }
 
     /// A recent successful login, else a live probe (DNS, TCP, TLS with the certificate
     /// checked), cached for a few seconds.
     async fn upstream(&self) -> Result<(), String> {
-        let connector = self.context.pools.connector();
+        let connector = self.pools.connector();
         let history = connector.login_history();
         let now = Instant::now();
         // A failure counts while it is recent and not followed by a success; after that a
@@ -147,98 +199,4 @@ impl Health {
         *probe = Some((Instant::now(), outcome.clone()));
         outcome
     }
-}
-
-/// Serves the admin endpoint on `listener` until `stopped` turns true.
-pub async fn serve(
-    listener: TcpListener,
-    health: Arc<Health>,
-    mut stopped: tokio::sync::watch::Receiver<bool>,
-) {
-    let app = Router::new()
-        .route("/metrics", get(metrics))
-        .route("/startup", get(startup))
-        .route("/livez", get(livez))
-        .route("/readyz", get(readyz))
-        .route("/quitquitquit", post(quit))
-        .with_state(health);
-    let service = app.into_make_service_with_connect_info::<SocketAddr>();
-    let stop = async move {
-        let _ = stopped.wait_for(|s| *s).await;
-    };
-    if let Err(error) = axum::serve(listener, service)
-        .with_graceful_shutdown(stop)
-        .await
-    {
-        tracing::error!(%error, "the admin endpoint stopped");
-    }
-}
-
-type Reply = (StatusCode, String);
-
-async fn metrics(State(health): State<Arc<Health>>) -> Reply {
-    let (idle, open, waiting) = health.context.pools.totals();
-    crate::metrics::upstream_connections(idle, open.saturating_sub(idle), waiting);
-    match crate::metrics::render() {
-        Some(text) => (StatusCode::OK, text),
-        None => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "metrics are not recorded: another metrics recorder was installed first\n".to_owned(),
-        ),
-    }
-}
-
-async fn startup(State(health): State<Arc<Health>>) -> Reply {
-    if health.is_started() {
-        (StatusCode::OK, "started\n".to_owned())
-    } else {
-        (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "starting: the listeners are not open yet\n".to_owned(),
-        )
-    }
-}
-
-async fn livez() -> Reply {
-    (StatusCode::OK, "alive\n".to_owned())
-}
-
-/// `/readyz`; `?saturation=ignore` leaves pool saturation out (the `healthcheck` subcommand).
-/// Only loopback clients are told the reason: it may name users, databases and hosts.
-async fn readyz(
-    State(health): State<Arc<Health>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    uri: Uri,
-) -> Reply {
-    let ignore_saturation = uri
-        .query()
-        .is_some_and(|q| q.split('&').any(|pair| pair == "saturation=ignore"));
-    match health.readiness_with(ignore_saturation).await {
-        Ok(()) => (StatusCode::OK, "ready\n".to_owned()),
-        Err(reason) if is_local(&peer) => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!("not ready: {reason}\n"),
-        ),
-        Err(_) => (StatusCode::SERVICE_UNAVAILABLE, "not ready\n".to_owned()),
-    }
-}
-
-fn is_local(peer: &SocketAddr) -> bool {
-    peer.ip().to_canonical().is_loopback()
-}
-
-async fn quit(
-    State(health): State<Arc<Health>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-) -> Reply {
-    if !is_local(&peer) {
-        return (
-            StatusCode::FORBIDDEN,
-            "/quitquitquit only answers clients on this host\n".to_owned(),
-        );
-    }
-    if health.context.shutdown.request() {
-        tracing::info!("shutdown requested over the admin endpoint");
-    }
-    (StatusCode::OK, "shutting down\n".to_owned())
 }

@@ -15,14 +15,13 @@ use serde::Serialize;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::cli::TlsMode;
-use crate::config::{Config, UpstreamAuth};
 use crate::iam::credentials::{CHAIN_SOURCES, CredentialCache, mask_access_key};
 use crate::iam::region::RegionSource;
 use crate::iam::token::sign_token;
 use crate::stream::UpstreamStream;
 use crate::upstream::error::{ConnectError, TlsFailure};
-use crate::upstream::{Authenticator, Connector, ServerConnection};
+use crate::upstream::tls::TlsMode;
+use crate::upstream::{Authenticator, Connector, ServerConnection, UpstreamAuth, UpstreamSettings};
 
 /// How one check ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -56,6 +55,9 @@ pub struct Check {
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
     pub ok: bool,
+    /// The endpoint checked (HOST:PORT), unless the configuration could not be read.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub upstream: Option<String>,
     pub user: String,
     pub database: String,
     pub checks: Vec<Check>,
@@ -74,6 +76,7 @@ const NAMES: [&str; 7] = [
 /// Collects checks; after a failure the rest are skipped.
 struct Checks {
     checks: Vec<Check>,
+    upstream: Option<String>,
 }
 
 impl Checks {
@@ -126,6 +129,7 @@ impl Checks {
         }
         Report {
             ok: !self.failed(),
+            upstream: self.upstream,
             user,
             database,
             checks: self.checks,
@@ -134,8 +138,11 @@ impl Checks {
 }
 
 /// Runs every check for `user@database` with `config` (or the configuration error).
-pub async fn run(config: Result<Config, String>, user: &str, database: &str) -> Report {
-    let mut checks = Checks { checks: Vec::new() };
+pub async fn run(config: Result<UpstreamSettings, String>, user: &str, database: &str) -> Report {
+    let mut checks = Checks {
+        checks: Vec::new(),
+        upstream: config.as_ref().ok().map(|c| c.endpoint.to_string()),
+    };
     let (user, database) = (user.to_owned(), database.to_owned());
     let config = match config {
         Ok(config) => config,
@@ -160,14 +167,18 @@ pub async fn run(config: Result<Config, String>, user: &str, database: &str) -> 
     if !tcp(&mut checks, &config, &addresses).await {
         return checks.finish(user, database);
     }
-    let authenticator = match Authenticator::from_config(&config, credentials.clone()) {
+    let authenticator = match Authenticator::new(&config.auth, credentials.clone()) {
         Ok(authenticator) => authenticator,
         Err(error) => {
             checks.fail(error, Vec::new(), "check the TLS and auth settings");
             return checks.finish(user, database);
         }
     };
-    let connector = match Connector::new(&config, authenticator) {
+    let connector = match Connector::new(
+        &config,
+        authenticator,
+        crate::ops::metrics::for_upstream(&config.endpoint.host),
+    ) {
         Ok(connector) => connector,
         Err(error) => {
             checks.fail(error, Vec::new(), "check --tls-mode and --ca-file");
@@ -194,8 +205,8 @@ pub async fn run(config: Result<Config, String>, user: &str, database: &str) -> 
 }
 
 /// 1. The endpoint name and the region.
-fn configuration(checks: &mut Checks, config: &Config) {
-    let host = &config.upstream.host;
+fn configuration(checks: &mut Checks, config: &UpstreamSettings) {
+    let host = &config.endpoint.host;
     let kind = endpoint_kind(host);
     let region = match &config.auth {
         UpstreamAuth::Iam {
@@ -218,7 +229,7 @@ fn configuration(checks: &mut Checks, config: &Config) {
         .unwrap_or_default();
     let check = checks.ok(format!(
         "{} is {}{dial}{region}",
-        config.upstream.dial_target(),
+        config.endpoint.dial_target(),
         kind.describe()
     ));
     match kind {
@@ -299,7 +310,10 @@ fn endpoint_kind(host: &str) -> EndpointKind {
 }
 
 /// 2. Which provider of the chain supplies credentials, and until when.
-async fn credentials(checks: &mut Checks, config: &Config) -> Option<Arc<CredentialCache>> {
+async fn credentials(
+    checks: &mut Checks,
+    config: &UpstreamSettings,
+) -> Option<Arc<CredentialCache>> {
     let UpstreamAuth::Iam { region, .. } = &config.auth else {
         checks.skip("--auth password: no AWS credentials needed");
         return None;
@@ -403,7 +417,7 @@ fn provider_description(name: &str) -> String {
 }
 
 /// 3. The dialled name resolves, to which addresses.
-async fn dns(checks: &mut Checks, config: &Config) -> Option<Vec<SocketAddr>> {
+async fn dns(checks: &mut Checks, config: &UpstreamSettings) -> Option<Vec<SocketAddr>> {
     let target = config.dial_endpoint().dial_target();
     let lookup = tokio::time::timeout(config.connect_timeout, tokio::net::lookup_host(&target));
     match lookup.await {
@@ -469,7 +483,7 @@ fn is_private(ip: std::net::IpAddr) -> bool {
 }
 
 /// 4. A TCP connection to one of the addresses within the timeout.
-async fn tcp(checks: &mut Checks, config: &Config, addresses: &[SocketAddr]) -> bool {
+async fn tcp(checks: &mut Checks, config: &UpstreamSettings, addresses: &[SocketAddr]) -> bool {
     let mut failures = Vec::new();
     let mut timed_out = false;
     for address in addresses {
@@ -522,7 +536,7 @@ async fn tcp(checks: &mut Checks, config: &Config, addresses: &[SocketAddr]) -> 
 }
 
 /// 5. SSLRequest answered 'S', the handshake, the certificate under the configured roots.
-async fn tls(checks: &mut Checks, config: &Config, connector: &Connector) -> bool {
+async fn tls(checks: &mut Checks, config: &UpstreamSettings, connector: &Connector) -> bool {
     if config.tls_mode == TlsMode::Disable {
         checks.skip("--tls-mode disable");
         return true;
@@ -579,7 +593,7 @@ async fn tls(checks: &mut Checks, config: &Config, connector: &Connector) -> boo
                     vec![format!(
                         "the certificate does not name {} ({cert}): --upstream is a CNAME, an IP \
                          address or a tunnel address",
-                        config.upstream.host
+                        config.endpoint.host
                     )],
                     "put the real RDS endpoint name in --upstream and the address to dial in \
                      --upstream-addr",
@@ -612,7 +626,7 @@ async fn tls(checks: &mut Checks, config: &Config, connector: &Connector) -> boo
 
 /// The server certificate's names and issuer, read over a handshake that checks nothing (no
 /// token or password is ever sent over it).
-async fn peek_certificate(config: &Config) -> Result<String, String> {
+async fn peek_certificate(config: &UpstreamSettings) -> Result<String, String> {
     let tls = crate::upstream::tls::client_config(TlsMode::Require, None)?
         .ok_or_else(|| "no TLS configuration".to_owned())?;
     let target = config.dial_endpoint().dial_target();
@@ -630,7 +644,7 @@ async fn peek_certificate(config: &Config) -> Result<String, String> {
         if answer[0] != b'S' {
             return Err("no TLS".to_owned());
         }
-        let name = rustls::pki_types::ServerName::try_from(config.upstream.host.clone())
+        let name = rustls::pki_types::ServerName::try_from(config.endpoint.host.clone())
             .map_err(|e| e.to_string())?;
         let stream = tokio_rustls::TlsConnector::from(tls)
             .connect(name, tcp)
@@ -693,7 +707,7 @@ fn describe_certificate(der: &[u8]) -> Result<String, String> {
 /// 6. A token signed and a login with it.
 async fn login(
     checks: &mut Checks,
-    config: &Config,
+    config: &UpstreamSettings,
     connector: &Connector,
     credentials: &Option<Arc<CredentialCache>>,
     user: &str,
@@ -703,15 +717,15 @@ async fn login(
         (UpstreamAuth::Iam { region, .. }, Some(cache)) => match cache.get().await {
             Ok(creds) => match sign_token(
                 &creds,
-                &config.upstream.host,
-                config.upstream.port,
+                &config.endpoint.host,
+                config.endpoint.port,
                 user,
                 region,
                 SystemTime::now(),
             ) {
                 Ok(token) => format!(
                     "token signed for {user}@{} ({} characters, valid 15 minutes)",
-                    config.upstream.dial_target(),
+                    config.endpoint.dial_target(),
                     token.expose().len()
                 ),
                 Err(error) => {
@@ -749,8 +763,12 @@ async fn login(
 }
 
 /// The likely causes of a failed login, most likely first.
-fn login_causes(error: &ConnectError, config: &Config, user: &str) -> (Vec<String>, String) {
-    let host = &config.upstream.host;
+fn login_causes(
+    error: &ConnectError,
+    config: &UpstreamSettings,
+    user: &str,
+) -> (Vec<String>, String) {
+    let host = &config.endpoint.host;
     let region = match &config.auth {
         UpstreamAuth::Iam { region, .. } => region.as_str(),
         UpstreamAuth::Password(_) => "REGION",
@@ -1016,6 +1034,30 @@ async fn simple_query(stream: &mut UpstreamStream, sql: &str) -> Result<Vec<Stri
 }
 
 impl Report {
+    /// The reports of every endpoint checked: each as [`Report::to_text`], headed by its
+    /// endpoint when there are several.
+    pub fn all_to_text(reports: &[Report]) -> String {
+        if let [report] = reports {
+            return report.to_text();
+        }
+        let mut out = String::new();
+        for report in reports {
+            let upstream = report.upstream.as_deref().unwrap_or("?");
+            let _ = writeln!(out, "upstream {upstream}:");
+            out.push_str(&report.to_text());
+        }
+        out
+    }
+
+    /// One report as its JSON object; several as `{"ok", "endpoints": [report, ...]}`.
+    pub fn all_to_json(reports: &[Report]) -> Result<String, serde_json::Error> {
+        if let [report] = reports {
+            return serde_json::to_string_pretty(report);
+        }
+        let ok = reports.iter().all(|r| r.ok);
+        serde_json::to_string_pretty(&serde_json::json!({ "ok": ok, "endpoints": reports }))
+    }
+
     /// The text report: one line per check, causes and fix under the failure.
     pub fn to_text(&self) -> String {
         let mut out = String::new();

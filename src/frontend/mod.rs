@@ -4,6 +4,9 @@
 //! our BackendKeyData, ReadyForQuery), then forwarding in session or transaction mode. Every
 //! failure reaches the client as an ErrorResponse before the socket closes.
 
+pub mod cancel;
+pub mod listener;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -14,22 +17,21 @@ use bytes::BytesMut;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tracing::{Instrument, debug, info, info_span, warn};
 
-use crate::buffers::Buffer;
-use crate::cancel::{CancelKeyGuard, CancelRegistry, Closer, ServerKey};
-use crate::cli::CancelMode;
-use crate::config::Config;
 use crate::error::{PgError, sqlstate};
+use crate::forward::buffers::Buffer;
+use crate::forward::prepared::{ClientRewriter, ClientStatements};
 use crate::forward::{
     ClientSide, Detach, Outcome, Rewrite, SessionState, Traffic, forward_attached,
 };
-use crate::metrics::{self, ClientGauge, ClientState};
+use crate::frontend::cancel::CancelMode;
+use crate::frontend::cancel::{CancelKeyGuard, CancelRegistry, Closer, ServerKey};
+use crate::ops::metrics::{ClientGauge, ClientState, UpstreamMetrics};
+use crate::ops::shutdown::{Shutdown, Woken, shutdown_error};
 use crate::pool::reset::reset;
 use crate::pool::{CheckoutError, Lease, Pool, PoolKey, PoolMode, Pools};
-use crate::prepared::{ClientRewriter, ClientStatements};
 use crate::protocol::framing::TransactionStatus;
 use crate::protocol::messages;
 use crate::protocol::startup::{InitialPacket, StartupError, StartupRequest, read_initial_packet};
-use crate::shutdown::{Shutdown, Woken, shutdown_error};
 use crate::stream::ClientStream;
 use crate::upstream::{Connector, FORWARDED_PARAMETERS, ServerConnection};
 
@@ -39,30 +41,52 @@ const PROTOCOL_3_0: i32 = 3 << 16;
 /// How long a client may take to send its startup packet.
 const STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// What every client session shares.
-pub struct SessionContext {
+/// How one endpoint's listener treats its clients.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FrontendSettings {
+    /// Log in upstream as this user instead of the client's.
+    pub db_user: Option<String>,
+    pub cancel_mode: CancelMode,
+    /// Most client connections at once; more get 53300.
+    pub max_client_connections: usize,
+}
+
+impl Default for FrontendSettings {
+    fn default() -> Self {
+        Self {
+            db_user: None,
+            cancel_mode: CancelMode::Forward,
+            max_client_connections: 1000,
+        }
+    }
+}
+
+/// What every client of one endpoint shares.
+pub struct Frontend {
     pub pools: Arc<Pools>,
     pub cancels: Arc<CancelRegistry>,
     /// Log in upstream as this user instead of the client's.
     pub db_user: Option<String>,
     pub cancel_mode: CancelMode,
     pub shutdown: Arc<Shutdown>,
+    pub metrics: &'static UpstreamMetrics,
     /// Clients past the startup packet, against `max_clients`.
     clients: AtomicUsize,
     max_clients: usize,
     next_id: AtomicU64,
 }
 
-impl SessionContext {
-    pub fn new(pools: Arc<Pools>, config: &Config, shutdown: Arc<Shutdown>) -> Self {
+impl Frontend {
+    pub fn new(pools: Arc<Pools>, settings: &FrontendSettings, shutdown: Arc<Shutdown>) -> Self {
         Self {
+            metrics: pools.connector().metrics(),
             pools,
             shutdown,
             cancels: CancelRegistry::new(),
-            db_user: config.db_user.clone(),
-            cancel_mode: config.cancel_mode,
+            db_user: settings.db_user.clone(),
+            cancel_mode: settings.cancel_mode,
             clients: AtomicUsize::new(0),
-            max_clients: config.max_client_connections,
+            max_clients: settings.max_client_connections,
             next_id: AtomicU64::new(1),
         }
     }
@@ -83,12 +107,12 @@ impl SessionContext {
 
 /// A client's place under `--max-client-connections`, given back on drop; also the session's
 /// handle on what all sessions share (one pointer for both).
-struct Admitted(Arc<SessionContext>);
+struct Admitted(Arc<Frontend>);
 
 impl std::ops::Deref for Admitted {
-    type Target = SessionContext;
+    type Target = Frontend;
 
-    fn deref(&self) -> &SessionContext {
+    fn deref(&self) -> &Frontend {
         &self.0
     }
 }
@@ -108,7 +132,7 @@ impl Drop for Admitted {
 pub fn serve_client(
     stream: ClientStream,
     peer: Option<SocketAddr>,
-    context: Arc<SessionContext>,
+    context: Arc<Frontend>,
 ) -> impl Future<Output = ()> + Send {
     let id = context.next_id.fetch_add(1, Ordering::Relaxed);
     let span = match peer {
@@ -116,7 +140,8 @@ pub fn serve_client(
         None => info_span!("client", conn = id, peer = "unix"),
     };
     let counted = context.shutdown.session();
-    let login = Box::pin(login(stream, context, ClientGauge::login()));
+    let gauge = context.metrics.client_login();
+    let login = Box::pin(login(stream, context, gauge));
     async move {
         // Held (not moved: a moved capture would take a second slot) until the client is gone.
         let _counted = &counted;
@@ -138,14 +163,14 @@ pub fn serve_client(
 /// first upstream connection, or `None` when the client is gone or was refused.
 async fn login(
     mut stream: ClientStream,
-    context: Arc<SessionContext>,
+    context: Arc<Frontend>,
     gauge: ClientGauge,
 ) -> Option<Box<Session>> {
     let negotiated = tokio::select! {
         negotiated = tokio::time::timeout(STARTUP_TIMEOUT, negotiate(&mut stream, &context)) => negotiated,
         // A client that has not logged in yet does not hold up a drain.
         () = context.shutdown.draining() => {
-            refuse_for_shutdown(&mut stream).await;
+            refuse_for_shutdown(&mut stream, &context).await;
             return None;
         }
     };
@@ -174,7 +199,7 @@ async fn login(
 /// Answers SSL/GSS requests until the startup packet; `None` when the connection was a cancel.
 async fn negotiate(
     stream: &mut ClientStream,
-    context: &SessionContext,
+    context: &Frontend,
 ) -> Result<Option<StartupRequest>, StartupError> {
     loop {
         match read_initial_packet(stream).await? {
@@ -190,36 +215,36 @@ async fn negotiate(
     }
 }
 
-async fn handle_cancel(context: &SessionContext, pid: i32, secret: &[u8]) {
+async fn handle_cancel(context: &Frontend, pid: i32, secret: &[u8]) {
     let Ok(secret) = <[u8; 4]>::try_from(secret) else {
         debug!("cancel request with a key the sidecar never issued; ignored");
-        metrics::cancel_request("unknown_key");
+        context.metrics.cancel_request("unknown_key");
         return;
     };
     let Some(target) = context.cancels.lookup(pid, i32::from_be_bytes(secret)) else {
         debug!("cancel request for an unknown key; ignored");
-        metrics::cancel_request("unknown_key");
+        context.metrics.cancel_request("unknown_key");
         return;
     };
     let Some(server) = target.server else {
         debug!("cancel request for a client between transactions; nothing to cancel");
-        metrics::cancel_request("not_running");
+        context.metrics.cancel_request("not_running");
         return;
     };
     match context.cancel_mode {
         CancelMode::Forward => match context.connector().cancel(server.pid, server.secret).await {
             Ok(()) => {
                 info!("cancel request forwarded upstream");
-                metrics::cancel_request("forwarded");
+                context.metrics.cancel_request("forwarded");
             }
             Err(error) => {
                 warn!(%error, "forwarding a cancel request failed");
-                metrics::cancel_request("failed");
+                context.metrics.cancel_request("failed");
             }
         },
         CancelMode::Close => {
             info!("cancel request: closing the client's upstream connection (--cancel-mode close)");
-            metrics::cancel_request("closed");
+            context.metrics.cancel_request("closed");
             target.close();
         }
     }
@@ -244,11 +269,11 @@ fn startup_error_to_pg(error: &StartupError) -> Option<PgError> {
 async fn greet(
     mut stream: ClientStream,
     startup: StartupRequest,
-    context: Arc<SessionContext>,
+    context: Arc<Frontend>,
     mut gauge: ClientGauge,
 ) -> Option<Box<Session>> {
     if context.shutdown.is_draining() {
-        refuse_for_shutdown(&mut stream).await;
+        refuse_for_shutdown(&mut stream, &context).await;
         return None;
     }
     let Some(client_user) = startup.get("user").filter(|u| !u.is_empty()) else {
@@ -256,7 +281,7 @@ async fn greet(
             sqlstate::INVALID_AUTHORIZATION,
             "no PostgreSQL user name specified in startup packet",
         );
-        metrics::auth_failure(&pg.code);
+        context.metrics.auth_failure(&pg.code);
         send_error(&mut stream, &pg).await;
         return None;
     };
@@ -280,7 +305,7 @@ async fn greet(
             ),
         );
         warn!("client refused: --max-client-connections reached");
-        metrics::client_refused("max_clients");
+        context.metrics.client_refused("max_clients");
         send_error(&mut stream, &pg).await;
         return None;
     };
@@ -317,7 +342,7 @@ async fn greet(
         checkout = Box::pin(context.pools.checkout(&pool)) => checkout,
         // Waiting for a busy pool does not hold up a drain either.
         () = context.shutdown.draining() => {
-            refuse_for_shutdown(&mut stream).await;
+            refuse_for_shutdown(&mut stream, &context).await;
             return None;
         }
     };
@@ -326,17 +351,17 @@ async fn greet(
         Err(error) => {
             let pg = checkout_error_to_pg(&error, &context, &user);
             warn!(%error, sqlstate = %pg.code, pool = %pool.key, "no upstream connection for a new client");
-            metrics::auth_failure(&pg.code);
+            context.metrics.auth_failure(&pg.code);
             send_error(&mut stream, &pg).await;
             return None;
         }
     };
     let waited = started.elapsed();
-    metrics::pool_wait(waited);
+    context.metrics.pool_wait(waited);
     let wait_ms = waited.as_secs_f64() * 1000.0;
     if context.shutdown.is_draining() {
         lease.release();
-        refuse_for_shutdown(&mut stream).await;
+        refuse_for_shutdown(&mut stream, &context).await;
         return None;
     }
 
@@ -400,9 +425,9 @@ async fn greet(
 }
 
 /// Turns away a client that is still logging in while the sidecar drains.
-async fn refuse_for_shutdown(stream: &mut ClientStream) {
+async fn refuse_for_shutdown(stream: &mut ClientStream, context: &Frontend) {
     info!("client refused: shutting down");
-    metrics::client_refused("shutdown");
+    context.metrics.client_refused("shutdown");
     send_shutdown_error(stream).await;
 }
 
@@ -412,7 +437,7 @@ fn server_key(server: &ServerConnection) -> Option<ServerKey> {
         .map(|(pid, secret)| ServerKey { pid, secret })
 }
 
-fn checkout_error_to_pg(error: &CheckoutError, context: &SessionContext, user: &str) -> PgError {
+fn checkout_error_to_pg(error: &CheckoutError, context: &Frontend, user: &str) -> PgError {
     match error {
         CheckoutError::Timeout { .. } => PgError::fatal(
             sqlstate::TOO_MANY_CONNECTIONS,
@@ -629,7 +654,7 @@ impl Session {
                 return Some(Outcome::ServerError);
             }
         };
-        metrics::pool_wait(started.elapsed());
+        self.context.metrics.pool_wait(started.elapsed());
         self.cancel_key.set_server(server_key(lease.server()));
         let cancel = closer(self.context.cancel_mode, &self.cancel_key);
         let pending = std::mem::take(&mut lease.server().pending);
@@ -703,7 +728,9 @@ impl Session {
     fn add(&mut self, traffic: Traffic) {
         self.bytes_to_server += traffic.to_server;
         self.bytes_to_client += traffic.to_client;
-        metrics::forwarded(traffic.to_server, traffic.to_client, traffic.transactions);
+        self.context
+            .metrics
+            .forwarded(traffic.to_server, traffic.to_client, traffic.transactions);
     }
 }
 
@@ -762,7 +789,7 @@ mod tests {
         assert!(session <= 232, "Session is {session} bytes");
     }
 
-    fn unreachable_context() -> Arc<SessionContext> {
+    fn unreachable_context() -> Arc<Frontend> {
         unreachable!("only the future's type is used")
     }
 }

@@ -5,7 +5,7 @@
 //! never a client address, a query or a user-supplied string. Hot-path counters are added once
 //! per attached period, not per message.
 
-use std::sync::OnceLock;
+use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, SystemTime};
 
 use metrics::{
@@ -13,8 +13,6 @@ use metrics::{
     gauge, histogram,
 };
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
-
-use crate::upstream::error::ConnectError;
 
 pub const CLIENT_CONNECTIONS: &str = "rds_iam_sidecar_client_connections";
 pub const CLIENT_CONNECTIONS_ACCEPTED: &str = "rds_iam_sidecar_client_connections_accepted_total";
@@ -41,9 +39,15 @@ const BUCKETS: &[f64] = &[
 
 static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
 
-/// The metrics touched on every transaction, looked up once (a lookup hashes the name and
-/// labels; these are hit tens of thousands of times a second).
-struct Hot {
+/// The label every per-endpoint metric carries: the endpoint's host name.
+pub const UPSTREAM_LABEL: &str = "upstream";
+
+/// One upstream endpoint's metric handles, looked up once (a lookup hashes the name and
+/// labels; the per-transaction ones are hit tens of thousands of times a second). Every
+/// metric about clients, pools and logins carries the endpoint in its `upstream` label.
+#[derive(Debug)]
+pub struct UpstreamMetrics {
+    upstream: String,
     clients_login: Gauge,
     clients_idle: Gauge,
     clients_active: Gauge,
@@ -53,20 +57,30 @@ struct Hot {
     transactions: Counter,
 }
 
-static HOT: OnceLock<Hot> = OnceLock::new();
+/// The handles of every endpoint named so far: one per label for the life of the process
+/// (a handful of endpoints), so clients can hold a plain `&'static` to theirs.
+static BY_UPSTREAM: Mutex<Vec<&'static UpstreamMetrics>> = Mutex::new(Vec::new());
 
-/// Handles for the hot metrics, from the recorder installed when first asked (which is after
-/// [`install`] in a running sidecar).
-fn hot() -> &'static Hot {
-    HOT.get_or_init(|| Hot {
-        clients_login: gauge!(CLIENT_CONNECTIONS, "state" => "login"),
-        clients_idle: gauge!(CLIENT_CONNECTIONS, "state" => "idle"),
-        clients_active: gauge!(CLIENT_CONNECTIONS, "state" => "active"),
-        pool_wait: histogram!(POOL_WAIT_SECONDS),
-        to_server: counter!(BYTES_FORWARDED, "direction" => "to_server"),
-        to_client: counter!(BYTES_FORWARDED, "direction" => "to_client"),
-        transactions: counter!(TRANSACTIONS),
-    })
+/// The metric handles for the endpoint labelled `upstream`, made on first use. Call it after
+/// [`install`]: handles bind to the recorder installed when they are made.
+pub fn for_upstream(upstream: &str) -> &'static UpstreamMetrics {
+    let mut known = BY_UPSTREAM.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(found) = known.iter().find(|m| m.upstream == upstream) {
+        return found;
+    }
+    let label = upstream.to_owned();
+    let made: &'static UpstreamMetrics = Box::leak(Box::new(UpstreamMetrics {
+        clients_login: gauge!(CLIENT_CONNECTIONS, UPSTREAM_LABEL => label.clone(), "state" => "login"),
+        clients_idle: gauge!(CLIENT_CONNECTIONS, UPSTREAM_LABEL => label.clone(), "state" => "idle"),
+        clients_active: gauge!(CLIENT_CONNECTIONS, UPSTREAM_LABEL => label.clone(), "state" => "active"),
+        pool_wait: histogram!(POOL_WAIT_SECONDS, UPSTREAM_LABEL => label.clone()),
+        to_server: counter!(BYTES_FORWARDED, UPSTREAM_LABEL => label.clone(), "direction" => "to_server"),
+        to_client: counter!(BYTES_FORWARDED, UPSTREAM_LABEL => label.clone(), "direction" => "to_client"),
+        transactions: counter!(TRANSACTIONS, UPSTREAM_LABEL => label.clone()),
+        upstream: label,
+    }));
+    known.push(made);
+    made
 }
 
 /// Installs the process-wide recorder (once; later calls share it) and describes every metric.
@@ -80,7 +94,6 @@ pub fn install() -> Option<&'static PrometheusHandle> {
             let handle = builder.install_recorder().ok()?;
             describe_all();
             gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
-            hot();
             Some(handle)
         })
         .as_ref()
@@ -168,12 +181,14 @@ pub fn render() -> Option<String> {
     Some(handle.render())
 }
 
-pub fn client_accepted() {
-    counter!(CLIENT_CONNECTIONS_ACCEPTED).increment(1);
-}
-
-pub fn client_refused(reason: &'static str) {
-    counter!(CLIENT_CONNECTIONS_REFUSED, "reason" => reason).increment(1);
+/// A client moves from `from` (or nowhere) to `to` (or away) at `upstream`.
+fn client_state(upstream: &UpstreamMetrics, from: Option<ClientState>, to: Option<ClientState>) {
+    if let Some(from) = from {
+        upstream.gauge(from).decrement(1.0);
+    }
+    if let Some(to) = to {
+        upstream.gauge(to).increment(1.0);
+    }
 }
 
 /// A client connection's state, for [`CLIENT_CONNECTIONS`].
@@ -184,36 +199,19 @@ pub enum ClientState {
     Active,
 }
 
-impl ClientState {
-    fn gauge(self) -> &'static Gauge {
-        let hot = hot();
-        match self {
-            Self::Login => &hot.clients_login,
-            Self::Idle => &hot.clients_idle,
-            Self::Active => &hot.clients_active,
-        }
-    }
-}
-
 /// A client's place in [`CLIENT_CONNECTIONS`], kept exact by construction: counted as `login`
 /// when made, moved with [`ClientGauge::set`], uncounted when dropped (whatever ends the client,
 /// a panic included).
 #[derive(Debug)]
 pub struct ClientGauge {
+    upstream: &'static UpstreamMetrics,
     state: ClientState,
 }
 
 impl ClientGauge {
-    pub fn login() -> Self {
-        client_state(None, Some(ClientState::Login));
-        Self {
-            state: ClientState::Login,
-        }
-    }
-
     pub fn set(&mut self, to: ClientState) {
         if self.state != to {
-            client_state(Some(self.state), Some(to));
+            client_state(self.upstream, Some(self.state), Some(to));
             self.state = to;
         }
     }
@@ -221,58 +219,12 @@ impl ClientGauge {
 
 impl Drop for ClientGauge {
     fn drop(&mut self) {
-        client_state(Some(self.state), None);
+        client_state(self.upstream, Some(self.state), None);
     }
 }
 
-/// A client moves from `from` (or nowhere) to `to` (or away).
-pub fn client_state(from: Option<ClientState>, to: Option<ClientState>) {
-    if let Some(from) = from {
-        from.gauge().decrement(1.0);
-    }
-    if let Some(to) = to {
-        to.gauge().increment(1.0);
-    }
-}
-
-/// Upstream connection counts summed over the pools (set when scraped).
-pub fn upstream_connections(idle: usize, in_use: usize, waiting: usize) {
-    gauge!(UPSTREAM_CONNECTIONS, "state" => "idle").set(idle as f64);
-    gauge!(UPSTREAM_CONNECTIONS, "state" => "in_use").set(in_use as f64);
-    gauge!(POOL_WAITING_CLIENTS).set(waiting as f64);
-}
-
-/// One upstream login attempt (after its retry, if any).
-pub fn upstream_login(result: Result<(), &ConnectError>, took: Duration) {
-    let label = match result {
-        Ok(()) => "ok",
-        Err(error) => login_failure_label(error),
-    };
-    counter!(UPSTREAM_LOGINS, "result" => label).increment(1);
-    histogram!(UPSTREAM_LOGIN_SECONDS).record(took.as_secs_f64());
-}
-
-fn login_failure_label(error: &ConnectError) -> &'static str {
-    match error {
-        ConnectError::AuthRejected(_) | ConnectError::IamNotEnabled { .. } => "auth_rejected",
-        ConnectError::Timeout { .. } => "timeout",
-        ConnectError::Resolve { .. } | ConnectError::Connect { .. } => "network",
-        ConnectError::TlsRefused { .. } | ConnectError::Tls { .. } => "tls",
-        ConnectError::Credentials(_) | ConnectError::Sign(_) => "credentials",
-        ConnectError::Server(_) => "server_error",
-        _ => "other",
-    }
-}
-
-pub fn pool_wait(waited: Duration) {
-    hot().pool_wait.record(waited.as_secs_f64());
-}
-
-pub fn token_signed() {
-    counter!(TOKENS_SIGNED).increment(1);
-}
-
-/// A credential fetch; `expiry` of the credentials now in use, when they have one.
+/// A credential fetch (credentials are shared by every endpoint); `expiry` of the credentials
+/// now in use, when they have one.
 pub fn credential_refresh(ok: bool, expiry: Option<SystemTime>) {
     counter!(CREDENTIAL_REFRESHES, "result" => if ok { "ok" } else { "error" }).increment(1);
     if let Some(at) = expiry.and_then(|e| e.duration_since(SystemTime::UNIX_EPOCH).ok()) {
@@ -280,34 +232,95 @@ pub fn credential_refresh(ok: bool, expiry: Option<SystemTime>) {
     }
 }
 
-/// A client login that failed with `sqlstate` (only well-formed codes become labels).
-pub fn auth_failure(sqlstate: &str) {
-    let well_formed = sqlstate.len() == 5
-        && sqlstate
-            .bytes()
-            .all(|b| b.is_ascii_digit() || b.is_ascii_uppercase());
-    let code = if well_formed {
-        sqlstate.to_owned()
-    } else {
-        "other".to_owned()
-    };
-    counter!(AUTH_FAILURES, "sqlstate" => code).increment(1);
-}
+impl UpstreamMetrics {
+    /// The endpoint's label value.
+    pub fn upstream(&self) -> &str {
+        &self.upstream
+    }
 
-/// What one attached period moved.
-pub fn forwarded(to_server: u64, to_client: u64, transactions: u64) {
-    let hot = hot();
-    if to_server > 0 {
-        hot.to_server.increment(to_server);
+    fn gauge(&self, state: ClientState) -> &Gauge {
+        match state {
+            ClientState::Login => &self.clients_login,
+            ClientState::Idle => &self.clients_idle,
+            ClientState::Active => &self.clients_active,
+        }
     }
-    if to_client > 0 {
-        hot.to_client.increment(to_client);
-    }
-    if transactions > 0 {
-        hot.transactions.increment(transactions);
-    }
-}
 
-pub fn cancel_request(result: &'static str) {
-    counter!(CANCEL_REQUESTS, "result" => result).increment(1);
+    /// A new client, counted as logging in until its gauge moves on.
+    pub fn client_login(&'static self) -> ClientGauge {
+        client_state(self, None, Some(ClientState::Login));
+        ClientGauge {
+            upstream: self,
+            state: ClientState::Login,
+        }
+    }
+
+    pub fn client_accepted(&self) {
+        counter!(CLIENT_CONNECTIONS_ACCEPTED, UPSTREAM_LABEL => self.upstream.clone()).increment(1);
+    }
+
+    pub fn client_refused(&self, reason: &'static str) {
+        counter!(CLIENT_CONNECTIONS_REFUSED, UPSTREAM_LABEL => self.upstream.clone(), "reason" => reason)
+            .increment(1);
+    }
+
+    /// Upstream connection counts summed over the endpoint's pools (set when scraped).
+    pub fn upstream_connections(&self, idle: usize, in_use: usize, waiting: usize) {
+        let upstream = self.upstream.clone();
+        gauge!(UPSTREAM_CONNECTIONS, UPSTREAM_LABEL => upstream.clone(), "state" => "idle")
+            .set(idle as f64);
+        gauge!(UPSTREAM_CONNECTIONS, UPSTREAM_LABEL => upstream.clone(), "state" => "in_use")
+            .set(in_use as f64);
+        gauge!(POOL_WAITING_CLIENTS, UPSTREAM_LABEL => upstream).set(waiting as f64);
+    }
+
+    /// One upstream login attempt (after its retry, if any): `result` is `ok` or the failure's
+    /// label (see [`UPSTREAM_LOGINS`]'s description).
+    pub fn upstream_login(&self, result: &'static str, took: Duration) {
+        counter!(UPSTREAM_LOGINS, UPSTREAM_LABEL => self.upstream.clone(), "result" => result)
+            .increment(1);
+        histogram!(UPSTREAM_LOGIN_SECONDS, UPSTREAM_LABEL => self.upstream.clone())
+            .record(took.as_secs_f64());
+    }
+
+    pub fn pool_wait(&self, waited: Duration) {
+        self.pool_wait.record(waited.as_secs_f64());
+    }
+
+    pub fn token_signed(&self) {
+        counter!(TOKENS_SIGNED, UPSTREAM_LABEL => self.upstream.clone()).increment(1);
+    }
+
+    /// A client login that failed with `sqlstate` (only well-formed codes become labels).
+    pub fn auth_failure(&self, sqlstate: &str) {
+        let well_formed = sqlstate.len() == 5
+            && sqlstate
+                .bytes()
+                .all(|b| b.is_ascii_digit() || b.is_ascii_uppercase());
+        let code = if well_formed {
+            sqlstate.to_owned()
+        } else {
+            "other".to_owned()
+        };
+        counter!(AUTH_FAILURES, UPSTREAM_LABEL => self.upstream.clone(), "sqlstate" => code)
+            .increment(1);
+    }
+
+    /// What one attached period moved.
+    pub fn forwarded(&self, to_server: u64, to_client: u64, transactions: u64) {
+        if to_server > 0 {
+            self.to_server.increment(to_server);
+        }
+        if to_client > 0 {
+            self.to_client.increment(to_client);
+        }
+        if transactions > 0 {
+            self.transactions.increment(transactions);
+        }
+    }
+
+    pub fn cancel_request(&self, result: &'static str) {
+        counter!(CANCEL_REQUESTS, UPSTREAM_LABEL => self.upstream.clone(), "result" => result)
+            .increment(1);
+    }
 }

@@ -4,7 +4,15 @@
 
 use tracing_subscriber::EnvFilter;
 
-use crate::cli::LogFormat;
+/// How log lines are written.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Deserialize, serde::Serialize,
+)]
+#[serde(rename_all = "kebab-case")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
 
 /// Targets that stay at `warn` whatever the level, unless the filter names them.
 const QUIET_TARGETS: &str = "aws_config=warn,aws_runtime=warn,aws_credential_types=warn,aws_smithy_runtime=warn,aws_smithy_http_client=warn,aws_sigv4=warn,hyper=warn,hyper_util=warn,rustls=warn";

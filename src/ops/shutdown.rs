@@ -7,8 +7,8 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use tokio::sync::Notify;
 
-use crate::cancel::Closer;
 use crate::error::{PgError, Severity, sqlstate};
+use crate::frontend::cancel::Closer;
 
 /// Shared shutdown state.
 #[derive(Debug, Default)]
@@ -69,7 +69,7 @@ impl Shutdown {
 
     /// Waits, storing nothing but the task's waker, until `ready` is, or (with `watch_drain`)
     /// draining starts. `closer` is the client's own (the drainer wakes every client's, see
-    /// [`crate::cancel::CancelRegistry::wake_all`]): waiting on one shared Notify would make
+    /// [`crate::frontend::cancel::CancelRegistry::wake_all`]): waiting on one shared Notify would make
     /// every idle wait of every client take one shared lock twice, and store a 64-byte
     /// `Notified` per idle client. A close request (a cancel) for a client with nothing
     /// running is dropped here, as PostgreSQL ignores a cancel for an idle backend.

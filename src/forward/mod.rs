@@ -6,17 +6,20 @@
 //! - server → client tracks ReadyForQuery (one per sync point) and ParameterStatus, so the
 //!   session knows when the connection is idle and which parameters it now has.
 //!
-//! Buffers (from [`crate::buffers`]) are held only while a client is attached to an upstream
+//! Buffers (from [`crate::forward::buffers`]) are held only while a client is attached to an upstream
 //! connection; nothing is allocated per message.
+
+pub mod buffers;
+pub mod prepared;
 
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, Ordering};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-use crate::buffers::Buffer;
-use crate::cancel::Closer;
-use crate::prepared::{ClientRewriter, ClientStatements, Plan, ServerRewriter};
+use crate::forward::buffers::Buffer;
+use crate::forward::prepared::{ClientRewriter, ClientStatements, Plan, ServerRewriter};
+use crate::frontend::cancel::Closer;
 use crate::protocol::framing::{
     FrameScanner, FrameVisitor, PARAMETER_STATUS, READY_FOR_QUERY, TransactionStatus,
     parameter_status,
@@ -139,7 +142,7 @@ impl ClientSide {
     }
 }
 
-/// Transaction mode's statement renaming for one client (see [`crate::prepared`]).
+/// Transaction mode's statement renaming for one client (see [`crate::forward::prepared`]).
 pub struct Rewrite<'a> {
     pub client: &'a mut ClientRewriter,
     pub statements: &'a mut ClientStatements,

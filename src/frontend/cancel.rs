@@ -13,6 +13,19 @@ use std::task::{Context, Poll};
 
 use atomic_waker::AtomicWaker;
 
+/// What a cancel request does.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Deserialize, serde::Serialize,
+)]
+#[serde(rename_all = "kebab-case")]
+pub enum CancelMode {
+    /// Send a CancelRequest to the upstream connection serving the client (default).
+    Forward,
+    /// Close that upstream connection and tell the client 57014 (for upstreams that ignore
+    /// cancels, like RDS Proxy for PostgreSQL).
+    Close,
+}
+
 /// The server-side key a client's cancel must be sent with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ServerKey {

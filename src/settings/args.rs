@@ -1,0 +1,327 @@
+//! The settings of `run`, each written once: every field is a flag (clap), reads the
+//! environment variable `RDS_IAM_SIDECAR_<FLAG>` (clap) and is a key of the TOML file and of
+//! an endpoint's own settings (serde, kebab-case). Two levels: [`EndpointArgs`] may differ per
+//! upstream endpoint, [`ProcessArgs`] holds what the whole process shares. Everything is
+//! optional here; [`super::Settings::from_args`] layers flags > environment > file > defaults
+//! and validates.
+
+use std::path::PathBuf;
+
+use clap::{Args, ValueEnum};
+use serde::{Deserialize, Deserializer, Serialize};
+
+use crate::frontend::cancel::CancelMode;
+use crate::ops::logging::LogFormat;
+use crate::pool::PoolMode;
+use crate::upstream::tls::TlsMode;
+
+/// How the sidecar logs in upstream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum AuthMode {
+    /// A freshly signed IAM auth token per connection (default).
+    Iam,
+    /// A fixed password (md5, SCRAM-SHA-256 or cleartext), for local development.
+    Password,
+}
+
+/// Flags of `rds-iam-sidecar run`.
+#[derive(Debug, Clone, Default, Args)]
+pub struct RunArgs {
+    /// TOML file with any of these settings (keys are the flag names).
+    #[arg(long, env = "RDS_IAM_SIDECAR_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    /// RDS Proxy / cluster / instance endpoint HOST:PORT; the token is signed for this host
+    /// name. Repeat for several endpoints (commas in the variable), each on its own listener;
+    /// per-endpoint settings go after a `?`: HOST:PORT?listen=127.0.0.1:6432&pool-size=10.
+    #[arg(
+        long,
+        env = "RDS_IAM_SIDECAR_UPSTREAM",
+        value_name = "HOST:PORT[?KEY=VALUE&...]",
+        value_delimiter = ','
+    )]
+    pub upstream: Vec<String>,
+
+    #[command(flatten)]
+    pub endpoint: EndpointArgs,
+
+    #[command(flatten)]
+    pub process: ProcessArgs,
+}
+
+/// Settings each endpoint may have of its own; as flags they apply to every endpoint that
+/// does not set them itself.
+#[derive(Debug, Clone, Default, PartialEq, Args, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct EndpointArgs {
+    /// Where to actually connect (tunnel, test), keeping --upstream for TLS name and token.
+    #[arg(long, env = "RDS_IAM_SIDECAR_UPSTREAM_ADDR", value_name = "HOST:PORT")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub upstream_addr: Option<String>,
+
+    /// Address to accept PostgreSQL clients on [default: 127.0.0.1:5432; the next endpoints
+    /// the following ports]; may be repeated.
+    #[arg(
+        long,
+        env = "RDS_IAM_SIDECAR_LISTEN",
+        value_name = "ADDR:PORT",
+        value_delimiter = ','
+    )]
+    #[serde(
+        default,
+        deserialize_with = "one_or_many",
+        skip_serializing_if = "Vec::is_empty"
+    )]
+    pub listen: Vec<String>,
+
+    /// Directory for a unix socket `.s.PGSQL.<port>` (so `psql -h DIR` works).
+    #[arg(long, env = "RDS_IAM_SIDECAR_UNIX_SOCKET", value_name = "DIR")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unix_socket: Option<PathBuf>,
+
+    /// AWS region for signing [default: from the endpoint name, then AWS_REGION].
+    #[arg(long, env = "RDS_IAM_SIDECAR_REGION")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
+
+    /// PEM file of extra trusted CAs (e.g. the RDS global-bundle.pem for instance endpoints).
+    #[arg(long, env = "RDS_IAM_SIDECAR_CA_FILE", value_name = "PEM")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<PathBuf>,
+
+    /// Upstream certificate check [default: verify-full].
+    #[arg(long, env = "RDS_IAM_SIDECAR_TLS_MODE", value_enum)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_mode: Option<TlsMode>,
+
+    /// Upstream login method [default: iam].
+    #[arg(long, env = "RDS_IAM_SIDECAR_AUTH", value_enum)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub auth: Option<AuthMode>,
+
+    /// File holding the upstream password (--auth password); or set RDS_IAM_SIDECAR_PASSWORD.
+    #[arg(long, env = "RDS_IAM_SIDECAR_PASSWORD_FILE", value_name = "FILE")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub password_file: Option<PathBuf>,
+
+    /// Log in upstream as this database user, whatever user the client sent.
+    #[arg(long, env = "RDS_IAM_SIDECAR_DB_USER", value_name = "NAME")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub db_user: Option<String>,
+
+    /// Limit for TCP connect + TLS + login upstream [default: 5s].
+    #[arg(long, env = "RDS_IAM_SIDECAR_CONNECT_TIMEOUT", value_name = "DURATION")]
+    #[serde(
+        default,
+        deserialize_with = "text",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub connect_timeout: Option<String>,
+
+    /// session: a client keeps one upstream connection; transaction: one per transaction
+    /// [default: session].
+    #[arg(long, env = "RDS_IAM_SIDECAR_POOL_MODE", value_enum)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pool_mode: Option<PoolMode>,
+
+    /// Most upstream connections per pool (user + database + parameters) [default: 20].
+    #[arg(long, env = "RDS_IAM_SIDECAR_POOL_SIZE", value_name = "N")]
+    #[serde(
+        default,
+        deserialize_with = "number",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub pool_size: Option<usize>,
+
+    /// Idle upstream connections kept open per pool once it exists [default: 0].
+    #[arg(long, env = "RDS_IAM_SIDECAR_MIN_IDLE", value_name = "N")]
+    #[serde(
+        default,
+        deserialize_with = "number",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub min_idle: Option<usize>,
+
+    /// A pool to open at start with --min-idle connections: user@database?name=value&...
+    /// as the log line "new pool" shows it (repeat the flag; commas in the variable).
+    #[arg(
+        long = "warm-pool",
+        env = "RDS_IAM_SIDECAR_WARM_POOLS",
+        value_name = "SPEC",
+        value_delimiter = ','
+    )]
+    #[serde(
+        default,
+        alias = "warm-pool",
+        deserialize_with = "one_or_many",
+        skip_serializing_if = "Vec::is_empty"
+    )]
+    pub warm_pools: Vec<String>,
+
+    /// Most client connections at once; more get 53300 [default: 1000].
+    #[arg(long, env = "RDS_IAM_SIDECAR_MAX_CLIENT_CONNECTIONS", value_name = "N")]
+    #[serde(
+        default,
+        deserialize_with = "number",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub max_client_connections: Option<usize>,
+
+    /// How long a client waits for a free upstream connection, then 53300 [default: 30s].
+    #[arg(long, env = "RDS_IAM_SIDECAR_POOL_TIMEOUT", value_name = "DURATION")]
+    #[serde(
+        default,
+        deserialize_with = "text",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub pool_timeout: Option<String>,
+
+    /// Idle upstream connections are closed after this [default: 600s, below RDS Proxy's 1800s].
+    #[arg(long, env = "RDS_IAM_SIDECAR_IDLE_TIMEOUT", value_name = "DURATION")]
+    #[serde(
+        default,
+        deserialize_with = "text",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub idle_timeout: Option<String>,
+
+    /// Upstream connections are closed after about this long, ±10 % [default: 3600s].
+    #[arg(long, env = "RDS_IAM_SIDECAR_MAX_LIFETIME", value_name = "DURATION")]
+    #[serde(
+        default,
+        deserialize_with = "text",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub max_lifetime: Option<String>,
+
+    /// Run before a session-mode connection serves another client; empty to skip
+    /// [default: DISCARD ALL].
+    #[arg(long, env = "RDS_IAM_SIDECAR_RESET_QUERY", value_name = "SQL")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reset_query: Option<String>,
+
+    /// What a client's cancel request does [default: forward].
+    #[arg(long, env = "RDS_IAM_SIDECAR_CANCEL_MODE", value_enum)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cancel_mode: Option<CancelMode>,
+}
+
+/// Settings the whole process shares, whatever the number of endpoints.
+#[derive(Debug, Clone, Default, PartialEq, Args, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct ProcessArgs {
+    /// New upstream logins per second across all endpoints and pools [default: 20].
+    #[arg(long, env = "RDS_IAM_SIDECAR_MAX_CONNECT_RATE", value_name = "N")]
+    #[serde(
+        default,
+        deserialize_with = "number",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub max_connect_rate: Option<u32>,
+
+    /// Admin HTTP endpoint (/metrics, /startup, /livez, /readyz, /quitquitquit), or `off`
+    /// [default: 127.0.0.1:9090].
+    #[arg(long, env = "RDS_IAM_SIDECAR_ADMIN_LISTEN", value_name = "ADDR")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub admin_listen: Option<String>,
+
+    /// On SIGTERM/SIGINT, keep serving this long before draining (for apps that stop after
+    /// the sidecar) [default: 0s].
+    #[arg(
+        long,
+        env = "RDS_IAM_SIDECAR_MIN_SHUTDOWN_DELAY",
+        value_name = "DURATION"
+    )]
+    #[serde(
+        default,
+        deserialize_with = "text",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub min_shutdown_delay: Option<String>,
+
+    /// How long a shutdown lets transactions finish before closing every connection; keep it
+    /// below ECS's stopTimeout (30 s by default) [default: 25s].
+    #[arg(long, env = "RDS_IAM_SIDECAR_SHUTDOWN_GRACE", value_name = "DURATION")]
+    #[serde(
+        default,
+        deserialize_with = "text",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub shutdown_grace: Option<String>,
+
+    /// Exit code after a clean drain started by a signal [default: 0].
+    #[arg(long, env = "RDS_IAM_SIDECAR_EXIT_CODE_ON_SIGNAL", value_name = "CODE")]
+    #[serde(
+        default,
+        deserialize_with = "number",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub exit_code_on_signal: Option<u8>,
+
+    /// Log format [default: text].
+    #[arg(long, env = "RDS_IAM_SIDECAR_LOG_FORMAT", value_enum)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub log_format: Option<LogFormat>,
+
+    /// Log level or tracing filter, e.g. `info`, `debug` [default: info].
+    #[arg(long, env = "RDS_IAM_SIDECAR_LOG_LEVEL", value_name = "FILTER")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub log_level: Option<String>,
+}
+
+/// A value written as text or as a bare number (`connect-timeout = 5` is 5 seconds).
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum TextOrNumber {
+    Text(String),
+    Integer(i64),
+    Float(f64),
+}
+
+impl TextOrNumber {
+    fn into_text(self) -> String {
+        match self {
+            Self::Text(text) => text,
+            Self::Integer(n) => n.to_string(),
+            Self::Float(x) => x.to_string(),
+        }
+    }
+}
+
+/// Text, or a number taken as its text.
+fn text<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<String>, D::Error> {
+    Ok(Option::<TextOrNumber>::deserialize(deserializer)?.map(TextOrNumber::into_text))
+}
+
+/// A number, or text holding one (an endpoint's `?pool-size=10` arrives as text).
+fn number<'de, D, N>(deserializer: D) -> Result<Option<N>, D::Error>
+where
+    D: Deserializer<'de>,
+    N: std::str::FromStr,
+{
+    match Option::<TextOrNumber>::deserialize(deserializer)? {
+        None => Ok(None),
+        Some(value) => {
+            let text = value.into_text();
+            text.trim()
+                .parse()
+                .map(Some)
+                .map_err(|_| serde::de::Error::custom(format!("'{text}' is not a whole number")))
+        }
+    }
+}
+
+/// One text or a list of them.
+fn one_or_many<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(String),
+        Many(Vec<String>),
+    }
+    Ok(match OneOrMany::deserialize(deserializer)? {
+        OneOrMany::One(one) => vec![one],
+        OneOrMany::Many(many) => many,
+    })
+}

@@ -1,0 +1,405 @@
+//! Starting the sidecar from its [`Settings`]: bind every listener first (so a port in use
+//! fails the start before anything else happens), then start one engine per upstream endpoint
+//! (connector → pools → frontend → accept loops) sharing the AWS credentials cache, the IAM
+//! login rate limit, the admin endpoint and the shutdown state. [`start`] is the library entry
+//! point used by `main`, the tests and the demo.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::{TcpListener, UnixListener};
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+use tracing::{info, warn};
+
+use crate::frontend::Frontend;
+use crate::frontend::listener::{Listener, accept_loop};
+use crate::iam::credentials::CredentialCache;
+use crate::ops::health::Health;
+use crate::ops::metrics;
+use crate::ops::shutdown::Shutdown;
+use crate::pool::{Pools, RateLimiter};
+use crate::settings::{EndpointSettings, RDS_PROXY_IDLE_CLIENT_TIMEOUT, Settings};
+use crate::upstream::tls::TlsMode;
+use crate::upstream::{Authenticator, Connector, UpstreamAuth};
+
+/// Why the sidecar could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: String,
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Setup(String),
+}
+
+/// Where one endpoint's clients connect.
+#[derive(Debug, Clone)]
+pub struct EndpointListeners {
+    /// The upstream endpoint, HOST:PORT.
+    pub upstream: String,
+    /// The bound TCP addresses (with the real ports when 0 was asked for).
+    pub tcp_addrs: Vec<SocketAddr>,
+    /// The unix socket path, when one was asked for.
+    pub unix_socket: Option<PathBuf>,
+}
+
+/// A started sidecar. Dropping it stops accepting new clients.
+pub struct RunningSidecar {
+    /// The first endpoint's bound TCP addresses.
+    pub tcp_addrs: Vec<SocketAddr>,
+    /// The first endpoint's unix socket path, when one was asked for.
+    pub unix_socket: Option<PathBuf>,
+    /// Every endpoint's listeners, in the order of the settings.
+    pub endpoints: Vec<EndpointListeners>,
+    /// The admin endpoint's address, unless `--admin-listen off`.
+    pub admin_addr: Option<SocketAddr>,
+    health: Arc<Health>,
+    shutdown: Arc<Shutdown>,
+    stop: watch::Sender<bool>,
+    tasks: JoinSet<()>,
+    frontends: Vec<Arc<Frontend>>,
+}
+
+impl RunningSidecar {
+    /// The first TCP address (handy in tests).
+    pub fn addr(&self) -> SocketAddr {
+        self.tcp_addrs[0]
+    }
+
+    /// How many clients currently hold a cancel key (i.e. are connected and logged in).
+    pub fn connected_clients(&self) -> usize {
+        self.frontends.iter().map(|f| f.cancels.len()).sum()
+    }
+
+    /// (idle, open) upstream connections of the pools for `user@database` (whatever the other
+    /// startup parameters) of the first endpoint that has them.
+    pub fn pool_counts(&self, user: &str, database: &str) -> Option<(usize, usize)> {
+        self.frontends
+            .iter()
+            .find_map(|f| f.pools.counts_for(user, database))
+    }
+
+    /// Why the sidecar is not ready to serve a new client, if it is not (what `/readyz` says).
+    pub async fn readiness(&self) -> Result<(), String> {
+        self.health.readiness().await
+    }
+
+    /// The sidecar's shutdown state: ask for a shutdown with [`Shutdown::request`].
+    pub fn shutdown(&self) -> &Arc<Shutdown> {
+        &self.shutdown
+    }
+
+    /// Graceful shutdown: draining starts (new clients get 57P01, idle ones are closed with
+    /// it, transactions in flight run to their end) and lasts until every client is gone or
+    /// `grace` has passed; then the listeners close. What is still open is closed when the
+    /// runtime stops. The number of client connections left open at the end is returned.
+    pub async fn drain(self, grace: Duration) -> usize {
+        let shutdown = self.shutdown.clone();
+        shutdown.begin_drain();
+        // Idle clients wait on their own closer, not on the shutdown: wake each.
+        for frontend in &self.frontends {
+            frontend.cancels.wake_all();
+        }
+        info!(
+            clients = shutdown.sessions(),
+            grace_s = grace.as_secs_f64(),
+            "draining: closing idle clients, letting transactions finish"
+        );
+        let _ = tokio::time::timeout(grace, shutdown.all_sessions_gone()).await;
+        let left = shutdown.sessions();
+        if left > 0 {
+            warn!(
+                clients = left,
+                "shutdown grace period over: closing the remaining client connections"
+            );
+        } else {
+            info!("drained: no client connection left");
+        }
+        self.stop().await;
+        left
+    }
+
+    /// Stops accepting clients; sessions already running continue to their end.
+    pub async fn stop(mut self) {
+        let _ = self.stop.send(true);
+        // The admin server finishes its requests first; never wait on it for long.
+        let joined = async { while self.tasks.join_next().await.is_some() {} };
+        if tokio::time::timeout(Duration::from_secs(2), joined)
+            .await
+            .is_err()
+        {
+            self.tasks.abort_all();
+        }
+        self.remove_socket_files();
+    }
+
+    fn remove_socket_files(&self) {
+        for path in self.endpoints.iter().filter_map(|e| e.unix_socket.as_ref()) {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}
+
+impl Drop for RunningSidecar {
+    fn drop(&mut self) {
+        let _ = self.stop.send(true);
+        self.remove_socket_files();
+    }
+}
+
+/// One endpoint's bound sockets, before its engine starts.
+struct Bound {
+    listeners: Vec<Listener>,
+    addresses: EndpointListeners,
+}
+
+/// Binds the listeners and starts accepting. With IAM auth and `credentials` = None, the
+/// standard AWS credentials chain is used.
+pub async fn start(
+    settings: Settings,
+    credentials: Option<Arc<CredentialCache>>,
+) -> Result<RunningSidecar, StartError> {
+    if settings.endpoints.is_empty() {
+        return Err(StartError::Setup(
+            "no upstream endpoint to serve".to_owned(),
+        ));
+    }
+    metrics::install();
+    let admin_listener = match settings.admin_listen {
+        Some(addr) => Some(bind_tcp(addr, " (--admin-listen)").await?),
+        None => None,
+    };
+    let admin_addr = admin_listener
+        .as_ref()
+        .map(|l| l.local_addr())
+        .transpose()
+        .map_err(|e| StartError::Setup(e.to_string()))?;
+    let mut bound = Vec::with_capacity(settings.endpoints.len());
+    for endpoint in &settings.endpoints {
+        bound.push(bind_endpoint(endpoint).await?);
+    }
+    let credentials = shared_credentials(&settings, credentials).await?;
+    let limiter = Arc::new(RateLimiter::new(settings.max_connect_rate));
+    let shutdown = Arc::new(Shutdown::new());
+    let labels = metric_labels(&settings.endpoints);
+
+    let (stop, stopped) = watch::channel(false);
+    let mut tasks = JoinSet::new();
+    let mut frontends = Vec::with_capacity(bound.len());
+    let mut endpoints = Vec::with_capacity(bound.len());
+    for ((endpoint, bound), label) in settings.endpoints.iter().zip(bound).zip(labels) {
+        let engine = Engine {
+            credentials: credentials.clone(),
+            limiter: limiter.clone(),
+            shutdown: shutdown.clone(),
+            metrics: metrics::for_upstream(&label),
+        };
+        let frontend = engine.build(endpoint)?;
+        for key in &endpoint.warm_pools {
+            frontend.pools.warm(key.clone());
+        }
+        tasks.spawn(frontend.pools.clone().maintain(stopped.clone()));
+        for listener in bound.listeners {
+            tasks.spawn(accept_loop(listener, frontend.clone(), stopped.clone()));
+        }
+        log_endpoint(endpoint, &bound.addresses);
+        frontends.push(frontend);
+        endpoints.push(bound.addresses);
+    }
+    tasks.spawn(metrics::upkeep(stopped.clone()));
+    let pools = frontends.iter().map(|f| f.pools.clone()).collect();
+    let health = Health::new(pools, credentials, shutdown.clone());
+    if let Some(listener) = admin_listener {
+        tasks.spawn(crate::ops::admin::serve(
+            listener,
+            health.clone(),
+            stopped.clone(),
+        ));
+    }
+    health.mark_started();
+    info!(
+        endpoints = endpoints.len(),
+        admin = ?admin_addr,
+        "rds-iam-sidecar ready"
+    );
+    Ok(RunningSidecar {
+        tcp_addrs: endpoints[0].tcp_addrs.clone(),
+        unix_socket: endpoints[0].unix_socket.clone(),
+        endpoints,
+        admin_addr,
+        health,
+        shutdown,
+        stop,
+        tasks,
+        frontends,
+    })
+}
+
+/// What every endpoint's engine shares.
+struct Engine {
+    credentials: Option<Arc<CredentialCache>>,
+    limiter: Arc<RateLimiter>,
+    shutdown: Arc<Shutdown>,
+    metrics: &'static metrics::UpstreamMetrics,
+}
+
+impl Engine {
+    /// Connector → pools → frontend for one endpoint.
+    fn build(&self, endpoint: &EndpointSettings) -> Result<Arc<Frontend>, StartError> {
+        let upstream = &endpoint.upstream;
+        let authenticator = Authenticator::new(&upstream.auth, self.credentials.clone())
+            .map_err(StartError::Setup)?;
+        let connector = Connector::new(upstream, authenticator, self.metrics)
+            .map_err(|e| StartError::Setup(format!("upstream {}: {e}", upstream.endpoint)))?;
+        let pools = Pools::new(
+            Arc::new(connector),
+            endpoint.pool.clone(),
+            self.limiter.clone(),
+        );
+        Ok(Arc::new(Frontend::new(
+            pools,
+            &endpoint.frontend,
+            self.shutdown.clone(),
+        )))
+    }
+}
+
+/// One credentials cache for every IAM endpoint (its region only picks the STS endpoint the
+/// chain may call; each endpoint signs for its own region).
+async fn shared_credentials(
+    settings: &Settings,
+    given: Option<Arc<CredentialCache>>,
+) -> Result<Option<Arc<CredentialCache>>, StartError> {
+    let region = settings
+        .endpoints
+        .iter()
+        .find_map(|e| e.upstream.auth.region());
+    match (region, given) {
+        (Some(region), None) => Ok(Some(Arc::new(
+            CredentialCache::from_default_chain(region)
+                .await
+                .map_err(|e| StartError::Setup(e.to_string()))?,
+        ))),
+        (_, given) => Ok(given),
+    }
+}
+
+/// The `upstream` label of each endpoint's metrics: its host name, or HOST:PORT where two
+/// endpoints share a host.
+fn metric_labels(endpoints: &[EndpointSettings]) -> Vec<String> {
+    endpoints
+        .iter()
+        .map(|endpoint| {
+            let host = &endpoint.upstream.endpoint.host;
+            let shared = endpoints
+                .iter()
+                .filter(|e| &e.upstream.endpoint.host == host)
+                .count()
+                > 1;
+            if shared {
+                endpoint.name()
+            } else {
+                host.clone()
+            }
+        })
+        .collect()
+}
+
+async fn bind_tcp(addr: SocketAddr, what: &str) -> Result<TcpListener, StartError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| StartError::Bind {
+            addr: format!("{addr}{what}"),
+            source,
+        })
+}
+
+/// Binds one endpoint's TCP addresses and its unix socket, named after its first port.
+async fn bind_endpoint(endpoint: &EndpointSettings) -> Result<Bound, StartError> {
+    let what = format!(" (listener of upstream {})", endpoint.name());
+    let mut listeners = Vec::new();
+    let mut tcp_addrs = Vec::new();
+    for addr in &endpoint.listen {
+        let listener = bind_tcp(*addr, &what).await?;
+        tcp_addrs.push(
+            listener
+                .local_addr()
+                .map_err(|e| StartError::Setup(e.to_string()))?,
+        );
+        listeners.push(Listener::Tcp(listener));
+    }
+    let mut unix_socket = None;
+    if let Some(dir) = &endpoint.unix_socket {
+        let port = tcp_addrs.first().map_or(5432, |a| a.port());
+        let path = dir.join(format!(".s.PGSQL.{port}"));
+        remove_stale_socket(&path)?;
+        let listener = UnixListener::bind(&path).map_err(|source| StartError::Bind {
+            addr: path.display().to_string(),
+            source,
+        })?;
+        listeners.push(Listener::Unix(listener));
+        unix_socket = Some(path);
+    }
+    Ok(Bound {
+        listeners,
+        addresses: EndpointListeners {
+            upstream: endpoint.name(),
+            tcp_addrs,
+            unix_socket,
+        },
+    })
+}
+
+/// The start-up line of one endpoint, and warnings for settings that weaken the defaults.
+fn log_endpoint(endpoint: &EndpointSettings, listeners: &EndpointListeners) {
+    let upstream = &endpoint.upstream;
+    info!(
+        upstream = %upstream.endpoint,
+        listen = ?listeners.tcp_addrs,
+        unix_socket = ?listeners.unix_socket,
+        upstream_addr = ?upstream.upstream_addr.as_ref().map(|e| e.to_string()),
+        auth = if upstream.auth.is_iam() { "iam" } else { "password" },
+        region = upstream.auth.region().unwrap_or("-"),
+        tls_mode = ?upstream.tls_mode,
+        pool_mode = ?endpoint.pool.mode,
+        pool_size = endpoint.pool.size,
+        "serving upstream endpoint"
+    );
+    if listeners.tcp_addrs.iter().any(|a| !a.ip().is_loopback()) {
+        warn!(
+            listen = ?listeners.tcp_addrs,
+            "listening beyond loopback: clients are not authenticated by the sidecar, so anyone who can reach this port logs in as the database users the sidecar's IAM role may use"
+        );
+    }
+    if endpoint.pool.idle_timeout >= RDS_PROXY_IDLE_CLIENT_TIMEOUT {
+        warn!(idle_timeout = ?endpoint.pool.idle_timeout, "--idle-timeout is not below RDS Proxy's default IdleClientTimeout (1800 s): the proxy may close idle pooled connections first (they are replaced, but each costs a new IAM login)");
+    }
+    if matches!(upstream.auth, UpstreamAuth::Iam { .. }) && upstream.tls_mode == TlsMode::Require {
+        warn!(
+            "--tls-mode require does not check the upstream certificate: a man in the middle could capture IAM tokens (valid 15 minutes); prefer verify-full"
+        );
+    }
+}
+
+/// Removes a socket file left by a sidecar that is gone; a live one is an error.
+fn remove_stale_socket(path: &std::path::Path) -> Result<(), StartError> {
+    use std::os::unix::fs::FileTypeExt;
+    if std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_socket()) {
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            return Err(StartError::Bind {
+                addr: path.display().to_string(),
+                source: std::io::Error::new(
+                    std::io::ErrorKind::AddrInUse,
+                    "another process is listening on this socket",
+                ),
+            });
+        }
+        let _ = std::fs::remove_file(path);
+    }
+    Ok(())
+}
