@@ -1,0 +1,335 @@
+//! A client's login: SSL/GSS negotiation (answered 'N'), the startup packet (or a
+//! CancelRequest), admission under `--max-client-connections`, a pooled upstream connection for
+//! the client's pool (which proves the login works) and the greeting the client expects
+//! (AuthenticationOk, ParameterStatus, our BackendKeyData, ReadyForQuery).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use tokio::io::AsyncWriteExt;
+use tracing::{debug, info, warn};
+
+use crate::error::{PgError, sqlstate};
+use crate::forward::SessionState;
+use crate::forward::prepared::{ClientRewriter, ClientStatements};
+use crate::frontend::cancel::{CancelKeyGuard, ServerKey};
+use crate::ops::metrics::{ClientGauge, ClientState};
+use crate::pool::{CheckoutError, PoolKey, PoolMode};
+use crate::protocol::messages;
+use crate::protocol::startup::{InitialPacket, StartupError, StartupRequest, read_initial_packet};
+use crate::stream::ClientStream;
+use crate::upstream::{FORWARDED_PARAMETERS, ServerConnection};
+
+use super::cancel_request::handle_cancel;
+use super::session::Session;
+use super::{Frontend, send_error, send_shutdown_error};
+
+/// Protocol 3.0 as a version number: what NegotiateProtocolVersion offers.
+const PROTOCOL_3_0: i32 = 3 << 16;
+
+/// How long a client may take to send its startup packet.
+const STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Negotiation, startup packet, pool checkout and greeting; the logged-in session and its
+/// first upstream connection, or `None` when the client is gone or was refused.
+pub(super) async fn login(
+    mut stream: ClientStream,
+    context: Arc<Frontend>,
+    gauge: ClientGauge,
+) -> Option<Box<Session>> {
+    let negotiated = tokio::select! {
+        negotiated = tokio::time::timeout(STARTUP_TIMEOUT, negotiate(&mut stream, &context)) => negotiated,
+        // A client that has not logged in yet does not hold up a drain.
+        () = context.shutdown.draining() => {
+            refuse_for_shutdown(&mut stream, &context).await;
+            return None;
+        }
+    };
+    let startup = match negotiated {
+        Ok(Ok(Some(startup))) => startup,
+        Ok(Ok(None)) => return None,
+        Ok(Err(error)) => {
+            debug!(%error, "client startup failed");
+            if let Some(pg) = startup_error_to_pg(&error) {
+                send_error(&mut stream, &pg).await;
+            }
+            return None;
+        }
+        Err(_) => {
+            let pg = PgError::fatal(
+                sqlstate::PROTOCOL_VIOLATION,
+                "rds-iam-sidecar: no startup packet within 30 s",
+            );
+            send_error(&mut stream, &pg).await;
+            return None;
+        }
+    };
+    greet(stream, startup, context, gauge).await
+}
+
+/// Answers SSL/GSS requests until the startup packet; `None` when the connection was a cancel.
+async fn negotiate(
+    stream: &mut ClientStream,
+    context: &Frontend,
+) -> Result<Option<StartupRequest>, StartupError> {
+    loop {
+        match read_initial_packet(stream).await? {
+            InitialPacket::SslRequest | InitialPacket::GssEncRequest => {
+                stream.write_all(b"N").await?;
+            }
+            InitialPacket::Cancel { pid, secret } => {
+                handle_cancel(context, pid, &secret).await;
+                return Ok(None);
+            }
+            InitialPacket::Startup(startup) => return Ok(Some(startup)),
+        }
+    }
+}
+
+fn startup_error_to_pg(error: &StartupError) -> Option<PgError> {
+    match error {
+        StartupError::Closed | StartupError::Io(_) => None,
+        StartupError::UnsupportedProtocol { .. } => Some(PgError::fatal(
+            sqlstate::FEATURE_NOT_SUPPORTED,
+            format!("rds-iam-sidecar: {error}"),
+        )),
+        StartupError::BadLength(_) | StartupError::Invalid(_) => Some(PgError::fatal(
+            sqlstate::PROTOCOL_VIOLATION,
+            format!("rds-iam-sidecar: {error}"),
+        )),
+    }
+}
+
+/// Checks the startup packet, checks out an upstream connection (which proves the login
+/// works) and sends the client its login sequence.
+async fn greet(
+    mut stream: ClientStream,
+    startup: StartupRequest,
+    context: Arc<Frontend>,
+    mut gauge: ClientGauge,
+) -> Option<Box<Session>> {
+    if context.shutdown.is_draining() {
+        refuse_for_shutdown(&mut stream, &context).await;
+        return None;
+    }
+    let Some(client_user) = startup.get("user").filter(|u| !u.is_empty()) else {
+        let pg = PgError::fatal(
+            sqlstate::INVALID_AUTHORIZATION,
+            "no PostgreSQL user name specified in startup packet",
+        );
+        context.metrics.auth_failure(&pg.code);
+        send_error(&mut stream, &pg).await;
+        return None;
+    };
+    if startup
+        .get("replication")
+        .is_some_and(|v| v != "false" && v != "0" && v != "off")
+    {
+        let pg = PgError::fatal(
+            sqlstate::FEATURE_NOT_SUPPORTED,
+            "rds-iam-sidecar does not support replication connections",
+        );
+        send_error(&mut stream, &pg).await;
+        return None;
+    }
+    let Some(admitted) = context.admit() else {
+        let pg = PgError::fatal(
+            sqlstate::TOO_MANY_CONNECTIONS,
+            format!(
+                "sorry, too many clients already (rds-iam-sidecar --max-client-connections {})",
+                context.max_clients
+            ),
+        );
+        warn!("client refused: --max-client-connections reached");
+        context.metrics.client_refused("max_clients");
+        send_error(&mut stream, &pg).await;
+        return None;
+    };
+    let user = context.db_user.as_deref().unwrap_or(client_user).to_owned();
+    let database = startup.get("database").unwrap_or(client_user).to_owned();
+
+    let StartupParameters {
+        forwarded,
+        dropped,
+        unsupported_protocol_options,
+    } = StartupParameters::sort(&startup);
+    if !dropped.is_empty() {
+        warn!(parameters = ?dropped, "startup parameters not forwarded (RDS Proxy rejects them)");
+    }
+
+    let pool = context
+        .pools
+        .pool(PoolKey::new(&user, &database, forwarded));
+    let started = Instant::now();
+    let checkout = tokio::select! {
+        checkout = Box::pin(context.pools.checkout(&pool)) => checkout,
+        // Waiting for a busy pool does not hold up a drain either.
+        () = context.shutdown.draining() => {
+            refuse_for_shutdown(&mut stream, &context).await;
+            return None;
+        }
+    };
+    let mut lease = match checkout {
+        Ok(lease) => lease,
+        Err(error) => {
+            let pg = checkout_error_to_pg(&error, &context, &user);
+            warn!(%error, sqlstate = %pg.code, pool = %pool.key, "no upstream connection for a new client");
+            context.metrics.auth_failure(&pg.code);
+            send_error(&mut stream, &pg).await;
+            return None;
+        }
+    };
+    let waited = started.elapsed();
+    context.metrics.pool_wait(waited);
+    let wait_ms = waited.as_secs_f64() * 1000.0;
+    if context.shutdown.is_draining() {
+        lease.release();
+        refuse_for_shutdown(&mut stream, &context).await;
+        return None;
+    }
+
+    let cancel_key = context.cancels.register(server_key(lease.server()));
+    let greeting = greeting(
+        &startup,
+        unsupported_protocol_options,
+        &dropped,
+        &lease.server().parameters,
+        &cancel_key,
+    );
+    if stream.write_all(&greeting).await.is_err() {
+        return None;
+    }
+    info!(pool = %pool.key, wait_ms = format_args!("{wait_ms:.1}"), "client connected");
+    let held = match context.pools.settings.mode {
+        PoolMode::Session => Some(Box::new(lease)),
+        PoolMode::Transaction => {
+            cancel_key.set_server(None);
+            lease.release();
+            None
+        }
+    };
+    gauge.set(ClientState::Idle);
+    drop(context);
+    Some(Box::new(Session {
+        stream,
+        context: admitted,
+        pool,
+        connected: Instant::now(),
+        cancel_key,
+        rewriter: ClientRewriter::new(),
+        statements: ClientStatements::default(),
+        state: SessionState::default(),
+        bytes_to_server: 0,
+        bytes_to_client: 0,
+        held,
+        gauge,
+    }))
+}
+
+/// The login sequence a client expects: NegotiateProtocolVersion when it asked for more than
+/// the sidecar speaks, AuthenticationOk, a WARNING for parameters not applied, the server's
+/// ParameterStatus set, our BackendKeyData and ReadyForQuery.
+fn greeting(
+    startup: &StartupRequest,
+    unsupported_protocol_options: Vec<String>,
+    dropped: &[&str],
+    parameters: &[(String, String)],
+    cancel_key: &CancelKeyGuard,
+) -> BytesMut {
+    let mut greeting = BytesMut::with_capacity(512);
+    if startup.minor > 0 || !unsupported_protocol_options.is_empty() {
+        // Like PostgreSQL, the full newest version number (3.0), not just its minor part.
+        messages::negotiate_protocol_version(
+            &mut greeting,
+            PROTOCOL_3_0,
+            unsupported_protocol_options,
+        );
+    }
+    messages::authentication_ok(&mut greeting);
+    if !dropped.is_empty() {
+        messages::warning(
+            &mut greeting,
+            "01000",
+            &format!(
+                "rds-iam-sidecar did not apply the startup parameters {}: RDS Proxy refuses \
+                 connections that set them",
+                dropped.join(", ")
+            ),
+            "set them after connecting with SET, or for the role or database with \
+             ALTER ROLE ... SET / ALTER DATABASE ... SET",
+        );
+    }
+    for (name, value) in parameters {
+        messages::parameter_status(&mut greeting, name, value);
+    }
+    messages::backend_key_data(&mut greeting, cancel_key.pid, cancel_key.secret);
+    messages::ready_for_query_idle(&mut greeting);
+    greeting
+}
+
+/// The client's startup parameters, sorted by what the sidecar does with them.
+struct StartupParameters<'a> {
+    /// Sent upstream: the ones RDS Proxy accepts.
+    forwarded: Vec<(String, String)>,
+    /// Not applied (named in a WARNING).
+    dropped: Vec<&'a str>,
+    /// `_pq_.*` protocol options, declined with NegotiateProtocolVersion.
+    unsupported_protocol_options: Vec<String>,
+}
+
+impl<'a> StartupParameters<'a> {
+    fn sort(startup: &'a StartupRequest) -> Self {
+        let mut sorted = Self {
+            forwarded: Vec::new(),
+            dropped: Vec::new(),
+            unsupported_protocol_options: Vec::new(),
+        };
+        for (name, value) in &startup.parameters {
+            if name == "user" || name == "database" {
+                continue;
+            }
+            if name.starts_with("_pq_.") {
+                sorted.unsupported_protocol_options.push(name.clone());
+            } else if FORWARDED_PARAMETERS
+                .iter()
+                .any(|allowed| allowed.eq_ignore_ascii_case(name))
+            {
+                sorted.forwarded.push((name.clone(), value.clone()));
+            } else {
+                sorted.dropped.push(name.as_str());
+            }
+        }
+        sorted
+    }
+}
+
+/// Turns away a client that is still logging in while the sidecar drains.
+async fn refuse_for_shutdown(stream: &mut ClientStream, context: &Frontend) {
+    info!("client refused: shutting down");
+    context.metrics.client_refused("shutdown");
+    send_shutdown_error(stream).await;
+}
+
+pub(super) fn server_key(server: &ServerConnection) -> Option<ServerKey> {
+    server
+        .backend_key
+        .map(|(pid, secret)| ServerKey { pid, secret })
+}
+
+pub(super) fn checkout_error_to_pg(
+    error: &CheckoutError,
+    context: &Frontend,
+    user: &str,
+) -> PgError {
+    match error {
+        CheckoutError::Timeout { .. } => PgError::fatal(
+            sqlstate::TOO_MANY_CONNECTIONS,
+            format!("rds-iam-sidecar: {error}"),
+        )
+        .with_hint(
+            "raise --pool-size or --pool-timeout, or make clients hold connections for less time",
+        ),
+        CheckoutError::Connect(error) => error.to_pg_error(&context.connector().hint_context(user)),
+    }
+}

@@ -1,0 +1,79 @@
+//! A logged-in client ("session"): what it holds while idle, and what both pooling modes do
+//! with it (count its traffic, log its end, tell it its statement was cancelled).
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use tracing::info;
+
+use crate::error::{PgError, sqlstate};
+use crate::forward::prepared::{ClientRewriter, ClientStatements};
+use crate::forward::{Outcome, SessionState, Traffic};
+use crate::frontend::cancel::{CancelKeyGuard, CancelMode, Closer};
+use crate::ops::metrics::ClientGauge;
+use crate::pool::{Lease, Pool};
+use crate::stream::ClientStream;
+
+use super::{Admitted, send_error};
+
+/// One logged-in client after the greeting: all that an idle client holds.
+pub(super) struct Session {
+    pub(super) stream: ClientStream,
+    /// What sessions share; holding it is the client's place under --max-client-connections.
+    pub(super) context: Admitted,
+    pub(super) pool: Arc<Pool>,
+    pub(super) connected: Instant,
+    pub(super) cancel_key: CancelKeyGuard,
+    /// Transaction mode: the client's messages and statements across transactions.
+    pub(super) rewriter: ClientRewriter,
+    pub(super) statements: ClientStatements,
+    pub(super) state: SessionState,
+    /// Totals for the closing log line (the metrics are counted per attached period).
+    pub(super) bytes_to_server: u64,
+    pub(super) bytes_to_client: u64,
+    /// Session mode: the upstream connection the client holds for its life.
+    pub(super) held: Option<Box<Lease>>,
+    pub(super) gauge: ClientGauge,
+}
+
+impl Session {
+    pub(super) fn log_end(&self, ending: Outcome) {
+        info!(
+            ending = ?ending,
+            duration_ms = self.connected.elapsed().as_millis() as u64,
+            bytes_to_server = self.bytes_to_server,
+            bytes_to_client = self.bytes_to_client,
+            "client disconnected"
+        );
+    }
+
+    pub(super) async fn cancelled_fatal(&mut self) {
+        send_error(
+            &mut self.stream,
+            &cancelled_error(crate::error::Severity::Fatal),
+        )
+        .await;
+    }
+
+    pub(super) fn add(&mut self, traffic: Traffic) {
+        self.bytes_to_server += traffic.to_server;
+        self.bytes_to_client += traffic.to_client;
+        self.context
+            .metrics
+            .forwarded(traffic.to_server, traffic.to_client, traffic.transactions);
+    }
+}
+
+/// What wakes an attached period on a cancel, with `--cancel-mode close`.
+pub(super) fn closer(mode: CancelMode, key: &CancelKeyGuard) -> Option<&Closer> {
+    (mode == CancelMode::Close).then(|| key.closer())
+}
+
+pub(super) fn cancelled_error(severity: crate::error::Severity) -> PgError {
+    PgError::new(
+        severity,
+        sqlstate::QUERY_CANCELED,
+        "canceling statement due to user request",
+    )
+    .with_detail("rds-iam-sidecar closed the upstream connection (--cancel-mode close)")
+}

@@ -1,0 +1,149 @@
+//! Transaction pooling: an upstream connection is attached for each transaction and released
+//! when it is idle; prepared statements are carried across connections by the rewriter.
+
+use std::time::Instant;
+
+use bytes::BytesMut;
+use tokio::io::AsyncWriteExt;
+use tracing::warn;
+
+use crate::forward::buffers::Buffer;
+use crate::forward::{ClientSide, Detach, Outcome, Rewrite, forward_attached};
+use crate::ops::metrics::ClientState;
+use crate::ops::shutdown::Woken;
+use crate::protocol::messages;
+
+use super::login::{checkout_error_to_pg, server_key};
+use super::session::{Session, cancelled_error, closer};
+use super::{send_error, send_shutdown_error};
+
+impl Session {
+    /// An upstream connection is attached for each transaction and released when it is idle.
+    /// (A plain fn around an async block: an `async fn` would store `self` twice.)
+    #[allow(clippy::manual_async_fn)]
+    pub(super) fn run_transaction_mode(&mut self) -> impl Future<Output = Outcome> + Send + '_ {
+        async move {
+            loop {
+                // Detached: no upstream connection and no buffer until the client sends something.
+                // poll_fn, not an async readiness future: nothing is stored for the wait but the
+                // waker in the socket's registration.
+                let stream = &self.stream;
+                let closer = self.cancel_key.closer();
+                let woken = self
+                    .context
+                    .shutdown
+                    // Plain readiness, not peek-confirmed: the try_read below confirms it, and
+                    // clears stale readiness, for one syscall instead of two.
+                    .idle_wait(true, closer, |cx| stream.poll_read_ready(cx))
+                    .await;
+                match woken {
+                    Woken::Ready(Ok(())) => {}
+                    Woken::Ready(Err(_)) => return Outcome::ClientError,
+                    // Between transactions: a shutdown closes the session now.
+                    Woken::Draining => {
+                        Box::pin(send_shutdown_error(&mut self.stream)).await;
+                        return Outcome::Shutdown;
+                    }
+                }
+                let mut first = Buffer::take();
+                let n = match self.stream.try_read(&mut first) {
+                    Ok(0) => return Outcome::ClientClosed,
+                    Ok(n) => n,
+                    // Readiness was stale: give the buffer back and wait again.
+                    Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => continue,
+                    Err(_) => return Outcome::ClientError,
+                };
+                // Boxed: a transaction's state lives on the heap only while it runs.
+                if let Some(ending) = Box::pin(self.transaction(&first[..n])).await {
+                    return ending;
+                }
+            }
+        }
+    }
+
+    /// One attached period from the client's first bytes `first` until the connection is
+    /// released; `Some(outcome)` when the session ends.
+    async fn transaction(&mut self, first: &[u8]) -> Option<Outcome> {
+        if self.rewriter.at_boundary() && first.starts_with(&[b'X', 0, 0, 0, 4]) {
+            return Some(Outcome::ClientTerminated);
+        }
+        self.gauge.set(ClientState::Active);
+        let ending = self.attached_transaction(first).await;
+        self.gauge.set(ClientState::Idle);
+        ending
+    }
+
+    async fn attached_transaction(&mut self, first: &[u8]) -> Option<Outcome> {
+        let started = Instant::now();
+        let mut lease = match self.context.pools.checkout(&self.pool).await {
+            Ok(lease) => lease,
+            Err(error) => {
+                let pg = checkout_error_to_pg(&error, &self.context, &self.pool.key.user);
+                warn!(%error, sqlstate = %pg.code, pool = %self.pool.key, "no upstream connection for a transaction");
+                send_error(&mut self.stream, &pg).await;
+                return Some(Outcome::ServerError);
+            }
+        };
+        self.context.metrics.pool_wait(started.elapsed());
+        self.cancel_key.set_server(server_key(lease.server()));
+        let cancel = closer(self.context.cancel_mode, &self.cancel_key);
+        let pending = std::mem::take(&mut lease.server().pending);
+        let server = lease.server();
+        let rewrite = Rewrite {
+            client: &mut self.rewriter,
+            statements: &mut self.statements,
+            prepared: &server.prepared,
+        };
+        let (outcome, traffic) = forward_attached(
+            &mut self.stream,
+            &mut server.stream,
+            // Unused when rewriting.
+            &mut ClientSide::default(),
+            &self.state,
+            &mut server.parameters,
+            first,
+            &pending,
+            Detach::WhenIdle,
+            cancel,
+            Some(rewrite),
+        )
+        .await;
+        self.add(traffic);
+        self.cancel_key.set_server(None);
+        match outcome {
+            Outcome::Released => {
+                lease.release();
+                None
+            }
+            Outcome::ClientTerminated | Outcome::ClientClosed => {
+                if self.state.is_idle() {
+                    lease.release();
+                }
+                Some(outcome)
+            }
+            Outcome::Cancelled => {
+                drop(lease);
+                if !self.state.awaiting_answer() {
+                    self.cancelled_fatal().await;
+                    return Some(outcome);
+                }
+                // The client waits for an answer: give it the one PostgreSQL would.
+                let mut answer = BytesMut::new();
+                messages::error_response(
+                    &mut answer,
+                    &cancelled_error(crate::error::Severity::Error),
+                );
+                messages::ready_for_query_idle(&mut answer);
+                self.state.answered_locally();
+                if self.stream.write_all(&answer).await.is_err() {
+                    return Some(Outcome::ClientError);
+                }
+                None
+            }
+            Outcome::ServerClosed
+            | Outcome::ServerError
+            | Outcome::ClientError
+            | Outcome::Shutdown => Some(outcome),
+        }
+    }
+}
