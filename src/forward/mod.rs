@@ -10,6 +10,7 @@
 //! connection; nothing is allocated per message.
 
 pub mod buffers;
+pub mod closer;
 pub mod prepared;
 
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, Ordering};
@@ -19,11 +20,11 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::forward::buffers::Buffer;
 use crate::forward::prepared::{ClientRewriter, ClientStatements, Plan, ServerRewriter};
-use crate::frontend::cancel::Closer;
 use crate::protocol::framing::{
     FrameScanner, FrameVisitor, PARAMETER_STATUS, READY_FOR_QUERY, TransactionStatus,
     parameter_status,
 };
+use closer::Closer;
 
 /// How long closing the upstream side may take.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);

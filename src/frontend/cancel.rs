@@ -1,17 +1,15 @@
 //! Cancel keys. Each client gets a BackendKeyData the sidecar made up; this registry maps it to
 //! the server key of the upstream connection serving that client right now (none between
 //! transactions in transaction mode), so a CancelRequest, which arrives on a fresh connection,
-//! reaches that connection and no other. Each client also has a [`Closer`] its session listens
+//! reaches that connection and no other. Each client also has a `Closer` its session listens
 //! to, for `--cancel-mode close` and for a shutdown drain. Unknown keys are dropped silently,
 //! as PostgreSQL does. A client's entry is its own (`ClientSlot`): re-pointing it at every
 //! transaction never takes the registry's lock.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
 
-use atomic_waker::AtomicWaker;
+use crate::forward::closer::Closer;
 
 /// What a cancel request does.
 #[derive(
@@ -45,44 +43,6 @@ impl CancelTarget {
     /// Asks the client's session to close its upstream connection (`--cancel-mode close`).
     pub fn close(&self) {
         self.slot.closer.close();
-    }
-}
-
-/// Wakes one client's session: to close its upstream connection (a cancel with
-/// `--cancel-mode close`) or to look at a shutdown drain. It holds one waker, the client
-/// task's, so an idle client's wait stores nothing of its own.
-#[derive(Debug, Default)]
-pub struct Closer {
-    close: AtomicBool,
-    waker: AtomicWaker,
-}
-
-impl Closer {
-    /// Asks the session to close its upstream connection.
-    fn close(&self) {
-        self.close.store(true, Ordering::Release);
-        self.waker.wake();
-    }
-
-    /// Wakes the session so that it looks at the shutdown state.
-    fn wake(&self) {
-        self.waker.wake();
-    }
-
-    /// Ready, once per request, when a close was asked for; either way the task is woken by
-    /// the next [`Self::close`] or drain.
-    pub fn poll_close(&self, cx: &mut Context<'_>) -> Poll<()> {
-        self.waker.register(cx.waker());
-        if self.close.swap(false, Ordering::AcqRel) {
-            Poll::Ready(())
-        } else {
-            Poll::Pending
-        }
-    }
-
-    /// Waits for a close request.
-    pub async fn closed(&self) {
-        std::future::poll_fn(|cx| self.poll_close(cx)).await;
     }
 }
 
@@ -194,6 +154,9 @@ impl Drop for CancelKeyGuard {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::atomic::Ordering;
+    use std::task::Context;
+
     use super::*;
 
     #[test]

@@ -7,9 +7,10 @@ use std::time::Instant;
 use tracing::info;
 
 use crate::error::{PgError, sqlstate};
+use crate::forward::closer::Closer;
 use crate::forward::prepared::{ClientRewriter, ClientStatements};
 use crate::forward::{Outcome, SessionState, Traffic};
-use crate::frontend::cancel::{CancelKeyGuard, CancelMode, Closer};
+use crate::frontend::cancel::{CancelKeyGuard, CancelMode};
 use crate::ops::metrics::ClientGauge;
 use crate::pool::{Lease, Pool};
 use crate::stream::ClientStream;

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use tokio::sync::Notify;
 
 use crate::error::{PgError, Severity, sqlstate};
-use crate::frontend::cancel::Closer;
+use crate::forward::closer::Closer;
 
 /// Shared shutdown state.
 #[derive(Debug, Default)]
