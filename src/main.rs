@@ -223,7 +223,8 @@ async fn doctor(args: DoctorArgs) -> ExitCode {
         Ok(settings) => settings.endpoints.into_iter().map(Ok).collect(),
         Err(e) => vec![Err(e.to_string())],
     };
-    let mut reports = Vec::with_capacity(endpoints.len());
+    // Every endpoint's user is known before any check runs.
+    let mut runs = Vec::with_capacity(endpoints.len());
     for endpoint in endpoints {
         let db_user = endpoint
             .as_ref()
@@ -234,7 +235,10 @@ async fn doctor(args: DoctorArgs) -> ExitCode {
             return usage_error("--user: which database user should the doctor log in as?");
         };
         let database = args.database.clone().unwrap_or_else(|| user.clone());
-        let upstream = endpoint.map(|e| e.upstream);
+        runs.push((endpoint.map(|e| e.upstream), user, database));
+    }
+    let mut reports = Vec::with_capacity(runs.len());
+    for (upstream, user, database) in runs {
         reports.push(rds_iam_sidecar::doctor::run(upstream, &user, &database).await);
     }
     let ok = reports.iter().all(|report| report.ok);

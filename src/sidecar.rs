@@ -289,22 +289,22 @@ async fn shared_credentials(
     }
 }
 
-/// The `upstream` label of each endpoint's metrics: its host name, or HOST:PORT where two
-/// endpoints share a host.
+/// The `upstream` label of each endpoint's metrics: its host name; HOST:PORT where two
+/// endpoints share a host; HOST:PORT#N (its place in the list) where they share that too.
 fn metric_labels(endpoints: &[EndpointSettings]) -> Vec<String> {
+    let count =
+        |same: &dyn Fn(&EndpointSettings) -> bool| endpoints.iter().filter(|e| same(e)).count();
     endpoints
         .iter()
-        .map(|endpoint| {
-            let host = &endpoint.upstream.endpoint.host;
-            let shared = endpoints
-                .iter()
-                .filter(|e| &e.upstream.endpoint.host == host)
-                .count()
-                > 1;
-            if shared {
-                endpoint.name()
+        .enumerate()
+        .map(|(index, endpoint)| {
+            let target = &endpoint.upstream.endpoint;
+            if count(&|e| e.upstream.endpoint == *target) > 1 {
+                format!("{target}#{}", index + 1)
+            } else if count(&|e| e.upstream.endpoint.host == target.host) > 1 {
+                target.to_string()
             } else {
-                host.clone()
+                target.host.clone()
             }
         })
         .collect()

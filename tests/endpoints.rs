@@ -268,7 +268,7 @@ fn the_toml_tables_and_the_repeated_flag_give_the_same_settings() {
         "--listen=127.0.0.1:7432".into(),
         format!("--upstream={WRITER}:5432"),
         format!(
-            "--upstream={READER}:5432?pool-mode=transaction&listen=127.0.0.1:8432&warm-pool=app%40orders&min-idle=1"
+            "--upstream={READER}:5432?pool-mode=transaction&listen=127.0.0.1:8432&warm-pool=app@orders&min-idle=1"
         ),
     ]);
     assert_eq!(format!("{from_file:?}"), format!("{from_flags:?}"));

@@ -24,7 +24,7 @@ const PROBE_CACHE: Duration = Duration::from_secs(5);
 
 /// What readiness looks at.
 pub struct Health {
-    endpoints: Vec<EndpointHealth>,
+    endpoints: Vec<Arc<EndpointHealth>>,
     credentials: Option<Arc<CredentialCache>>,
     pub(super) shutdown: Arc<Shutdown>,
     started: AtomicBool,
@@ -47,9 +47,11 @@ impl Health {
     ) -> Arc<Self> {
         let endpoints = pools
             .into_iter()
-            .map(|pools| EndpointHealth {
-                pools,
-                probe: Mutex::new(None),
+            .map(|pools| {
+                Arc::new(EndpointHealth {
+                    pools,
+                    probe: Mutex::new(None),
+                })
             })
             .collect();
         Arc::new(Self {
@@ -95,10 +97,25 @@ impl Health {
             return Err("shutting down: draining client connections".to_owned());
         }
         self.credentials().await?;
+        // Concurrently: each unreachable endpoint's probe may take its connect timeout.
+        let mut checks = tokio::task::JoinSet::new();
+        for (index, endpoint) in self.endpoints.iter().enumerate() {
+            let endpoint = endpoint.clone();
+            checks.spawn(async move { (index, endpoint.readiness(ignore_saturation).await) });
+        }
+        let mut outcomes: Vec<Result<(), String>> =
+            vec![Err("its readiness check failed".to_owned()); self.endpoints.len()];
+        while let Some(joined) = checks.join_next().await {
+            if let Ok((index, outcome)) = joined
+                && let Some(slot) = outcomes.get_mut(index)
+            {
+                *slot = outcome;
+            }
+        }
         let several = self.endpoints.len() > 1;
         let mut not_ready = Vec::new();
-        for endpoint in &self.endpoints {
-            if let Err(reason) = endpoint.readiness(ignore_saturation).await {
+        for (endpoint, outcome) in self.endpoints.iter().zip(outcomes) {
+            if let Err(reason) = outcome {
                 let name = endpoint.pools.connector().upstream();
                 not_ready.push(if several {
                     format!("upstream {name}: {reason}")

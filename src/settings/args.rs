@@ -33,8 +33,9 @@ pub struct RunArgs {
     pub config: Option<PathBuf>,
 
     /// RDS Proxy / cluster / instance endpoint HOST:PORT; the token is signed for this host
-    /// name. Repeat for several endpoints (commas in the variable), each on its own listener;
-    /// per-endpoint settings go after a `?`: HOST:PORT?listen=127.0.0.1:6432&pool-size=10.
+    /// name. Repeat (or separate with commas) for several endpoints, each on its own listener;
+    /// per-endpoint settings go after a `?`: HOST:PORT?listen=127.0.0.1:6432&pool-size=10
+    /// (a comma inside a value as %2C).
     #[arg(
         long,
         env = "RDS_IAM_SIDECAR_UPSTREAM",
@@ -270,28 +271,24 @@ pub struct ProcessArgs {
     pub log_level: Option<String>,
 }
 
-/// A value written as text or as a bare number (`connect-timeout = 5` is 5 seconds).
-#[derive(Deserialize)]
-#[serde(untagged)]
-enum TextOrNumber {
-    Text(String),
-    Integer(i64),
-    Float(f64),
-}
-
-impl TextOrNumber {
-    fn into_text(self) -> String {
-        match self {
-            Self::Text(text) => text,
-            Self::Integer(n) => n.to_string(),
-            Self::Float(x) => x.to_string(),
-        }
+/// A value written as text or as a bare number (`connect-timeout = 5` is 5 seconds), as text.
+fn as_text<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<String>, D::Error> {
+    use serde::de::Error;
+    match Option::<toml::Value>::deserialize(deserializer)? {
+        None => Ok(None),
+        Some(toml::Value::String(text)) => Ok(Some(text)),
+        Some(toml::Value::Integer(n)) => Ok(Some(n.to_string())),
+        Some(toml::Value::Float(x)) => Ok(Some(x.to_string())),
+        Some(other) => Err(D::Error::custom(format!(
+            "expected text or a number, found {}",
+            other.type_str()
+        ))),
     }
 }
 
 /// Text, or a number taken as its text.
 fn text<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<String>, D::Error> {
-    Ok(Option::<TextOrNumber>::deserialize(deserializer)?.map(TextOrNumber::into_text))
+    as_text(deserializer)
 }
 
 /// A number, or text holding one (an endpoint's `?pool-size=10` arrives as text).
@@ -300,28 +297,31 @@ where
     D: Deserializer<'de>,
     N: std::str::FromStr,
 {
-    match Option::<TextOrNumber>::deserialize(deserializer)? {
+    match as_text(deserializer)? {
         None => Ok(None),
-        Some(value) => {
-            let text = value.into_text();
-            text.trim()
-                .parse()
-                .map(Some)
-                .map_err(|_| serde::de::Error::custom(format!("'{text}' is not a whole number")))
-        }
+        Some(text) => text.trim().parse().map(Some).map_err(|_| {
+            serde::de::Error::custom(format!("'{text}' is not a whole number in range"))
+        }),
     }
 }
 
 /// One text or a list of them.
 fn one_or_many<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<String>, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum OneOrMany {
-        One(String),
-        Many(Vec<String>),
+    use serde::de::Error;
+    let texts = |values: Vec<toml::Value>| {
+        values
+            .into_iter()
+            .map(|value| match value {
+                toml::Value::String(text) => Ok(text),
+                other => Err(D::Error::custom(format!(
+                    "expected text, found {}",
+                    other.type_str()
+                ))),
+            })
+            .collect()
+    };
+    match toml::Value::deserialize(deserializer)? {
+        toml::Value::Array(values) => texts(values),
+        one => texts(vec![one]),
     }
-    Ok(match OneOrMany::deserialize(deserializer)? {
-        OneOrMany::One(one) => vec![one],
-        OneOrMany::Many(many) => many,
-    })
 }

@@ -56,7 +56,10 @@ impl EndpointSettings {
 /// the flag and its variable.
 pub(super) struct Blame<'a> {
     pub address: &'a str,
+    /// The keys the endpoint's own settings decided.
     pub own: &'a Table,
+    /// Whether there are several endpoints (then a shared flag's error says which one it hit).
+    pub several: bool,
 }
 
 impl Blame<'_> {
@@ -70,6 +73,11 @@ impl Blame<'_> {
                 setting: format!("--upstream {}: {key}", self.address),
                 message: message.into(),
             }
+        } else if self.several {
+            ConfigError::new(
+                flag,
+                format!("for upstream {}: {}", self.address, message.into()),
+            )
         } else {
             ConfigError::new(flag, message)
         }

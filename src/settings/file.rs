@@ -46,6 +46,8 @@ impl FileSettings {
         if let Some(key) = table.keys().find(|key| !is_known_key(key)) {
             return Err(format!("unknown key '{key}' (keys are the flags' names)"));
         }
+        check_each_key::<EndpointArgs>(&table)?;
+        check_each_key::<ProcessArgs>(&table)?;
         let endpoint = deserialize(&table)?;
         let process = deserialize(&table)?;
         Ok(Self {
@@ -89,7 +91,13 @@ impl UpstreamSpec {
         for pair in query.split('&').filter(|pair| !pair.is_empty()) {
             let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
             let key = decode(key)?;
-            let value = Value::String(decode(value)?);
+            // A warm pool's spec is taken as written (as the "new pool" log line shows it):
+            // it is percent-decoded once, by the pool key's own parser.
+            let value = if key == "warm-pool" || key == "warm-pools" {
+                Value::String(value.to_owned())
+            } else {
+                Value::String(decode(value)?)
+            };
             match own.get_mut(&key) {
                 Some(Value::Array(values)) => values.push(value),
                 Some(first) => *first = Value::Array(vec![first.clone(), value]),
@@ -124,7 +132,7 @@ impl UpstreamSpec {
             return Err(format!("upstream {address}: '{key}' {why}"));
         }
         // Checked now, so a bad value is reported before anything else.
-        deserialize::<EndpointArgs>(&own).map_err(|e| format!("upstream {address}: {e}"))?;
+        check_each_key::<EndpointArgs>(&own).map_err(|e| format!("upstream {address}: {e}"))?;
         Ok(Self {
             address: address.trim().to_owned(),
             own,
@@ -133,7 +141,7 @@ impl UpstreamSpec {
 }
 
 fn decode(text: &str) -> Result<String, String> {
-    percent_decode_str(&text.replace('+', " "))
+    percent_decode_str(text)
         .decode_utf8()
         .map(|text| text.into_owned())
         .map_err(|_| format!("'{text}' is not UTF-8 once percent-decoded"))
@@ -144,6 +152,16 @@ pub fn deserialize<T: serde::de::DeserializeOwned>(table: &Table) -> Result<T, S
     Value::Table(table.clone())
         .try_into()
         .map_err(|e: toml::de::Error| e.message().trim().to_owned())
+}
+
+/// Each key of `table` that belongs to `T`, read alone, so an error names its key:
+/// `pool-size: 'ten' is not a whole number`.
+fn check_each_key<T: serde::de::DeserializeOwned>(table: &Table) -> Result<(), String> {
+    for (key, value) in table {
+        let alone = Table::from_iter([(key.clone(), value.clone())]);
+        deserialize::<T>(&alone).map_err(|e| format!("{key}: {e}"))?;
+    }
+    Ok(())
 }
 
 /// `base` with every setting `top` holds put over it.
@@ -191,14 +209,16 @@ mod tests {
     #[test]
     fn an_address_with_its_own_settings() {
         let spec = UpstreamSpec::parse(
-            "ro.example.com:5432?listen=127.0.0.1:6432&pool-size=10&warm-pool=a%40b&warm-pool=c@d",
+            "ro.example.com:5432?listen=127.0.0.1:6432&pool-size=10&warm-pool=a@b%3Fx%3Dy&warm-pool=c@d&reset-query=select+1%2B1",
         )
         .expect("parses");
         assert_eq!(spec.address, "ro.example.com:5432");
         let args: EndpointArgs = deserialize(&spec.own).expect("valid");
         assert_eq!(args.listen, ["127.0.0.1:6432"]);
         assert_eq!(args.pool_size, Some(10));
-        assert_eq!(args.warm_pools, ["a@b", "c@d"]);
+        // Warm pool specs stay as written (their own parser decodes them); '+' is a plus.
+        assert_eq!(args.warm_pools, ["a@b%3Fx%3Dy", "c@d"]);
+        assert_eq!(args.reset_query.as_deref(), Some("select+1+1"));
         assert_eq!(
             UpstreamSpec::parse("db:5432").expect("plain").own,
             Table::new()
@@ -215,7 +235,11 @@ mod tests {
         let err = UpstreamSpec::parse("db:5432?admin-listen=off").expect_err("shared");
         assert!(err.contains("whole process"), "{err}");
         let err = UpstreamSpec::parse("db:5432?pool-size=ten").expect_err("not a number");
-        assert!(err.contains("'ten'"), "{err}");
+        assert!(err.contains("pool-size: 'ten'"), "{err}");
+        let err = FileSettings::parse("pool-mode = \"sesion\"\n").expect_err("bad variant");
+        assert!(err.starts_with("pool-mode: "), "{err}");
+        let err = FileSettings::parse("pool-size = true\n").expect_err("bad type");
+        assert!(err.starts_with("pool-size: "), "{err}");
     }
 
     #[test]

@@ -10,6 +10,7 @@ pub mod cli;
 pub mod duration;
 pub mod endpoint;
 pub mod file;
+mod layers;
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -23,6 +24,7 @@ pub use endpoint::EndpointSettings;
 use endpoint::{Blame, endpoint_settings};
 pub use file::{FileSettings, UpstreamSpec};
 use file::{as_table, overlay};
+use layers::{Layers, endpoint_sources};
 
 /// Environment variable holding the upstream password in `--auth password` mode.
 pub const PASSWORD_ENV: &str = "RDS_IAM_SIDECAR_PASSWORD";
@@ -126,26 +128,29 @@ impl Settings {
             Some(path) => FileSettings::load(path).map_err(|e| ConfigError::new("--config", e))?,
             None => FileSettings::default(),
         };
-        let mut file_endpoint = file.endpoint;
+        let mut file_shared = file.endpoint;
+        let mut sources = endpoint_sources(&args.upstream, file.upstreams)?;
         // Flag or its variable > RDS_IAM_SIDECAR_PASSWORD > the file's password-file.
         if env(PASSWORD_ENV).is_some() {
-            file_endpoint.password_file = None;
+            file_shared.password_file = None;
+            for source in &mut sources {
+                source.file_own.remove("password-file");
+            }
         }
         let layer = |e: String| ConfigError::new("--config", e);
-        let mut shared =
-            overlay(&file_endpoint, &as_table(&args.endpoint).map_err(layer)?).map_err(layer)?;
         let process =
             overlay(&file.process, &as_table(&args.process).map_err(layer)?).map_err(layer)?;
-        let specs = upstream_specs(&args.upstream, file.upstreams)?;
-        let base_listen = base_listen(std::mem::take(&mut shared.listen))?;
-        let mut endpoints: Vec<EndpointSettings> = Vec::with_capacity(specs.len());
-        for (index, spec) in specs.iter().enumerate() {
+        let layers = Layers::new(file_shared, &args.endpoint)?;
+        let base_listen = base_listen(&layers.listen)?;
+        let several = sources.len() > 1;
+        let mut endpoints: Vec<EndpointSettings> = Vec::with_capacity(sources.len());
+        for (index, source) in sources.iter().enumerate() {
+            let (merged, own) = layers.merge(source)?;
             let blame = Blame {
-                address: &spec.address,
-                own: &spec.own,
+                address: &source.address,
+                own: &own,
+                several,
             };
-            let merged = overlay(&shared, &spec.own)
-                .map_err(|e| ConfigError::new("--upstream", format!("{}: {e}", spec.address)))?;
             let default_listen = following_ports(&base_listen, index);
             let endpoint = endpoint_settings(merged, &blame, &default_listen, env)?;
             check_listeners_distinct(&endpoints, &endpoint, &blame)?;
@@ -155,34 +160,11 @@ impl Settings {
     }
 }
 
-/// The endpoints: `--upstream` (flags or variable) if given, else the file's.
-fn upstream_specs(
-    flags: &[String],
-    from_file: Vec<UpstreamSpec>,
-) -> Result<Vec<UpstreamSpec>, ConfigError> {
-    let specs = if flags.is_empty() {
-        from_file
-    } else {
-        flags
-            .iter()
-            .filter(|text| !text.trim().is_empty())
-            .map(|text| UpstreamSpec::parse(text).map_err(|e| ConfigError::new("--upstream", e)))
-            .collect::<Result<_, _>>()?
-    };
-    if specs.is_empty() {
-        return Err(ConfigError::new(
-            "--upstream",
-            "is required: the RDS Proxy or database endpoint, e.g. \
-             mydb.proxy-abc123.us-east-1.rds.amazonaws.com:5432",
-        ));
-    }
-    Ok(specs)
-}
-
 /// The first endpoint's listen addresses: `--listen`, else 127.0.0.1:5432.
-fn base_listen(texts: Vec<String>) -> Result<Vec<SocketAddr>, ConfigError> {
+fn base_listen(texts: &[String]) -> Result<Vec<SocketAddr>, ConfigError> {
+    let default = [DEFAULT_LISTEN.to_owned()];
     let texts = if texts.is_empty() {
-        vec![DEFAULT_LISTEN.to_owned()]
+        &default[..]
     } else {
         texts
     };
@@ -212,26 +194,45 @@ fn following_ports(base: &[SocketAddr], index: usize) -> Vec<SocketAddr> {
         .collect()
 }
 
-/// Two endpoints cannot share a listen address (a fixed port, not 0).
+/// Two endpoints cannot share a listen address (a fixed port, not 0), nor a unix socket file.
 fn check_listeners_distinct(
     earlier: &[EndpointSettings],
     endpoint: &EndpointSettings,
     blame: &Blame<'_>,
 ) -> Result<(), ConfigError> {
-    for addr in endpoint.listen.iter().filter(|a| a.port() != 0) {
-        if let Some(other) = earlier.iter().find(|e| e.listen.contains(addr)) {
+    let taken = |other: &EndpointSettings| {
+        let tcp = endpoint
+            .listen
+            .iter()
+            .find(|addr| addr.port() != 0 && other.listen.contains(addr))
+            .map(|addr| (addr.to_string(), "listen"));
+        tcp.or_else(|| {
+            let path = socket_path(endpoint)?;
+            (socket_path(other).as_ref() == Some(&path))
+                .then(|| (path.display().to_string(), "unix-socket"))
+        })
+    };
+    for other in earlier {
+        if let Some((what, key)) = taken(other) {
             let message = format!(
-                "{addr} is already the listener of upstream {}; give this endpoint its own \
+                "{what} is already the {key} of upstream {}; give this endpoint its own \
                  (e.g. ?listen=127.0.0.1:6432)",
                 other.name()
             );
             return Err(ConfigError {
-                setting: format!("--upstream {}: listen", blame.address),
+                setting: format!("--upstream {}: {key}", blame.address),
                 message,
             });
         }
     }
     Ok(())
+}
+
+/// The unix socket an endpoint will bind, when its name is known now (a fixed first port).
+fn socket_path(endpoint: &EndpointSettings) -> Option<std::path::PathBuf> {
+    let port = endpoint.listen.first()?.port();
+    let dir = endpoint.unix_socket.as_ref()?;
+    (port != 0).then(|| dir.join(format!(".s.PGSQL.{port}")))
 }
 
 /// The settings the process shares, around the validated endpoints.

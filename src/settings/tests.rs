@@ -240,3 +240,88 @@ mod shipped_example {
         Settings::from_args(args, &|_| None).expect("config/sidecar.toml validates");
     }
 }
+
+mod several_endpoints {
+    use super::*;
+
+    const RW: &str = "rw.proxy-abc.us-east-1.rds.amazonaws.com:5432";
+    const RO: &str = "ro.endpoint.proxy-abc.us-east-1.rds.amazonaws.com:5432";
+
+    fn from(argv: &[&str]) -> Result<Settings, ConfigError> {
+        use clap::Parser;
+        let cli = crate::settings::cli::Cli::try_parse_from(
+            std::iter::once("rds-iam-sidecar").chain(argv.iter().copied()),
+        )
+        .expect("flags parse");
+        Settings::from_args(cli.run, &|_| None)
+    }
+
+    fn file(text: &str) -> (tempfile::TempDir, String) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("sidecar.toml");
+        std::fs::write(&path, text).expect("write");
+        let flag = format!("--config={}", path.display());
+        (dir, flag)
+    }
+
+    #[test]
+    fn flags_beat_a_files_endpoint_table_and_an_endpoints_own_flag_beats_both() {
+        let (_dir, config) = file(&format!(
+            "pool-size = 3\n[[upstream]]\nendpoint = \"{RW}\"\npool-size = 4\nmin-idle = 1\n\
+             [[upstream]]\nendpoint = \"{RO}\"\n"
+        ));
+        let settings = from(&[&config]).expect("valid");
+        assert_eq!(
+            settings.endpoints[0].pool.size, 4,
+            "the table beats the file"
+        );
+        assert_eq!(settings.endpoints[1].pool.size, 3);
+        let settings = from(&[&config, "--pool-size=9"]).expect("valid");
+        assert_eq!(
+            settings.endpoints[0].pool.size, 9,
+            "a flag beats the file's table"
+        );
+        assert_eq!(
+            settings.endpoints[0].pool.min_idle, 1,
+            "the table's other keys stay"
+        );
+        let own = format!("--upstream={RW}?pool-size=11");
+        let settings = from(&[&config, "--pool-size=9", &own]).expect("valid");
+        assert_eq!(
+            settings.endpoints.len(),
+            1,
+            "--upstream picks the endpoints"
+        );
+        assert_eq!(settings.endpoints[0].pool.size, 11);
+        assert_eq!(
+            settings.endpoints[0].pool.min_idle, 1,
+            "--upstream naming a file's endpoint keeps its table"
+        );
+    }
+
+    #[test]
+    fn errors_name_the_endpoint_whether_its_own_key_or_a_shared_flag_failed() {
+        let own = format!("--upstream={RW},{RO}?min-idle=30");
+        let err = from(&[&own]).expect_err("min-idle over pool-size");
+        assert_eq!(err.setting, format!("--upstream {RO}: min-idle"));
+        let err = from(&[&format!("--upstream={RW},{RO}"), "--tls-mode=disable"])
+            .expect_err("IAM without TLS");
+        assert_eq!(err.setting, "--tls-mode (RDS_IAM_SIDECAR_TLS_MODE)");
+        assert!(
+            err.message.starts_with(&format!("for upstream {RW}: ")),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn endpoints_cannot_share_a_unix_socket() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let socket = format!("--unix-socket={}", dir.path().display());
+        let upstream = format!("--upstream={RW},{RO}?listen=127.0.0.2:5432");
+        let err = from(&[&socket, &upstream]).expect_err("same .s.PGSQL.5432");
+        assert_eq!(err.setting, format!("--upstream {RO}: unix-socket"));
+        let upstream = format!("--upstream={RW},{RO}");
+        let settings = from(&[&socket, &upstream]).expect("5432 and 5433");
+        assert_eq!(settings.endpoints[1].listen[0].port(), 5433);
+    }
+}
