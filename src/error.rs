@@ -72,6 +72,11 @@ impl PgError {
         self.detail = Some(detail.into());
         self
     }
+
+    /// 28000 / 28P01: the server did not accept who we are.
+    pub fn is_auth_failure(&self) -> bool {
+        self.code.starts_with("28")
+    }
 }
 
 impl fmt::Display for PgError {

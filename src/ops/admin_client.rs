@@ -1,14 +1,17 @@
 //! The client side of the admin endpoint, for the `healthcheck`, `wait` and `shutdown`
-//! subcommands: one HTTP/1.1 request to a loopback address, no TLS, no redirects. Small enough
-//! to hand-write, so the image needs neither curl nor an HTTP client stack.
+//! subcommands: one HTTP/1.1 request to a loopback address, no TLS, no redirects, on hyper's
+//! connection-level client (already in the binary for the AWS SDK), so the image needs no curl.
 
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use http_body_util::{BodyExt, Empty, Limited};
+use hyper::Request;
+use hyper::body::Bytes;
+use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
 /// The longest answer read (admin answers are a line, /metrics a few KiB).
-const MAX_RESPONSE: u64 = 1 << 20;
+const MAX_RESPONSE: usize = 1 << 20;
 
 /// An HTTP status and body.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -33,95 +36,104 @@ pub async fn request(
             "'{admin}' is not an admin address like http://127.0.0.1:9090"
         ));
     }
-    let exchange = async {
-        let mut stream = TcpStream::connect(authority)
-            .await
-            .map_err(|e| format!("cannot connect to the admin endpoint {authority}: {e}"))?;
-        let head = format!(
-            "{method} {path} HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\n\
-             Content-Length: 0\r\nUser-Agent: rds-iam-sidecar\r\n\r\n"
-        );
-        stream
-            .write_all(head.as_bytes())
-            .await
-            .map_err(|e| format!("sending to {authority}: {e}"))?;
-        let mut raw = Vec::new();
-        (&mut stream)
-            .take(MAX_RESPONSE)
-            .read_to_end(&mut raw)
-            .await
-            .map_err(|e| format!("reading from {authority}: {e}"))?;
-        parse_response(&raw)
-    };
-    tokio::time::timeout(timeout, exchange)
+    tokio::time::timeout(timeout, exchange(authority, method, path))
         .await
         .map_err(|_| format!("the admin endpoint {authority} did not answer within {timeout:?}"))?
 }
 
-fn parse_response(raw: &[u8]) -> Result<Response, String> {
-    let text = String::from_utf8_lossy(raw);
-    let (head, body) = text
-        .split_once("\r\n\r\n")
-        .ok_or_else(|| "the admin endpoint sent an incomplete HTTP answer".to_owned())?;
-    let status = head
-        .lines()
-        .next()
-        .and_then(|line| line.split_whitespace().nth(1))
-        .and_then(|code| code.parse::<u16>().ok())
-        .ok_or_else(|| "the admin endpoint's answer has no HTTP status".to_owned())?;
-    let chunked = head.lines().any(|line| {
-        line.to_ascii_lowercase()
-            .replace(' ', "")
-            .starts_with("transfer-encoding:chunked")
-    });
-    let body = if chunked {
-        dechunk(body)
-    } else {
-        body.to_owned()
-    };
-    Ok(Response { status, body })
-}
-
-/// Joins the chunks of a chunked body (sizes in hex, each line ended by CRLF).
-fn dechunk(mut body: &str) -> String {
-    let mut out = String::new();
-    while let Some((size, rest)) = body.split_once("\r\n") {
-        let Ok(size) = usize::from_str_radix(size.split(';').next().unwrap_or("").trim(), 16)
-        else {
-            break;
-        };
-        // `get`, not indexing: a size from the wire may not end on a character boundary.
-        let (Some(chunk), Some(after)) = (rest.get(..size), rest.get(size..)) else {
-            break;
-        };
-        if size == 0 {
-            break;
-        }
-        out.push_str(chunk);
-        body = after.trim_start_matches("\r\n");
+async fn exchange(authority: &str, method: &str, path: &str) -> Result<Response, String> {
+    let stream = TcpStream::connect(authority)
+        .await
+        .map_err(|e| format!("cannot connect to the admin endpoint {authority}: {e}"))?;
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(|e| format!("talking to {authority}: {e}"))?;
+    // The connection is driven until the answer is read; it ends with this task's scope.
+    let driver = tokio::spawn(connection);
+    let request = Request::builder()
+        .method(method)
+        .uri(path)
+        .header(hyper::header::HOST, authority)
+        .header(hyper::header::USER_AGENT, "rds-iam-sidecar")
+        .body(Empty::<Bytes>::new())
+        .map_err(|e| format!("'{method} {path}' is not a valid request: {e}"))?;
+    let answer = async {
+        let response = sender
+            .send_request(request)
+            .await
+            .map_err(|e| format!("sending to {authority}: {e}"))?;
+        let status = response.status().as_u16();
+        let body = Limited::new(response.into_body(), MAX_RESPONSE)
+            .collect()
+            .await
+            .map_err(|e| format!("reading from {authority}: {e}"))?
+            .to_bytes();
+        Ok(Response {
+            status,
+            body: String::from_utf8_lossy(&body).into_owned(),
+        })
     }
-    out
+    .await;
+    driver.abort();
+    answer
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-    #[test]
-    fn parses_plain_and_chunked_answers() {
-        let plain = b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 10\r\n\r\nnot ready\n";
+    /// A one-shot HTTP server answering `raw` to whatever it is asked.
+    async fn answer_with(raw: &'static [u8]) -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr").to_string();
+        tokio::spawn(async move {
+            if let Ok((mut socket, _)) = listener.accept().await {
+                let mut request = [0u8; 1024];
+                let _ = socket.read(&mut request).await;
+                let _ = socket.write_all(raw).await;
+            }
+        });
+        addr
+    }
+
+    #[tokio::test]
+    async fn reads_plain_and_chunked_answers() {
+        let plain = answer_with(
+            b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 10\r\n\r\nnot ready\n",
+        )
+        .await;
+        let response = request(&plain, "GET", "/readyz", Duration::from_secs(5))
+            .await
+            .expect("answer");
         assert_eq!(
-            parse_response(plain),
-            Ok(Response {
+            response,
+            Response {
                 status: 503,
                 body: "not ready\n".to_owned()
-            })
+            }
         );
-        let chunked = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nrea\r\n3\r\ndy\n\r\n0\r\n\r\n";
-        assert_eq!(
-            parse_response(chunked).map(|r| r.body),
-            Ok("ready\n".to_owned())
+        let chunked = answer_with(
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nrea\r\n3\r\ndy\n\r\n0\r\n\r\n",
+        )
+        .await;
+        let url = format!("http://{chunked}/");
+        let response = request(&url, "GET", "/readyz", Duration::from_secs(5))
+            .await
+            .expect("answer");
+        assert_eq!((response.status, response.body.as_str()), (200, "ready\n"));
+        let garbage = answer_with(b"garbage\r\n\r\n").await;
+        assert!(
+            request(&garbage, "GET", "/", Duration::from_secs(5))
+                .await
+                .is_err()
         );
-        assert!(parse_response(b"garbage").is_err());
+        assert!(
+            request("https://x:1", "GET", "/", Duration::from_secs(1))
+                .await
+                .is_err()
+        );
     }
 }

@@ -6,9 +6,10 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use postgres_protocol::message::{backend, frontend};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 
 use crate::forward::set_parameter;
+use crate::protocol::server::{ReadError, ServerReader, error_response};
 use crate::upstream::ServerConnection;
 
 /// How long the reset may take before the connection is given up.
@@ -25,6 +26,8 @@ pub enum ResetError {
     Timeout,
     #[error("connection broken during reset: {0}")]
     Io(#[from] std::io::Error),
+    #[error("reading the reset's answer: {0}")]
+    Read(#[from] ReadError),
 }
 
 /// Runs `query` and waits for ReadyForQuery 'I'.
@@ -39,29 +42,22 @@ async fn run(server: &mut ServerConnection, query: &str) -> Result<(), ResetErro
     frontend::query(query, &mut out)?;
     server.stream.write_all(&out).await?;
     server.stream.flush().await?;
-    let mut buf = BytesMut::with_capacity(512);
+    let mut reader = ServerReader::new(MAX_MESSAGE);
     let mut failure = None;
     loop {
-        if buf.len() >= 5 {
-            let length = u32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]) as usize;
-            if length > MAX_MESSAGE {
-                return Err(ResetError::Failed("oversized message".to_owned()));
-            }
-        }
-        match backend::Message::parse(&mut buf)? {
-            Some(backend::Message::ErrorResponse(body)) => {
-                let error = crate::upstream::login::server_error(&body)
-                    .map_err(|e| ResetError::Failed(e.to_string()))?;
+        match reader.next(&mut server.stream).await? {
+            backend::Message::ErrorResponse(body) => {
+                let error = error_response(&body)?;
                 failure = Some(format!("{} {}", error.code, error.message));
             }
-            Some(backend::Message::ParameterStatus(body)) => {
+            backend::Message::ParameterStatus(body) => {
                 set_parameter(
                     &mut server.parameters,
                     body.name()?.to_owned(),
                     body.value()?.to_owned(),
                 );
             }
-            Some(backend::Message::ReadyForQuery(body)) => {
+            backend::Message::ReadyForQuery(body) => {
                 return match (failure, body.status()) {
                     (None, b'I') => Ok(()),
                     (Some(error), _) => Err(ResetError::Failed(error)),
@@ -71,15 +67,7 @@ async fn run(server: &mut ServerConnection, query: &str) -> Result<(), ResetErro
                     ))),
                 };
             }
-            Some(_) => {}
-            None => {
-                if server.stream.read_buf(&mut buf).await? == 0 {
-                    return Err(ResetError::Io(std::io::Error::new(
-                        std::io::ErrorKind::UnexpectedEof,
-                        "server closed the connection",
-                    )));
-                }
-            }
+            _ => {}
         }
     }
 }

@@ -1,33 +1,31 @@
-//! Parsing of human durations in flags, environment and TOML: `5s`, `250ms`, `2m`, `1h`, or a
-//! bare number of seconds.
+//! Durations in flags, environment and TOML: humantime's forms (`5s`, `250ms`, `2m`, `1h 30m`,
+//! `1.5s`) or a bare number of seconds (`5`, as the variables of older deployments say).
 
 use std::time::Duration;
 
-/// Parses `5s`, `250ms`, `2m`, `1h`, `1.5s` or `5` (seconds).
+/// The longest duration any setting takes.
+const MAX: Duration = Duration::from_secs(86_400 * 365);
+
+/// Parses `5s`, `250ms`, `2m`, `1h 30m`, `1.5s` or `5` (seconds).
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
-    let split = text
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(text.len());
-    let (number, unit) = text.split_at(split);
-    let value: f64 = number
-        .parse()
-        .map_err(|_| format!("'{text}' is not a duration (examples: 5s, 250ms, 2m, 1h)"))?;
-    let seconds = match unit.trim() {
-        "" | "s" | "sec" | "secs" => value,
-        "ms" => value / 1000.0,
-        "m" | "min" | "mins" => value * 60.0,
-        "h" => value * 3600.0,
-        other => {
-            return Err(format!(
-                "'{text}': unknown unit '{other}' (use ms, s, m or h)"
-            ));
+    let parsed = match text.parse::<f64>() {
+        Ok(seconds) if seconds.is_finite() && seconds >= 0.0 => {
+            Duration::try_from_secs_f64(seconds).map_err(|_| out_of_range(text))?
         }
+        Ok(_) => return Err(out_of_range(text)),
+        Err(_) => humantime::parse_duration(text).map_err(|e| {
+            format!("'{text}' is not a duration ({e}; examples: 5s, 250ms, 2m, 1h)")
+        })?,
     };
-    if !seconds.is_finite() || !(0.0..=86_400.0 * 365.0).contains(&seconds) {
-        return Err(format!("'{text}' is out of range"));
+    if parsed > MAX {
+        return Err(out_of_range(text));
     }
-    Ok(Duration::from_secs_f64(seconds))
+    Ok(parsed)
+}
+
+fn out_of_range(text: &str) -> String {
+    format!("'{text}' is out of range")
 }
 
 #[cfg(test)]
@@ -38,11 +36,16 @@ mod tests {
     fn parses_units() {
         assert_eq!(parse_duration("5s"), Ok(Duration::from_secs(5)));
         assert_eq!(parse_duration("5"), Ok(Duration::from_secs(5)));
+        assert_eq!(parse_duration("1.5"), Ok(Duration::from_millis(1500)));
+        assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
         assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
         assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
         assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
+        assert_eq!(parse_duration("1h 30m"), Ok(Duration::from_secs(5400)));
         assert!(parse_duration("5 parsecs").is_err());
         assert!(parse_duration("").is_err());
         assert!(parse_duration("-1s").is_err());
+        assert!(parse_duration("-1").is_err());
+        assert!(parse_duration("2y").is_err(), "over a year");
     }
 }

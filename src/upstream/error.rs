@@ -6,23 +6,6 @@ use std::time::Duration;
 use crate::error::{PgError, Severity, sqlstate};
 use crate::iam::credentials::CredentialsUnavailable;
 
-/// Fields of an ErrorResponse the upstream sent during login.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct ServerError {
-    pub severity: String,
-    pub code: String,
-    pub message: String,
-    pub detail: Option<String>,
-    pub hint: Option<String>,
-}
-
-impl ServerError {
-    /// 28000 / 28P01: the server did not accept who we are.
-    pub fn is_auth_failure(&self) -> bool {
-        self.code.starts_with("28")
-    }
-}
-
 /// An upstream connection attempt failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectError {
@@ -55,10 +38,12 @@ pub enum ConnectError {
     Credentials(#[from] CredentialsUnavailable),
     #[error("{0}")]
     Sign(String),
+    /// The server's ErrorResponse to the login (28000 / 28P01).
     #[error("upstream rejected the login: {}", .0.message)]
-    AuthRejected(ServerError),
+    AuthRejected(PgError),
+    /// Any other ErrorResponse during login (a missing database, too many connections, ...).
     #[error("upstream refused the connection: {}", .0.message)]
-    Server(ServerError),
+    Server(PgError),
     #[error(
         "the upstream asked for {method} password authentication instead of the cleartext \
          password an IAM token is sent as: IAM authentication is not in effect for this user"
@@ -158,10 +143,8 @@ impl ConnectError {
             Self::AuthRejected(server) => {
                 let mut error = PgError {
                     severity: Severity::Fatal,
-                    code: server.code.clone(),
-                    message: server.message.clone(),
-                    detail: server.detail.clone(),
                     hint: None,
+                    ..server.clone()
                 };
                 error.hint = Some(if ctx.iam {
                     format!(
@@ -180,10 +163,7 @@ impl ConnectError {
             }
             Self::Server(server) => PgError {
                 severity: Severity::Fatal,
-                code: server.code.clone(),
-                message: server.message.clone(),
-                detail: server.detail.clone(),
-                hint: server.hint.clone(),
+                ..server.clone()
             },
         }
     }

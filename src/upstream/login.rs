@@ -8,9 +8,10 @@ use fallible_iterator::FallibleIterator;
 use postgres_protocol::authentication::md5_hash;
 use postgres_protocol::authentication::sasl::{ChannelBinding, SCRAM_SHA_256, ScramSha256};
 use postgres_protocol::message::{backend, frontend};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
-use super::error::{ConnectError, ServerError};
+use super::error::ConnectError;
+use crate::protocol::server::{ReadError, ServerReader, error_response};
 use crate::secret::Secret;
 
 /// A login message larger than this is not a login message.
@@ -50,12 +51,12 @@ where
     frontend::startup_message(parameters.iter().copied(), &mut out)?;
     stream.write_all(&out).await?;
 
-    let mut buf = BytesMut::with_capacity(1024);
+    let mut reader = ServerReader::new(MAX_LOGIN_BUFFER);
     let mut scram: Option<ScramSha256> = None;
     let mut scram_verified = false;
     let mut outcome = LoginOutcome::default();
     loop {
-        let message = next_message(stream, &mut buf).await?;
+        let message = reader.next(stream).await.map_err(read_error)?;
         out.clear();
         match message {
             backend::Message::AuthenticationCleartextPassword => {
@@ -131,7 +132,7 @@ where
             }
             backend::Message::NoticeResponse(_) => {}
             backend::Message::ErrorResponse(body) => {
-                let error = server_error(&body)?;
+                let error = error_response(&body)?;
                 return Err(if error.is_auth_failure() {
                     ConnectError::AuthRejected(error)
                 } else {
@@ -139,7 +140,7 @@ where
                 });
             }
             backend::Message::ReadyForQuery(_) => {
-                outcome.pending = buf;
+                outcome.pending = reader.into_rest();
                 return Ok(outcome);
             }
             _ => return Err(protocol("unexpected message during login")),
@@ -154,45 +155,13 @@ fn protocol(text: &str) -> ConnectError {
     ConnectError::Protocol(text.to_owned())
 }
 
-async fn next_message<S: AsyncRead + Unpin>(
-    stream: &mut S,
-    buf: &mut BytesMut,
-) -> Result<backend::Message, ConnectError> {
-    loop {
-        // Check the declared length before the parser reserves room for it.
-        if buf.len() >= 5 {
-            let length = u32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]) as usize;
-            if length > MAX_LOGIN_BUFFER {
-                return Err(protocol("login message too large"));
-            }
-        }
-        if let Some(message) = backend::Message::parse(buf)? {
-            return Ok(message);
-        }
-        if stream.read_buf(buf).await? == 0 {
-            return Err(ConnectError::Io(std::io::Error::new(
-                std::io::ErrorKind::UnexpectedEof,
-                "the server closed the connection",
-            )));
-        }
+fn read_error(error: ReadError) -> ConnectError {
+    match error {
+        ReadError::TooLarge(..) => protocol("login message too large"),
+        ReadError::Closed => ConnectError::Io(std::io::Error::new(
+            std::io::ErrorKind::UnexpectedEof,
+            "the server closed the connection",
+        )),
+        ReadError::Io(error) => ConnectError::Io(error),
     }
-}
-
-/// Decodes an ErrorResponse body into its fields.
-pub fn server_error(body: &backend::ErrorResponseBody) -> Result<ServerError, ConnectError> {
-    let mut error = ServerError::default();
-    let mut fields = body.fields();
-    while let Some(field) = fields.next()? {
-        let value = String::from_utf8_lossy(field.value_bytes()).into_owned();
-        match field.type_() {
-            b'V' => error.severity = value,
-            b'S' if error.severity.is_empty() => error.severity = value,
-            b'C' => error.code = value,
-            b'M' => error.message = value,
-            b'D' => error.detail = Some(value),
-            b'H' => error.hint = Some(value),
-            _ => {}
-        }
-    }
-    Ok(error)
 }

@@ -19,7 +19,6 @@ use rustls::pki_types::ServerName;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::{Instant, timeout_at};
-use tokio_rustls::TlsConnector;
 
 use crate::iam::credentials::CredentialCache;
 use crate::iam::token::sign_token;
@@ -295,32 +294,20 @@ impl Connector {
         let Some(tls) = &self.tls else {
             return Ok(UpstreamStream::Plain(tcp));
         };
-        let negotiate = async {
-            let mut tcp = tcp;
-            let mut request = BytesMut::new();
-            frontend::ssl_request(&mut request);
-            tcp.write_all(&request).await?;
-            // Exactly one byte: nothing may be buffered before the handshake (CVE-2021-23222).
-            let mut answer = [0u8; 1];
-            tcp.read_exact(&mut answer).await?;
-            if answer[0] != b'S' {
-                return Err(ConnectError::TlsRefused {
-                    target: target.clone(),
-                });
-            }
-            TlsConnector::from(tls.clone())
-                .connect(self.server_name.clone(), tcp)
-                .await
-                .map_err(|e| ConnectError::Tls {
-                    target: target.clone(),
+        let negotiate = tls::start_tls(tcp, tls.clone(), self.server_name.clone());
+        let tls_stream = timeout_at(deadline, negotiate)
+            .await
+            .map_err(|_| self.timeout_error("negotiating TLS with"))?
+            .map_err(|error| match error {
+                tls::StartTlsError::Refused => ConnectError::TlsRefused { target },
+                tls::StartTlsError::Io(error) => ConnectError::Io(error),
+                tls::StartTlsError::Handshake(e) => ConnectError::Tls {
                     name: self.upstream.host.clone(),
                     kind: classify_tls(&e),
                     reason: e.to_string(),
-                })
-        };
-        let tls_stream = timeout_at(deadline, negotiate)
-            .await
-            .map_err(|_| self.timeout_error("negotiating TLS with"))??;
+                    target,
+                },
+            })?;
         Ok(UpstreamStream::Tls(Box::new(tls_stream)))
     }
 }

@@ -8,6 +8,8 @@
 use std::path::Path;
 use std::sync::Arc;
 
+use bytes::BytesMut;
+use postgres_protocol::message::frontend;
 use rustls::client::WebPkiServerVerifier;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
@@ -16,6 +18,10 @@ use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{
     CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme,
 };
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+use tokio_rustls::client::TlsStream;
 
 /// How the upstream certificate is checked.
 #[derive(
@@ -43,6 +49,41 @@ pub fn load_ca_file(path: &Path) -> Result<Vec<CertificateDer<'static>>, String>
         return Err(format!("{} contains no PEM certificate", path.display()));
     }
     Ok(certs)
+}
+
+/// Why TLS could not be started on a connection.
+#[derive(Debug)]
+pub enum StartTlsError {
+    /// The server answered the SSLRequest with 'N'.
+    Refused,
+    /// Writing the SSLRequest or reading its answer failed.
+    Io(std::io::Error),
+    /// The handshake failed (the rustls error is inside).
+    Handshake(std::io::Error),
+}
+
+/// SSLRequest, exactly one byte of answer read from the raw socket (nothing may be buffered
+/// before the handshake: CVE-2021-23222), then the handshake for `name`. The one way the
+/// sidecar and `doctor` open TLS to an upstream.
+pub async fn start_tls(
+    mut tcp: TcpStream,
+    config: Arc<ClientConfig>,
+    name: ServerName<'static>,
+) -> Result<TlsStream<TcpStream>, StartTlsError> {
+    let mut request = BytesMut::new();
+    frontend::ssl_request(&mut request);
+    tcp.write_all(&request).await.map_err(StartTlsError::Io)?;
+    let mut answer = [0u8; 1];
+    tcp.read_exact(&mut answer)
+        .await
+        .map_err(StartTlsError::Io)?;
+    if answer[0] != b'S' {
+        return Err(StartTlsError::Refused);
+    }
+    TlsConnector::from(config)
+        .connect(name, tcp)
+        .await
+        .map_err(StartTlsError::Handshake)
 }
 
 /// Why `verify-ca` needs its own roots.

@@ -1,0 +1,151 @@
+//! Why an IAM login fails, in the order of likelihood, and what to do: the text behind check 6.
+
+use std::time::SystemTime;
+
+use super::configuration::{EndpointKind, endpoint_kind};
+use super::login::humantime_utc;
+use crate::upstream::error::ConnectError;
+use crate::upstream::{UpstreamAuth, UpstreamSettings};
+
+/// The likely causes of a failed login, most likely first.
+pub(super) fn login_causes(
+    error: &ConnectError,
+    config: &UpstreamSettings,
+    user: &str,
+) -> (Vec<String>, String) {
+    let host = &config.endpoint.host;
+    let region = match &config.auth {
+        UpstreamAuth::Iam { region, .. } => region.as_str(),
+        UpstreamAuth::Password(_) => "REGION",
+    };
+    let kind = endpoint_kind(host);
+    let resource = match kind {
+        EndpointKind::Proxy => "prx-RESOURCEID",
+        EndpointKind::Cluster => "cluster-RESOURCEID",
+        _ => "db-RESOURCEID / cluster-RESOURCEID / prx-RESOURCEID",
+    };
+    let partition = if host.ends_with(".cn") {
+        "aws-cn"
+    } else {
+        "aws"
+    };
+    let now = humantime_utc(SystemTime::now());
+    match error {
+        ConnectError::AuthRejected(server) => {
+            let message = server.message.to_ascii_lowercase();
+            if message.contains("throttl")
+                || message.contains("rate exceeded")
+                || message.contains("too many competing requests")
+            {
+                return (
+                    vec![
+                        "IAM authentication is being throttled (too many new connections per \
+                          second for this account and region)"
+                            .to_owned(),
+                    ],
+                    "lower --max-connect-rate, keep connections pooled (--min-idle, longer \
+                     --idle-timeout), or request a quota increase"
+                        .to_owned(),
+                );
+            }
+            if matches!(config.auth, UpstreamAuth::Password(_)) {
+                return (
+                    vec!["the password is wrong".to_owned()],
+                    "check --password-file / RDS_IAM_SIDECAR_PASSWORD".to_owned(),
+                );
+            }
+            if message.contains("no credentials for the role") {
+                return (
+                    vec![format!(
+                        "the proxy has no Secrets Manager secret for the user {user} (and \
+                         end-to-end IAM is not enabled for it)"
+                    )],
+                    "add the user's secret to the proxy's authentication settings, or enable \
+                     end-to-end IAM authentication on the proxy"
+                        .to_owned(),
+                );
+            }
+            // A PAM failure comes from a database whose user has rds_iam (otherwise it asks for
+            // a password): the token itself was refused.
+            let mut causes = vec![
+                format!(
+                    "the IAM policy of these credentials lacks rds-db:connect on \
+                     arn:{partition}:rds-db:{region}:ACCOUNT:dbuser:{resource}/{user} (the \
+                     resource id, not the name)"
+                ),
+                format!(
+                    "the token was signed for {host}, but the server expected another host name: \
+                     --upstream must be the endpoint's own name (not a CNAME, IP or tunnel \
+                     address; use --upstream-addr for those)"
+                ),
+                format!(
+                    "the database user lacks the rds_iam role: GRANT rds_iam TO \"{user}\" \
+                     (direct endpoints, and proxies with end-to-end IAM)"
+                ),
+                "IAM authentication is not enabled on the cluster / proxy (RDS Proxy: IAMAuth \
+                 REQUIRED), or the proxy has no Secrets Manager secret for this user"
+                    .to_owned(),
+                format!(
+                    "this machine's clock is off (tokens are checked against AWS time; now here: \
+                     {now})"
+                ),
+                "the access key was deactivated or the secret key is wrong".to_owned(),
+            ];
+            if message.contains("pam") {
+                // The user has the role: that cause is out.
+                causes.remove(2);
+            }
+            if matches!(kind, EndpointKind::Ip | EndpointKind::Other) {
+                // check 1 already warned: a name that is not the endpoint's own.
+                causes.swap(0, 1);
+            }
+            (
+                causes,
+                "fix the first cause that applies; `aws rds generate-db-auth-token` with the same \
+                 credentials plus psql shows whether the problem is the sidecar or the grant"
+                    .to_owned(),
+            )
+        }
+        ConnectError::IamNotEnabled { .. } if kind == EndpointKind::Proxy => (
+            vec![
+                "the proxy does not require IAM authentication, so it asked for the user's \
+                 password"
+                    .to_owned(),
+            ],
+            "set the proxy's authentication to IAMAuth REQUIRED (for this user's secret)"
+                .to_owned(),
+        ),
+        ConnectError::IamNotEnabled { .. } => (
+            vec![
+                format!("the database user lacks the rds_iam role: GRANT rds_iam TO \"{user}\""),
+                "IAM database authentication is not enabled on the instance / cluster".to_owned(),
+            ],
+            "grant rds_iam and enable IAM database authentication; a plain PostgreSQL needs \
+             --auth password"
+                .to_owned(),
+        ),
+        ConnectError::Timeout { .. } => (
+            vec![
+                "the proxy accepted the connection but could not reach its database in time: \
+                 the database's security group must admit the proxy, and its targets must be \
+                 healthy (aws rds describe-db-proxy-targets)"
+                    .to_owned(),
+                "the proxy waits for a free database connection: MaxConnectionsPercent reached, \
+                 or ConnectionBorrowTimeout"
+                    .to_owned(),
+                "the database is at max_connections or starting up".to_owned(),
+            ],
+            "check the proxy's target health; raise --connect-timeout if logins are just slow"
+                .to_owned(),
+        ),
+        ConnectError::Server(server) if server.code == "3D000" => (
+            vec![format!("the database does not exist: {}", server.message)],
+            "pass the right --database (clients choose theirs with dbname)".to_owned(),
+        ),
+        other => (
+            vec![other.to_string()],
+            "see the message above; `rds-iam-sidecar run --log-level debug` shows each step"
+                .to_owned(),
+        ),
+    }
+}

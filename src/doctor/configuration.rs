@@ -1,0 +1,140 @@
+//! Check 1: what the configuration says about the endpoint: its kind (proxy, cluster,
+//! instance, an IP or another name), where it is dialled, the signing region, and warnings for
+//! settings that will fail at RDS.
+
+use super::report::Checks;
+use crate::iam::region::RegionSource;
+use crate::upstream::tls::TlsMode;
+use crate::upstream::{UpstreamAuth, UpstreamSettings};
+
+/// 1. The endpoint name and the region.
+pub(super) fn configuration(checks: &mut Checks, config: &UpstreamSettings) {
+    let host = &config.endpoint.host;
+    let kind = endpoint_kind(host);
+    let region = match &config.auth {
+        UpstreamAuth::Iam {
+            region,
+            region_source,
+        } => format!(
+            "; region {region} ({})",
+            match region_source {
+                RegionSource::Flag => "from --region",
+                RegionSource::EndpointName => "from the endpoint name",
+                RegionSource::Environment => "from AWS_REGION / AWS_DEFAULT_REGION",
+            }
+        ),
+        UpstreamAuth::Password(_) => "; --auth password (no IAM)".to_owned(),
+    };
+    let dial = config
+        .upstream_addr
+        .as_ref()
+        .map(|addr| format!(", dialled at {}", addr.dial_target()))
+        .unwrap_or_default();
+    let check = checks.ok(format!(
+        "{} is {}{dial}{region}",
+        config.endpoint.dial_target(),
+        kind.describe()
+    ));
+    match kind {
+        EndpointKind::Ip => check.warnings.push(
+            "tokens are signed for the host name in --upstream, and RDS checks them against its \
+             own endpoint name: put the RDS endpoint name in --upstream and this address in \
+             --upstream-addr"
+                .to_owned(),
+        ),
+        EndpointKind::Other => check.warnings.push(
+            "not an RDS host name: if it is a CNAME or alias, tokens signed for it are rejected \
+             and the certificate will not match; put the real RDS endpoint name in --upstream and \
+             this name in --upstream-addr"
+                .to_owned(),
+        ),
+        _ => {}
+    }
+    if let UpstreamAuth::Iam { region, .. } = &config.auth
+        && let Some(named) = crate::iam::region::region_from_host(host)
+        && named != *region
+    {
+        check.warnings.push(format!(
+            "the endpoint is in {named} but tokens are signed for {region}: RDS rejects them; \
+             drop --region / AWS_REGION or set it to {named}"
+        ));
+    }
+    if matches!(kind, EndpointKind::Instance | EndpointKind::Cluster)
+        && config.ca_file.is_none()
+        && config.tls_mode != TlsMode::Disable
+    {
+        check.warnings.push(
+            "direct instance and cluster endpoints present certificates of the RDS CA, which is \
+             not among the default roots: pass --ca-file global-bundle.pem (RDS Proxy needs none)"
+                .to_owned(),
+        );
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum EndpointKind {
+    Proxy,
+    Cluster,
+    Instance,
+    Ip,
+    Other,
+}
+
+impl EndpointKind {
+    fn describe(self) -> &'static str {
+        match self {
+            Self::Proxy => "an RDS Proxy endpoint",
+            Self::Cluster => "an Aurora cluster endpoint",
+            Self::Instance => "an RDS instance endpoint",
+            Self::Ip => "an IP address",
+            Self::Other => "not an RDS endpoint name",
+        }
+    }
+}
+
+pub(super) fn endpoint_kind(host: &str) -> EndpointKind {
+    let host = host.trim_end_matches('.').to_ascii_lowercase();
+    if host.parse::<std::net::IpAddr>().is_ok() {
+        return EndpointKind::Ip;
+    }
+    if crate::iam::region::region_from_host(&host).is_none() {
+        return EndpointKind::Other;
+    }
+    // name.proxy-xyz.REGION..., custom proxy endpoints name.endpoint.proxy-xyz.REGION...,
+    // name.cluster-[ro-|custom-]xyz.REGION...
+    let labels: Vec<&str> = host.split('.').collect();
+    if labels.iter().skip(1).any(|l| l.starts_with("proxy-")) {
+        EndpointKind::Proxy
+    } else if labels.iter().skip(1).any(|l| l.starts_with("cluster-")) {
+        EndpointKind::Cluster
+    } else {
+        EndpointKind::Instance
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoint_kinds() {
+        assert_eq!(
+            endpoint_kind("app.proxy-abc123.us-east-1.rds.amazonaws.com"),
+            EndpointKind::Proxy
+        );
+        assert_eq!(
+            endpoint_kind("app.cluster-ro-abc123.eu-west-1.rds.amazonaws.com"),
+            EndpointKind::Cluster
+        );
+        assert_eq!(
+            endpoint_kind("app.abc123.eu-west-1.rds.amazonaws.com"),
+            EndpointKind::Instance
+        );
+        assert_eq!(
+            endpoint_kind("reader.endpoint.proxy-abc123.us-east-1.rds.amazonaws.com"),
+            EndpointKind::Proxy
+        );
+        assert_eq!(endpoint_kind("10.0.0.5"), EndpointKind::Ip);
+        assert_eq!(endpoint_kind("db.example.com"), EndpointKind::Other);
+    }
+}
