@@ -86,8 +86,8 @@ async fn run(args: RunArgs) -> ExitCode {
     let left = tokio::select! {
         left = sidecar.drain(lifecycle.shutdown_grace) => left,
         name = signals.next() => {
-            tracing::warn!(signal = name, clients = shutdown.sessions(), "second signal: closing every connection now");
-            shutdown.sessions().max(1)
+            tracing::warn!(signal = name, clients = shutdown.clients(), "second signal: closing every connection now");
+            shutdown.clients().max(1)
         }
     };
     if left == 0 {

@@ -106,12 +106,12 @@ impl RunningSidecar {
             frontend.cancels.wake_all();
         }
         info!(
-            clients = shutdown.sessions(),
+            clients = shutdown.clients(),
             grace_s = grace.as_secs_f64(),
             "draining: closing idle clients, letting transactions finish"
         );
-        let _ = tokio::time::timeout(grace, shutdown.all_sessions_gone()).await;
-        let left = shutdown.sessions();
+        let _ = tokio::time::timeout(grace, shutdown.all_clients_gone()).await;
+        let left = shutdown.clients();
         if left > 0 {
             warn!(
                 clients = left,

@@ -31,7 +31,7 @@ const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// What both directions of one client session know about its protocol state.
 #[derive(Debug)]
-pub struct SessionState {
+pub struct SyncState {
     /// ReadyForQuery messages still owed to the client (its sync points not yet answered).
     expected_ready: AtomicU32,
     /// The client's stream is at a message boundary with no unsynced extended-protocol
@@ -41,7 +41,7 @@ pub struct SessionState {
     status: AtomicU8,
 }
 
-impl Default for SessionState {
+impl Default for SyncState {
     fn default() -> Self {
         Self {
             expected_ready: AtomicU32::new(0),
@@ -51,7 +51,7 @@ impl Default for SessionState {
     }
 }
 
-impl SessionState {
+impl SyncState {
     /// The upstream connection owes the client nothing and is outside a transaction: it can
     /// serve someone else.
     pub fn is_idle(&self) -> bool {
@@ -151,28 +151,77 @@ pub struct Rewrite<'a> {
     pub prepared: &'a std::sync::Mutex<std::collections::HashSet<String>>,
 }
 
-/// Forwards between `client` and `server` until an [`Outcome`]. `first` (bytes the client
-/// already sent) goes upstream first, `pending` (bytes the server already sent) to the client.
-/// `detach` says when the period ends by itself ([`Outcome::Released`]). ParameterStatus updates land in `parameters`.
-#[allow(clippy::too_many_arguments)]
+/// How the client's bytes go upstream during an attached period.
+pub enum Pump<'a> {
+    /// Session mode: unchanged, headers scanned (Terminate kept back); the scanner's state
+    /// outlives the period.
+    PassThrough(&'a mut ClientSide),
+    /// Transaction mode: named prepared statements renamed for the attached connection.
+    Rewriting(Rewrite<'a>),
+}
+
+/// One attached period: what the session hands the hot loop besides the two streams.
+pub struct Period<'a> {
+    /// What both directions know of the protocol's sync points.
+    pub state: &'a SyncState,
+    /// The server connection's ParameterStatus values, updated as they change.
+    pub parameters: &'a mut Vec<(String, String)>,
+    /// Bytes the client already sent: they go upstream first.
+    pub first: &'a [u8],
+    /// Bytes the server already sent: they go to the client first.
+    pub pending: &'a [u8],
+    /// When the period ends by itself ([`Outcome::Released`]).
+    pub detach: Detach,
+    /// What ends the period for a close-mode cancel.
+    pub cancel: Option<&'a Closer>,
+    /// How the client's bytes go upstream.
+    pub pump: Pump<'a>,
+}
+
+impl Pump<'_> {
+    /// Sends one chunk of the client's bytes upstream; `Some(outcome)` when the client
+    /// terminated.
+    async fn send<W: AsyncWrite + Unpin>(
+        &mut self,
+        chunk: &[u8],
+        state: &SyncState,
+        plan: &Plan,
+        up_out: &mut Vec<u8>,
+        server: &mut W,
+    ) -> Result<Option<Outcome>, Outcome> {
+        match self {
+            Self::PassThrough(client_side) => send_upward(chunk, client_side, state, server).await,
+            Self::Rewriting(rewrite) => {
+                send_rewritten(chunk, rewrite, state, plan, up_out, server).await
+            }
+        }
+    }
+}
+
+/// Forwards between `client` and `server` until an [`Outcome`], as `period` says.
 pub async fn forward_attached<C, S>(
     client: &mut C,
     server: &mut S,
-    client_side: &mut ClientSide,
-    state: &SessionState,
-    parameters: &mut Vec<(String, String)>,
-    first: &[u8],
-    pending: &[u8],
-    detach: Detach,
-    cancel: Option<&Closer>,
-    mut rewrite: Option<Rewrite<'_>>,
+    period: Period<'_>,
 ) -> (Outcome, Traffic)
 where
     C: AsyncRead + AsyncWrite + Unpin,
     S: AsyncRead + AsyncWrite + Unpin,
 {
+    let Period {
+        state,
+        parameters,
+        first,
+        pending,
+        detach,
+        cancel,
+        mut pump,
+    } = period;
     let plan = Plan::default();
-    let prepared = rewrite.as_ref().map(|r| r.prepared);
+    let prepared = match &pump {
+        Pump::Rewriting(rewrite) => Some(rewrite.prepared),
+        Pump::PassThrough(_) => None,
+    };
     let (mut client_read, mut client_write) = tokio::io::split(client);
     let (mut server_read, mut server_write) = tokio::io::split(server);
     let mut traffic = Traffic::default();
@@ -195,14 +244,11 @@ where
     }
     // Sized for a typical batch up front in transaction mode (no regrowth per message);
     // session mode never writes to it.
-    let mut up_out = Vec::with_capacity(if rewrite.is_some() { 1024 } else { 0 });
+    let mut up_out = Vec::with_capacity(if prepared.is_some() { 1024 } else { 0 });
     if !first.is_empty() {
-        let sent = match rewrite.as_mut() {
-            Some(rewrite) => {
-                send_rewritten(first, rewrite, state, &plan, &mut up_out, &mut server_write).await
-            }
-            None => send_upward(first, client_side, state, &mut server_write).await,
-        };
+        let sent = pump
+            .send(first, state, &plan, &mut up_out, &mut server_write)
+            .await;
         match sent {
             Ok(None) => traffic.to_server += first.len() as u64,
             Ok(Some(outcome)) | Err(outcome) => return (outcome, traffic),
@@ -219,20 +265,9 @@ where
                 Ok(n) => n,
                 Err(_) => return Outcome::ClientError,
             };
-            let sent = match rewrite.as_mut() {
-                Some(rewrite) => {
-                    send_rewritten(
-                        &buffer[..n],
-                        rewrite,
-                        state,
-                        &plan,
-                        &mut up_out,
-                        &mut server_write,
-                    )
-                    .await
-                }
-                None => send_upward(&buffer[..n], client_side, state, &mut server_write).await,
-            };
+            let sent = pump
+                .send(&buffer[..n], state, &plan, &mut up_out, &mut server_write)
+                .await;
             match sent {
                 Ok(None) => to_server += n as u64,
                 Ok(Some(outcome)) | Err(outcome) => return outcome,
@@ -326,7 +361,7 @@ where
 async fn send_rewritten<W: AsyncWrite + Unpin>(
     chunk: &[u8],
     rewrite: &mut Rewrite<'_>,
-    state: &SessionState,
+    state: &SyncState,
     plan: &Plan,
     out: &mut Vec<u8>,
     server: &mut W,
@@ -352,7 +387,7 @@ async fn send_rewritten<W: AsyncWrite + Unpin>(
 async fn send_upward<W: AsyncWrite + Unpin>(
     chunk: &[u8],
     client_side: &mut ClientSide,
-    state: &SessionState,
+    state: &SyncState,
     server: &mut W,
 ) -> Result<Option<Outcome>, Outcome> {
     let mut up = Upward {
@@ -413,7 +448,7 @@ async fn write_flushed<W: AsyncWrite + Unpin>(writer: &mut W, bytes: &[u8]) -> s
 
 /// Client → server: sync points and Terminate.
 struct Upward<'a> {
-    state: &'a SessionState,
+    state: &'a SyncState,
     quiet: bool,
     terminate_at: Option<isize>,
 }
@@ -443,7 +478,7 @@ impl FrameVisitor for Upward<'_> {
 
 /// Server → client: ReadyForQuery and ParameterStatus.
 struct Downward<'a> {
-    state: &'a SessionState,
+    state: &'a SyncState,
     parameters: &'a mut Vec<(String, String)>,
     last_tag: u8,
     transactions: u64,
@@ -494,19 +529,17 @@ where
     C: AsyncRead + AsyncWrite + Unpin,
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let state = SessionState::default();
+    let state = SyncState::default();
     let mut parameters = Vec::new();
-    forward_attached(
-        &mut client,
-        &mut server,
-        &mut ClientSide::default(),
-        &state,
-        &mut parameters,
-        &[],
+    let mut client_side = ClientSide::default();
+    let period = Period {
+        state: &state,
+        parameters: &mut parameters,
+        first: &[],
         pending,
-        Detach::Never,
-        None,
-        None,
-    )
-    .await
+        detach: Detach::Never,
+        cancel: None,
+        pump: Pump::PassThrough(&mut client_side),
+    };
+    forward_attached(&mut client, &mut server, period).await
 }

@@ -11,7 +11,7 @@ use tokio::io::AsyncWriteExt;
 use tracing::{debug, info, warn};
 
 use crate::error::{PgError, sqlstate};
-use crate::forward::SessionState;
+use crate::forward::SyncState;
 use crate::forward::prepared::{ClientRewriter, ClientStatements};
 use crate::frontend::cancel::{CancelKeyGuard, ServerKey};
 use crate::ops::metrics::{ClientGauge, ClientState};
@@ -219,7 +219,7 @@ async fn greet(
         cancel_key,
         rewriter: ClientRewriter::new(),
         statements: ClientStatements::default(),
-        state: SessionState::default(),
+        state: SyncState::default(),
         bytes_to_server: 0,
         bytes_to_client: 0,
         held,

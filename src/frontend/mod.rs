@@ -129,7 +129,7 @@ pub fn serve_client(
         Some(peer) => info_span!("client", conn = id, peer = %peer),
         None => info_span!("client", conn = id, peer = "unix"),
     };
-    let counted = context.shutdown.session();
+    let counted = context.shutdown.client();
     let gauge = context.metrics.client_login();
     let login = Box::pin(login(stream, context, gauge));
     async move {

@@ -9,7 +9,7 @@ use tracing::info;
 use crate::error::{PgError, sqlstate};
 use crate::forward::closer::Closer;
 use crate::forward::prepared::{ClientRewriter, ClientStatements};
-use crate::forward::{Outcome, SessionState, Traffic};
+use crate::forward::{Outcome, SyncState, Traffic};
 use crate::frontend::cancel::{CancelKeyGuard, CancelMode};
 use crate::ops::metrics::ClientGauge;
 use crate::pool::{Lease, Pool};
@@ -28,7 +28,7 @@ pub(super) struct Session {
     /// Transaction mode: the client's messages and statements across transactions.
     pub(super) rewriter: ClientRewriter,
     pub(super) statements: ClientStatements,
-    pub(super) state: SessionState,
+    pub(super) state: SyncState,
     /// Totals for the closing log line (the metrics are counted per attached period).
     pub(super) bytes_to_server: u64,
     pub(super) bytes_to_client: u64,

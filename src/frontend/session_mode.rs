@@ -7,7 +7,7 @@ use bytes::BytesMut;
 use tracing::debug;
 
 use crate::forward::buffers::Buffer;
-use crate::forward::{ClientSide, Detach, Outcome, forward_attached};
+use crate::forward::{ClientSide, Detach, Outcome, Period, Pump, forward_attached};
 use crate::ops::metrics::ClientState;
 use crate::ops::shutdown::Woken;
 use crate::pool::Lease;
@@ -72,17 +72,19 @@ impl Session {
             // Boxed: the attached period's state lives on the heap only while it runs.
             self.gauge.set(ClientState::Active);
             let cancel = closer(self.context.cancel_mode, &self.cancel_key);
+            let period = Period {
+                state: &self.state,
+                parameters: &mut server.parameters,
+                first: first_bytes,
+                pending: &pending,
+                detach: Detach::WhenQuiet,
+                cancel,
+                pump: Pump::PassThrough(&mut client_side),
+            };
             let (outcome, traffic) = Box::pin(forward_attached(
                 &mut self.stream,
                 &mut server.stream,
-                &mut client_side,
-                &self.state,
-                &mut server.parameters,
-                first_bytes,
-                &pending,
-                Detach::WhenQuiet,
-                cancel,
-                None,
+                period,
             ))
             .await;
             self.gauge.set(ClientState::Idle);

@@ -8,7 +8,7 @@ use tokio::io::AsyncWriteExt;
 use tracing::warn;
 
 use crate::forward::buffers::Buffer;
-use crate::forward::{ClientSide, Detach, Outcome, Rewrite, forward_attached};
+use crate::forward::{Detach, Outcome, Period, Pump, Rewrite, forward_attached};
 use crate::ops::metrics::ClientState;
 use crate::ops::shutdown::Woken;
 use crate::protocol::messages;
@@ -94,20 +94,17 @@ impl Session {
             statements: &mut self.statements,
             prepared: &server.prepared,
         };
-        let (outcome, traffic) = forward_attached(
-            &mut self.stream,
-            &mut server.stream,
-            // Unused when rewriting.
-            &mut ClientSide::default(),
-            &self.state,
-            &mut server.parameters,
+        let period = Period {
+            state: &self.state,
+            parameters: &mut server.parameters,
             first,
-            &pending,
-            Detach::WhenIdle,
+            pending: &pending,
+            detach: Detach::WhenIdle,
             cancel,
-            Some(rewrite),
-        )
-        .await;
+            pump: Pump::Rewriting(rewrite),
+        };
+        let (outcome, traffic) =
+            forward_attached(&mut self.stream, &mut server.stream, period).await;
         self.add(traffic);
         self.cancel_key.set_server(None);
         match outcome {

@@ -20,9 +20,9 @@ pub struct Shutdown {
     /// Wakes idle clients when draining starts.
     drain: Notify,
     /// Client connections being served, from accept to close.
-    sessions: AtomicUsize,
+    clients: AtomicUsize,
     /// Wakes the drainer when the last session ended.
-    sessions_gone: Notify,
+    clients_gone: Notify,
 }
 
 impl Shutdown {
@@ -98,23 +98,23 @@ impl Shutdown {
     }
 
     /// Counts a client connection for as long as the guard lives.
-    pub fn session(self: &std::sync::Arc<Self>) -> SessionGuard {
-        self.sessions.fetch_add(1, Ordering::AcqRel);
-        SessionGuard {
+    pub fn client(self: &std::sync::Arc<Self>) -> ClientGuard {
+        self.clients.fetch_add(1, Ordering::AcqRel);
+        ClientGuard {
             shutdown: self.clone(),
         }
     }
 
     /// Client connections being served right now.
-    pub fn sessions(&self) -> usize {
-        self.sessions.load(Ordering::Acquire)
+    pub fn clients(&self) -> usize {
+        self.clients.load(Ordering::Acquire)
     }
 
     /// Waits until no client connection is left.
-    pub async fn all_sessions_gone(&self) {
+    pub async fn all_clients_gone(&self) {
         loop {
-            let notified = self.sessions_gone.notified();
-            if self.sessions() == 0 {
+            let notified = self.clients_gone.notified();
+            if self.clients() == 0 {
                 return;
             }
             notified.await;
@@ -141,14 +141,14 @@ pub enum Woken {
 
 /// One client connection, counted by [`Shutdown`].
 #[derive(Debug)]
-pub struct SessionGuard {
+pub struct ClientGuard {
     shutdown: std::sync::Arc<Shutdown>,
 }
 
-impl Drop for SessionGuard {
+impl Drop for ClientGuard {
     fn drop(&mut self) {
-        if self.shutdown.sessions.fetch_sub(1, Ordering::AcqRel) == 1 {
-            self.shutdown.sessions_gone.notify_waiters();
+        if self.shutdown.clients.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.shutdown.clients_gone.notify_waiters();
         }
     }
 }
@@ -195,14 +195,14 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn all_sessions_gone_waits_for_the_last_guard() {
+    async fn all_clients_gone_waits_for_the_last_guard() {
         let shutdown = Arc::new(Shutdown::new());
-        let first = shutdown.session();
-        let second = shutdown.session();
-        assert_eq!(shutdown.sessions(), 2);
+        let first = shutdown.client();
+        let second = shutdown.client();
+        assert_eq!(shutdown.clients(), 2);
         let waiter = tokio::spawn({
             let shutdown = shutdown.clone();
-            async move { shutdown.all_sessions_gone().await }
+            async move { shutdown.all_clients_gone().await }
         });
         drop(first);
         tokio::task::yield_now().await;
@@ -212,6 +212,6 @@ mod tests {
             .await
             .expect("woken when the last session ends")
             .expect("no panic");
-        assert_eq!(shutdown.sessions(), 0);
+        assert_eq!(shutdown.clients(), 0);
     }
 }
