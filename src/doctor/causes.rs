@@ -3,7 +3,6 @@
 use std::time::SystemTime;
 
 use super::configuration::{EndpointKind, endpoint_kind};
-use super::login::humantime_utc;
 use crate::upstream::error::ConnectError;
 use crate::upstream::{UpstreamAuth, UpstreamSettings};
 
@@ -147,5 +146,32 @@ pub(super) fn login_causes(
             "see the message above; `rds-iam-sidecar run --log-level debug` shows each step"
                 .to_owned(),
         ),
+    }
+}
+
+/// A UTC time as `YYYY-MM-DD HH:MM:SS UTC` (civil-from-days, proleptic Gregorian).
+fn humantime_utc(at: SystemTime) -> String {
+    // "2026-11-23T01:44:05Z" as "2026-11-23 01:44:05 UTC".
+    let rfc3339 = humantime::format_rfc3339_seconds(at).to_string();
+    format!(
+        "{} UTC",
+        rfc3339.trim_end_matches('Z').replacen('T', " ", 1)
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    #[test]
+    fn utc_times() {
+        let at = SystemTime::UNIX_EPOCH + Duration::from_secs(1_795_398_245);
+        assert_eq!(humantime_utc(at), "2026-11-23 01:44:05 UTC");
+        assert_eq!(
+            humantime_utc(SystemTime::UNIX_EPOCH),
+            "1970-01-01 00:00:00 UTC"
+        );
     }
 }

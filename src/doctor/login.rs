@@ -75,15 +75,6 @@ pub(super) async fn login(
     }
 }
 
-/// A UTC time as `YYYY-MM-DD HH:MM:SS UTC` (civil-from-days, proleptic Gregorian).
-pub(super) fn humantime_utc(at: SystemTime) -> String {
-    // "2026-11-23T01:44:05Z" as "2026-11-23 01:44:05 UTC".
-    let rfc3339 = humantime::format_rfc3339_seconds(at).to_string();
-    format!(
-        "{} UTC",
-        rfc3339.trim_end_matches('Z').replacen('T', " ", 1)
-    )
-}
 
 /// 7. `select current_user, version()` and membership of rds_iam.
 pub(super) async fn query(checks: &mut Checks, server: &mut ServerConnection) {
@@ -167,19 +158,4 @@ fn row_values(data: &postgres_protocol::message::backend::DataRowBody) -> Vec<St
         );
     }
     values
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn utc_times() {
-        let at = SystemTime::UNIX_EPOCH + Duration::from_secs(1_795_398_245);
-        assert_eq!(humantime_utc(at), "2026-11-23 01:44:05 UTC");
-        assert_eq!(
-            humantime_utc(SystemTime::UNIX_EPOCH),
-            "1970-01-01 00:00:00 UTC"
-        );
-    }
 }
