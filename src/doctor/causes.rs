@@ -151,6 +151,13 @@ pub(super) fn login_causes(
 
 /// A UTC time as `YYYY-MM-DD HH:MM:SS UTC` (civil-from-days, proleptic Gregorian).
 fn humantime_utc(at: SystemTime) -> String {
+    // humantime formats 1970..=9999 only; a clock outside that is what this text reports.
+    let in_range = at
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .is_ok_and(|since| since.as_secs() < 253_402_300_800);
+    if !in_range {
+        return "an impossible time (check this machine's clock)".to_owned();
+    }
     // "2026-11-23T01:44:05Z" as "2026-11-23 01:44:05 UTC".
     let rfc3339 = humantime::format_rfc3339_seconds(at).to_string();
     format!(
@@ -173,5 +180,7 @@ mod tests {
             humantime_utc(SystemTime::UNIX_EPOCH),
             "1970-01-01 00:00:00 UTC"
         );
+        let before_1970 = SystemTime::UNIX_EPOCH - Duration::from_secs(1);
+        assert!(humantime_utc(before_1970).contains("clock"));
     }
 }

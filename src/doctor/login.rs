@@ -75,7 +75,6 @@ pub(super) async fn login(
     }
 }
 
-
 /// 7. `select current_user, version()` and membership of rds_iam.
 pub(super) async fn query(checks: &mut Checks, server: &mut ServerConnection) {
     let sql = "select current_user, version(), case when exists (select 1 from pg_roles where \

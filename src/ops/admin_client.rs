@@ -48,8 +48,6 @@ async fn exchange(authority: &str, method: &str, path: &str) -> Result<Response,
     let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
         .map_err(|e| format!("talking to {authority}: {e}"))?;
-    // The connection is driven until the answer is read; it ends with this task's scope.
-    let driver = tokio::spawn(connection);
     let request = Request::builder()
         .method(method)
         .uri(path)
@@ -72,10 +70,14 @@ async fn exchange(authority: &str, method: &str, path: &str) -> Result<Response,
             status,
             body: String::from_utf8_lossy(&body).into_owned(),
         })
+    };
+    // The connection is driven here, not spawned, so nothing outlives the request. Once it
+    // ends, the answer is complete or failed: either way it no longer waits.
+    tokio::pin!(answer, connection);
+    tokio::select! {
+        answer = &mut answer => answer,
+        _ = &mut connection => answer.await,
     }
-    .await;
-    driver.abort();
-    answer
 }
 
 #[cfg(test)]

@@ -14,6 +14,12 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
             Duration::try_from_secs_f64(seconds).map_err(|_| out_of_range(text))?
         }
         Ok(_) => return Err(out_of_range(text)),
+        // humantime reads `M` as months: refuse it rather than read `5M` as 152 days.
+        Err(_) if text.contains('M') => {
+            return Err(format!(
+                "'{text}': 'M' would mean months; write m or min for minutes"
+            ));
+        }
         Err(_) => humantime::parse_duration(text).map_err(|e| {
             format!("'{text}' is not a duration ({e}; examples: 5s, 250ms, 2m, 1h)")
         })?,
@@ -47,5 +53,6 @@ mod tests {
         assert!(parse_duration("-1s").is_err());
         assert!(parse_duration("-1").is_err());
         assert!(parse_duration("2y").is_err(), "over a year");
+        assert!(parse_duration("5M").is_err(), "months, not minutes");
     }
 }
