@@ -15,7 +15,7 @@ use crate::forward::SyncState;
 use crate::forward::prepared::{ClientRewriter, ClientStatements};
 use crate::frontend::cancel::{CancelKeyGuard, ServerKey};
 use crate::ops::metrics::{ClientGauge, ClientState};
-use crate::pool::{CheckoutError, PoolKey, PoolMode};
+use crate::pool::{CheckoutError, Lease, Pool, PoolKey, PoolMode};
 use crate::protocol::messages;
 use crate::protocol::startup::{InitialPacket, StartupError, StartupRequest, read_initial_packet};
 use crate::stream::ClientStream;
@@ -23,7 +23,7 @@ use crate::upstream::{FORWARDED_PARAMETERS, ServerConnection};
 
 use super::cancel_request::handle_cancel;
 use super::session::Session;
-use super::{Frontend, send_error, send_shutdown_error};
+use super::{Admitted, Frontend, send_error, send_shutdown_error};
 
 /// Protocol 3.0 as a version number: what NegotiateProtocolVersion offers.
 const PROTOCOL_3_0: i32 = 3 << 16;
@@ -109,46 +109,9 @@ async fn greet(
     context: Arc<Frontend>,
     mut gauge: ClientGauge,
 ) -> Option<Box<Session>> {
-    if context.shutdown.is_draining() {
-        refuse_for_shutdown(&mut stream, &context).await;
-        return None;
-    }
-    let Some(client_user) = startup.get("user").filter(|u| !u.is_empty()) else {
-        let pg = PgError::fatal(
-            sqlstate::INVALID_AUTHORIZATION,
-            "no PostgreSQL user name specified in startup packet",
-        );
-        context.metrics.auth_failure(&pg.code);
-        send_error(&mut stream, &pg).await;
-        return None;
-    };
-    if startup
-        .get("replication")
-        .is_some_and(|v| v != "false" && v != "0" && v != "off")
-    {
-        let pg = PgError::fatal(
-            sqlstate::FEATURE_NOT_SUPPORTED,
-            "rds-iam-sidecar does not support replication connections",
-        );
-        send_error(&mut stream, &pg).await;
-        return None;
-    }
-    let Some(admitted) = context.admit() else {
-        let pg = PgError::fatal(
-            sqlstate::TOO_MANY_CONNECTIONS,
-            format!(
-                "sorry, too many clients already (rds-iam-sidecar --max-client-connections {})",
-                context.max_clients
-            ),
-        );
-        warn!("client refused: --max-client-connections reached");
-        context.metrics.client_refused("max_clients");
-        send_error(&mut stream, &pg).await;
-        return None;
-    };
+    let (admitted, client_user) = admit(&mut stream, &startup, &context).await?;
     let user = context.db_user.as_deref().unwrap_or(client_user).to_owned();
     let database = startup.get("database").unwrap_or(client_user).to_owned();
-
     let StartupParameters {
         forwarded,
         dropped,
@@ -157,37 +120,10 @@ async fn greet(
     if !dropped.is_empty() {
         warn!(parameters = ?dropped, "startup parameters not forwarded (RDS Proxy rejects them)");
     }
-
     let pool = context
         .pools
         .pool(PoolKey::new(&user, &database, forwarded));
-    let started = Instant::now();
-    let checkout = tokio::select! {
-        checkout = Box::pin(context.pools.checkout(&pool)) => checkout,
-        // Waiting for a busy pool does not hold up a drain either.
-        () = context.shutdown.draining() => {
-            refuse_for_shutdown(&mut stream, &context).await;
-            return None;
-        }
-    };
-    let mut lease = match checkout {
-        Ok(lease) => lease,
-        Err(error) => {
-            let pg = checkout_error_to_pg(&error, &context, &user);
-            warn!(%error, sqlstate = %pg.code, pool = %pool.key, "no upstream connection for a new client");
-            context.metrics.auth_failure(&pg.code);
-            send_error(&mut stream, &pg).await;
-            return None;
-        }
-    };
-    let waited = started.elapsed();
-    context.metrics.pool_wait(waited);
-    let wait_ms = waited.as_secs_f64() * 1000.0;
-    if context.shutdown.is_draining() {
-        lease.release();
-        refuse_for_shutdown(&mut stream, &context).await;
-        return None;
-    }
+    let (mut lease, waited) = first_checkout(&mut stream, &context, &pool, &user).await?;
 
     let cancel_key = context.cancels.register(server_key(lease.server()));
     let greeting = greeting(
@@ -200,6 +136,7 @@ async fn greet(
     if stream.write_all(&greeting).await.is_err() {
         return None;
     }
+    let wait_ms = waited.as_secs_f64() * 1000.0;
     info!(pool = %pool.key, wait_ms = format_args!("{wait_ms:.1}"), "client connected");
     let held = match context.pools.settings.mode {
         PoolMode::Session => Some(Box::new(lease)),
@@ -225,6 +162,90 @@ async fn greet(
         held,
         gauge,
     }))
+}
+
+/// The client's place under `--max-client-connections` and its user name, or `None` after
+/// telling it why not (draining, no user, a replication connection, too many clients).
+async fn admit<'s>(
+    stream: &mut ClientStream,
+    startup: &'s StartupRequest,
+    context: &Arc<Frontend>,
+) -> Option<(Admitted, &'s str)> {
+    if context.shutdown.is_draining() {
+        refuse_for_shutdown(stream, context).await;
+        return None;
+    }
+    let Some(client_user) = startup.get("user").filter(|u| !u.is_empty()) else {
+        let pg = PgError::fatal(
+            sqlstate::INVALID_AUTHORIZATION,
+            "no PostgreSQL user name specified in startup packet",
+        );
+        context.metrics.auth_failure(&pg.code);
+        send_error(stream, &pg).await;
+        return None;
+    };
+    if startup
+        .get("replication")
+        .is_some_and(|v| v != "false" && v != "0" && v != "off")
+    {
+        let pg = PgError::fatal(
+            sqlstate::FEATURE_NOT_SUPPORTED,
+            "rds-iam-sidecar does not support replication connections",
+        );
+        send_error(stream, &pg).await;
+        return None;
+    }
+    let Some(admitted) = context.admit() else {
+        let pg = PgError::fatal(
+            sqlstate::TOO_MANY_CONNECTIONS,
+            format!(
+                "sorry, too many clients already (rds-iam-sidecar --max-client-connections {})",
+                context.max_clients
+            ),
+        );
+        warn!("client refused: --max-client-connections reached");
+        context.metrics.client_refused("max_clients");
+        send_error(stream, &pg).await;
+        return None;
+    };
+    Some((admitted, client_user))
+}
+
+/// The client's first upstream connection and how long it waited for it, or `None` after
+/// telling the client why not (the login failed, the pool stayed busy, a drain began).
+async fn first_checkout(
+    stream: &mut ClientStream,
+    context: &Arc<Frontend>,
+    pool: &Arc<Pool>,
+    user: &str,
+) -> Option<(Lease, Duration)> {
+    let started = Instant::now();
+    let checkout = tokio::select! {
+        checkout = Box::pin(context.pools.checkout(pool)) => checkout,
+        // Waiting for a busy pool does not hold up a drain either.
+        () = context.shutdown.draining() => {
+            refuse_for_shutdown(stream, context).await;
+            return None;
+        }
+    };
+    let lease = match checkout {
+        Ok(lease) => lease,
+        Err(error) => {
+            let pg = checkout_error_to_pg(&error, context, user);
+            warn!(%error, sqlstate = %pg.code, pool = %pool.key, "no upstream connection for a new client");
+            context.metrics.auth_failure(&pg.code);
+            send_error(stream, &pg).await;
+            return None;
+        }
+    };
+    let waited = started.elapsed();
+    context.metrics.pool_wait(waited);
+    if context.shutdown.is_draining() {
+        lease.release();
+        refuse_for_shutdown(stream, context).await;
+        return None;
+    }
+    Some((lease, waited))
 }
 
 /// The login sequence a client expects: NegotiateProtocolVersion when it asked for more than

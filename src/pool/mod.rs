@@ -6,8 +6,10 @@
 //! across all pools pass one [`RateLimiter`].
 
 pub mod key;
+mod lease;
 pub mod rate;
 pub mod reset;
+mod settings;
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -22,51 +24,9 @@ use tracing::{debug, info, warn};
 use crate::upstream::error::ConnectError;
 use crate::upstream::{Connector, ServerConnection};
 pub use key::PoolKey;
+pub use lease::Lease;
 pub use rate::RateLimiter;
-
-/// How upstream connections are shared.
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Deserialize, serde::Serialize,
-)]
-#[serde(rename_all = "kebab-case")]
-pub enum PoolMode {
-    /// A client holds one upstream connection for its whole life (default).
-    Session,
-    /// A client holds an upstream connection for one transaction at a time.
-    Transaction,
-}
-
-/// Pool limits and lifetimes.
-#[derive(Debug, Clone)]
-pub struct PoolSettings {
-    pub mode: PoolMode,
-    /// Most upstream connections per pool.
-    pub size: usize,
-    /// Idle connections kept open per pool once it exists.
-    pub min_idle: usize,
-    /// How long a client waits for a free connection.
-    pub timeout: Duration,
-    /// Idle connections older than this (idle) are closed.
-    pub idle_timeout: Duration,
-    /// Connections are closed after about this long (±10 %).
-    pub max_lifetime: Duration,
-    /// Run on a connection before another client gets it (session mode); None to skip.
-    pub reset_query: Option<String>,
-}
-
-impl Default for PoolSettings {
-    fn default() -> Self {
-        Self {
-            mode: PoolMode::Session,
-            size: 20,
-            min_idle: 0,
-            timeout: Duration::from_secs(30),
-            idle_timeout: Duration::from_secs(600),
-            max_lifetime: Duration::from_secs(3600),
-            reset_query: Some("DISCARD ALL".to_owned()),
-        }
-    }
-}
+pub use settings::{PoolMode, PoolSettings};
 
 /// An upstream connection with its pool bookkeeping.
 #[derive(Debug)]
@@ -468,55 +428,4 @@ fn is_alive(server: &mut ServerConnection) -> bool {
         std::pin::Pin::new(&mut server.stream).poll_read(&mut cx, &mut buf),
         Poll::Pending
     )
-}
-
-/// A connection lent to one client. Dropping it closes the connection; [`Lease::release`]
-/// returns it to the pool.
-pub struct Lease {
-    connection: Option<PooledConnection>,
-    pool: Arc<Pool>,
-}
-
-impl Lease {
-    fn new(pool: &Arc<Pool>, connection: PooledConnection) -> Self {
-        Self {
-            connection: Some(connection),
-            pool: pool.clone(),
-        }
-    }
-
-    pub fn server(&mut self) -> &mut ServerConnection {
-        // A lease always holds its connection until it is released or dropped.
-        &mut self
-            .connection
-            .as_mut()
-            .expect("a lease holds a connection")
-            .server
-    }
-
-    pub fn pool_key(&self) -> &PoolKey {
-        &self.pool.key
-    }
-
-    /// Back to the pool as idle (or closed, when past its lifetime).
-    pub fn release(mut self) {
-        if let Some(mut connection) = self.connection.take() {
-            let now = Instant::now();
-            if connection.expired(now) {
-                debug!(pool = %self.pool.key, "upstream connection reached its lifetime; closing");
-                self.pool.forget_one();
-                return;
-            }
-            connection.idle_since = now;
-            self.pool.give_back(connection);
-        }
-    }
-}
-
-impl Drop for Lease {
-    fn drop(&mut self) {
-        if self.connection.take().is_some() {
-            self.pool.forget_one();
-        }
-    }
 }

@@ -1,0 +1,184 @@
+//! Named prepared statements in transaction mode. A client may Parse a statement in one
+//! transaction and Bind it in the next, on another upstream connection; and two clients may
+//! use the same name for different SQL. As PgBouncer ≥ 1.21 does, the sidecar:
+//! - renames every named statement to a server-side name derived from its SQL and parameter
+//!   types (`rdsiam_<hash>`), so equal SQL shares one server statement and equal names never
+//!   collide;
+//! - remembers each client's Parse, and sends it again (its ParseComplete swallowed) before a
+//!   Bind or Describe on a connection that lacks the statement;
+//! - skips a Parse the connection already has, and a client's Close of a statement, answering
+//!   ParseComplete / CloseComplete itself at the right place in the response stream.
+//!
+//! [`ClientRewriter`] rewrites the client's messages and records, in a [`Plan`], what the
+//! server will answer; [`ServerRewriter`] walks the answers against that plan, dropping and
+//! inserting messages.
+
+use std::collections::hash_map::DefaultHasher;
+use std::collections::{HashMap, VecDeque};
+use std::hash::{Hash, Hasher};
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::Notify;
+
+/// ParseComplete.
+const PARSE_COMPLETE: [u8; 5] = [b'1', 0, 0, 0, 4];
+/// CloseComplete.
+const CLOSE_COMPLETE: [u8; 5] = [b'3', 0, 0, 0, 4];
+/// A client message collected for rewriting may not be larger than this.
+const MAX_COLLECTED: usize = 64 * 1024 * 1024;
+
+/// A client's named statement.
+#[derive(Debug)]
+struct Statement {
+    server_name: String,
+    /// The Parse message with the server-side name, ready to send again.
+    parse: Vec<u8>,
+}
+
+/// What the server will answer to one message sent to it, in order.
+#[derive(Debug)]
+enum Expect {
+    /// Answers pass to the client; the entry ends with one of these tags.
+    Forward { ends: &'static [u8], sync: bool },
+    /// A Parse the sidecar added: swallow its ParseComplete.
+    InjectedParse(String),
+    /// A Parse of the client's, renamed: forward its ParseComplete.
+    ClientParse(String),
+    /// Bytes the sidecar answers itself, at this place in the stream.
+    Synthetic(&'static [u8]),
+}
+
+/// The answers the server owes, shared by both directions of an attached period.
+#[derive(Debug, Default)]
+pub struct Plan {
+    queue: Mutex<VecDeque<Expect>>,
+    /// Wakes the server-to-client direction when answers of the sidecar's own lead the queue.
+    pub wake: Notify,
+}
+
+impl Plan {
+    fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<Expect>> {
+        self.queue.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.lock().is_empty()
+    }
+
+    /// Takes the sidecar's own answers at the head of the queue.
+    pub fn take_leading_synthetic(&self, out: &mut Vec<u8>) {
+        let mut queue = self.lock();
+        while let Some(Expect::Synthetic(bytes)) = queue.front() {
+            out.extend_from_slice(bytes);
+            queue.pop_front();
+        }
+    }
+
+    fn push(&self, expect: Expect) {
+        self.lock().push_back(expect);
+    }
+
+    fn leads_with_synthetic(&self) -> bool {
+        matches!(self.lock().front(), Some(Expect::Synthetic(_)))
+    }
+}
+
+/// A client's statements, across its transactions. Boxed, and only once the client names a
+/// statement: an idle client that never did holds one pointer, not an empty map's 48 bytes.
+#[derive(Debug, Default)]
+#[allow(clippy::box_collection)]
+pub struct ClientStatements {
+    statements: Option<Box<HashMap<String, Arc<Statement>>>>,
+}
+
+impl ClientStatements {
+    fn insert(&mut self, name: String, statement: Arc<Statement>) {
+        self.statements
+            .get_or_insert_default()
+            .insert(name, statement);
+    }
+
+    fn get(&self, name: &str) -> Option<&Arc<Statement>> {
+        self.statements.as_ref()?.get(name)
+    }
+
+    fn remove(&mut self, name: &str) {
+        if let Some(statements) = self.statements.as_mut() {
+            statements.remove(name);
+        }
+    }
+}
+
+/// The server-side name for a statement: equal SQL and types give equal names.
+fn server_name(query: &[u8], types: &[u8]) -> String {
+    let mut hasher = DefaultHasher::new();
+    query.hash(&mut hasher);
+    types.hash(&mut hasher);
+    format!("rdsiam_{:016x}_{}", hasher.finish(), query.len())
+}
+
+fn message(tag: u8, body: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(body.len() + 5);
+    out.push(tag);
+    out.extend_from_slice(&((body.len() + 4) as u32).to_be_bytes());
+    out.extend_from_slice(body);
+    out
+}
+
+/// Splits a NUL-terminated string off the front of `body`.
+fn cstr(body: &[u8]) -> Option<(&[u8], &[u8])> {
+    let end = body.iter().position(|b| *b == 0)?;
+    Some((&body[..end], &body[end + 1..]))
+}
+
+/// The five header bytes of a message (tag and length), gathered across chunks; inline, so a
+/// rewriter allocates nothing for them.
+#[derive(Debug, Default)]
+struct Header {
+    bytes: [u8; 5],
+    len: usize,
+}
+
+impl Header {
+    fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    fn clear(&mut self) {
+        self.len = 0;
+    }
+
+    fn as_slice(&self) -> &[u8] {
+        &self.bytes[..self.len]
+    }
+}
+
+/// Adds header bytes from `chunk` at `pos` to `header`; once it holds all five, returns the
+/// message's tag and body length (the header stays in `header` for the caller to forward).
+fn gather_header(
+    header: &mut Header,
+    chunk: &[u8],
+    pos: &mut usize,
+) -> Result<Option<(u8, usize)>, String> {
+    let take = (5 - header.len).min(chunk.len() - *pos);
+    header.bytes[header.len..header.len + take].copy_from_slice(&chunk[*pos..*pos + take]);
+    header.len += take;
+    *pos += take;
+    if header.len < 5 {
+        return Ok(None);
+    }
+    let [tag, length @ ..] = header.bytes;
+    let length = u32::from_be_bytes(length) as usize;
+    if length < 4 {
+        return Err(format!("invalid message length {length}"));
+    }
+    Ok(Some((tag, length - 4)))
+}
+
+mod client;
+mod server;
+#[cfg(test)]
+mod tests;
+
+pub use client::{ClientRewriter, UpwardReport};
+pub use server::ServerRewriter;

@@ -1,0 +1,47 @@
+//! What a pool takes: its mode, size, waits and lifetimes (one endpoint's pools share them).
+
+use std::time::Duration;
+
+/// How upstream connections are shared.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Deserialize, serde::Serialize,
+)]
+#[serde(rename_all = "kebab-case")]
+pub enum PoolMode {
+    /// A client holds one upstream connection for its whole life (default).
+    Session,
+    /// A client holds an upstream connection for one transaction at a time.
+    Transaction,
+}
+
+/// Pool limits and lifetimes.
+#[derive(Debug, Clone)]
+pub struct PoolSettings {
+    pub mode: PoolMode,
+    /// Most upstream connections per pool.
+    pub size: usize,
+    /// Idle connections kept open per pool once it exists.
+    pub min_idle: usize,
+    /// How long a client waits for a free connection.
+    pub timeout: Duration,
+    /// Idle connections older than this (idle) are closed.
+    pub idle_timeout: Duration,
+    /// Connections are closed after about this long (±10 %).
+    pub max_lifetime: Duration,
+    /// Run on a connection before another client gets it (session mode); None to skip.
+    pub reset_query: Option<String>,
+}
+
+impl Default for PoolSettings {
+    fn default() -> Self {
+        Self {
+            mode: PoolMode::Session,
+            size: 20,
+            min_idle: 0,
+            timeout: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(600),
+            max_lifetime: Duration::from_secs(3600),
+            reset_query: Some("DISCARD ALL".to_owned()),
+        }
+    }
+}
