@@ -7,8 +7,6 @@
 mod harness;
 mod support;
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use clap::Parser;
@@ -18,7 +16,7 @@ use harness::scrape::{scrape, value};
 use rds_iam_sidecar::ops::admin_client::request;
 use rds_iam_sidecar::settings::Settings;
 use rds_iam_sidecar::settings::cli::Cli;
-use support::{Emulator, EmulatorOptions, PgCluster, TEST_AKID, TEST_SECRET, TestPki};
+use support::{PgCluster, TEST_AKID, TEST_SECRET, TestPki};
 use tokio_postgres::NoTls;
 
 const WRITER: &str = "orders.proxy-aaa111.us-east-1.rds.amazonaws.com";
@@ -26,22 +24,6 @@ const READER: &str = "orders-ro.endpoint.proxy-bbb222.eu-west-1.rds.amazonaws.co
 // Metrics are process-wide: tests that count them use endpoints of their own.
 const BILLING: &str = "billing.proxy-ccc333.us-west-2.rds.amazonaws.com";
 const BILLING_RO: &str = "billing-ro.endpoint.proxy-ddd444.us-west-2.rds.amazonaws.com";
-
-/// An emulator for `host` (its certificate, its region) relaying to `backend_port`.
-async fn emulator(pki: &TestPki, host: &str, region: &str, backend_port: u16) -> Emulator {
-    Emulator::start(EmulatorOptions {
-        endpoint_host: host.to_owned(),
-        region: region.to_owned(),
-        tls: Some(pki.server_cert(&[host])),
-        backend_port,
-        keys: Arc::new(Mutex::new(HashMap::from([(
-            TEST_AKID.to_owned(),
-            TEST_SECRET.to_owned(),
-        )]))),
-        ..EmulatorOptions::default()
-    })
-    .await
-}
 
 /// Settings parsed from command-line words, as `run` parses them.
 fn settings(words: &[String]) -> Settings {
@@ -78,8 +60,8 @@ async fn each_endpoint_reaches_its_own_database_with_its_own_tokens() {
         .await
         .expect("second cluster");
     let pki = TestPki::new();
-    let writer = emulator(&pki, WRITER, "us-east-1", writer_db.port).await;
-    let reader = emulator(&pki, READER, "eu-west-1", reader_db.port).await;
+    let writer = support::emulator_for_endpoint(&pki, WRITER, "us-east-1", writer_db.port).await;
+    let reader = support::emulator_for_endpoint(&pki, READER, "eu-west-1", reader_db.port).await;
     let ca = pki.ca_file().display().to_string();
     let settings = settings(&[
         "--upstream".into(),
@@ -158,7 +140,7 @@ async fn readyz_names_the_endpoint_that_is_down() {
         .await
         .expect("cluster");
     let pki = TestPki::new();
-    let writer = emulator(&pki, BILLING, "us-west-2", cluster.port).await;
+    let writer = support::emulator_for_endpoint(&pki, BILLING, "us-west-2", cluster.port).await;
     // Nothing listens behind the reader endpoint.
     let dead = harness::binary::free_port();
     let settings = settings(&[

@@ -38,8 +38,21 @@ pub async fn emulator_for_cluster(pki: &TestPki) -> Emulator {
 
 /// [`emulator_for_cluster`] in front of the PostgreSQL listening on `backend_port`.
 pub async fn emulator_for_cluster_at(pki: &TestPki, backend_port: u16) -> Emulator {
+    emulator_for_endpoint(pki, DEFAULT_ENDPOINT_HOST, DEFAULT_REGION, backend_port).await
+}
+
+/// An emulator for the endpoint `host` in `region` (its certificate names `host`; tokens must
+/// be signed for `host:5432` in `region`), in front of the PostgreSQL on `backend_port`.
+pub async fn emulator_for_endpoint(
+    pki: &TestPki,
+    host: &str,
+    region: &str,
+    backend_port: u16,
+) -> Emulator {
     Emulator::start(EmulatorOptions {
-        tls: Some(pki.server_cert(&[DEFAULT_ENDPOINT_HOST])),
+        endpoint_host: host.to_owned(),
+        region: region.to_owned(),
+        tls: Some(pki.server_cert(&[host])),
         backend_port,
         keys: Arc::new(Mutex::new(HashMap::from([(
             TEST_AKID.to_owned(),
