@@ -184,29 +184,20 @@ pub async fn start(
         bound.push(bind_endpoint(endpoint).await?);
     }
     let credentials = shared_credentials(&settings, credentials).await?;
-    let limiter = Arc::new(RateLimiter::new(settings.max_connect_rate));
-    let shutdown = Arc::new(Shutdown::new());
-    let labels = metric_labels(&settings.endpoints);
-
+    let engine = Engine {
+        credentials: credentials.clone(),
+        limiter: Arc::new(RateLimiter::new(settings.max_connect_rate)),
+        shutdown: Arc::new(Shutdown::new()),
+    };
+    let shutdown = engine.shutdown.clone();
     let (stop, stopped) = watch::channel(false);
     let mut tasks = JoinSet::new();
+    let labels = metric_labels(&settings.endpoints);
     let mut frontends = Vec::with_capacity(bound.len());
     let mut endpoints = Vec::with_capacity(bound.len());
     for ((endpoint, bound), label) in settings.endpoints.iter().zip(bound).zip(labels) {
-        let engine = Engine {
-            credentials: credentials.clone(),
-            limiter: limiter.clone(),
-            shutdown: shutdown.clone(),
-            metrics: metrics::for_upstream(&label),
-        };
-        let frontend = engine.build(endpoint)?;
-        for key in &endpoint.warm_pools {
-            frontend.pools.warm(key.clone());
-        }
-        tasks.spawn(frontend.pools.clone().maintain(stopped.clone()));
-        for listener in bound.listeners {
-            tasks.spawn(accept_loop(listener, frontend.clone(), stopped.clone()));
-        }
+        let frontend = engine.build(endpoint, metrics::for_upstream(&label))?;
+        engine_tasks(&mut tasks, &frontend, endpoint, bound.listeners, &stopped);
         log_endpoint(endpoint, &bound.addresses);
         frontends.push(frontend);
         endpoints.push(bound.addresses);
@@ -240,21 +231,41 @@ pub async fn start(
     })
 }
 
+/// One endpoint's running parts: its warm pools opened, its pool upkeep and accept loops.
+fn engine_tasks(
+    tasks: &mut JoinSet<()>,
+    frontend: &Arc<Frontend>,
+    endpoint: &EndpointSettings,
+    listeners: Vec<Listener>,
+    stopped: &watch::Receiver<bool>,
+) {
+    for key in &endpoint.warm_pools {
+        frontend.pools.warm(key.clone());
+    }
+    tasks.spawn(frontend.pools.clone().maintain(stopped.clone()));
+    for listener in listeners {
+        tasks.spawn(accept_loop(listener, frontend.clone(), stopped.clone()));
+    }
+}
+
 /// What every endpoint's engine shares.
 struct Engine {
     credentials: Option<Arc<CredentialCache>>,
     limiter: Arc<RateLimiter>,
     shutdown: Arc<Shutdown>,
-    metrics: &'static metrics::UpstreamMetrics,
 }
 
 impl Engine {
-    /// Connector → pools → frontend for one endpoint.
-    fn build(&self, endpoint: &EndpointSettings) -> Result<Arc<Frontend>, StartError> {
+    /// Connector → pools → frontend for one endpoint, reporting to `metrics`.
+    fn build(
+        &self,
+        endpoint: &EndpointSettings,
+        metrics: &'static metrics::UpstreamMetrics,
+    ) -> Result<Arc<Frontend>, StartError> {
         let upstream = &endpoint.upstream;
         let authenticator = Authenticator::new(&upstream.auth, self.credentials.clone())
             .map_err(StartError::Setup)?;
-        let connector = Connector::new(upstream, authenticator, self.metrics)
+        let connector = Connector::new(upstream, authenticator, metrics)
             .map_err(|e| StartError::Setup(format!("upstream {}: {e}", upstream.endpoint)))?;
         let pools = Pools::new(
             Arc::new(connector),

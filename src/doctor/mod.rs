@@ -11,6 +11,9 @@ mod network;
 mod report;
 mod tls;
 
+use std::sync::Arc;
+
+use crate::iam::credentials::CredentialCache;
 use crate::upstream::{Authenticator, Connector, UpstreamSettings};
 
 use configuration::configuration;
@@ -24,63 +27,63 @@ use tls::tls;
 /// Runs every check for `user@database` with `config` (or the configuration error).
 pub async fn run(config: Result<UpstreamSettings, String>, user: &str, database: &str) -> Report {
     let mut checks = Checks::new(config.as_ref().ok().map(|c| c.endpoint.to_string()));
-    let (user, database) = (user.to_owned(), database.to_owned());
-    let config = match config {
-        Ok(config) => config,
+    match config {
+        Ok(config) => walk(&mut checks, &config, user, database).await,
         Err(error) => {
             checks.fail(
                 error,
                 vec!["a flag, RDS_IAM_SIDECAR_* variable or --config key has a bad value".into()],
                 "fix the setting named above (rds-iam-sidecar --help lists them all)",
             );
-            return checks.finish(user, database);
         }
-    };
-    configuration(&mut checks, &config);
+    }
+    checks.finish(user.to_owned(), database.to_owned())
+}
 
-    let credentials = credentials(&mut checks, &config).await;
+/// The checks in order, up to the first that fails.
+async fn walk(checks: &mut Checks, config: &UpstreamSettings, user: &str, database: &str) {
+    configuration(checks, config);
+    let credentials = credentials(checks, config).await;
     if checks.failed() {
-        return checks.finish(user, database);
+        return;
     }
-    let Some(addresses) = dns(&mut checks, &config).await else {
-        return checks.finish(user, database);
+    let Some(addresses) = dns(checks, config).await else {
+        return;
     };
-    if !tcp(&mut checks, &config, &addresses).await {
-        return checks.finish(user, database);
+    if !tcp(checks, config, &addresses).await {
+        return;
     }
+    let Some(connector) = connector(checks, config, &credentials) else {
+        return;
+    };
+    if !tls(checks, config, &connector).await {
+        return;
+    }
+    let login = login(checks, config, &connector, &credentials, user, database);
+    if let Some(mut server) = login.await {
+        query(checks, &mut server).await;
+    }
+}
+
+/// The connector the sidecar itself would use, or a failed check saying why there is none.
+fn connector(
+    checks: &mut Checks,
+    config: &UpstreamSettings,
+    credentials: &Option<Arc<CredentialCache>>,
+) -> Option<Connector> {
     let authenticator = match Authenticator::new(&config.auth, credentials.clone()) {
         Ok(authenticator) => authenticator,
         Err(error) => {
             checks.fail(error, Vec::new(), "check the TLS and auth settings");
-            return checks.finish(user, database);
+            return None;
         }
     };
-    let connector = match Connector::new(
-        &config,
-        authenticator,
-        crate::ops::metrics::for_upstream(&config.endpoint.host),
-    ) {
-        Ok(connector) => connector,
+    let metrics = crate::ops::metrics::for_upstream(&config.endpoint.host);
+    match Connector::new(config, authenticator, metrics) {
+        Ok(connector) => Some(connector),
         Err(error) => {
             checks.fail(error, Vec::new(), "check --tls-mode and --ca-file");
-            return checks.finish(user, database);
+            None
         }
-    };
-    if !tls(&mut checks, &config, &connector).await {
-        return checks.finish(user, database);
     }
-    let Some(mut server) = login(
-        &mut checks,
-        &config,
-        &connector,
-        &credentials,
-        &user,
-        &database,
-    )
-    .await
-    else {
-        return checks.finish(user, database);
-    };
-    query(&mut checks, &mut server).await;
-    checks.finish(user, database)
 }

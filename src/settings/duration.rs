@@ -9,6 +9,14 @@ const MAX: Duration = Duration::from_secs(86_400 * 365);
 /// Parses `5s`, `250ms`, `2m`, `1h 30m`, `1.5s` or `5` (seconds).
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
+    // humantime wants a digit first: ".5s" is "0.5s".
+    let leading_zero;
+    let text = if text.starts_with('.') {
+        leading_zero = format!("0{text}");
+        leading_zero.as_str()
+    } else {
+        text
+    };
     let parsed = match text.parse::<f64>() {
         Ok(seconds) if seconds.is_finite() && seconds >= 0.0 => {
             Duration::try_from_secs_f64(seconds).map_err(|_| out_of_range(text))?
@@ -44,6 +52,7 @@ mod tests {
         assert_eq!(parse_duration("5"), Ok(Duration::from_secs(5)));
         assert_eq!(parse_duration("1.5"), Ok(Duration::from_millis(1500)));
         assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
+        assert_eq!(parse_duration(".5s"), Ok(Duration::from_millis(500)));
         assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
         assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
         assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));

@@ -46,6 +46,12 @@ impl FileSettings {
         if let Some(key) = table.keys().find(|key| !is_known_key(key)) {
             return Err(format!("unknown key '{key}' (keys are the flags' names)"));
         }
+        if table
+            .get("listen")
+            .is_some_and(|listen| listen.as_array().is_some_and(Vec::is_empty))
+        {
+            return Err("listen: needs at least one address".to_owned());
+        }
         check_each_key::<EndpointArgs>(&table)?;
         check_each_key::<ProcessArgs>(&table)?;
         let endpoint = deserialize(&table)?;
@@ -257,6 +263,8 @@ mod tests {
         let file =
             FileSettings::parse("upstream = [\"a:1\", \"b:2?pool-size=3\"]\n").expect("list");
         assert_eq!(file.upstreams.len(), 2);
+        let err = FileSettings::parse("listen = []\n").expect_err("no address");
+        assert!(err.starts_with("listen: "), "{err}");
         let err = FileSettings::parse("upstreem = \"x\"\n").expect_err("typo");
         assert!(err.contains("upstreem"), "{err}");
     }

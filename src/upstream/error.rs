@@ -120,15 +120,8 @@ impl ConnectError {
             Self::TlsRefused { .. } => PgError::fatal(sqlstate::CONNECTION_FAILURE, format!("{prefix}: {self}"))
                 .with_hint("RDS and RDS Proxy always offer TLS: check that --upstream names an RDS endpoint; a plain local Postgres needs --auth password --tls-mode disable"),
             Self::Tls { kind, name, .. } => {
-                let hint = match kind {
-                    TlsFailure::NameMismatch => format!(
-                        "the certificate does not name '{name}': put the real RDS endpoint name in --upstream and, for tunnels and IP addresses, the address to dial in --upstream-addr"
-                    ),
-                    TlsFailure::UnknownIssuer => "the certificate is not signed by a trusted CA: for RDS instance/cluster endpoints pass the RDS bundle with --ca-file global-bundle.pem (RDS Proxy certificates chain to Amazon Trust Services, trusted by default)".to_owned(),
-                    TlsFailure::Expired => "the upstream certificate is expired or not yet valid; check this machine's clock".to_owned(),
-                    TlsFailure::Other => "check --tls-mode and --ca-file".to_owned(),
-                };
-                PgError::fatal(sqlstate::CONNECTION_FAILURE, format!("{prefix}: {self}")).with_hint(hint)
+                PgError::fatal(sqlstate::CONNECTION_FAILURE, format!("{prefix}: {self}"))
+                    .with_hint(tls_hint(*kind, name))
             }
             Self::Credentials(_) => PgError::fatal(sqlstate::CONNECTION_FAILURE, format!("{prefix}: {self}"))
                 .with_hint("give the sidecar AWS credentials: an ECS task role, an instance profile, AWS_PROFILE, or AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY"),
@@ -146,19 +139,7 @@ impl ConnectError {
                     hint: None,
                     ..server.clone()
                 };
-                error.hint = Some(if ctx.iam {
-                    format!(
-                        "IAM login as '{user}' was rejected by {endpoint}. Check: (1) the sidecar's IAM role allows rds-db:connect on arn:aws:rds-db:{region}:ACCOUNT:dbuser:prx-RESOURCEID/{user} (cluster-RESOURCEID or db-RESOURCEID for direct endpoints); (2) the database user has the role (GRANT rds_iam TO \"{user}\") for direct endpoints and proxies with end-to-end IAM, or the proxy has a Secrets Manager secret for it; (3) --upstream is the endpoint actually dialled (tokens are signed for that host name, not a CNAME or IP); (4) IAM authentication is enabled (RDS Proxy: IAMAuth REQUIRED); (5) this machine's clock is right",
-                        user = ctx.user,
-                        endpoint = ctx.endpoint,
-                        region = ctx.region.unwrap_or("REGION"),
-                    )
-                } else {
-                    format!(
-                        "password login as '{}' was rejected by {}: check --password-file / RDS_IAM_SIDECAR_PASSWORD",
-                        ctx.user, ctx.endpoint
-                    )
-                });
+                error.hint = Some(auth_rejected_hint(ctx));
                 error
             }
             Self::Server(server) => PgError {
@@ -166,6 +147,42 @@ impl ConnectError {
                 ..server.clone()
             },
         }
+    }
+}
+
+/// What to check when TLS to the upstream fails.
+fn tls_hint(kind: TlsFailure, name: &str) -> String {
+    match kind {
+        TlsFailure::NameMismatch => format!(
+            "the certificate does not name '{name}': put the real RDS endpoint name in \
+             --upstream and, for tunnels and IP addresses, the address to dial in --upstream-addr"
+        ),
+        TlsFailure::UnknownIssuer => "the certificate is not signed by a trusted CA: for RDS \
+            instance/cluster endpoints pass the RDS bundle with --ca-file global-bundle.pem (RDS \
+            Proxy certificates chain to Amazon Trust Services, trusted by default)"
+            .to_owned(),
+        TlsFailure::Expired => {
+            "the upstream certificate is expired or not yet valid; check this machine's clock"
+                .to_owned()
+        }
+        TlsFailure::Other => "check --tls-mode and --ca-file".to_owned(),
+    }
+}
+
+/// What to check when the upstream rejects a login.
+fn auth_rejected_hint(ctx: &HintContext<'_>) -> String {
+    if ctx.iam {
+        format!(
+            "IAM login as '{user}' was rejected by {endpoint}. Check: (1) the sidecar's IAM role allows rds-db:connect on arn:aws:rds-db:{region}:ACCOUNT:dbuser:prx-RESOURCEID/{user} (cluster-RESOURCEID or db-RESOURCEID for direct endpoints); (2) the database user has the role (GRANT rds_iam TO \"{user}\") for direct endpoints and proxies with end-to-end IAM, or the proxy has a Secrets Manager secret for it; (3) --upstream is the endpoint actually dialled (tokens are signed for that host name, not a CNAME or IP); (4) IAM authentication is enabled (RDS Proxy: IAMAuth REQUIRED); (5) this machine's clock is right",
+            user = ctx.user,
+            endpoint = ctx.endpoint,
+            region = ctx.region.unwrap_or("REGION"),
+        )
+    } else {
+        format!(
+            "password login as '{}' was rejected by {}: check --password-file / RDS_IAM_SIDECAR_PASSWORD",
+            ctx.user, ctx.endpoint
+        )
     }
 }
 
