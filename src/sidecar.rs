@@ -50,10 +50,6 @@ pub struct EndpointListeners {
 
 /// A started sidecar. Dropping it stops accepting new clients.
 pub struct RunningSidecar {
-    /// The first endpoint's bound TCP addresses.
-    pub tcp_addrs: Vec<SocketAddr>,
-    /// The first endpoint's unix socket path, when one was asked for.
-    pub unix_socket: Option<PathBuf>,
     /// Every endpoint's listeners, in the order of the settings.
     pub endpoints: Vec<EndpointListeners>,
     /// The admin endpoint's address, unless `--admin-listen off`.
@@ -68,7 +64,17 @@ pub struct RunningSidecar {
 impl RunningSidecar {
     /// The first TCP address (handy in tests).
     pub fn addr(&self) -> SocketAddr {
-        self.tcp_addrs[0]
+        self.tcp_addrs()[0]
+    }
+
+    /// The first endpoint's bound TCP addresses (with the real ports when 0 was asked for).
+    pub fn tcp_addrs(&self) -> &[SocketAddr] {
+        &self.endpoints[0].tcp_addrs
+    }
+
+    /// The first endpoint's unix socket path, when one was asked for.
+    pub fn unix_socket(&self) -> Option<&PathBuf> {
+        self.endpoints[0].unix_socket.as_ref()
     }
 
     /// How many clients currently hold a cancel key (i.e. are connected and logged in).
@@ -219,8 +225,6 @@ pub async fn start(
         "rds-iam-sidecar ready"
     );
     Ok(RunningSidecar {
-        tcp_addrs: endpoints[0].tcp_addrs.clone(),
-        unix_socket: endpoints[0].unix_socket.clone(),
         endpoints,
         admin_addr,
         health,

@@ -416,8 +416,8 @@ async fn every_listen_address_serves() {
         harness::credentials(support::TEST_AKID, support::TEST_SECRET),
     )
     .await;
-    assert_eq!(stack.sidecar.tcp_addrs.len(), 2);
-    for addr in &stack.sidecar.tcp_addrs {
+    assert_eq!(stack.sidecar.tcp_addrs().len(), 2);
+    for addr in stack.sidecar.tcp_addrs() {
         let (client, connection) = tokio_postgres::connect(
             &format!(
                 "host=127.0.0.1 port={} user=postgres dbname=postgres",

@@ -186,7 +186,7 @@ async fn psql_over_the_unix_socket() {
     )
     .await;
     let port = stack.sidecar.addr().port();
-    let socket = stack.sidecar.unix_socket.clone().expect("socket path");
+    let socket = stack.sidecar.unix_socket().cloned().expect("socket path");
     assert_eq!(
         socket,
         socket_dir.path().join(format!(".s.PGSQL.{port}")),

@@ -272,7 +272,7 @@ pub struct ProcessArgs {
 }
 
 /// A value written as text or as a bare number (`connect-timeout = 5` is 5 seconds), as text.
-fn as_text<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<String>, D::Error> {
+fn text<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<String>, D::Error> {
     use serde::de::Error;
     match Option::<toml::Value>::deserialize(deserializer)? {
         None => Ok(None),
@@ -286,18 +286,13 @@ fn as_text<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<String>,
     }
 }
 
-/// Text, or a number taken as its text.
-fn text<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<String>, D::Error> {
-    as_text(deserializer)
-}
-
 /// A number, or text holding one (an endpoint's `?pool-size=10` arrives as text).
 fn number<'de, D, N>(deserializer: D) -> Result<Option<N>, D::Error>
 where
     D: Deserializer<'de>,
     N: std::str::FromStr,
 {
-    match as_text(deserializer)? {
+    match text(deserializer)? {
         None => Ok(None),
         Some(text) => text.trim().parse().map(Some).map_err(|_| {
             serde::de::Error::custom(format!("'{text}' is not a whole number in range"))

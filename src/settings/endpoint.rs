@@ -10,7 +10,7 @@ use toml::Table;
 
 use super::args::{AuthMode, EndpointArgs};
 use super::duration::parse_duration;
-use super::{ConfigError, EnvLookup, PASSWORD_ENV};
+use super::{ConfigError, EnvLookup, PASSWORD_ENV, key_of_flag};
 use crate::frontend::FrontendSettings;
 use crate::iam::region::resolve_region;
 use crate::pool::{PoolKey, PoolSettings};
@@ -64,10 +64,7 @@ pub(super) struct Blame<'a> {
 
 impl Blame<'_> {
     pub fn error(&self, flag: &str, message: impl Into<String>) -> ConfigError {
-        let key = match flag.trim_start_matches('-') {
-            "warm-pool" => "warm-pools",
-            key => key,
-        };
+        let key = key_of_flag(flag);
         if self.own.contains_key(key) {
             ConfigError {
                 setting: format!("--upstream {}: {key}", self.address),
@@ -152,12 +149,21 @@ fn listen_addresses(
     if texts.is_empty() {
         return Ok(default_listen.to_vec());
     }
+    parse_addresses(texts, |message| blame.error("--listen", message))
+}
+
+/// `ADDR:PORT` texts as addresses; `error` names the setting a bad one came from.
+pub(super) fn parse_addresses(
+    texts: &[String],
+    error: impl Fn(String) -> ConfigError,
+) -> Result<Vec<SocketAddr>, ConfigError> {
     texts
         .iter()
         .map(|text| {
             text.trim().parse::<SocketAddr>().map_err(|_| {
-                let message = format!("'{text}' is not an ADDR:PORT such as 127.0.0.1:5432");
-                blame.error("--listen", message)
+                error(format!(
+                    "'{text}' is not an ADDR:PORT such as 127.0.0.1:5432"
+                ))
             })
         })
         .collect()

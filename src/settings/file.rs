@@ -43,7 +43,8 @@ impl FileSettings {
             None => Vec::new(),
             Some(value) => upstream_entries(value)?,
         };
-        if let Some(key) = table.keys().find(|key| !is_known_key(key)) {
+        let keys = Keys::of_flags();
+        if let Some(key) = table.keys().find(|key| !keys.known(key)) {
             return Err(format!("unknown key '{key}' (keys are the flags' names)"));
         }
         if table
@@ -128,9 +129,9 @@ impl UpstreamSpec {
         if let Some(spelled) = own.remove("warm-pool") {
             own.insert("warm-pools".to_owned(), spelled);
         }
-        let endpoint_keys = endpoint_keys();
-        if let Some(key) = own.keys().find(|key| !endpoint_keys.contains(key.as_str())) {
-            let why = if is_known_key(key) {
+        let keys = Keys::of_flags();
+        if let Some(key) = own.keys().find(|key| !keys.endpoint.contains(key.as_str())) {
+            let why = if keys.known(key) {
                 "is shared by the whole process, not set per endpoint"
             } else {
                 "is not a setting"
@@ -200,12 +201,23 @@ fn keys_of<A: Args>() -> BTreeSet<String> {
         .collect()
 }
 
-fn endpoint_keys() -> BTreeSet<String> {
-    keys_of::<EndpointArgs>()
+/// The keys of both levels, from the flags themselves.
+struct Keys {
+    endpoint: BTreeSet<String>,
+    process: BTreeSet<String>,
 }
 
-fn is_known_key(key: &str) -> bool {
-    endpoint_keys().contains(key) || keys_of::<ProcessArgs>().contains(key)
+impl Keys {
+    fn of_flags() -> Self {
+        Self {
+            endpoint: keys_of::<EndpointArgs>(),
+            process: keys_of::<ProcessArgs>(),
+        }
+    }
+
+    fn known(&self, key: &str) -> bool {
+        self.endpoint.contains(key) || self.process.contains(key)
+    }
 }
 
 #[cfg(test)]

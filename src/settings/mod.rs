@@ -21,7 +21,7 @@ use crate::ops::logging::LogFormat;
 pub use args::{AuthMode, EndpointArgs, ProcessArgs, RunArgs};
 use duration::parse_duration;
 pub use endpoint::EndpointSettings;
-use endpoint::{Blame, endpoint_settings};
+use endpoint::{Blame, endpoint_settings, parse_addresses};
 pub use file::{FileSettings, UpstreamSpec};
 use file::{as_table, overlay};
 use layers::{Layers, endpoint_sources};
@@ -94,16 +94,23 @@ pub struct ConfigError {
 
 impl ConfigError {
     fn new(flag: &str, message: impl Into<String>) -> Self {
-        // The one flag whose variable is named differently (it takes a list).
-        let name = match flag {
-            "--warm-pool" => "warm-pools",
-            flag => flag.trim_start_matches('-'),
-        };
-        let var = format!("RDS_IAM_SIDECAR_{}", name.replace('-', "_").to_uppercase());
+        let var = format!(
+            "RDS_IAM_SIDECAR_{}",
+            key_of_flag(flag).replace('-', "_").to_uppercase()
+        );
         Self {
             setting: format!("{flag} ({var})"),
             message: message.into(),
         }
+    }
+}
+
+/// The TOML key (and variable name) of a flag: its name, except `--warm-pool`, whose
+/// variable and key are plural because they take a list.
+fn key_of_flag(flag: &str) -> &str {
+    match flag.trim_start_matches('-') {
+        "warm-pool" => "warm-pools",
+        key => key,
     }
 }
 
@@ -168,15 +175,7 @@ fn base_listen(texts: &[String]) -> Result<Vec<SocketAddr>, ConfigError> {
     } else {
         texts
     };
-    texts
-        .iter()
-        .map(|text| {
-            text.trim().parse::<SocketAddr>().map_err(|_| {
-                let message = format!("'{text}' is not an ADDR:PORT such as 127.0.0.1:5432");
-                ConfigError::new("--listen", message)
-            })
-        })
-        .collect()
+    parse_addresses(texts, |message| ConfigError::new("--listen", message))
 }
 
 /// Endpoint `index` listens on the first endpoint's addresses, `index` ports further on
