@@ -6,106 +6,58 @@ use super::configuration::{EndpointKind, endpoint_kind};
 use crate::upstream::error::ConnectError;
 use crate::upstream::{UpstreamAuth, UpstreamSettings};
 
+/// The likely causes, most likely first, and what to do about them.
+type Causes = (Vec<String>, String);
+
+/// What the cause texts name: the endpoint, its region and kind, the user.
+struct Target<'a> {
+    host: &'a str,
+    region: &'a str,
+    kind: EndpointKind,
+    user: &'a str,
+}
+
+impl<'a> Target<'a> {
+    fn of(config: &'a UpstreamSettings, user: &'a str) -> Self {
+        let region = match &config.auth {
+            UpstreamAuth::Iam { region, .. } => region.as_str(),
+            UpstreamAuth::Password(_) => "REGION",
+        };
+        let host = config.endpoint.host.as_str();
+        Target {
+            host,
+            region,
+            kind: endpoint_kind(host),
+            user,
+        }
+    }
+
+    /// The resource part of the rds-db:connect ARN this kind of endpoint needs.
+    fn resource(&self) -> &'static str {
+        match self.kind {
+            EndpointKind::Proxy => "prx-RESOURCEID",
+            EndpointKind::Cluster => "cluster-RESOURCEID",
+            _ => "db-RESOURCEID / cluster-RESOURCEID / prx-RESOURCEID",
+        }
+    }
+
+    fn partition(&self) -> &'static str {
+        if self.host.ends_with(".cn") {
+            "aws-cn"
+        } else {
+            "aws"
+        }
+    }
+}
+
 /// The likely causes of a failed login, most likely first.
-pub(super) fn login_causes(
-    error: &ConnectError,
-    config: &UpstreamSettings,
-    user: &str,
-) -> (Vec<String>, String) {
-    let host = &config.endpoint.host;
-    let region = match &config.auth {
-        UpstreamAuth::Iam { region, .. } => region.as_str(),
-        UpstreamAuth::Password(_) => "REGION",
-    };
-    let kind = endpoint_kind(host);
-    let resource = match kind {
-        EndpointKind::Proxy => "prx-RESOURCEID",
-        EndpointKind::Cluster => "cluster-RESOURCEID",
-        _ => "db-RESOURCEID / cluster-RESOURCEID / prx-RESOURCEID",
-    };
-    let partition = if host.ends_with(".cn") {
-        "aws-cn"
-    } else {
-        "aws"
-    };
-    let now = humantime_utc(SystemTime::now());
+pub(super) fn login_causes(error: &ConnectError, config: &UpstreamSettings, user: &str) -> Causes {
+    let target = Target::of(config, user);
     match error {
         ConnectError::AuthRejected(server) => {
-            let message = server.message.to_ascii_lowercase();
-            if message.contains("throttl")
-                || message.contains("rate exceeded")
-                || message.contains("too many competing requests")
-            {
-                return (
-                    vec![
-                        "IAM authentication is being throttled (too many new connections per \
-                          second for this account and region)"
-                            .to_owned(),
-                    ],
-                    "lower --max-connect-rate, keep connections pooled (--min-idle, longer \
-                     --idle-timeout), or request a quota increase"
-                        .to_owned(),
-                );
-            }
-            if matches!(config.auth, UpstreamAuth::Password(_)) {
-                return (
-                    vec!["the password is wrong".to_owned()],
-                    "check --password-file / RDS_IAM_SIDECAR_PASSWORD".to_owned(),
-                );
-            }
-            if message.contains("no credentials for the role") {
-                return (
-                    vec![format!(
-                        "the proxy has no Secrets Manager secret for the user {user} (and \
-                         end-to-end IAM is not enabled for it)"
-                    )],
-                    "add the user's secret to the proxy's authentication settings, or enable \
-                     end-to-end IAM authentication on the proxy"
-                        .to_owned(),
-                );
-            }
-            // A PAM failure comes from a database whose user has rds_iam (otherwise it asks for
-            // a password): the token itself was refused.
-            let mut causes = vec![
-                format!(
-                    "the IAM policy of these credentials lacks rds-db:connect on \
-                     arn:{partition}:rds-db:{region}:ACCOUNT:dbuser:{resource}/{user} (the \
-                     resource id, not the name)"
-                ),
-                format!(
-                    "the token was signed for {host}, but the server expected another host name: \
-                     --upstream must be the endpoint's own name (not a CNAME, IP or tunnel \
-                     address; use --upstream-addr for those)"
-                ),
-                format!(
-                    "the database user lacks the rds_iam role: GRANT rds_iam TO \"{user}\" \
-                     (direct endpoints, and proxies with end-to-end IAM)"
-                ),
-                "IAM authentication is not enabled on the cluster / proxy (RDS Proxy: IAMAuth \
-                 REQUIRED), or the proxy has no Secrets Manager secret for this user"
-                    .to_owned(),
-                format!(
-                    "this machine's clock is off (tokens are checked against AWS time; now here: \
-                     {now})"
-                ),
-                "the access key was deactivated or the secret key is wrong".to_owned(),
-            ];
-            if message.contains("pam") {
-                // The user has the role: that cause is out.
-                causes.remove(2);
-            }
-            if matches!(kind, EndpointKind::Ip | EndpointKind::Other) {
-                // check 1 already warned: a name that is not the endpoint's own.
-                causes.swap(0, 1);
-            }
-            (
-                causes,
-                "fix the first cause that applies; `aws rds generate-db-auth-token` with the same \
-                 credentials plus psql shows whether the problem is the sidecar or the grant"
-                    .to_owned(),
-            )
+            rejected_causes(&server.message.to_ascii_lowercase(), &config.auth, &target)
         }
-        ConnectError::IamNotEnabled { .. } if kind == EndpointKind::Proxy => (
+        ConnectError::IamNotEnabled { .. } if target.kind == EndpointKind::Proxy => (
             vec![
                 "the proxy does not require IAM authentication, so it asked for the user's \
                  password"
@@ -123,20 +75,7 @@ pub(super) fn login_causes(
              --auth password"
                 .to_owned(),
         ),
-        ConnectError::Timeout { .. } => (
-            vec![
-                "the proxy accepted the connection but could not reach its database in time: \
-                 the database's security group must admit the proxy, and its targets must be \
-                 healthy (aws rds describe-db-proxy-targets)"
-                    .to_owned(),
-                "the proxy waits for a free database connection: MaxConnectionsPercent reached, \
-                 or ConnectionBorrowTimeout"
-                    .to_owned(),
-                "the database is at max_connections or starting up".to_owned(),
-            ],
-            "check the proxy's target health; raise --connect-timeout if logins are just slow"
-                .to_owned(),
-        ),
+        ConnectError::Timeout { .. } => timeout_causes(),
         ConnectError::Server(server) if server.code == "3D000" => (
             vec![format!("the database does not exist: {}", server.message)],
             "pass the right --database (clients choose theirs with dbname)".to_owned(),
@@ -147,6 +86,108 @@ pub(super) fn login_causes(
                 .to_owned(),
         ),
     }
+}
+
+/// The server refused the login (`message` in lower case).
+fn rejected_causes(message: &str, auth: &UpstreamAuth, target: &Target) -> Causes {
+    if message.contains("throttl")
+        || message.contains("rate exceeded")
+        || message.contains("too many competing requests")
+    {
+        return (
+            vec![
+                "IAM authentication is being throttled (too many new connections per second \
+                 for this account and region)"
+                    .to_owned(),
+            ],
+            "lower --max-connect-rate, keep connections pooled (--min-idle, longer \
+             --idle-timeout), or request a quota increase"
+                .to_owned(),
+        );
+    }
+    if matches!(auth, UpstreamAuth::Password(_)) {
+        return (
+            vec!["the password is wrong".to_owned()],
+            "check --password-file / RDS_IAM_SIDECAR_PASSWORD".to_owned(),
+        );
+    }
+    if message.contains("no credentials for the role") {
+        return (
+            vec![format!(
+                "the proxy has no Secrets Manager secret for the user {} (and end-to-end IAM is \
+                 not enabled for it)",
+                target.user
+            )],
+            "add the user's secret to the proxy's authentication settings, or enable \
+             end-to-end IAM authentication on the proxy"
+                .to_owned(),
+        );
+    }
+    token_causes(target, message.contains("pam"))
+}
+
+/// The token itself was refused. A PAM failure comes from a database whose user has rds_iam
+/// (otherwise it asks for a password), so `pam` rules that cause out.
+fn token_causes(target: &Target, pam: bool) -> Causes {
+    let Target {
+        host, region, user, ..
+    } = target;
+    let (partition, resource) = (target.partition(), target.resource());
+    let now = humantime_utc(SystemTime::now());
+    let mut causes = vec![
+        format!(
+            "the IAM policy of these credentials lacks rds-db:connect on \
+             arn:{partition}:rds-db:{region}:ACCOUNT:dbuser:{resource}/{user} (the resource id, \
+             not the name)"
+        ),
+        format!(
+            "the token was signed for {host}, but the server expected another host name: \
+             --upstream must be the endpoint's own name (not a CNAME, IP or tunnel address; use \
+             --upstream-addr for those)"
+        ),
+        format!(
+            "the database user lacks the rds_iam role: GRANT rds_iam TO \"{user}\" (direct \
+             endpoints, and proxies with end-to-end IAM)"
+        ),
+        "IAM authentication is not enabled on the cluster / proxy (RDS Proxy: IAMAuth \
+         REQUIRED), or the proxy has no Secrets Manager secret for this user"
+            .to_owned(),
+        format!(
+            "this machine's clock is off (tokens are checked against AWS time; now here: {now})"
+        ),
+        "the access key was deactivated or the secret key is wrong".to_owned(),
+    ];
+    if pam {
+        causes.remove(2);
+    }
+    if matches!(target.kind, EndpointKind::Ip | EndpointKind::Other) {
+        // check 1 already warned: a name that is not the endpoint's own.
+        causes.swap(0, 1);
+    }
+    (
+        causes,
+        "fix the first cause that applies; `aws rds generate-db-auth-token` with the same \
+         credentials plus psql shows whether the problem is the sidecar or the grant"
+            .to_owned(),
+    )
+}
+
+/// The proxy accepted the connection and did not finish the login in time.
+fn timeout_causes() -> Causes {
+    (
+        vec![
+            "the proxy accepted the connection but could not reach its database in time: the \
+             database's security group must admit the proxy, and its targets must be healthy \
+             (aws rds describe-db-proxy-targets)"
+                .to_owned(),
+            "the proxy waits for a free database connection: MaxConnectionsPercent reached, or \
+             ConnectionBorrowTimeout"
+                .to_owned(),
+            "the database is at max_connections or starting up".to_owned(),
+        ],
+        "check the proxy's target health; raise --connect-timeout if logins are just slow"
+            .to_owned(),
+    )
 }
 
 /// A UTC time as `YYYY-MM-DD HH:MM:SS UTC` (civil-from-days, proleptic Gregorian).

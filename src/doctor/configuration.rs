@@ -9,9 +9,24 @@ use crate::upstream::{UpstreamAuth, UpstreamSettings};
 
 /// 1. The endpoint name and the region.
 pub(super) fn configuration(checks: &mut Checks, config: &UpstreamSettings) {
-    let host = &config.endpoint.host;
-    let kind = endpoint_kind(host);
-    let region = match &config.auth {
+    let kind = endpoint_kind(&config.endpoint.host);
+    let dial = config
+        .upstream_addr
+        .as_ref()
+        .map(|addr| format!(", dialled at {}", addr.dial_target()))
+        .unwrap_or_default();
+    let check = checks.ok(format!(
+        "{} is {}{dial}{}",
+        config.endpoint.dial_target(),
+        kind.describe(),
+        signing(&config.auth)
+    ));
+    check.warnings.extend(warnings(config, kind));
+}
+
+/// How logins are signed: the region and where it came from, or no IAM.
+fn signing(auth: &UpstreamAuth) -> String {
+    match auth {
         UpstreamAuth::Iam {
             region,
             region_source,
@@ -24,25 +39,21 @@ pub(super) fn configuration(checks: &mut Checks, config: &UpstreamSettings) {
             }
         ),
         UpstreamAuth::Password(_) => "; --auth password (no IAM)".to_owned(),
-    };
-    let dial = config
-        .upstream_addr
-        .as_ref()
-        .map(|addr| format!(", dialled at {}", addr.dial_target()))
-        .unwrap_or_default();
-    let check = checks.ok(format!(
-        "{} is {}{dial}{region}",
-        config.endpoint.dial_target(),
-        kind.describe()
-    ));
+    }
+}
+
+/// Settings that will fail at RDS: a name that is not the endpoint's own, a region that is not
+/// the endpoint's, a direct endpoint without the RDS CA.
+fn warnings(config: &UpstreamSettings, kind: EndpointKind) -> Vec<String> {
+    let mut warnings = Vec::new();
     match kind {
-        EndpointKind::Ip => check.warnings.push(
+        EndpointKind::Ip => warnings.push(
             "tokens are signed for the host name in --upstream, and RDS checks them against its \
              own endpoint name: put the RDS endpoint name in --upstream and this address in \
              --upstream-addr"
                 .to_owned(),
         ),
-        EndpointKind::Other => check.warnings.push(
+        EndpointKind::Other => warnings.push(
             "not an RDS host name: if it is a CNAME or alias, tokens signed for it are rejected \
              and the certificate will not match; put the real RDS endpoint name in --upstream and \
              this name in --upstream-addr"
@@ -51,10 +62,10 @@ pub(super) fn configuration(checks: &mut Checks, config: &UpstreamSettings) {
         _ => {}
     }
     if let UpstreamAuth::Iam { region, .. } = &config.auth
-        && let Some(named) = crate::iam::region::region_from_host(host)
+        && let Some(named) = crate::iam::region::region_from_host(&config.endpoint.host)
         && named != *region
     {
-        check.warnings.push(format!(
+        warnings.push(format!(
             "the endpoint is in {named} but tokens are signed for {region}: RDS rejects them; \
              drop --region / AWS_REGION or set it to {named}"
         ));
@@ -63,12 +74,13 @@ pub(super) fn configuration(checks: &mut Checks, config: &UpstreamSettings) {
         && config.ca_file.is_none()
         && config.tls_mode != TlsMode::Disable
     {
-        check.warnings.push(
+        warnings.push(
             "direct instance and cluster endpoints present certificates of the RDS CA, which is \
              not among the default roots: pass --ca-file global-bundle.pem (RDS Proxy needs none)"
                 .to_owned(),
         );
     }
+    warnings
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -29,50 +29,11 @@ pub(super) async fn credentials(
     };
     match tokio::time::timeout(Duration::from_secs(30), cache.get()).await {
         Ok(Ok(credentials)) => {
-            let expiry = match credentials.expiry() {
-                Some(at) => {
-                    let left = at.duration_since(SystemTime::now()).unwrap_or_default();
-                    format!("expire in {} min", left.as_secs() / 60)
-                }
-                None => "do not expire".to_owned(),
-            };
-            let check = checks.ok(format!(
-                "from {} (access key {}), {expiry}",
-                provider_description(&provider_name(&credentials)),
-                mask_access_key(credentials.access_key_id())
-            ));
-            if credentials
-                .expiry()
-                .is_some_and(|at| at < SystemTime::now() + Duration::from_secs(300))
-            {
-                check
-                    .warnings
-                    .push("they expire within 5 minutes and must be refreshed".to_owned());
-            }
+            found(checks, &credentials);
             Some(cache)
         }
         Ok(Err(error)) => {
-            let said = crate::iam::credentials::each_source_said(region, Duration::from_secs(5))
-                .await
-                .into_iter()
-                .map(|(source, answer)| format!("{source}: {answer}"))
-                .collect::<Vec<_>>()
-                .join("; ");
-            checks.fail(
-                format!(
-                    "none found: {}. What each source said: {said}",
-                    error.reason
-                ),
-                vec![
-                    format!("every source of the chain was tried: {CHAIN_SOURCES}"),
-                    "on ECS: the task definition has no taskRoleArn, or the container cannot reach \
-                     the ECS agent (AWS_CONTAINER_CREDENTIALS_RELATIVE_URI unset)"
-                        .to_owned(),
-                    "on a laptop: no AWS_PROFILE / expired SSO session (aws sso login)".to_owned(),
-                ],
-                "give the sidecar AWS credentials: an ECS task role, an instance profile, \
-                 AWS_PROFILE, or AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY",
-            );
+            none_found(checks, region, &error.reason).await;
             None
         }
         Err(_) => {
@@ -84,6 +45,52 @@ pub(super) async fn credentials(
             None
         }
     }
+}
+
+/// The chain gave credentials: say where from, and warn when they are about to expire.
+fn found(checks: &mut Checks, credentials: &aws_credential_types::Credentials) {
+    let expiry = match credentials.expiry() {
+        Some(at) => {
+            let left = at.duration_since(SystemTime::now()).unwrap_or_default();
+            format!("expire in {} min", left.as_secs() / 60)
+        }
+        None => "do not expire".to_owned(),
+    };
+    let check = checks.ok(format!(
+        "from {} (access key {}), {expiry}",
+        provider_description(&provider_name(credentials)),
+        mask_access_key(credentials.access_key_id())
+    ));
+    if credentials
+        .expiry()
+        .is_some_and(|at| at < SystemTime::now() + Duration::from_secs(300))
+    {
+        check
+            .warnings
+            .push("they expire within 5 minutes and must be refreshed".to_owned());
+    }
+}
+
+/// No source of the chain gave credentials: ask each one again and report what it said.
+async fn none_found(checks: &mut Checks, region: &str, reason: &str) {
+    let said = crate::iam::credentials::each_source_said(region, Duration::from_secs(5))
+        .await
+        .into_iter()
+        .map(|(source, answer)| format!("{source}: {answer}"))
+        .collect::<Vec<_>>()
+        .join("; ");
+    checks.fail(
+        format!("none found: {reason}. What each source said: {said}"),
+        vec![
+            format!("every source of the chain was tried: {CHAIN_SOURCES}"),
+            "on ECS: the task definition has no taskRoleArn, or the container cannot reach \
+             the ECS agent (AWS_CONTAINER_CREDENTIALS_RELATIVE_URI unset)"
+                .to_owned(),
+            "on a laptop: no AWS_PROFILE / expired SSO session (aws sso login)".to_owned(),
+        ],
+        "give the sidecar AWS credentials: an ECS task role, an instance profile, \
+         AWS_PROFILE, or AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY",
+    );
 }
 
 /// The name of the provider that supplied `credentials`. aws-credential-types keeps it private

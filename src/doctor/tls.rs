@@ -23,23 +23,7 @@ pub(super) async fn tls(
     let seen = peek_certificate(config).await;
     match connector.probe().await {
         Ok(()) => {
-            let detail = match &seen {
-                Ok(cert) if config.tls_mode == TlsMode::Require => {
-                    format!("TLS, certificate not checked (--tls-mode require): {cert}")
-                }
-                Ok(cert) => format!(
-                    "TLS with the certificate checked ({:?}): {}",
-                    config.tls_mode, cert
-                ),
-                Err(_) => format!("TLS ({:?})", config.tls_mode),
-            };
-            let check = checks.ok(detail);
-            if config.tls_mode == TlsMode::Require {
-                check.warnings.push(
-                    "--tls-mode require does not check the certificate: prefer verify-full"
-                        .to_owned(),
-                );
-            }
+            passed(checks, config.tls_mode, seen.ok());
             true
         }
         Err(ConnectError::TlsRefused { target }) => {
@@ -58,37 +42,7 @@ pub(super) async fn tls(
         }
         Err(ConnectError::Tls { kind, reason, .. }) => {
             let cert = seen.unwrap_or_else(|_| "certificate not readable".to_owned());
-            let (causes, fix) = match kind {
-                TlsFailure::UnknownIssuer => (
-                    vec![format!(
-                        "the certificate's issuer is not trusted here ({cert}): direct RDS \
-                         instance and cluster endpoints use the RDS CA, which is not among the \
-                         default roots"
-                    )],
-                    "download https://truststore.pki.rds.amazonaws.com/global/global-bundle.pem \
-                     and pass --ca-file global-bundle.pem",
-                ),
-                TlsFailure::NameMismatch => (
-                    vec![format!(
-                        "the certificate does not name {} ({cert}): --upstream is a CNAME, an IP \
-                         address or a tunnel address",
-                        config.endpoint.host
-                    )],
-                    "put the real RDS endpoint name in --upstream and the address to dial in \
-                     --upstream-addr",
-                ),
-                TlsFailure::Expired => (
-                    vec![format!(
-                        "the certificate is outside its validity period ({cert}), or this \
-                         machine's clock is wrong"
-                    )],
-                    "check the clock (timedatectl) and the endpoint's certificate",
-                ),
-                TlsFailure::Other => (
-                    vec![format!("{reason} ({cert})")],
-                    "check --tls-mode and --ca-file",
-                ),
-            };
+            let (causes, fix) = handshake_causes(kind, &reason, &cert, &config.endpoint.host);
             checks.fail(format!("the handshake failed: {reason}"), causes, fix);
             false
         }
@@ -100,6 +54,61 @@ pub(super) async fn tls(
             );
             false
         }
+    }
+}
+
+/// The handshake succeeded: say how far the certificate was checked.
+fn passed(checks: &mut Checks, mode: TlsMode, cert: Option<String>) {
+    let detail = match cert {
+        Some(cert) if mode == TlsMode::Require => {
+            format!("TLS, certificate not checked (--tls-mode require): {cert}")
+        }
+        Some(cert) => format!("TLS with the certificate checked ({mode:?}): {cert}"),
+        None => format!("TLS ({mode:?})"),
+    };
+    let check = checks.ok(detail);
+    if mode == TlsMode::Require {
+        check.warnings.push(
+            "--tls-mode require does not check the certificate: prefer verify-full".to_owned(),
+        );
+    }
+}
+
+/// Why a handshake failed, from the kind of failure and the certificate seen (`cert`).
+fn handshake_causes(
+    kind: TlsFailure,
+    reason: &str,
+    cert: &str,
+    host: &str,
+) -> (Vec<String>, &'static str) {
+    match kind {
+        TlsFailure::UnknownIssuer => (
+            vec![format!(
+                "the certificate's issuer is not trusted here ({cert}): direct RDS instance and \
+                 cluster endpoints use the RDS CA, which is not among the default roots"
+            )],
+            "download https://truststore.pki.rds.amazonaws.com/global/global-bundle.pem and \
+             pass --ca-file global-bundle.pem",
+        ),
+        TlsFailure::NameMismatch => (
+            vec![format!(
+                "the certificate does not name {host} ({cert}): --upstream is a CNAME, an IP \
+                 address or a tunnel address"
+            )],
+            "put the real RDS endpoint name in --upstream and the address to dial in \
+             --upstream-addr",
+        ),
+        TlsFailure::Expired => (
+            vec![format!(
+                "the certificate is outside its validity period ({cert}), or this machine's \
+                 clock is wrong"
+            )],
+            "check the clock (timedatectl) and the endpoint's certificate",
+        ),
+        TlsFailure::Other => (
+            vec![format!("{reason} ({cert})")],
+            "check --tls-mode and --ca-file",
+        ),
     }
 }
 

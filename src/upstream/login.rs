@@ -52,76 +52,17 @@ where
     stream.write_all(&out).await?;
 
     let mut reader = ServerReader::new(MAX_LOGIN_BUFFER);
-    let mut scram: Option<ScramSha256> = None;
-    let mut scram_verified = false;
+    let mut exchange = Exchange {
+        password,
+        user,
+        scram: None,
+        scram_verified: false,
+    };
     let mut outcome = LoginOutcome::default();
     loop {
         let message = reader.next(stream).await.map_err(read_error)?;
         out.clear();
         match message {
-            backend::Message::AuthenticationCleartextPassword => {
-                let secret = password.password().await?;
-                frontend::password_message(secret.expose().as_bytes(), &mut out)?;
-            }
-            backend::Message::AuthenticationMd5Password(_) if password.is_iam_token() => {
-                return Err(ConnectError::IamNotEnabled { method: "md5" });
-            }
-            backend::Message::AuthenticationSasl(_) if password.is_iam_token() => {
-                return Err(ConnectError::IamNotEnabled {
-                    method: "SCRAM-SHA-256",
-                });
-            }
-            backend::Message::AuthenticationMd5Password(body) => {
-                let secret = password.password().await?;
-                let hash = md5_hash(user.as_bytes(), secret.expose().as_bytes(), body.salt());
-                frontend::password_message(hash.as_bytes(), &mut out)?;
-            }
-            backend::Message::AuthenticationSasl(body) => {
-                let mut mechanisms = body.mechanisms();
-                let mut offers_scram = false;
-                while let Some(mechanism) = mechanisms.next()? {
-                    offers_scram |= mechanism == SCRAM_SHA_256;
-                }
-                if !offers_scram {
-                    return Err(ConnectError::UnsupportedAuth(
-                        "SASL without SCRAM-SHA-256".to_owned(),
-                    ));
-                }
-                let secret = password.password().await?;
-                let client =
-                    ScramSha256::new(secret.expose().as_bytes(), ChannelBinding::unsupported());
-                frontend::sasl_initial_response(SCRAM_SHA_256, client.message(), &mut out)?;
-                scram = Some(client);
-            }
-            backend::Message::AuthenticationSaslContinue(body) => {
-                let client = scram
-                    .as_mut()
-                    .ok_or_else(|| protocol("SASL continue without SASL start"))?;
-                client.update(body.data())?;
-                frontend::sasl_response(client.message(), &mut out)?;
-            }
-            backend::Message::AuthenticationSaslFinal(body) => {
-                let client = scram
-                    .as_mut()
-                    .ok_or_else(|| protocol("SASL final without SASL start"))?;
-                client.finish(body.data())?;
-                scram_verified = true;
-            }
-            backend::Message::AuthenticationOk if scram.is_some() && !scram_verified => {
-                return Err(protocol(
-                    "the server ended SCRAM authentication without proving it knows the password",
-                ));
-            }
-            backend::Message::AuthenticationOk => {}
-            backend::Message::AuthenticationKerberosV5
-            | backend::Message::AuthenticationScmCredential
-            | backend::Message::AuthenticationGss
-            | backend::Message::AuthenticationSspi
-            | backend::Message::AuthenticationGssContinue(_) => {
-                return Err(ConnectError::UnsupportedAuth(
-                    "Kerberos/GSS/SSPI/SCM".to_owned(),
-                ));
-            }
             backend::Message::ParameterStatus(body) => {
                 outcome
                     .parameters
@@ -143,11 +84,108 @@ where
                 outcome.pending = reader.into_rest();
                 return Ok(outcome);
             }
-            _ => return Err(protocol("unexpected message during login")),
+            request => exchange.answer(request, &mut out).await?,
         }
         if !out.is_empty() {
             stream.write_all(&out).await?;
         }
+    }
+}
+
+/// The authentication part of the login: answers what the server asks for.
+struct Exchange<'a, P> {
+    password: &'a P,
+    user: &'a str,
+    scram: Option<ScramSha256>,
+    /// The server proved it knows the password (SCRAM's final message checked).
+    scram_verified: bool,
+}
+
+impl<P: PasswordSource + Sync> Exchange<'_, P> {
+    /// Writes the answer to one authentication request into `out` (nothing when none is due).
+    async fn answer(
+        &mut self,
+        request: backend::Message,
+        out: &mut BytesMut,
+    ) -> Result<(), ConnectError> {
+        let iam = self.password.is_iam_token();
+        match request {
+            backend::Message::AuthenticationCleartextPassword => {
+                let secret = self.password.password().await?;
+                frontend::password_message(secret.expose().as_bytes(), out)?;
+            }
+            backend::Message::AuthenticationMd5Password(_) if iam => {
+                return Err(ConnectError::IamNotEnabled { method: "md5" });
+            }
+            backend::Message::AuthenticationSasl(_) if iam => {
+                return Err(ConnectError::IamNotEnabled {
+                    method: "SCRAM-SHA-256",
+                });
+            }
+            backend::Message::AuthenticationMd5Password(body) => {
+                let secret = self.password.password().await?;
+                let hash = md5_hash(
+                    self.user.as_bytes(),
+                    secret.expose().as_bytes(),
+                    body.salt(),
+                );
+                frontend::password_message(hash.as_bytes(), out)?;
+            }
+            backend::Message::AuthenticationSasl(body) => self.start_scram(body, out).await?,
+            backend::Message::AuthenticationSaslContinue(body) => {
+                let client = self.scram_started("SASL continue without SASL start")?;
+                client.update(body.data())?;
+                frontend::sasl_response(client.message(), out)?;
+            }
+            backend::Message::AuthenticationSaslFinal(body) => {
+                let client = self.scram_started("SASL final without SASL start")?;
+                client.finish(body.data())?;
+                self.scram_verified = true;
+            }
+            backend::Message::AuthenticationOk if self.scram.is_some() && !self.scram_verified => {
+                return Err(protocol(
+                    "the server ended SCRAM authentication without proving it knows the password",
+                ));
+            }
+            backend::Message::AuthenticationOk => {}
+            backend::Message::AuthenticationKerberosV5
+            | backend::Message::AuthenticationScmCredential
+            | backend::Message::AuthenticationGss
+            | backend::Message::AuthenticationSspi
+            | backend::Message::AuthenticationGssContinue(_) => {
+                return Err(ConnectError::UnsupportedAuth(
+                    "Kerberos/GSS/SSPI/SCM".to_owned(),
+                ));
+            }
+            _ => return Err(protocol("unexpected message during login")),
+        }
+        Ok(())
+    }
+
+    async fn start_scram(
+        &mut self,
+        body: backend::AuthenticationSaslBody,
+        out: &mut BytesMut,
+    ) -> Result<(), ConnectError> {
+        let mut mechanisms = body.mechanisms();
+        let mut offers_scram = false;
+        while let Some(mechanism) = mechanisms.next()? {
+            offers_scram |= mechanism == SCRAM_SHA_256;
+        }
+        if !offers_scram {
+            return Err(ConnectError::UnsupportedAuth(
+                "SASL without SCRAM-SHA-256".to_owned(),
+            ));
+        }
+        let secret = self.password.password().await?;
+        let client = ScramSha256::new(secret.expose().as_bytes(), ChannelBinding::unsupported());
+        frontend::sasl_initial_response(SCRAM_SHA_256, client.message(), out)?;
+        self.scram = Some(client);
+        Ok(())
+    }
+
+    fn scram_started(&mut self, otherwise: &str) -> Result<&mut ScramSha256, ConnectError> {
+        self.scram.as_mut().ok_or_else(|| protocol(otherwise))
     }
 }
 

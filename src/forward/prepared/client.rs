@@ -50,207 +50,259 @@ impl ClientRewriter {
         plan: &Plan,
         out: &mut Vec<u8>,
     ) -> Result<UpwardReport, String> {
+        let mut to = Output {
+            statements,
+            prepared,
+            plan,
+            out,
+        };
         let mut report = UpwardReport::default();
         let mut pos = 0;
         while pos < chunk.len() {
             if self.passing > 0 {
                 let step = self.passing.min(chunk.len() - pos);
-                out.extend_from_slice(&chunk[pos..pos + step]);
+                to.out.extend_from_slice(&chunk[pos..pos + step]);
                 self.passing -= step;
                 pos += step;
                 continue;
             }
-            if let Some((tag, mut body, remaining)) = self.collecting.take() {
-                let step = remaining.min(chunk.len() - pos);
-                body.extend_from_slice(&chunk[pos..pos + step]);
-                pos += step;
-                if step < remaining {
-                    self.collecting = Some((tag, body, remaining - step));
-                    continue;
-                }
-                self.rewrite(tag, &body, statements, prepared, plan, out)?;
+            if self.collecting.is_some() {
+                self.collect(chunk, &mut pos, &mut to)?;
                 continue;
             }
             let Some((tag, body_len)) = gather_header(&mut self.header, chunk, &mut pos)? else {
                 break;
             };
-            match tag {
-                b'X' => {
-                    report.terminated = true;
-                    self.header.clear();
-                    return Ok(report);
-                }
-                b'Q' | b'S' | b'F' => {
-                    report.sync_points += 1;
-                    self.quiet = true;
-                    let ends: &'static [u8] = b"Z";
-                    plan.push(Expect::Forward {
-                        ends,
-                        sync: tag == b'S',
-                    });
-                }
-                b'd' | b'c' | b'f' => {}
-                b'P' | b'B' | b'D' | b'C' => {
-                    self.quiet = false;
-                    if body_len > MAX_COLLECTED {
-                        return Err(format!("message of {body_len} bytes is too large"));
-                    }
-                    self.header.clear();
-                    self.collecting =
-                        Some((tag, Vec::with_capacity(body_len.min(64 * 1024)), body_len));
-                    if body_len == 0
-                        && let Some((tag, body, _)) = self.collecting.take()
-                    {
-                        self.rewrite(tag, &body, statements, prepared, plan, out)?;
-                    }
-                    continue;
-                }
-                b'E' => {
-                    self.quiet = false;
-                    plan.push(Expect::Forward {
-                        ends: b"CIs",
-                        sync: false,
-                    });
-                }
-                _ => self.quiet = false,
+            if tag == b'X' {
+                report.terminated = true;
+                self.header.clear();
+                return Ok(report);
             }
-            out.extend_from_slice(self.header.as_slice());
-            self.header.clear();
-            self.passing = body_len;
+            self.begin(tag, body_len, &mut report, &mut to)?;
         }
         report.quiet = self.quiet && self.at_boundary();
         Ok(report)
     }
 
-    /// Handles one complete Parse, Bind, Describe or Close.
-    fn rewrite(
+    /// Adds what `chunk` holds of the message being collected, rewriting it once complete.
+    fn collect(&mut self, chunk: &[u8], pos: &mut usize, to: &mut Output) -> Result<(), String> {
+        let Some((tag, mut body, remaining)) = self.collecting.take() else {
+            return Ok(());
+        };
+        let step = remaining.min(chunk.len() - *pos);
+        body.extend_from_slice(&chunk[*pos..*pos + step]);
+        *pos += step;
+        if step < remaining {
+            self.collecting = Some((tag, body, remaining - step));
+            return Ok(());
+        }
+        self.rewrite(tag, &body, to)
+    }
+
+    /// Starts a message whose header was just read: passes it through (recording what the
+    /// server will answer) or starts collecting it for a rewrite.
+    fn begin(
         &mut self,
         tag: u8,
-        body: &[u8],
-        statements: &mut ClientStatements,
-        prepared: &Mutex<HashSet<String>>,
-        plan: &Plan,
-        out: &mut Vec<u8>,
+        body_len: usize,
+        report: &mut UpwardReport,
+        to: &mut Output,
     ) -> Result<(), String> {
-        let malformed = || format!("malformed '{}' message", char::from(tag));
-        let mut prepared = prepared.lock().unwrap_or_else(|p| p.into_inner());
         match tag {
-            b'P' => {
-                let (name, rest) = cstr(body).ok_or_else(malformed)?;
-                if name.is_empty() {
-                    out.extend_from_slice(&message(b'P', body));
-                    plan.push(Expect::Forward {
-                        ends: b"1",
-                        sync: false,
-                    });
-                    return Ok(());
-                }
-                let (query, types) = cstr(rest).ok_or_else(malformed)?;
-                let server = server_name(query, types);
-                let mut renamed = server.as_bytes().to_vec();
-                renamed.push(0);
-                renamed.extend_from_slice(rest);
-                let parse = message(b'P', &renamed);
-                let client_name = String::from_utf8_lossy(name).into_owned();
-                statements.insert(
-                    client_name,
-                    Arc::new(Statement {
-                        server_name: server.clone(),
-                        parse: parse.clone(),
-                    }),
-                );
-                if prepared.contains(&server) {
-                    plan.push(Expect::Synthetic(&PARSE_COMPLETE));
-                } else {
-                    out.extend_from_slice(&parse);
-                    prepared.insert(server.clone());
-                    plan.push(Expect::ClientParse(server));
-                }
+            b'Q' | b'S' | b'F' => {
+                report.sync_points += 1;
+                self.quiet = true;
+                to.plan.push(Expect::Forward {
+                    ends: b"Z",
+                    sync: tag == b'S',
+                });
             }
-            b'B' => {
-                let (portal, rest) = cstr(body).ok_or_else(malformed)?;
-                let (name, rest) = cstr(rest).ok_or_else(malformed)?;
-                let statement = self.ensure(name, statements, &mut prepared, plan, out);
-                match statement {
-                    Some(server) => {
-                        let mut renamed = portal.to_vec();
-                        renamed.push(0);
-                        renamed.extend_from_slice(server.as_bytes());
-                        renamed.push(0);
-                        renamed.extend_from_slice(rest);
-                        out.extend_from_slice(&message(b'B', &renamed));
-                    }
-                    None => out.extend_from_slice(&message(b'B', body)),
+            b'd' | b'c' | b'f' => {}
+            b'P' | b'B' | b'D' | b'C' => {
+                self.quiet = false;
+                if body_len > MAX_COLLECTED {
+                    return Err(format!("message of {body_len} bytes is too large"));
                 }
-                plan.push(Expect::Forward {
-                    ends: b"2",
+                self.header.clear();
+                if body_len == 0 {
+                    return self.rewrite(tag, &[], to);
+                }
+                self.collecting =
+                    Some((tag, Vec::with_capacity(body_len.min(64 * 1024)), body_len));
+                return Ok(());
+            }
+            b'E' => {
+                self.quiet = false;
+                to.plan.push(Expect::Forward {
+                    ends: b"CIs",
                     sync: false,
                 });
             }
-            b'D' => {
-                let kind = *body.first().ok_or_else(malformed)?;
-                let (name, _) = cstr(&body[1..]).ok_or_else(malformed)?;
-                let renamed = if kind == b'S' {
-                    self.ensure(name, statements, &mut prepared, plan, out)
-                } else {
-                    None
-                };
-                match renamed {
-                    Some(server) => {
-                        let mut new_body = vec![b'S'];
-                        new_body.extend_from_slice(server.as_bytes());
-                        new_body.push(0);
-                        out.extend_from_slice(&message(b'D', &new_body));
-                    }
-                    None => out.extend_from_slice(&message(b'D', body)),
-                }
-                plan.push(Expect::Forward {
-                    ends: b"Tn",
-                    sync: false,
-                });
-            }
-            b'C' => {
-                let kind = *body.first().ok_or_else(malformed)?;
-                let (name, _) = cstr(&body[1..]).ok_or_else(malformed)?;
-                if kind == b'S' && !name.is_empty() {
-                    // The server statement may serve other clients: keep it, answer ourselves.
-                    statements.remove(String::from_utf8_lossy(name).as_ref());
-                    plan.push(Expect::Synthetic(&CLOSE_COMPLETE));
-                } else {
-                    out.extend_from_slice(&message(b'C', body));
-                    plan.push(Expect::Forward {
-                        ends: b"3",
-                        sync: false,
-                    });
-                }
-            }
-            _ => out.extend_from_slice(&message(tag, body)),
+            _ => self.quiet = false,
+        }
+        to.out.extend_from_slice(self.header.as_slice());
+        self.header.clear();
+        self.passing = body_len;
+        Ok(())
+    }
+
+    /// Handles one complete Parse, Bind, Describe or Close.
+    fn rewrite(&mut self, tag: u8, body: &[u8], to: &mut Output) -> Result<(), String> {
+        let malformed = || format!("malformed '{}' message", char::from(tag));
+        let mut prepared = to.prepared.lock().unwrap_or_else(|p| p.into_inner());
+        let mut at = Rewrite {
+            statements: to.statements,
+            prepared: &mut prepared,
+            plan: to.plan,
+            out: to.out,
+        };
+        match tag {
+            b'P' => at.parse(body).ok_or_else(malformed)?,
+            b'B' => at.bind(body).ok_or_else(malformed)?,
+            b'D' => at.describe(body).ok_or_else(malformed)?,
+            b'C' => at.close(body).ok_or_else(malformed)?,
+            _ => at.out.extend_from_slice(&message(tag, body)),
         }
         drop(prepared);
-        if plan.leads_with_synthetic() {
-            plan.wake.notify_one();
+        if to.plan.leads_with_synthetic() {
+            to.plan.wake.notify_one();
         }
         Ok(())
+    }
+}
+
+/// Where [`ClientRewriter::process`] puts what it finds, for one chunk.
+struct Output<'a> {
+    statements: &'a mut ClientStatements,
+    /// The attached connection's prepared statements (locked for one rewrite at a time).
+    prepared: &'a Mutex<HashSet<String>>,
+    plan: &'a Plan,
+    out: &'a mut Vec<u8>,
+}
+
+/// One rewrite of a Parse, Bind, Describe or Close, with the connection's statements locked.
+/// Each method returns `None` for a malformed message.
+struct Rewrite<'a> {
+    statements: &'a mut ClientStatements,
+    prepared: &'a mut HashSet<String>,
+    plan: &'a Plan,
+    out: &'a mut Vec<u8>,
+}
+
+impl Rewrite<'_> {
+    /// A named Parse becomes a Parse of the shared server statement, or a synthetic
+    /// ParseComplete when the connection already has it.
+    fn parse(&mut self, body: &[u8]) -> Option<()> {
+        let (name, rest) = cstr(body)?;
+        if name.is_empty() {
+            self.out.extend_from_slice(&message(b'P', body));
+            self.plan.push(Expect::Forward {
+                ends: b"1",
+                sync: false,
+            });
+            return Some(());
+        }
+        let (query, types) = cstr(rest)?;
+        let server = server_name(query, types);
+        let mut renamed = server.as_bytes().to_vec();
+        renamed.push(0);
+        renamed.extend_from_slice(rest);
+        let parse = message(b'P', &renamed);
+        let client_name = String::from_utf8_lossy(name).into_owned();
+        self.statements.insert(
+            client_name,
+            Arc::new(Statement {
+                server_name: server.clone(),
+                parse: parse.clone(),
+            }),
+        );
+        if self.prepared.contains(&server) {
+            self.plan.push(Expect::Synthetic(&PARSE_COMPLETE));
+        } else {
+            self.out.extend_from_slice(&parse);
+            self.prepared.insert(server.clone());
+            self.plan.push(Expect::ClientParse(server));
+        }
+        Some(())
+    }
+
+    fn bind(&mut self, body: &[u8]) -> Option<()> {
+        let (portal, rest) = cstr(body)?;
+        let (name, rest) = cstr(rest)?;
+        match self.ensure(name) {
+            Some(server) => {
+                let mut renamed = portal.to_vec();
+                renamed.push(0);
+                renamed.extend_from_slice(server.as_bytes());
+                renamed.push(0);
+                renamed.extend_from_slice(rest);
+                self.out.extend_from_slice(&message(b'B', &renamed));
+            }
+            None => self.out.extend_from_slice(&message(b'B', body)),
+        }
+        self.plan.push(Expect::Forward {
+            ends: b"2",
+            sync: false,
+        });
+        Some(())
+    }
+
+    fn describe(&mut self, body: &[u8]) -> Option<()> {
+        let kind = *body.first()?;
+        let (name, _) = cstr(&body[1..])?;
+        let renamed = if kind == b'S' {
+            self.ensure(name)
+        } else {
+            None
+        };
+        match renamed {
+            Some(server) => {
+                let mut new_body = vec![b'S'];
+                new_body.extend_from_slice(server.as_bytes());
+                new_body.push(0);
+                self.out.extend_from_slice(&message(b'D', &new_body));
+            }
+            None => self.out.extend_from_slice(&message(b'D', body)),
+        }
+        self.plan.push(Expect::Forward {
+            ends: b"Tn",
+            sync: false,
+        });
+        Some(())
+    }
+
+    fn close(&mut self, body: &[u8]) -> Option<()> {
+        let kind = *body.first()?;
+        let (name, _) = cstr(&body[1..])?;
+        if kind == b'S' && !name.is_empty() {
+            // The server statement may serve other clients: keep it, answer ourselves.
+            self.statements
+                .remove(String::from_utf8_lossy(name).as_ref());
+            self.plan.push(Expect::Synthetic(&CLOSE_COMPLETE));
+        } else {
+            self.out.extend_from_slice(&message(b'C', body));
+            self.plan.push(Expect::Forward {
+                ends: b"3",
+                sync: false,
+            });
+        }
+        Some(())
     }
 
     /// The server name for a client statement, sending its Parse first if the connection
     /// lacks it. `None` for the unnamed statement or a name the client never prepared.
-    fn ensure(
-        &self,
-        name: &[u8],
-        statements: &ClientStatements,
-        prepared: &mut HashSet<String>,
-        plan: &Plan,
-        out: &mut Vec<u8>,
-    ) -> Option<String> {
+    fn ensure(&mut self, name: &[u8]) -> Option<String> {
         if name.is_empty() {
             return None;
         }
-        let statement = statements.get(String::from_utf8_lossy(name).as_ref())?;
-        if !prepared.contains(&statement.server_name) {
-            out.extend_from_slice(&statement.parse);
-            prepared.insert(statement.server_name.clone());
-            plan.push(Expect::InjectedParse(statement.server_name.clone()));
+        let statement = self
+            .statements
+            .get(String::from_utf8_lossy(name).as_ref())?;
+        if !self.prepared.contains(&statement.server_name) {
+            self.out.extend_from_slice(&statement.parse);
+            self.prepared.insert(statement.server_name.clone());
+            self.plan
+                .push(Expect::InjectedParse(statement.server_name.clone()));
         }
         Some(statement.server_name.clone())
     }
