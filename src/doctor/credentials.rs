@@ -73,7 +73,7 @@ fn found(checks: &mut Checks, credentials: &aws_credential_types::Credentials) {
 
 /// No source of the chain gave credentials: ask each one again and report what it said.
 async fn none_found(checks: &mut Checks, region: &str, reason: &str) {
-    let said = crate::iam::credentials::each_source_said(region, Duration::from_secs(5))
+    let said = crate::iam::sources::each_source_said(region, Duration::from_secs(5))
         .await
         .into_iter()
         .map(|(source, answer)| format!("{source}: {answer}"))

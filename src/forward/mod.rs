@@ -11,20 +11,21 @@
 
 pub mod buffers;
 pub mod closer;
+mod downward;
 pub mod prepared;
 mod sync;
+mod upward;
 
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
-use crate::forward::buffers::Buffer;
-use crate::forward::prepared::{ClientRewriter, ClientStatements, Plan, ServerRewriter};
-use crate::protocol::framing::{FrameScanner, READY_FOR_QUERY};
+use crate::forward::prepared::{ClientRewriter, ClientStatements, Plan};
+use crate::protocol::framing::FrameScanner;
 use closer::Closer;
-use sync::{Downward, Upward};
+use downward::ToClient;
 pub use sync::{SyncState, set_parameter};
+use upward::ToServer;
 
 /// How long closing the upstream side may take.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
@@ -125,26 +126,6 @@ pub struct Period<'a> {
     pub pump: Pump<'a>,
 }
 
-impl Pump<'_> {
-    /// Sends one chunk of the client's bytes upstream; `Some(outcome)` when the client
-    /// terminated.
-    async fn send<W: AsyncWrite + Unpin>(
-        &mut self,
-        chunk: &[u8],
-        state: &SyncState,
-        plan: &Plan,
-        up_out: &mut Vec<u8>,
-        server: &mut W,
-    ) -> Result<Option<Outcome>, Outcome> {
-        match self {
-            Self::PassThrough(client_side) => send_upward(chunk, client_side, state, server).await,
-            Self::Rewriting(rewrite) => {
-                send_rewritten(chunk, rewrite, state, plan, up_out, server).await
-            }
-        }
-    }
-}
-
 /// Forwards between `client` and `server` until an [`Outcome`], as `period` says.
 pub async fn forward_attached<C, S>(
     client: &mut C,
@@ -162,121 +143,23 @@ where
         pending,
         detach,
         cancel,
-        mut pump,
+        pump,
     } = period;
     let plan = Plan::default();
     let prepared = match &pump {
         Pump::Rewriting(rewrite) => Some(rewrite.prepared),
         Pump::PassThrough(_) => None,
     };
-    let (mut client_read, mut client_write) = tokio::io::split(client);
-    let (mut server_read, mut server_write) = tokio::io::split(server);
-    let mut traffic = Traffic::default();
-
-    let mut down = Downward {
-        state,
-        parameters,
-        last_tag: 0,
-        transactions: 0,
-    };
-    let mut server_scanner = FrameScanner::new();
-    if !pending.is_empty() {
-        if server_scanner.scan(pending, &mut down).is_err() {
-            return (Outcome::ServerError, traffic);
-        }
-        if write_flushed(&mut client_write, pending).await.is_err() {
-            return (Outcome::ClientError, traffic);
-        }
-        traffic.to_client += pending.len() as u64;
+    let (mut client_read, client_write) = tokio::io::split(client);
+    let (mut server_read, server_write) = tokio::io::split(server);
+    let mut down = ToClient::new(client_write, state, parameters, &plan, prepared, detach);
+    let mut up = ToServer::new(server_write, pump, state, &plan);
+    if let Err(outcome) = down.send_pending(pending).await {
+        return (outcome, down.traffic(&up));
     }
-    // Sized for a typical batch up front in transaction mode (no regrowth per message);
-    // session mode never writes to it.
-    let mut up_out = Vec::with_capacity(if prepared.is_some() { 1024 } else { 0 });
-    if !first.is_empty() {
-        let sent = pump
-            .send(first, state, &plan, &mut up_out, &mut server_write)
-            .await;
-        match sent {
-            Ok(None) => traffic.to_server += first.len() as u64,
-            Ok(Some(outcome)) | Err(outcome) => return (outcome, traffic),
-        }
+    if let Err(outcome) = up.send_first(first).await {
+        return (outcome, down.traffic(&up));
     }
-
-    let mut to_server = 0u64;
-    let mut to_client = 0u64;
-    let upward = async {
-        let mut buffer = Buffer::take();
-        loop {
-            let n = match client_read.read(&mut buffer).await {
-                Ok(0) => return Outcome::ClientClosed,
-                Ok(n) => n,
-                Err(_) => return Outcome::ClientError,
-            };
-            let sent = pump
-                .send(&buffer[..n], state, &plan, &mut up_out, &mut server_write)
-                .await;
-            match sent {
-                Ok(None) => to_server += n as u64,
-                Ok(Some(outcome)) | Err(outcome) => return outcome,
-            }
-        }
-    };
-    let downward = async {
-        let mut buffer = Buffer::take();
-        let mut server_rewriter = ServerRewriter::default();
-        let mut down_out = Vec::with_capacity(if prepared.is_some() { 2048 } else { 0 });
-        loop {
-            let read = tokio::select! {
-                read = server_read.read(&mut buffer) => read,
-                () = plan.wake.notified(), if prepared.is_some() => {
-                    // The sidecar's own answers lead: the client waits for them, not the server.
-                    down_out.clear();
-                    plan.take_leading_synthetic(&mut down_out);
-                    if write_flushed(&mut client_write, &down_out).await.is_err() {
-                        return Outcome::ClientError;
-                    }
-                    continue;
-                }
-            };
-            let n = match read {
-                Ok(0) => return Outcome::ServerClosed,
-                Ok(n) => n,
-                // A TLS peer that closes without close_notify: a close, not a failure.
-                Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
-                    return Outcome::ServerClosed;
-                }
-                Err(_) => return Outcome::ServerError,
-            };
-            let chunk = match prepared {
-                Some(prepared) => {
-                    down_out.clear();
-                    if server_rewriter
-                        .process(&buffer[..n], &plan, prepared, &mut down_out)
-                        .is_err()
-                    {
-                        return Outcome::ServerError;
-                    }
-                    &down_out[..]
-                }
-                None => &buffer[..n],
-            };
-            if server_scanner.scan(chunk, &mut down).is_err() {
-                return Outcome::ServerError;
-            }
-            if write_flushed(&mut client_write, chunk).await.is_err() {
-                return Outcome::ClientError;
-            }
-            to_client += chunk.len() as u64;
-            let detach = match detach {
-                Detach::Never => false,
-                Detach::WhenQuiet => state.owes_nothing(),
-                Detach::WhenIdle => state.is_idle() && plan.is_empty(),
-            };
-            if detach && down.last_tag == READY_FOR_QUERY && server_scanner.at_boundary() {
-                return Outcome::Released;
-            }
-        }
-    };
     let cancelled = async {
         match cancel {
             Some(closer) => closer.closed().await,
@@ -284,13 +167,11 @@ where
         }
     };
     let outcome = tokio::select! {
-        outcome = upward => outcome,
-        outcome = downward => outcome,
+        outcome = up.run(&mut client_read) => outcome,
+        outcome = down.run(&mut server_read) => outcome,
         () = cancelled => Outcome::Cancelled,
     };
-    traffic.to_server += to_server;
-    traffic.to_client += to_client;
-    traffic.transactions += down.transactions;
+    let traffic = down.traffic(&up);
     if matches!(
         outcome,
         Outcome::Released | Outcome::ClientTerminated | Outcome::ClientClosed
@@ -299,89 +180,8 @@ where
     }
     // The upstream connection is finished: close it politely (TLS close_notify), but never
     // wait on a server that stopped reading.
-    let _ = tokio::time::timeout(CLOSE_TIMEOUT, server_write.shutdown()).await;
+    let _ = tokio::time::timeout(CLOSE_TIMEOUT, up.server.shutdown()).await;
     (outcome, traffic)
-}
-
-/// Rewrites and forwards one chunk from the client (transaction mode); `Some(outcome)` when
-/// the client terminated.
-async fn send_rewritten<W: AsyncWrite + Unpin>(
-    chunk: &[u8],
-    rewrite: &mut Rewrite<'_>,
-    state: &SyncState,
-    plan: &Plan,
-    out: &mut Vec<u8>,
-    server: &mut W,
-) -> Result<Option<Outcome>, Outcome> {
-    out.clear();
-    let report = rewrite
-        .client
-        .process(chunk, rewrite.statements, rewrite.prepared, plan, out)
-        .map_err(|_| Outcome::ClientError)?;
-    state
-        .expected_ready
-        .fetch_add(report.sync_points, Ordering::AcqRel);
-    if !report.terminated {
-        state.client_quiet.store(report.quiet, Ordering::Release);
-    }
-    if write_flushed(server, out).await.is_err() {
-        return Err(Outcome::ServerError);
-    }
-    Ok(report.terminated.then_some(Outcome::ClientTerminated))
-}
-
-/// Scans and forwards one chunk from the client; `Some(outcome)` when the client terminated.
-async fn send_upward<W: AsyncWrite + Unpin>(
-    chunk: &[u8],
-    client_side: &mut ClientSide,
-    state: &SyncState,
-    server: &mut W,
-) -> Result<Option<Outcome>, Outcome> {
-    let mut up = Upward {
-        state,
-        quiet: state.client_quiet.load(Ordering::Acquire),
-        terminate_at: None,
-    };
-    if client_side.scanner.scan(chunk, &mut up).is_err() {
-        return Err(Outcome::ClientError);
-    }
-    let held = std::mem::take(&mut client_side.held);
-    if let Some(start) = up.terminate_at {
-        // Forward everything before Terminate, and Terminate itself never.
-        let held_part = if start < 0 {
-            held.len().saturating_sub(start.unsigned_abs())
-        } else {
-            held.len()
-        };
-        let chunk_part = usize::try_from(start).unwrap_or(0);
-        if write_flushed(server, &held[..held_part]).await.is_err()
-            || write_flushed(server, &chunk[..chunk_part]).await.is_err()
-        {
-            return Err(Outcome::ServerError);
-        }
-        return Ok(Some(Outcome::ClientTerminated));
-    }
-    // Before writing: while this chunk is on its way the server may answer an earlier sync
-    // point, and the other direction must not see a quiet client then (it would detach and
-    // drop this half mid-write).
-    state.client_quiet.store(
-        up.quiet && client_side.scanner.at_boundary(),
-        Ordering::Release,
-    );
-    // Hold back the start of a header that is not complete yet: it might be Terminate.
-    let tail = client_side.scanner.partial_header_len().min(chunk.len());
-    if (!held.is_empty() && write_flushed(server, &held).await.is_err())
-        || write_flushed(server, &chunk[..chunk.len() - tail])
-            .await
-            .is_err()
-    {
-        return Err(Outcome::ServerError);
-    }
-    let mut held = held;
-    held.clear();
-    held.extend_from_slice(&chunk[chunk.len() - tail..]);
-    client_side.held = held;
-    Ok(None)
 }
 
 async fn write_flushed<W: AsyncWrite + Unpin>(writer: &mut W, bytes: &[u8]) -> std::io::Result<()> {

@@ -13,9 +13,20 @@ use crate::ops::shutdown::Woken;
 use crate::pool::Lease;
 use crate::pool::reset::reset;
 use crate::protocol::framing::TransactionStatus;
+use crate::upstream::ServerConnection;
 
 use super::send_shutdown_error;
 use super::session::{Session, closer};
+
+/// What ended an idle wait in session mode.
+enum Spoken {
+    /// The client sent these bytes (the first `n` of the buffer).
+    Client(Buffer, usize),
+    /// The server sent something unasked (a notification, a shutdown).
+    Server,
+    /// The readiness was stale: wait again.
+    Stale,
+}
 
 impl Session {
     /// The client keeps `lease` until it leaves; the connection then goes back to the pool
@@ -30,42 +41,11 @@ impl Session {
             let server = lease.server();
             let mut first = None;
             if pending.is_empty() {
-                // Idle: no buffers are held until either side sends something (the server may,
-                // unasked: notifications, a shutdown).
-                // A shutdown closes the session between transactions, never inside one.
-                let outside_transaction = self.state.status() == TransactionStatus::Idle;
-                let stream = &self.stream;
-                let woken = self
-                    .context
-                    .shutdown
-                    .idle_wait(outside_transaction, self.cancel_key.closer(), |cx| {
-                        // The client's readiness is confirmed by the try_read below (one
-                        // syscall); the server, which rarely speaks unasked, by a peek.
-                        match (stream.poll_read_ready(cx), server.stream.poll_readable(cx)) {
-                            (Poll::Pending, Poll::Pending) => Poll::Pending,
-                            // Errors show in the attached period's reads.
-                            _ => Poll::Ready(Ok(())),
-                        }
-                    })
-                    .await;
-                match woken {
-                    Woken::Draining => break Outcome::Shutdown,
-                    Woken::Ready(_) => {}
-                }
-                let mut buffer = Buffer::take();
-                match self.stream.try_read(&mut buffer) {
-                    Ok(0) => break Outcome::ClientClosed,
-                    Ok(n) => first = Some((buffer, n)),
-                    Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => {
-                        // Not the client: the server spoke, or the client's readiness was
-                        // stale (then wait again, holding nothing).
-                        let waker = std::task::Waker::noop();
-                        let mut cx = std::task::Context::from_waker(waker);
-                        if server.stream.poll_readable(&mut cx).is_pending() {
-                            continue;
-                        }
-                    }
-                    Err(_) => break Outcome::ClientError,
+                match self.idle_until_spoken(server).await {
+                    Ok(Spoken::Client(buffer, n)) => first = Some((buffer, n)),
+                    Ok(Spoken::Server) => {}
+                    Ok(Spoken::Stale) => continue,
+                    Err(outcome) => break outcome,
                 }
             }
             let first_bytes = first.as_ref().map_or(&[][..], |(buffer, n)| &buffer[..*n]);
@@ -94,6 +74,55 @@ impl Session {
                 break outcome;
             }
         };
+        self.leave(lease, outcome).await;
+        outcome
+    }
+
+    /// Waits, holding no buffers, until the client or the server speaks. A shutdown closes
+    /// the session here, between transactions, never inside one.
+    async fn idle_until_spoken(
+        &mut self,
+        server: &mut ServerConnection,
+    ) -> Result<Spoken, Outcome> {
+        let outside_transaction = self.state.status() == TransactionStatus::Idle;
+        let stream = &self.stream;
+        let woken = self
+            .context
+            .shutdown
+            .idle_wait(outside_transaction, self.cancel_key.closer(), |cx| {
+                // The client's readiness is confirmed by the try_read below (one syscall); the
+                // server, which rarely speaks unasked, by a peek.
+                match (stream.poll_read_ready(cx), server.stream.poll_readable(cx)) {
+                    (Poll::Pending, Poll::Pending) => Poll::Pending,
+                    // Errors show in the attached period's reads.
+                    _ => Poll::Ready(Ok(())),
+                }
+            })
+            .await;
+        if let Woken::Draining = woken {
+            return Err(Outcome::Shutdown);
+        }
+        let mut buffer = Buffer::take();
+        match self.stream.try_read(&mut buffer) {
+            Ok(0) => Err(Outcome::ClientClosed),
+            Ok(n) => Ok(Spoken::Client(buffer, n)),
+            Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => {
+                // Not the client: the server spoke, or the client's readiness was stale.
+                let waker = std::task::Waker::noop();
+                let mut cx = std::task::Context::from_waker(waker);
+                if server.stream.poll_readable(&mut cx).is_pending() {
+                    Ok(Spoken::Stale)
+                } else {
+                    Ok(Spoken::Server)
+                }
+            }
+            Err(_) => Err(Outcome::ClientError),
+        }
+    }
+
+    /// The session ended with `outcome`: pool the connection if it can serve another client,
+    /// and tell the client what it is owed.
+    async fn leave(&mut self, mut lease: Lease, outcome: Outcome) {
         match outcome {
             Outcome::ClientTerminated | Outcome::ClientClosed if self.state.is_idle() => {
                 let reset_query = self.context.pools.settings.reset_query.clone();
@@ -124,6 +153,5 @@ impl Session {
                 debug!(?outcome, status = ?self.state.status(), "upstream connection not reusable; closing it")
             }
         }
-        outcome
     }
 }

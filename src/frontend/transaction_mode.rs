@@ -11,6 +11,7 @@ use crate::forward::buffers::Buffer;
 use crate::forward::{Detach, Outcome, Period, Pump, Rewrite, forward_attached};
 use crate::ops::metrics::ClientState;
 use crate::ops::shutdown::Woken;
+use crate::pool::Lease;
 use crate::protocol::messages;
 
 use super::login::{checkout_error_to_pg, server_key};
@@ -107,6 +108,12 @@ impl Session {
             forward_attached(&mut self.stream, &mut server.stream, period).await;
         self.add(traffic);
         self.cancel_key.set_server(None);
+        self.after_transaction(lease, outcome).await
+    }
+
+    /// The attached period ended with `outcome`: release the connection when it is idle;
+    /// `Some(outcome)` when the session ends.
+    async fn after_transaction(&mut self, lease: Lease, outcome: Outcome) -> Option<Outcome> {
         match outcome {
             Outcome::Released => {
                 lease.release();
@@ -120,27 +127,29 @@ impl Session {
             }
             Outcome::Cancelled => {
                 drop(lease);
-                if !self.state.awaiting_answer() {
-                    self.cancelled_fatal().await;
-                    return Some(outcome);
-                }
-                // The client waits for an answer: give it the one PostgreSQL would.
-                let mut answer = BytesMut::new();
-                messages::error_response(
-                    &mut answer,
-                    &cancelled_error(crate::error::Severity::Error),
-                );
-                messages::ready_for_query_idle(&mut answer);
-                self.state.answered_locally();
-                if self.stream.write_all(&answer).await.is_err() {
-                    return Some(Outcome::ClientError);
-                }
-                None
+                self.answer_cancelled().await
             }
             Outcome::ServerClosed
             | Outcome::ServerError
             | Outcome::ClientError
             | Outcome::Shutdown => Some(outcome),
         }
+    }
+
+    /// The upstream connection was closed for a cancel: a client waiting for an answer gets
+    /// the one PostgreSQL would give and stays; any other is told and closed.
+    async fn answer_cancelled(&mut self) -> Option<Outcome> {
+        if !self.state.awaiting_answer() {
+            self.cancelled_fatal().await;
+            return Some(Outcome::Cancelled);
+        }
+        let mut answer = BytesMut::new();
+        messages::error_response(&mut answer, &cancelled_error(crate::error::Severity::Error));
+        messages::ready_for_query_idle(&mut answer);
+        self.state.answered_locally();
+        if self.stream.write_all(&answer).await.is_err() {
+            return Some(Outcome::ClientError);
+        }
+        None
     }
 }

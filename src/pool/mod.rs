@@ -6,6 +6,7 @@
 //! across all pools pass one [`RateLimiter`].
 
 pub mod key;
+mod keyed;
 mod lease;
 pub mod rate;
 pub mod reset;
@@ -17,31 +18,17 @@ use std::task::Poll;
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, ReadBuf};
-use tokio::sync::oneshot;
 use tokio::time::{Instant, sleep_until, timeout_at};
 use tracing::{debug, info, warn};
 
 use crate::upstream::error::ConnectError;
 use crate::upstream::{Connector, ServerConnection};
 pub use key::PoolKey;
+use keyed::{Handoff, PoolState};
+pub use keyed::{Pool, PooledConnection};
 pub use lease::Lease;
 pub use rate::RateLimiter;
 pub use settings::{PoolMode, PoolSettings};
-
-/// An upstream connection with its pool bookkeeping.
-#[derive(Debug)]
-pub struct PooledConnection {
-    pub server: ServerConnection,
-    created: Instant,
-    lifetime: Duration,
-    idle_since: Instant,
-}
-
-impl PooledConnection {
-    fn expired(&self, now: Instant) -> bool {
-        now.duration_since(self.created) >= self.lifetime
-    }
-}
 
 /// Why no connection could be had.
 #[derive(Debug, thiserror::Error)]
@@ -57,67 +44,6 @@ pub enum CheckoutError {
     },
     #[error(transparent)]
     Connect(#[from] ConnectError),
-}
-
-struct PoolState {
-    idle: Vec<PooledConnection>,
-    /// Idle + leased + being opened.
-    open: usize,
-    /// Clients waiting for a connection, first come first served.
-    waiters: VecDeque<oneshot::Sender<Handoff>>,
-}
-
-/// What a waiting client is handed.
-enum Handoff {
-    /// A connection someone released.
-    Connection(Box<PooledConnection>),
-    /// Room to open a new connection (already counted in `open`).
-    Room,
-}
-
-/// The connections of one key.
-pub struct Pool {
-    pub key: PoolKey,
-    state: Mutex<PoolState>,
-}
-
-impl Pool {
-    fn lock(&self) -> std::sync::MutexGuard<'_, PoolState> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// (idle, open) counts.
-    pub fn counts(&self) -> (usize, usize) {
-        let state = self.lock();
-        (state.idle.len(), state.open)
-    }
-
-    /// A connection is gone: its room goes to the first waiting client, if any.
-    fn forget_one(&self) {
-        let mut state = self.lock();
-        while let Some(waiter) = state.waiters.pop_front() {
-            if waiter.send(Handoff::Room).is_ok() {
-                return;
-            }
-        }
-        state.open -= 1;
-    }
-
-    /// A connection is free: it goes to the first waiting client, else to the idle list.
-    fn give_back(&self, connection: PooledConnection) {
-        let mut state = self.lock();
-        let mut connection = connection;
-        // Boxed only for a waiter: most returns go to the idle list, one allocation fewer per
-        // transaction in transaction mode.
-        while let Some(waiter) = state.waiters.pop_front() {
-            match waiter.send(Handoff::Connection(Box::new(connection))) {
-                Ok(()) => return,
-                Err(Handoff::Connection(back)) => connection = *back,
-                Err(Handoff::Room) => return,
-            }
-        }
-        state.idle.push(connection);
-    }
 }
 
 /// All pools of one endpoint, the connector behind them and the login rate limit that every
@@ -227,31 +153,7 @@ impl Pools {
     pub async fn checkout(self: &Arc<Self>, pool: &Arc<Pool>) -> Result<Lease, CheckoutError> {
         let deadline = Instant::now() + self.settings.timeout;
         loop {
-            let step = {
-                let mut state = pool.lock();
-                let now = Instant::now();
-                let mut found = None;
-                while let Some(candidate) = state.idle.pop() {
-                    if candidate.expired(now) {
-                        state.open -= 1;
-                        continue;
-                    }
-                    found = Some(candidate);
-                    break;
-                }
-                match found {
-                    Some(connection) => Ok(Handoff::Connection(Box::new(connection))),
-                    None if state.open < self.settings.size => {
-                        state.open += 1;
-                        Ok(Handoff::Room)
-                    }
-                    None => {
-                        let (sender, receiver) = oneshot::channel();
-                        state.waiters.push_back(sender);
-                        Err(receiver)
-                    }
-                }
-            };
+            let step = pool.take_or_queue(self.settings.size);
             let action = match step {
                 Ok(handoff) => handoff,
                 Err(receiver) => match timeout_at(deadline, receiver).await {

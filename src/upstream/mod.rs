@@ -3,15 +3,15 @@
 //! socket, rustls with SNI and the configured verification, then the login ([`login`]).
 //! [`Connector`] holds everything needed to open one, so a pool can call it at will.
 
+mod authenticator;
 pub mod error;
 pub mod login;
 pub mod settings;
 pub mod tls;
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
-use aws_credential_types::Credentials;
 use bytes::BytesMut;
 use postgres_protocol::message::frontend;
 use rustls::ClientConfig;
@@ -21,12 +21,12 @@ use tokio::net::TcpStream;
 use tokio::time::{Instant, timeout_at};
 
 use crate::iam::credentials::CredentialCache;
-use crate::iam::token::sign_token;
 use crate::ops::metrics::UpstreamMetrics;
-use crate::secret::Secret;
 use crate::stream::UpstreamStream;
+pub use authenticator::Authenticator;
+use authenticator::LoginPassword;
 use error::{ConnectError, HintContext, classify_tls};
-use login::{LoginOutcome, PasswordSource};
+use login::LoginOutcome;
 pub use settings::{Endpoint, UpstreamAuth, UpstreamSettings};
 
 /// The startup parameters RDS Proxy accepts; everything else a client sends is dropped.
@@ -40,15 +40,6 @@ pub const FORWARDED_PARAMETERS: [&str; 8] = [
     "extra_float_digits",
     "options",
 ];
-
-/// How the sidecar proves who it is upstream.
-pub enum Authenticator {
-    Iam {
-        credentials: Arc<CredentialCache>,
-        region: String,
-    },
-    Password(Secret),
-}
 
 /// A logged-in upstream connection.
 #[derive(Debug)]
@@ -356,58 +347,5 @@ fn set_keepalive(stream: &TcpStream) {
         .with_interval(Duration::from_secs(15));
     if let Err(error) = socket2::SockRef::from(stream).set_tcp_keepalive(&keepalive) {
         tracing::debug!(%error, "could not enable TCP keepalive upstream");
-    }
-}
-
-/// The password for one login: a freshly signed IAM token, or the configured password.
-struct LoginPassword<'a> {
-    connector: &'a Connector,
-    credentials: Option<Credentials>,
-    user: &'a str,
-}
-
-impl PasswordSource for LoginPassword<'_> {
-    fn is_iam_token(&self) -> bool {
-        matches!(self.connector.auth, Authenticator::Iam { .. })
-    }
-
-    async fn password(&self) -> Result<Secret, ConnectError> {
-        match &self.connector.auth {
-            Authenticator::Password(secret) => Ok(secret.clone()),
-            Authenticator::Iam { region, .. } => {
-                let creds = self
-                    .credentials
-                    .as_ref()
-                    .ok_or_else(|| ConnectError::Sign("no credentials fetched".to_owned()))?;
-                let upstream = &self.connector.upstream;
-                let token = sign_token(
-                    creds,
-                    &upstream.host,
-                    upstream.port,
-                    self.user,
-                    region,
-                    SystemTime::now(),
-                )
-                .map_err(|e| ConnectError::Sign(e.to_string()))?;
-                self.connector.metrics.token_signed();
-                Ok(token)
-            }
-        }
-    }
-}
-
-impl Authenticator {
-    /// The authenticator `auth` asks for; IAM credentials come from `credentials`.
-    pub fn new(
-        auth: &UpstreamAuth,
-        credentials: Option<Arc<CredentialCache>>,
-    ) -> Result<Self, String> {
-        match auth {
-            UpstreamAuth::Password(secret) => Ok(Self::Password(secret.clone())),
-            UpstreamAuth::Iam { region, .. } => Ok(Self::Iam {
-                credentials: credentials.ok_or("IAM mode needs a credentials source")?,
-                region: region.clone(),
-            }),
-        }
     }
 }

@@ -4,12 +4,13 @@
 //! login rate limit, the admin endpoint and the shutdown state. [`start`] is the library entry
 //! point used by `main`, the tests and the demo.
 
+mod bind;
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tracing::{info, warn};
@@ -24,6 +25,7 @@ use crate::pool::{Pools, RateLimiter};
 use crate::settings::{EndpointSettings, RDS_PROXY_IDLE_CLIENT_TIMEOUT, Settings};
 use crate::upstream::tls::TlsMode;
 use crate::upstream::{Authenticator, Connector, UpstreamAuth};
+use bind::{bind_admin, bind_endpoint};
 
 /// Why the sidecar could not start.
 #[derive(Debug, thiserror::Error)]
@@ -158,12 +160,6 @@ impl Drop for RunningSidecar {
     }
 }
 
-/// One endpoint's bound sockets, before its engine starts.
-struct Bound {
-    listeners: Vec<Listener>,
-    addresses: EndpointListeners,
-}
-
 /// Binds the listeners and starts accepting. With IAM auth and `credentials` = None, the
 /// standard AWS credentials chain is used.
 pub async fn start(
@@ -176,15 +172,7 @@ pub async fn start(
         ));
     }
     metrics::install();
-    let admin_listener = match settings.admin_listen {
-        Some(addr) => Some(bind_tcp(addr, " (--admin-listen)").await?),
-        None => None,
-    };
-    let admin_addr = admin_listener
-        .as_ref()
-        .map(|l| l.local_addr())
-        .transpose()
-        .map_err(|e| StartError::Setup(e.to_string()))?;
+    let (admin_listener, admin_addr) = bind_admin(settings.admin_listen).await?;
     let mut bound = Vec::with_capacity(settings.endpoints.len());
     for endpoint in &settings.endpoints {
         bound.push(bind_endpoint(endpoint).await?);
@@ -325,51 +313,6 @@ fn metric_labels(endpoints: &[EndpointSettings]) -> Vec<String> {
         .collect()
 }
 
-async fn bind_tcp(addr: SocketAddr, what: &str) -> Result<TcpListener, StartError> {
-    TcpListener::bind(addr)
-        .await
-        .map_err(|source| StartError::Bind {
-            addr: format!("{addr}{what}"),
-            source,
-        })
-}
-
-/// Binds one endpoint's TCP addresses and its unix socket, named after its first port.
-async fn bind_endpoint(endpoint: &EndpointSettings) -> Result<Bound, StartError> {
-    let what = format!(" (listener of upstream {})", endpoint.name());
-    let mut listeners = Vec::new();
-    let mut tcp_addrs = Vec::new();
-    for addr in &endpoint.listen {
-        let listener = bind_tcp(*addr, &what).await?;
-        tcp_addrs.push(
-            listener
-                .local_addr()
-                .map_err(|e| StartError::Setup(e.to_string()))?,
-        );
-        listeners.push(Listener::Tcp(listener));
-    }
-    let mut unix_socket = None;
-    if let Some(dir) = &endpoint.unix_socket {
-        let port = tcp_addrs.first().map_or(5432, |a| a.port());
-        let path = dir.join(format!(".s.PGSQL.{port}"));
-        remove_stale_socket(&path)?;
-        let listener = UnixListener::bind(&path).map_err(|source| StartError::Bind {
-            addr: path.display().to_string(),
-            source,
-        })?;
-        listeners.push(Listener::Unix(listener));
-        unix_socket = Some(path);
-    }
-    Ok(Bound {
-        listeners,
-        addresses: EndpointListeners {
-            upstream: endpoint.name(),
-            tcp_addrs,
-            unix_socket,
-        },
-    })
-}
-
 /// The start-up line of one endpoint, and warnings for settings that weaken the defaults.
 fn log_endpoint(endpoint: &EndpointSettings, listeners: &EndpointListeners) {
     let upstream = &endpoint.upstream;
@@ -399,22 +342,4 @@ fn log_endpoint(endpoint: &EndpointSettings, listeners: &EndpointListeners) {
             "--tls-mode require does not check the upstream certificate: a man in the middle could capture IAM tokens (valid 15 minutes); prefer verify-full"
         );
     }
-}
-
-/// Removes a socket file left by a sidecar that is gone; a live one is an error.
-fn remove_stale_socket(path: &std::path::Path) -> Result<(), StartError> {
-    use std::os::unix::fs::FileTypeExt;
-    if std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_socket()) {
-        if std::os::unix::net::UnixStream::connect(path).is_ok() {
-            return Err(StartError::Bind {
-                addr: path.display().to_string(),
-                source: std::io::Error::new(
-                    std::io::ErrorKind::AddrInUse,
-                    "another process is listening on this socket",
-                ),
-            });
-        }
-        let _ = std::fs::remove_file(path);
-    }
-    Ok(())
 }

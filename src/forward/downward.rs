@@ -1,0 +1,154 @@
+//! Server → client during an attached period: [`ToClient`] reads the upstream connection's
+//! answers, rewrites them in transaction mode (the sidecar's own ParseComplete/CloseComplete
+//! in their place), tracks ReadyForQuery and ParameterStatus, and ends the period at the
+//! ReadyForQuery where [`Detach`] says the client may let go of the connection.
+
+use std::collections::HashSet;
+use std::sync::Mutex;
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
+
+use super::buffers::Buffer;
+use super::prepared::{Plan, ServerRewriter};
+use super::sync::Downward;
+use super::{Detach, Outcome, SyncState, ToServer, Traffic, write_flushed};
+use crate::protocol::framing::{FrameScanner, READY_FOR_QUERY};
+
+/// The server → client half of an attached period.
+pub(super) struct ToClient<'a, W> {
+    client: W,
+    scanner: FrameScanner,
+    visitor: Downward<'a>,
+    plan: &'a Plan,
+    /// Transaction mode: the attached connection's prepared statements.
+    prepared: Option<&'a Mutex<HashSet<String>>>,
+    rewriter: ServerRewriter,
+    /// Transaction mode: the rewritten bytes of one chunk.
+    out: Vec<u8>,
+    detach: Detach,
+    /// Bytes sent to the client.
+    sent: u64,
+}
+
+impl<'a, W: AsyncWrite + Unpin> ToClient<'a, W> {
+    pub(super) fn new(
+        client: W,
+        state: &'a SyncState,
+        parameters: &'a mut Vec<(String, String)>,
+        plan: &'a Plan,
+        prepared: Option<&'a Mutex<HashSet<String>>>,
+        detach: Detach,
+    ) -> Self {
+        Self {
+            client,
+            scanner: FrameScanner::new(),
+            visitor: Downward {
+                state,
+                parameters,
+                last_tag: 0,
+                transactions: 0,
+            },
+            plan,
+            prepared,
+            rewriter: ServerRewriter::default(),
+            out: Vec::with_capacity(if prepared.is_some() { 2048 } else { 0 }),
+            detach,
+            sent: 0,
+        }
+    }
+
+    /// The period's byte and transaction counts, both directions.
+    pub(super) fn traffic<S>(&self, up: &ToServer<'_, S>) -> Traffic {
+        Traffic {
+            to_server: up.sent,
+            to_client: self.sent,
+            transactions: self.visitor.transactions,
+        }
+    }
+
+    /// Sends what the server said before the period started.
+    pub(super) async fn send_pending(&mut self, pending: &[u8]) -> Result<(), Outcome> {
+        if pending.is_empty() {
+            return Ok(());
+        }
+        if self.scanner.scan(pending, &mut self.visitor).is_err() {
+            return Err(Outcome::ServerError);
+        }
+        if write_flushed(&mut self.client, pending).await.is_err() {
+            return Err(Outcome::ClientError);
+        }
+        self.sent += pending.len() as u64;
+        Ok(())
+    }
+
+    /// Forwards until the server closes or fails, a write to the client fails, or the period
+    /// detaches.
+    pub(super) async fn run<R: AsyncRead + Unpin>(&mut self, server: &mut R) -> Outcome {
+        let mut buffer = Buffer::take();
+        let rewriting = self.prepared.is_some();
+        loop {
+            let read = tokio::select! {
+                read = server.read(&mut buffer) => read,
+                () = self.plan.wake.notified(), if rewriting => {
+                    // The sidecar's own answers lead: the client waits for them, not the server.
+                    if let Err(outcome) = self.send_synthetic().await {
+                        return outcome;
+                    }
+                    continue;
+                }
+            };
+            let n = match read {
+                Ok(0) => return Outcome::ServerClosed,
+                Ok(n) => n,
+                // A TLS peer that closes without close_notify: a close, not a failure.
+                Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+                    return Outcome::ServerClosed;
+                }
+                Err(_) => return Outcome::ServerError,
+            };
+            if let Err(outcome) = self.deliver(&buffer[..n]).await {
+                return outcome;
+            }
+        }
+    }
+
+    async fn send_synthetic(&mut self) -> Result<(), Outcome> {
+        self.out.clear();
+        self.plan.take_leading_synthetic(&mut self.out);
+        write_flushed(&mut self.client, &self.out)
+            .await
+            .map_err(|_| Outcome::ClientError)
+    }
+
+    /// Sends one chunk of the server's bytes to the client; `Err(Released)` when the period
+    /// detaches after it.
+    async fn deliver(&mut self, bytes: &[u8]) -> Result<(), Outcome> {
+        let chunk = match self.prepared {
+            Some(prepared) => {
+                self.out.clear();
+                self.rewriter
+                    .process(bytes, self.plan, prepared, &mut self.out)
+                    .map_err(|_| Outcome::ServerError)?;
+                &self.out[..]
+            }
+            None => bytes,
+        };
+        if self.scanner.scan(chunk, &mut self.visitor).is_err() {
+            return Err(Outcome::ServerError);
+        }
+        if write_flushed(&mut self.client, chunk).await.is_err() {
+            return Err(Outcome::ClientError);
+        }
+        self.sent += chunk.len() as u64;
+        let state = self.visitor.state;
+        let detach = match self.detach {
+            Detach::Never => false,
+            Detach::WhenQuiet => state.owes_nothing(),
+            Detach::WhenIdle => state.is_idle() && self.plan.is_empty(),
+        };
+        if detach && self.visitor.last_tag == READY_FOR_QUERY && self.scanner.at_boundary() {
+            return Err(Outcome::Released);
+        }
+        Ok(())
+    }
+}

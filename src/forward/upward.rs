@@ -1,0 +1,167 @@
+//! Client → server during an attached period: [`ToServer`] reads the client's bytes and sends
+//! them upstream as the [`Pump`] says, unchanged with Terminate held back (session mode) or
+//! rewritten for the attached connection's prepared statements (transaction mode).
+
+use std::sync::atomic::Ordering;
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
+
+use super::buffers::Buffer;
+use super::prepared::Plan;
+use super::sync::Upward;
+use super::{ClientSide, Outcome, Pump, Rewrite, SyncState, write_flushed};
+
+/// The client → server half of an attached period.
+pub(super) struct ToServer<'a, W> {
+    /// The write half of the upstream connection (shut down when the period fails).
+    pub(super) server: W,
+    pump: Pump<'a>,
+    state: &'a SyncState,
+    plan: &'a Plan,
+    /// Transaction mode: the rewritten bytes of one chunk.
+    out: Vec<u8>,
+    /// Bytes sent upstream.
+    pub(super) sent: u64,
+}
+
+impl<'a, W: AsyncWrite + Unpin> ToServer<'a, W> {
+    pub(super) fn new(server: W, pump: Pump<'a>, state: &'a SyncState, plan: &'a Plan) -> Self {
+        // Sized for a typical batch up front in transaction mode (no regrowth per message);
+        // session mode never writes to it.
+        let capacity = match pump {
+            Pump::Rewriting(_) => 1024,
+            Pump::PassThrough(_) => 0,
+        };
+        Self {
+            server,
+            pump,
+            state,
+            plan,
+            out: Vec::with_capacity(capacity),
+            sent: 0,
+        }
+    }
+
+    /// Sends the bytes the client sent before the period started.
+    pub(super) async fn send_first(&mut self, first: &[u8]) -> Result<(), Outcome> {
+        if first.is_empty() {
+            return Ok(());
+        }
+        self.send(first).await
+    }
+
+    /// Forwards until the client terminates, closes or fails, or a write upstream fails.
+    pub(super) async fn run<R: AsyncRead + Unpin>(&mut self, client: &mut R) -> Outcome {
+        let mut buffer = Buffer::take();
+        loop {
+            let n = match client.read(&mut buffer).await {
+                Ok(0) => return Outcome::ClientClosed,
+                Ok(n) => n,
+                Err(_) => return Outcome::ClientError,
+            };
+            if let Err(outcome) = self.send(&buffer[..n]).await {
+                return outcome;
+            }
+        }
+    }
+
+    /// Sends one chunk of the client's bytes upstream; `Err` ends the period (Terminate too).
+    async fn send(&mut self, chunk: &[u8]) -> Result<(), Outcome> {
+        let terminated = match &mut self.pump {
+            Pump::PassThrough(client_side) => {
+                send_upward(chunk, client_side, self.state, &mut self.server).await?
+            }
+            Pump::Rewriting(rewrite) => {
+                self.out.clear();
+                let terminated =
+                    rewrite_chunk(chunk, rewrite, self.state, self.plan, &mut self.out)?;
+                write_flushed(&mut self.server, &self.out)
+                    .await
+                    .map_err(|_| Outcome::ServerError)?;
+                terminated
+            }
+        };
+        if terminated {
+            return Err(Outcome::ClientTerminated);
+        }
+        self.sent += chunk.len() as u64;
+        Ok(())
+    }
+}
+
+/// Rewrites one chunk from the client into `out` (transaction mode); true when the client
+/// terminated (`out` then holds what came before Terminate).
+fn rewrite_chunk(
+    chunk: &[u8],
+    rewrite: &mut Rewrite<'_>,
+    state: &SyncState,
+    plan: &Plan,
+    out: &mut Vec<u8>,
+) -> Result<bool, Outcome> {
+    let report = rewrite
+        .client
+        .process(chunk, rewrite.statements, rewrite.prepared, plan, out)
+        .map_err(|_| Outcome::ClientError)?;
+    state
+        .expected_ready
+        .fetch_add(report.sync_points, Ordering::AcqRel);
+    if !report.terminated {
+        state.client_quiet.store(report.quiet, Ordering::Release);
+    }
+    Ok(report.terminated)
+}
+
+/// Scans and forwards one chunk from the client (session mode); true when the client
+/// terminated (what came before Terminate was sent, Terminate never).
+async fn send_upward<W: AsyncWrite + Unpin>(
+    chunk: &[u8],
+    client_side: &mut ClientSide,
+    state: &SyncState,
+    server: &mut W,
+) -> Result<bool, Outcome> {
+    let mut up = Upward {
+        state,
+        quiet: state.client_quiet.load(Ordering::Acquire),
+        terminate_at: None,
+    };
+    if client_side.scanner.scan(chunk, &mut up).is_err() {
+        return Err(Outcome::ClientError);
+    }
+    let held = std::mem::take(&mut client_side.held);
+    if let Some(start) = up.terminate_at {
+        // Forward everything before Terminate, and Terminate itself never.
+        let held_part = if start < 0 {
+            held.len().saturating_sub(start.unsigned_abs())
+        } else {
+            held.len()
+        };
+        let chunk_part = usize::try_from(start).unwrap_or(0);
+        if write_flushed(server, &held[..held_part]).await.is_err()
+            || write_flushed(server, &chunk[..chunk_part]).await.is_err()
+        {
+            return Err(Outcome::ServerError);
+        }
+        return Ok(true);
+    }
+    // Before writing: while this chunk is on its way the server may answer an earlier sync
+    // point, and the other direction must not see a quiet client then (it would detach and
+    // drop this half mid-write).
+    state.client_quiet.store(
+        up.quiet && client_side.scanner.at_boundary(),
+        Ordering::Release,
+    );
+    // Hold back the start of a header that is not complete yet: it might be Terminate.
+    let tail = client_side.scanner.partial_header_len().min(chunk.len());
+    if (!held.is_empty() && write_flushed(server, &held).await.is_err())
+        || write_flushed(server, &chunk[..chunk.len() - tail])
+            .await
+            .is_err()
+    {
+        return Err(Outcome::ServerError);
+    }
+    let mut held = held;
+    held.clear();
+    held.extend_from_slice(&chunk[chunk.len() - tail..]);
+    client_side.held = held;
+    Ok(false)
+}

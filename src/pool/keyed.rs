@@ -1,0 +1,109 @@
+//! The connections of one pool key ([`Pool`]): the idle ones, how many exist, and the clients
+//! waiting for one, first come first served, under one short lock.
+
+use std::collections::VecDeque;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use tokio::sync::oneshot;
+use tokio::time::Instant;
+
+use super::PoolKey;
+use crate::upstream::ServerConnection;
+
+/// An upstream connection with its pool bookkeeping.
+#[derive(Debug)]
+pub struct PooledConnection {
+    pub server: ServerConnection,
+    pub(super) created: Instant,
+    pub(super) lifetime: Duration,
+    pub(super) idle_since: Instant,
+}
+
+impl PooledConnection {
+    pub(super) fn expired(&self, now: Instant) -> bool {
+        now.duration_since(self.created) >= self.lifetime
+    }
+}
+
+pub(super) struct PoolState {
+    pub(super) idle: Vec<PooledConnection>,
+    /// Idle + leased + being opened.
+    pub(super) open: usize,
+    /// Clients waiting for a connection, first come first served.
+    pub(super) waiters: VecDeque<oneshot::Sender<Handoff>>,
+}
+
+/// What a waiting client is handed.
+pub(super) enum Handoff {
+    /// A connection someone released.
+    Connection(Box<PooledConnection>),
+    /// Room to open a new connection (already counted in `open`).
+    Room,
+}
+
+/// The connections of one key.
+pub struct Pool {
+    pub key: PoolKey,
+    pub(super) state: Mutex<PoolState>,
+}
+
+impl Pool {
+    pub(super) fn lock(&self) -> std::sync::MutexGuard<'_, PoolState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// An idle connection that has not expired, else room for a new one while the pool has
+    /// fewer than `size`, else a place in the queue of waiters.
+    pub(super) fn take_or_queue(&self, size: usize) -> Result<Handoff, oneshot::Receiver<Handoff>> {
+        let mut state = self.lock();
+        let now = Instant::now();
+        while let Some(candidate) = state.idle.pop() {
+            if candidate.expired(now) {
+                state.open -= 1;
+                continue;
+            }
+            return Ok(Handoff::Connection(Box::new(candidate)));
+        }
+        if state.open < size {
+            state.open += 1;
+            return Ok(Handoff::Room);
+        }
+        let (sender, receiver) = oneshot::channel();
+        state.waiters.push_back(sender);
+        Err(receiver)
+    }
+
+    /// (idle, open) counts.
+    pub fn counts(&self) -> (usize, usize) {
+        let state = self.lock();
+        (state.idle.len(), state.open)
+    }
+
+    /// A connection is gone: its room goes to the first waiting client, if any.
+    pub(super) fn forget_one(&self) {
+        let mut state = self.lock();
+        while let Some(waiter) = state.waiters.pop_front() {
+            if waiter.send(Handoff::Room).is_ok() {
+                return;
+            }
+        }
+        state.open -= 1;
+    }
+
+    /// A connection is free: it goes to the first waiting client, else to the idle list.
+    pub(super) fn give_back(&self, connection: PooledConnection) {
+        let mut state = self.lock();
+        let mut connection = connection;
+        // Boxed only for a waiter: most returns go to the idle list, one allocation fewer per
+        // transaction in transaction mode.
+        while let Some(waiter) = state.waiters.pop_front() {
+            match waiter.send(Handoff::Connection(Box::new(connection))) {
+                Ok(()) => return,
+                Err(Handoff::Connection(back)) => connection = *back,
+                Err(Handoff::Room) => return,
+            }
+        }
+        state.idle.push(connection);
+    }
+}
