@@ -20,6 +20,8 @@ pub mod sqlstate {
     /// A query was cancelled.
     pub const QUERY_CANCELED: &str = "57014";
     pub const FEATURE_NOT_SUPPORTED: &str = "0A000";
+    /// A statement in a transaction that already failed.
+    pub const IN_FAILED_SQL_TRANSACTION: &str = "25P02";
     pub const INTERNAL_ERROR: &str = "XX000";
 }
 

@@ -353,7 +353,7 @@ async fn emulator_accepts_iam_token_and_relays_to_postgres() {
         "cleartext request, then PG's Ok"
     );
     assert_eq!(info.ready_status, b'I');
-    assert!(info.backend_key.is_some());
+    assert_eq!(info.backend_key, None, "RDS Proxy sends no BackendKeyData");
     assert_eq!(
         info.parameters.get("application_name").map(String::as_str),
         Some("selftest")
@@ -440,13 +440,26 @@ async fn emulator_refuses_unsupported_startup_parameters() {
     let (_tls, result) = tls_login(&emu, &pki, &params, &test_token(EMU_USER)).await;
     let err = server_error(result);
     assert_eq!(err.severity, "FATAL");
-    assert_eq!(err.code, "08P01");
+    assert_eq!(err.code, "0A000");
     assert_eq!(
         err.message,
-        "Feature not supported: RDS Proxy currently doesn't support the option search_path."
+        "Feature not supported: RDS Proxy currently doesn’t support the option search_path."
     );
     assert_eq!(emu.logins(), 0);
     assert_eq!(emu.rejected(), 1);
+    let params = [
+        ("user", EMU_USER),
+        ("database", EMU_DB),
+        ("options", "-c statement_timeout=5000"),
+    ];
+    let (_tls, result) = tls_login(&emu, &pki, &params, &test_token(EMU_USER)).await;
+    let err = server_error(result);
+    assert_eq!(err.code, "0A000");
+    assert_eq!(
+        err.message,
+        "Feature not supported: RDS Proxy currently doesn’t support command-line options."
+    );
+    assert_eq!(emu.rejected(), 2);
 
     // Every parameter on the supported list passes.
     let params = [
@@ -457,16 +470,15 @@ async fn emulator_refuses_unsupported_startup_parameters() {
         ("DateStyle", "ISO, MDY"),
         ("TimeZone", "UTC"),
         ("extra_float_digits", "3"),
-        ("options", "-c statement_timeout=5000"),
     ];
     let (mut tls, result) = tls_login(&emu, &pki, &params, &test_token(EMU_USER)).await;
     result.unwrap_or_else(|e| panic!("login with supported parameters: {e}"));
-    let rows = wire::simple_query(&mut tls, "show statement_timeout")
+    let rows = wire::simple_query(&mut tls, "show extra_float_digits")
         .await
         .unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!(rows, vec![vec![Some("5s".to_owned())]]);
+    assert_eq!(rows, vec![vec![Some("3".to_owned())]]);
     assert_eq!(emu.logins(), 1);
-    assert_eq!(emu.rejected(), 1);
+    assert_eq!(emu.rejected(), 2);
 }
 
 #[tokio::test]
@@ -571,8 +583,91 @@ async fn emulator_rereads_keys_on_every_login() {
 }
 
 #[tokio::test]
-async fn emulator_forwards_cancel_requests() {
+async fn emulator_sends_no_keys_and_ignores_cancels_as_rds_proxy_does() {
     let (pki, emu) = setup().await;
+    let params = [("user", EMU_USER), ("database", EMU_DB)];
+    let (mut tls, result) = tls_login(&emu, &pki, &params, &test_token(EMU_USER)).await;
+    let info = result.unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(info.backend_key, None, "RDS Proxy sends no BackendKeyData");
+    tls.write_all(&wire::query_message("select pg_sleep(0.5)"))
+        .await
+        .expect("send query");
+    tls.flush().await.expect("flush");
+    let mut cancel = wire::connect_tls(emu.addr, DEFAULT_ENDPOINT_HOST, pki.client_config())
+        .await
+        .expect("TLS for cancel");
+    cancel
+        .write_all(&wire::cancel_request(1, 2))
+        .await
+        .expect("send cancel");
+    let mut sink = Vec::new();
+    let _ = cancel.read_to_end(&mut sink).await;
+    let tags = tokio::time::timeout(Duration::from_secs(10), async {
+        let mut tags = Vec::new();
+        loop {
+            let (tag, _) = wire::read_message(&mut tls).await.expect("read");
+            tags.push(tag);
+            if tag == b'Z' {
+                return tags;
+            }
+        }
+    })
+    .await
+    .expect("the query ends");
+    assert!(!tags.contains(&b'E'), "not cancelled: {tags:?}");
+    assert_eq!((emu.cancels(), emu.ignored_cancels()), (0, 1));
+}
+
+#[tokio::test]
+async fn emulator_detects_what_pins_a_session() {
+    let (pki, emu) = setup().await;
+    let params = [("user", EMU_USER), ("database", EMU_DB)];
+    let (mut tls, result) = tls_login(&emu, &pki, &params, &test_token(EMU_USER)).await;
+    result.unwrap_or_else(|e| panic!("{e}"));
+    for harmless in [
+        "select 1",
+        "begin; set local work_mem = '8MB'; commit",
+        "select pg_advisory_xact_lock(1)",
+    ] {
+        wire::simple_query(&mut tls, harmless)
+            .await
+            .unwrap_or_else(|e| panic!("{harmless}: {e}"));
+    }
+    assert_eq!(emu.pinned_sessions(), 0);
+    wire::simple_query(&mut tls, "SET statement_timeout = 1000")
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    wire::simple_query(&mut tls, "discard all")
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(emu.pinned_sessions(), 1, "one session, pinned once");
+    assert_eq!(
+        emu.pinned_sessions(),
+        1,
+        "one session, pinned once: {:?} {} {}",
+        emu.pin_log(),
+        emu.discards(),
+        emu.named_parses()
+    );
+    let log = emu.pin_log();
+    assert!(
+        log[0].contains("pinned") && log[0].contains("session settings"),
+        "{log:?}"
+    );
+
+    let (mut other, result) = tls_login(&emu, &pki, &params, &test_token(EMU_USER)).await;
+    result.unwrap_or_else(|e| panic!("{e}"));
+    wire::simple_query(&mut other, "select pg_try_advisory_lock(42)")
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(emu.pinned_sessions(), 2);
+}
+
+#[tokio::test]
+async fn plain_postgres_emulator_forwards_cancel_requests() {
+    let pki = TestPki::new();
+    let emu = support::plain_emulator_for_cluster(&pki).await;
+    shared_cluster().ensure_database(EMU_DB, EMU_USER).await;
     let params = [("user", EMU_USER), ("database", EMU_DB)];
     let (mut tls, result) = tls_login(&emu, &pki, &params, &test_token(EMU_USER)).await;
     let info = result.unwrap_or_else(|e| panic!("{e}"));

@@ -47,6 +47,7 @@ impl<'a, W: AsyncWrite + Unpin> ToClient<'a, W> {
                 parameters,
                 last_tag: 0,
                 transactions: 0,
+                track_session: prepared.is_none(),
             },
             plan,
             prepared,

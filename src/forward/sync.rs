@@ -4,9 +4,14 @@
 
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, Ordering};
 
+use super::session_state::{SessionChange, change_in_text, change_of_tag};
 use crate::protocol::framing::{
-    FrameVisitor, PARAMETER_STATUS, READY_FOR_QUERY, TransactionStatus, parameter_status,
+    FrameVisitor, MAX_CAPTURE, PARAMETER_STATUS, READY_FOR_QUERY, TransactionStatus,
+    parameter_status,
 };
+
+/// CommandComplete.
+const COMMAND_COMPLETE: u8 = b'C';
 
 /// What both directions of one client session know about its protocol state.
 #[derive(Debug)]
@@ -18,6 +23,11 @@ pub struct SyncState {
     pub(super) client_quiet: AtomicBool,
     /// Status byte of the last ReadyForQuery.
     pub(super) status: AtomicU8,
+    /// The [`SessionChange`]s the client made on its upstream connection, one bit each.
+    changed: AtomicU8,
+    /// The client's transaction failed with no upstream connection left (a cancel closed it):
+    /// the sidecar answers until the client ends the transaction.
+    aborted: AtomicBool,
 }
 
 impl Default for SyncState {
@@ -26,6 +36,8 @@ impl Default for SyncState {
             expected_ready: AtomicU32::new(0),
             client_quiet: AtomicBool::new(true),
             status: AtomicU8::new(b'I'),
+            changed: AtomicU8::new(0),
+            aborted: AtomicBool::new(false),
         }
     }
 }
@@ -52,24 +64,79 @@ impl SyncState {
         self.expected_ready.load(Ordering::Acquire) > 0 && self.client_quiet.load(Ordering::Acquire)
     }
 
-    /// One owed ReadyForQuery was answered by the sidecar itself.
-    pub fn answered_locally(&self) {
+    /// The session state the client left on its upstream connection, if any (session mode):
+    /// the lowest kind, so [`SessionChange::NamedStatement`] only when it is all there is.
+    pub fn session_change(&self) -> Option<SessionChange> {
+        SessionChange::lowest(self.changed.load(Ordering::Acquire))
+    }
+
+    /// The client's transaction failed and only the sidecar answers it.
+    pub fn is_aborted(&self) -> bool {
+        self.aborted.load(Ordering::Acquire)
+    }
+
+    pub fn set_aborted(&self, aborted: bool) {
+        self.aborted.store(aborted, Ordering::Release);
+    }
+
+    /// The client's upstream connection was reset or replaced: it holds no state of its own.
+    pub fn forget_session_changes(&self) {
+        self.changed.store(0, Ordering::Release);
+    }
+
+    pub(super) fn note(&self, change: SessionChange) {
+        self.changed.fetch_or(change.bit(), Ordering::AcqRel);
+    }
+
+    /// One owed ReadyForQuery was answered by the sidecar itself, with `status`.
+    pub fn answered_locally(&self, status: u8) {
         let _ = self
             .expected_ready
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1));
-        self.status.store(b'I', Ordering::Release);
+        self.status.store(status, Ordering::Release);
     }
 }
 
-/// Client → server: sync points and Terminate.
+/// Client → server: sync points, Terminate, and the session state statements leave.
 pub(super) struct Upward<'a> {
     pub(super) state: &'a SyncState,
     pub(super) quiet: bool,
     pub(super) terminate_at: Option<isize>,
+    /// The names of the client's protocol-level named statements.
+    pub(super) names: &'a mut StatementNames,
+}
+
+/// The names of a session's protocol-level named statements, to close them when it leaves.
+#[derive(Debug, Default)]
+pub struct StatementNames(Vec<Box<[u8]>>);
+
+impl StatementNames {
+    /// More than this many are not tracked: the connection is then reset or closed.
+    const MOST: usize = 256;
+
+    /// The names, in the order first seen.
+    pub fn names(&self) -> impl Iterator<Item = &[u8]> {
+        self.0.iter().map(|name| &name[..])
+    }
+
+    pub fn clear(&mut self) {
+        self.0 = Vec::new();
+    }
+
+    /// Adds `name`; false when there are too many to track.
+    fn add(&mut self, name: &[u8]) -> bool {
+        if !self.0.iter().any(|known| known[..] == *name) {
+            if self.0.len() >= Self::MOST {
+                return false;
+            }
+            self.0.push(name.into());
+        }
+        true
+    }
 }
 
 impl FrameVisitor for Upward<'_> {
-    fn header(&mut self, tag: u8, _body_len: usize, start: isize) -> bool {
+    fn header(&mut self, tag: u8, body_len: usize, start: isize) -> bool {
         if self.terminate_at.is_some() {
             return false;
         }
@@ -85,24 +152,49 @@ impl FrameVisitor for Upward<'_> {
             // Parse, Bind, Describe, Execute, Close, Flush and anything else: unsynced work.
             _ => self.quiet = false,
         }
+        if matches!(tag, b'Q' | b'P') {
+            if body_len <= MAX_CAPTURE {
+                return true;
+            }
+            // Too long to read here: assume it left state.
+            self.state.note(SessionChange::Other);
+        }
         false
     }
 
-    fn message(&mut self, _tag: u8, _body: &[u8], _end: usize) {}
+    fn message(&mut self, tag: u8, body: &[u8], _end: usize) {
+        if tag == b'P' {
+            let name = body.split(|&b| b == 0).next().unwrap_or_default();
+            if !name.is_empty() {
+                self.state.note(SessionChange::NamedStatement);
+                if !self.names.add(name) {
+                    self.state.note(SessionChange::Other);
+                }
+            }
+        }
+        if let Some(change) = change_in_text(body) {
+            self.state.note(change);
+        }
+    }
 }
 
-/// Server → client: ReadyForQuery and ParameterStatus.
+/// Server → client: ReadyForQuery, ParameterStatus and (session mode) the session state
+/// CommandComplete tags show.
 pub(super) struct Downward<'a> {
     pub(super) state: &'a SyncState,
     pub(super) parameters: &'a mut Vec<(String, String)>,
     pub(super) last_tag: u8,
     pub(super) transactions: u64,
+    /// Session mode: note the session state the client leaves.
+    pub(super) track_session: bool,
 }
 
 impl FrameVisitor for Downward<'_> {
     fn header(&mut self, tag: u8, _body_len: usize, _start: isize) -> bool {
         self.last_tag = tag;
-        tag == READY_FOR_QUERY || tag == PARAMETER_STATUS
+        tag == READY_FOR_QUERY
+            || tag == PARAMETER_STATUS
+            || (tag == COMMAND_COMPLETE && self.track_session)
     }
 
     fn message(&mut self, tag: u8, body: &[u8], _end: usize) {
@@ -123,6 +215,14 @@ impl FrameVisitor for Downward<'_> {
             PARAMETER_STATUS => {
                 if let Some((name, value)) = parameter_status(body) {
                     set_parameter(self.parameters, name, value);
+                }
+                if self.track_session {
+                    self.state.note(SessionChange::Setting);
+                }
+            }
+            COMMAND_COMPLETE => {
+                if let Some(change) = change_of_tag(body) {
+                    self.state.note(change);
                 }
             }
             _ => {}

@@ -123,6 +123,7 @@ async fn send_upward<W: AsyncWrite + Unpin>(
         state,
         quiet: state.client_quiet.load(Ordering::Acquire),
         terminate_at: None,
+        names: &mut client_side.statements,
     };
     if client_side.scanner.scan(chunk, &mut up).is_err() {
         return Err(Outcome::ClientError);

@@ -1,8 +1,9 @@
 //! Cancel keys. Each client gets a BackendKeyData the sidecar made up; this registry maps it to
-//! the server key of the upstream connection serving that client right now (none between
-//! transactions in transaction mode), so a CancelRequest, which arrives on a fresh connection,
-//! reaches that connection and no other. Each client also has a `Closer` its session listens
-//! to, for `--cancel-mode close` and for a shutdown drain. Unknown keys are dropped silently,
+//! what serves that client right now ([`Serving`]: an upstream connection with its server key,
+//! one without a key as behind RDS Proxy, or nothing between transactions in transaction mode),
+//! so a CancelRequest, which arrives on a fresh connection, reaches that connection and no
+//! other. Each client also has a `Closer` its session listens to, for a cancel emulated by
+//! closing the upstream connection and for a shutdown drain. Unknown keys are dropped silently,
 //! as PostgreSQL does. A client's entry is its own (`ClientSlot`): re-pointing it at every
 //! transaction never takes the registry's lock.
 
@@ -17,10 +18,11 @@ use crate::forward::closer::Closer;
 )]
 #[serde(rename_all = "kebab-case")]
 pub enum CancelMode {
-    /// Send a CancelRequest to the upstream connection serving the client (default).
+    /// Send a CancelRequest to the upstream connection serving the client (default); where
+    /// that connection has no server key (RDS Proxy sends none) or forwarding fails, close it
+    /// and tell the client 57014.
     Forward,
-    /// Close that upstream connection and tell the client 57014 (for upstreams that ignore
-    /// cancels, like RDS Proxy for PostgreSQL).
+    /// Always close that upstream connection and tell the client 57014.
     Close,
 }
 
@@ -31,31 +33,53 @@ pub struct ServerKey {
     pub secret: i32,
 }
 
+/// What serves a client right now, as far as a cancel is concerned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Serving {
+    /// No upstream connection (transaction mode, between transactions).
+    #[default]
+    Nothing,
+    /// An upstream connection whose server sent this key.
+    Key(ServerKey),
+    /// An upstream connection without a key (RDS Proxy sends none): a cancel is emulated.
+    Keyless,
+}
+
+impl Serving {
+    /// An upstream connection with the key its server sent, if any.
+    pub fn connection(backend_key: Option<(i32, i32)>) -> Self {
+        match backend_key {
+            Some((pid, secret)) => Self::Key(ServerKey { pid, secret }),
+            None => Self::Keyless,
+        }
+    }
+}
+
 /// What a client key leads to.
 #[derive(Debug, Clone)]
 pub struct CancelTarget {
-    /// The server key of the upstream connection serving the client now.
-    pub server: Option<ServerKey>,
+    /// What serves the client now.
+    pub serving: Serving,
     slot: Arc<ClientSlot>,
 }
 
 impl CancelTarget {
-    /// Asks the client's session to close its upstream connection (`--cancel-mode close`).
+    /// Asks the client's session to close its upstream connection (an emulated cancel).
     pub fn close(&self) {
         self.slot.closer.close();
     }
 }
 
-/// One client's entry: its current server key, and what wakes its session.
+/// One client's entry: what serves it, and what wakes its session.
 #[derive(Debug, Default)]
 struct ClientSlot {
-    server: Mutex<Option<ServerKey>>,
+    serving: Mutex<Serving>,
     closer: Closer,
 }
 
 impl ClientSlot {
-    fn server(&self) -> Option<ServerKey> {
-        *self.server.lock().unwrap_or_else(|p| p.into_inner())
+    fn serving(&self) -> Serving {
+        *self.serving.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 
@@ -73,13 +97,13 @@ impl CancelRegistry {
     }
 
     /// Issues a fresh, unique client key; it stays registered while the guard lives.
-    pub fn register(self: &Arc<Self>, server: Option<ServerKey>) -> CancelKeyGuard {
+    pub fn register(self: &Arc<Self>, serving: Serving) -> CancelKeyGuard {
         let mut map = self.lock();
         loop {
             let key = (rand::random::<i32>() & i32::MAX, rand::random::<i32>());
             if key.0 != 0 && !map.contains_key(&key) {
                 let slot = Arc::new(ClientSlot {
-                    server: Mutex::new(server),
+                    serving: Mutex::new(serving),
                     closer: Closer::default(),
                 });
                 map.insert(key, slot.clone());
@@ -97,7 +121,7 @@ impl CancelRegistry {
     pub fn lookup(&self, pid: i32, secret: i32) -> Option<CancelTarget> {
         let slot = self.lock().get(&(pid, secret)).cloned()?;
         Some(CancelTarget {
-            server: slot.server(),
+            serving: slot.serving(),
             slot,
         })
     }
@@ -140,9 +164,9 @@ impl CancelKeyGuard {
         &self.slot.closer
     }
 
-    /// Points the key at another upstream connection (or none, between transactions).
-    pub fn set_server(&self, server: Option<ServerKey>) {
-        *self.slot.server.lock().unwrap_or_else(|p| p.into_inner()) = server;
+    /// Points the key at another upstream connection (or nothing, between transactions).
+    pub fn set_serving(&self, serving: Serving) {
+        *self.slot.serving.lock().unwrap_or_else(|p| p.into_inner()) = serving;
     }
 }
 
@@ -162,20 +186,22 @@ mod tests {
     #[test]
     fn keys_map_to_their_own_server_only() {
         let registry = CancelRegistry::new();
-        let a = registry.register(Some(ServerKey { pid: 1, secret: 10 }));
-        let b = registry.register(Some(ServerKey { pid: 2, secret: 20 }));
-        let server = |pid, secret| registry.lookup(pid, secret).and_then(|t| t.server);
+        let a = registry.register(Serving::connection(Some((1, 10))));
+        let b = registry.register(Serving::connection(Some((2, 20))));
+        let serving = |pid, secret| registry.lookup(pid, secret).map(|t| t.serving);
         assert_eq!(
-            server(a.pid, a.secret),
-            Some(ServerKey { pid: 1, secret: 10 })
+            serving(a.pid, a.secret),
+            Some(Serving::Key(ServerKey { pid: 1, secret: 10 }))
         );
         assert_eq!(
-            server(b.pid, b.secret),
-            Some(ServerKey { pid: 2, secret: 20 })
+            serving(b.pid, b.secret),
+            Some(Serving::Key(ServerKey { pid: 2, secret: 20 }))
         );
         assert!(registry.lookup(a.pid, b.secret).is_none());
-        a.set_server(None);
-        assert_eq!(server(a.pid, a.secret), None);
+        a.set_serving(Serving::Keyless);
+        assert_eq!(serving(a.pid, a.secret), Some(Serving::Keyless));
+        a.set_serving(Serving::Nothing);
+        assert_eq!(serving(a.pid, a.secret), Some(Serving::Nothing));
         assert!(registry.lookup(a.pid, a.secret).is_some());
         drop(b);
         assert_eq!(registry.len(), 1);
@@ -193,7 +219,7 @@ mod tests {
             }
         }
         let registry = CancelRegistry::new();
-        let key = registry.register(Some(ServerKey { pid: 1, secret: 2 }));
+        let key = registry.register(Serving::Keyless);
         let count = Arc::new(Count(AtomicUsize::new(0)));
         let waker = Waker::from(count.clone());
         let mut cx = Context::from_waker(&waker);

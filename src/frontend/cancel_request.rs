@@ -1,10 +1,11 @@
 //! A CancelRequest from a client: find the client its key names and cancel what that client
-//! runs upstream, by forwarding the request or by closing the upstream connection
-//! (`--cancel-mode`).
+//! runs upstream, by forwarding the request to the server key of its upstream connection, or,
+//! where there is no key (RDS Proxy) or forwarding fails or `--cancel-mode close` asks, by
+//! closing that connection (the session then answers 57014).
 
 use tracing::{debug, info, warn};
 
-use crate::frontend::cancel::CancelMode;
+use crate::frontend::cancel::{CancelMode, Serving};
 
 use super::Frontend;
 
@@ -19,10 +20,21 @@ pub(super) async fn handle_cancel(context: &Frontend, pid: i32, secret: &[u8]) {
         context.metrics.cancel_request("unknown_key");
         return;
     };
-    let Some(server) = target.server else {
-        debug!("cancel request for a client between transactions; nothing to cancel");
-        context.metrics.cancel_request("not_running");
-        return;
+    let server = match target.serving {
+        Serving::Nothing => {
+            debug!("cancel request for a client between transactions; nothing to cancel");
+            context.metrics.cancel_request("not_running");
+            return;
+        }
+        Serving::Keyless => {
+            info!(
+                "cancel request: the upstream connection has no server key (RDS Proxy sends none); closing it"
+            );
+            context.metrics.cancel_request("emulated");
+            target.close();
+            return;
+        }
+        Serving::Key(server) => server,
     };
     match context.cancel_mode {
         CancelMode::Forward => match context.connector().cancel(server.pid, server.secret).await {
@@ -31,8 +43,9 @@ pub(super) async fn handle_cancel(context: &Frontend, pid: i32, secret: &[u8]) {
                 context.metrics.cancel_request("forwarded");
             }
             Err(error) => {
-                warn!(%error, "forwarding a cancel request failed");
-                context.metrics.cancel_request("failed");
+                warn!(%error, "forwarding a cancel request failed; closing the client's upstream connection instead");
+                context.metrics.cancel_request("emulated");
+                target.close();
             }
         },
         CancelMode::Close => {

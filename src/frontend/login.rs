@@ -13,13 +13,12 @@ use tracing::{debug, info, warn};
 use crate::error::{PgError, sqlstate};
 use crate::forward::SyncState;
 use crate::forward::prepared::{ClientRewriter, ClientStatements};
-use crate::frontend::cancel::{CancelKeyGuard, ServerKey};
+use crate::frontend::cancel::{CancelKeyGuard, Serving};
 use crate::ops::metrics::{ClientGauge, ClientState};
 use crate::pool::{CheckoutError, Lease, Pool, PoolKey, PoolMode};
 use crate::protocol::messages;
 use crate::protocol::startup::{InitialPacket, StartupError, StartupRequest, read_initial_packet};
 use crate::stream::ClientStream;
-use crate::upstream::{FORWARDED_PARAMETERS, ServerConnection};
 
 use super::cancel_request::handle_cancel;
 use super::session::Session;
@@ -114,22 +113,19 @@ async fn greet(
     let database = startup.get("database").unwrap_or(client_user).to_owned();
     let StartupParameters {
         forwarded,
-        dropped,
         unsupported_protocol_options,
     } = StartupParameters::sort(&startup);
-    if !dropped.is_empty() {
-        warn!(parameters = ?dropped, "startup parameters not forwarded (RDS Proxy rejects them)");
-    }
     let pool = context
         .pools
         .pool(PoolKey::new(&user, &database, forwarded));
     let (mut lease, waited) = first_checkout(&mut stream, &context, &pool, &user).await?;
 
-    let cancel_key = context.cancels.register(server_key(lease.server()));
+    let cancel_key = context
+        .cancels
+        .register(Serving::connection(lease.server().backend_key));
     let greeting = greeting(
         &startup,
         unsupported_protocol_options,
-        &dropped,
         &lease.server().parameters,
         &cancel_key,
     );
@@ -141,7 +137,7 @@ async fn greet(
     let held = match context.pools.settings.mode {
         PoolMode::Session => Some(Box::new(lease)),
         PoolMode::Transaction => {
-            cancel_key.set_server(None);
+            cancel_key.set_serving(Serving::Nothing);
             lease.release();
             None
         }
@@ -249,12 +245,11 @@ async fn first_checkout(
 }
 
 /// The login sequence a client expects: NegotiateProtocolVersion when it asked for more than
-/// the sidecar speaks, AuthenticationOk, a WARNING for parameters not applied, the server's
-/// ParameterStatus set, our BackendKeyData and ReadyForQuery.
+/// the sidecar speaks, AuthenticationOk, the server's ParameterStatus set, our BackendKeyData
+/// and ReadyForQuery.
 fn greeting(
     startup: &StartupRequest,
     unsupported_protocol_options: Vec<String>,
-    dropped: &[&str],
     parameters: &[(String, String)],
     cancel_key: &CancelKeyGuard,
 ) -> BytesMut {
@@ -268,19 +263,6 @@ fn greeting(
         );
     }
     messages::authentication_ok(&mut greeting);
-    if !dropped.is_empty() {
-        messages::warning(
-            &mut greeting,
-            "01000",
-            &format!(
-                "rds-iam-sidecar did not apply the startup parameters {}: RDS Proxy refuses \
-                 connections that set them",
-                dropped.join(", ")
-            ),
-            "set them after connecting with SET, or for the role or database with \
-             ALTER ROLE ... SET / ALTER DATABASE ... SET",
-        );
-    }
     for (name, value) in parameters {
         messages::parameter_status(&mut greeting, name, value);
     }
@@ -290,20 +272,18 @@ fn greeting(
 }
 
 /// The client's startup parameters, sorted by what the sidecar does with them.
-struct StartupParameters<'a> {
-    /// Sent upstream: the ones RDS Proxy accepts.
+struct StartupParameters {
+    /// Part of the pool key, applied upstream (in the startup packet, or after login where
+    /// RDS Proxy would refuse them there).
     forwarded: Vec<(String, String)>,
-    /// Not applied (named in a WARNING).
-    dropped: Vec<&'a str>,
     /// `_pq_.*` protocol options, declined with NegotiateProtocolVersion.
     unsupported_protocol_options: Vec<String>,
 }
 
-impl<'a> StartupParameters<'a> {
-    fn sort(startup: &'a StartupRequest) -> Self {
+impl StartupParameters {
+    fn sort(startup: &StartupRequest) -> Self {
         let mut sorted = Self {
             forwarded: Vec::new(),
-            dropped: Vec::new(),
             unsupported_protocol_options: Vec::new(),
         };
         for (name, value) in &startup.parameters {
@@ -312,13 +292,8 @@ impl<'a> StartupParameters<'a> {
             }
             if name.starts_with("_pq_.") {
                 sorted.unsupported_protocol_options.push(name.clone());
-            } else if FORWARDED_PARAMETERS
-                .iter()
-                .any(|allowed| allowed.eq_ignore_ascii_case(name))
-            {
-                sorted.forwarded.push((name.clone(), value.clone()));
             } else {
-                sorted.dropped.push(name.as_str());
+                sorted.forwarded.push((name.clone(), value.clone()));
             }
         }
         sorted
@@ -330,12 +305,6 @@ async fn refuse_for_shutdown(stream: &mut ClientStream, context: &Frontend) {
     info!("client refused: shutting down");
     context.metrics.client_refused("shutdown");
     send_shutdown_error(stream).await;
-}
-
-pub(super) fn server_key(server: &ServerConnection) -> Option<ServerKey> {
-    server
-        .backend_key
-        .map(|(pid, secret)| ServerKey { pid, secret })
 }
 
 pub(super) fn checkout_error_to_pg(

@@ -6,6 +6,7 @@
 
 pub mod cancel;
 mod cancel_request;
+mod cancelled;
 pub mod listener;
 mod login;
 mod session;

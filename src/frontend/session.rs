@@ -10,7 +10,7 @@ use crate::error::{PgError, sqlstate};
 use crate::forward::closer::Closer;
 use crate::forward::prepared::{ClientRewriter, ClientStatements};
 use crate::forward::{Outcome, SyncState, Traffic};
-use crate::frontend::cancel::{CancelKeyGuard, CancelMode};
+use crate::frontend::cancel::CancelKeyGuard;
 use crate::ops::metrics::ClientGauge;
 use crate::pool::{Lease, Pool};
 use crate::stream::ClientStream;
@@ -48,12 +48,18 @@ impl Session {
         );
     }
 
+    /// The client cannot go on after a cancel closed its upstream connection: its session
+    /// state went with it, or what it is owed cannot be told.
     pub(super) async fn cancelled_fatal(&mut self) {
-        send_error(
-            &mut self.stream,
-            &cancelled_error(crate::error::Severity::Fatal),
-        )
-        .await;
+        let mut error = cancelled_error(crate::error::Severity::Fatal);
+        if let Some(change) = self.state.session_change() {
+            error = error.with_detail(format!(
+                "the session's state ({}) was lost with the upstream connection the cancel \
+                 closed; reconnect",
+                change.label().replace('_', " ")
+            ));
+        }
+        send_error(&mut self.stream, &error).await;
     }
 
     pub(super) fn add(&mut self, traffic: Traffic) {
@@ -65,9 +71,9 @@ impl Session {
     }
 }
 
-/// What wakes an attached period on a cancel, with `--cancel-mode close`.
-pub(super) fn closer(mode: CancelMode, key: &CancelKeyGuard) -> Option<&Closer> {
-    (mode == CancelMode::Close).then(|| key.closer())
+/// What wakes an attached period for a cancel done by closing the upstream connection.
+pub(super) fn closer(key: &CancelKeyGuard) -> Option<&Closer> {
+    Some(key.closer())
 }
 
 pub(super) fn cancelled_error(severity: crate::error::Severity) -> PgError {
@@ -76,5 +82,8 @@ pub(super) fn cancelled_error(severity: crate::error::Severity) -> PgError {
         sqlstate::QUERY_CANCELED,
         "canceling statement due to user request",
     )
-    .with_detail("rds-iam-sidecar closed the upstream connection (--cancel-mode close)")
+    .with_detail(
+        "rds-iam-sidecar closed the upstream connection that ran it; the statement may run on \
+         in the database until it notices the closed connection",
+    )
 }

@@ -1,22 +1,29 @@
 //! Session pooling: a client keeps one upstream connection for its life; between round trips
-//! it holds no forwarding buffers. When it leaves idle, the connection is reset and pooled.
+//! it holds no forwarding buffers. When it leaves, a connection it left clean goes back to the
+//! pool as it is; one with session state is reset (`--reset-query`) or closed where a reset
+//! would pin it (RDS Proxy). A cancel that closed the connection leaves a client without session
+//! state connected: it goes on with another upstream connection.
 
 use std::task::Poll;
+use std::time::Instant;
 
 use bytes::BytesMut;
-use tracing::debug;
+use tracing::{debug, warn};
 
 use crate::forward::buffers::Buffer;
-use crate::forward::{ClientSide, Detach, Outcome, Period, Pump, forward_attached};
+use crate::forward::session_state::SessionChange;
+use crate::forward::{ClientSide, Detach, Outcome, Period, Pump, StatementNames, forward_attached};
 use crate::ops::metrics::ClientState;
 use crate::ops::shutdown::Woken;
 use crate::pool::Lease;
-use crate::pool::reset::reset;
+use crate::pool::reset::{close_statements, reset};
 use crate::protocol::framing::TransactionStatus;
 use crate::upstream::ServerConnection;
 
-use super::send_shutdown_error;
+use super::cancel::Serving;
+use super::login::checkout_error_to_pg;
 use super::session::{Session, closer};
+use super::{send_error, send_shutdown_error};
 
 /// What ended an idle wait in session mode.
 enum Spoken {
@@ -29,38 +36,66 @@ enum Spoken {
 }
 
 impl Session {
-    /// The client keeps `lease` until it leaves; the connection then goes back to the pool
-    /// only if it is idle and the reset query succeeds. Between round trips the client holds
-    /// no forwarding buffers.
+    /// The client keeps `lease` until it leaves (or a cancel closes it: then, if the client's
+    /// session held no state, it goes on with another connection).
     pub(super) async fn run_session_mode(&mut self, mut lease: Lease) -> Outcome {
         // The client's stream as it passes through (in this boxed future, not the Session:
         // transaction mode keeps its own framing in the rewriter).
         let mut client_side = ClientSide::default();
+        loop {
+            let outcome = self.serve_connection(&mut lease, &mut client_side).await;
+            if outcome != Outcome::Cancelled || self.state.session_change().is_some() {
+                self.leave(lease, outcome, &client_side.statements).await;
+                return outcome;
+            }
+            drop(lease);
+            if let Some(ending) = self.answer_cancelled().await {
+                return ending;
+            }
+            lease = match self.another_connection().await {
+                Ok(lease) => lease,
+                Err(ending) => return ending,
+            };
+            client_side.statements.clear();
+        }
+    }
+
+    /// Forwards between the client and `lease`'s connection until either leaves it.
+    async fn serve_connection(
+        &mut self,
+        lease: &mut Lease,
+        client_side: &mut ClientSide,
+    ) -> Outcome {
         let mut pending = std::mem::take(&mut lease.server().pending);
-        let outcome = loop {
+        loop {
             let server = lease.server();
             let mut first = None;
             if pending.is_empty() {
                 match self.idle_until_spoken(server).await {
+                    Ok(Spoken::Client(buffer, n)) if self.state.is_aborted() => {
+                        match Box::pin(self.serve_aborted(&buffer[..n])).await {
+                            Some(ending) => return ending,
+                            None => continue,
+                        }
+                    }
                     Ok(Spoken::Client(buffer, n)) => first = Some((buffer, n)),
                     Ok(Spoken::Server) => {}
                     Ok(Spoken::Stale) => continue,
-                    Err(outcome) => break outcome,
+                    Err(outcome) => return outcome,
                 }
             }
             let first_bytes = first.as_ref().map_or(&[][..], |(buffer, n)| &buffer[..*n]);
-            // Boxed: the attached period's state lives on the heap only while it runs.
             self.gauge.set(ClientState::Active);
-            let cancel = closer(self.context.cancel_mode, &self.cancel_key);
             let period = Period {
                 state: &self.state,
                 parameters: &mut server.parameters,
                 first: first_bytes,
                 pending: &pending,
                 detach: Detach::WhenQuiet,
-                cancel,
-                pump: Pump::PassThrough(&mut client_side),
+                cancel: closer(&self.cancel_key),
+                pump: Pump::PassThrough(client_side),
             };
+            // Boxed: the attached period's state lives on the heap only while it runs.
             let (outcome, traffic) = Box::pin(forward_attached(
                 &mut self.stream,
                 &mut server.stream,
@@ -71,11 +106,9 @@ impl Session {
             pending = BytesMut::new();
             self.add(traffic);
             if outcome != Outcome::Released {
-                break outcome;
+                return outcome;
             }
-        };
-        self.leave(lease, outcome).await;
-        outcome
+        }
     }
 
     /// Waits, holding no buffers, until the client or the server speaks. A shutdown closes
@@ -120,26 +153,32 @@ impl Session {
         }
     }
 
+    /// A fresh upstream connection after a cancel closed the client's.
+    async fn another_connection(&mut self) -> Result<Lease, Outcome> {
+        let started = Instant::now();
+        match self.context.pools.checkout(&self.pool).await {
+            Ok(mut lease) => {
+                self.context.metrics.pool_wait(started.elapsed());
+                self.cancel_key
+                    .set_serving(Serving::connection(lease.server().backend_key));
+                self.state.forget_session_changes();
+                Ok(lease)
+            }
+            Err(error) => {
+                let pg = checkout_error_to_pg(&error, &self.context, &self.pool.key.user);
+                warn!(%error, sqlstate = %pg.code, pool = %self.pool.key, "no upstream connection after a cancel");
+                send_error(&mut self.stream, &pg).await;
+                Err(Outcome::ServerError)
+            }
+        }
+    }
+
     /// The session ended with `outcome`: pool the connection if it can serve another client,
     /// and tell the client what it is owed.
-    async fn leave(&mut self, mut lease: Lease, outcome: Outcome) {
+    async fn leave(&mut self, lease: Lease, outcome: Outcome, statements: &StatementNames) {
         match outcome {
             Outcome::ClientTerminated | Outcome::ClientClosed if self.state.is_idle() => {
-                let reset_query = self.context.pools.settings.reset_query.clone();
-                match reset_query {
-                    Some(query) => match Box::pin(reset(lease.server(), &query)).await {
-                        Ok(()) => {
-                            if let Ok(mut prepared) = lease.server().prepared.lock() {
-                                prepared.clear();
-                            }
-                            lease.release()
-                        }
-                        Err(error) => {
-                            debug!(%error, "upstream connection not reusable; closing it")
-                        }
-                    },
-                    None => lease.release(),
-                }
+                self.give_back(lease, statements).await;
             }
             Outcome::Cancelled => {
                 drop(lease);
@@ -151,6 +190,56 @@ impl Session {
             }
             _ => {
                 debug!(?outcome, status = ?self.state.status(), "upstream connection not reusable; closing it")
+            }
+        }
+    }
+
+    /// Pools a connection its client left idle: as it is when the client left no session
+    /// state, with its named statements closed when that is all it left, after the reset query
+    /// for other state, or not at all when a reset would pin it or undo settings applied after
+    /// login.
+    async fn give_back(&mut self, mut lease: Lease, statements: &StatementNames) {
+        let Some(change) = self.state.session_change() else {
+            lease.release();
+            return;
+        };
+        let metrics = self.context.metrics;
+        if change == SessionChange::NamedStatement {
+            match Box::pin(close_statements(lease.server(), statements.names())).await {
+                Ok(()) => {
+                    metrics.session_state("reset", change.label());
+                    lease.release();
+                }
+                Err(error) => {
+                    debug!(%error, "closing named statements failed; closing the connection");
+                    metrics.session_state("closed", change.label());
+                }
+            }
+            return;
+        }
+        let reset_query = self.context.pools.settings.reset_query.clone();
+        let query = match reset_query {
+            Some(query) if !lease.server().settings_after_login => query,
+            _ => {
+                debug!(
+                    state = change.label(),
+                    "upstream connection left with session state; closing it"
+                );
+                metrics.session_state("closed", change.label());
+                return;
+            }
+        };
+        match Box::pin(reset(lease.server(), &query)).await {
+            Ok(()) => {
+                if let Ok(mut prepared) = lease.server().prepared.lock() {
+                    prepared.clear();
+                }
+                metrics.session_state("reset", change.label());
+                lease.release();
+            }
+            Err(error) => {
+                debug!(%error, "upstream connection not reusable; closing it");
+                metrics.session_state("closed", change.label());
             }
         }
     }

@@ -3,8 +3,6 @@
 
 use std::time::Instant;
 
-use bytes::BytesMut;
-use tokio::io::AsyncWriteExt;
 use tracing::warn;
 
 use crate::forward::buffers::Buffer;
@@ -12,10 +10,10 @@ use crate::forward::{Detach, Outcome, Period, Pump, Rewrite, forward_attached};
 use crate::ops::metrics::ClientState;
 use crate::ops::shutdown::Woken;
 use crate::pool::Lease;
-use crate::protocol::messages;
 
-use super::login::{checkout_error_to_pg, server_key};
-use super::session::{Session, cancelled_error, closer};
+use super::cancel::Serving;
+use super::login::checkout_error_to_pg;
+use super::session::{Session, closer};
 use super::{send_error, send_shutdown_error};
 
 impl Session {
@@ -68,6 +66,9 @@ impl Session {
         if self.rewriter.at_boundary() && first.starts_with(&[b'X', 0, 0, 0, 4]) {
             return Some(Outcome::ClientTerminated);
         }
+        if self.state.is_aborted() {
+            return self.serve_aborted(first).await;
+        }
         self.gauge.set(ClientState::Active);
         let ending = self.attached_transaction(first).await;
         self.gauge.set(ClientState::Idle);
@@ -86,8 +87,9 @@ impl Session {
             }
         };
         self.context.metrics.pool_wait(started.elapsed());
-        self.cancel_key.set_server(server_key(lease.server()));
-        let cancel = closer(self.context.cancel_mode, &self.cancel_key);
+        self.cancel_key
+            .set_serving(Serving::connection(lease.server().backend_key));
+        let cancel = closer(&self.cancel_key);
         let pending = std::mem::take(&mut lease.server().pending);
         let server = lease.server();
         let rewrite = Rewrite {
@@ -107,7 +109,7 @@ impl Session {
         let (outcome, traffic) =
             forward_attached(&mut self.stream, &mut server.stream, period).await;
         self.add(traffic);
-        self.cancel_key.set_server(None);
+        self.cancel_key.set_serving(Serving::Nothing);
         self.after_transaction(lease, outcome).await
     }
 
@@ -134,22 +136,5 @@ impl Session {
             | Outcome::ClientError
             | Outcome::Shutdown => Some(outcome),
         }
-    }
-
-    /// The upstream connection was closed for a cancel: a client waiting for an answer gets
-    /// the one PostgreSQL would give and stays; any other is told and closed.
-    async fn answer_cancelled(&mut self) -> Option<Outcome> {
-        if !self.state.awaiting_answer() {
-            self.cancelled_fatal().await;
-            return Some(Outcome::Cancelled);
-        }
-        let mut answer = BytesMut::new();
-        messages::error_response(&mut answer, &cancelled_error(crate::error::Severity::Error));
-        messages::ready_for_query_idle(&mut answer);
-        self.state.answered_locally();
-        if self.stream.write_all(&answer).await.is_err() {
-            return Some(Outcome::ClientError);
-        }
-        None
     }
 }

@@ -29,6 +29,7 @@ pub const AUTH_FAILURES: &str = "rds_iam_sidecar_auth_failures_total";
 pub const BYTES_FORWARDED: &str = "rds_iam_sidecar_bytes_forwarded_total";
 pub const TRANSACTIONS: &str = "rds_iam_sidecar_transactions_total";
 pub const CANCEL_REQUESTS: &str = "rds_iam_sidecar_cancel_requests_total";
+pub const SESSION_STATE: &str = "rds_iam_sidecar_session_state_connections_total";
 pub const BUILD_INFO: &str = "rds_iam_sidecar_build_info";
 
 /// Histogram buckets in seconds: 100 µs to 30 s.
@@ -152,7 +153,11 @@ fn describe_all() {
     );
     describe_counter!(
         CANCEL_REQUESTS,
-        "Cancel requests by result: forwarded, closed, failed, not_running, unknown_key"
+        "Cancel requests by result: forwarded, emulated (the upstream connection closed, no server key or forwarding failed), closed (--cancel-mode close), not_running, unknown_key"
+    );
+    describe_counter!(
+        SESSION_STATE,
+        "Session-mode upstream connections a client left with session state, by action (reset, closed) and the first state seen (setting, prepared_statement, listen, cursor, temp_object, advisory_lock, other)"
     );
     describe_gauge!(BUILD_INFO, "Always 1; the version in a label");
 }
@@ -317,6 +322,12 @@ impl UpstreamMetrics {
         if transactions > 0 {
             self.transactions.increment(transactions);
         }
+    }
+
+    /// A session-mode connection left with session state was reset or closed.
+    pub fn session_state(&self, action: &'static str, reason: &'static str) {
+        counter!(SESSION_STATE, UPSTREAM_LABEL => self.upstream.clone(), "action" => action, "reason" => reason)
+            .increment(1);
     }
 
     pub fn cancel_request(&self, result: &'static str) {

@@ -1,13 +1,12 @@
 //! What makes two clients share upstream connections: the upstream database user, the database
-//! and the startup parameters RDS Proxy accepts, as the client sent them. A key also has a
+//! and the other startup parameters, as the client sent them (the connector decides which go in
+//! the startup packet and which are applied after login). A key also has a
 //! written form, `user@database?name=value&...`, which `--warm-pool` takes and the log shows
 //! for each new pool.
 
 use std::fmt;
 
 use percent_encoding::{AsciiSet, CONTROLS, percent_decode_str, utf8_percent_encode};
-
-use crate::upstream::FORWARDED_PARAMETERS;
 
 /// What the written form escapes: its own separators, the comma that separates specs in
 /// `RDS_IAM_SIDECAR_WARM_POOLS`, `%`, quotes and whitespace.
@@ -73,8 +72,8 @@ impl PoolKey {
 
     /// Reads the written form `[user@]database[?name=value&...]`; the user defaults to
     /// `default_user` (`--db-user`), and must equal it when both are given, since every
-    /// upstream login then uses `--db-user`. Parameter names are those RDS Proxy accepts,
-    /// spelled as the client's driver sends them (pools are told apart by the exact text).
+    /// upstream login then uses `--db-user`. Parameter names are spelled as the client's driver
+    /// sends them (pools are told apart by the exact text).
     pub fn parse_spec(spec: &str, default_user: Option<&str>) -> Result<Self, String> {
         let decode = |text: &str| {
             percent_decode_str(text)
@@ -118,10 +117,10 @@ impl PoolKey {
                 .split_once('=')
                 .ok_or_else(|| format!("'{pair}' is not name=value"))?;
             let name = decode(name)?;
-            if !settable().any(|allowed| allowed.eq_ignore_ascii_case(&name)) {
+            if name.is_empty() || matches!(name.as_str(), "user" | "database") {
                 return Err(format!(
-                    "'{name}' is not a startup parameter the sidecar forwards ({})",
-                    settable().collect::<Vec<_>>().join(", ")
+                    "'{name}' is not a startup parameter a pool may add (user and database go \
+                     before the '?')"
                 ));
             }
             if parameters.iter().any(|(seen, _)| *seen == name) {
@@ -131,13 +130,6 @@ impl PoolKey {
         }
         Ok(Self::new(&user, &database, parameters))
     }
-}
-
-/// The forwarded startup parameters a pool's key may hold besides its user and database.
-fn settable() -> impl Iterator<Item = &'static str> {
-    FORWARDED_PARAMETERS
-        .into_iter()
-        .filter(|name| !matches!(*name, "user" | "database"))
 }
 
 impl fmt::Display for PoolKey {
@@ -214,7 +206,6 @@ mod tests {
         assert!(err("orders", None).contains("names no user"));
         assert!(err("other@orders", Some("svc")).contains("differs from --db-user"));
         assert!(err("app@", None).contains("names no database"));
-        assert!(err("app@db?search_path=x", None).contains("not a startup parameter"));
         assert!(err("app@db?user=x", None).contains("not a startup parameter"));
         assert!(err("app@db?TimeZone", None).contains("not name=value"));
         assert!(err("app@db?TimeZone=UTC&TimeZone=UTC", None).contains("twice"));

@@ -1,6 +1,8 @@
 //! Making a session-mode connection clean for the next client: the reset query (`DISCARD ALL`
-//! by default) must complete without error and leave the connection idle. ParameterStatus
-//! messages it causes (RESET ALL reports defaults) update the connection's parameters.
+//! by default), or Close messages for the protocol-level named statements a client left (no
+//! SQL, so nothing that pins behind RDS Proxy), must complete without error and leave the
+//! connection idle. ParameterStatus messages it causes (RESET ALL reports defaults) update the
+//! connection's parameters.
 
 use std::time::Duration;
 
@@ -37,10 +39,36 @@ pub async fn reset(server: &mut ServerConnection, query: &str) -> Result<(), Res
         .map_err(|_| ResetError::Timeout)?
 }
 
+/// Closes the named statements `names` (Close messages, then Sync).
+pub async fn close_statements<'a>(
+    server: &mut ServerConnection,
+    names: impl Iterator<Item = &'a [u8]>,
+) -> Result<(), ResetError> {
+    let mut out = BytesMut::new();
+    for name in names {
+        let len = u32::try_from(4 + 1 + name.len() + 1)
+            .map_err(|_| ResetError::Failed("statement name too long".to_owned()))?;
+        out.extend_from_slice(b"C");
+        out.extend_from_slice(&len.to_be_bytes());
+        out.extend_from_slice(b"S");
+        out.extend_from_slice(name);
+        out.extend_from_slice(&[0]);
+    }
+    frontend::sync(&mut out);
+    tokio::time::timeout(RESET_TIMEOUT, send_and_wait(server, &out))
+        .await
+        .map_err(|_| ResetError::Timeout)?
+}
+
 async fn run(server: &mut ServerConnection, query: &str) -> Result<(), ResetError> {
     let mut out = BytesMut::new();
     frontend::query(query, &mut out)?;
-    server.stream.write_all(&out).await?;
+    send_and_wait(server, &out).await
+}
+
+/// Sends `out` and reads the answers up to ReadyForQuery, which must be `I` with no error.
+async fn send_and_wait(server: &mut ServerConnection, out: &[u8]) -> Result<(), ResetError> {
+    server.stream.write_all(out).await?;
     server.stream.flush().await?;
     let mut reader = ServerReader::new(MAX_MESSAGE);
     let mut failure = None;

@@ -28,7 +28,8 @@ pub struct PoolSettings {
     pub idle_timeout: Duration,
     /// Connections are closed after about this long (±10 %).
     pub max_lifetime: Duration,
-    /// Run on a connection before another client gets it (session mode); None to skip.
+    /// Run on a session-mode connection its client left with session state, before another
+    /// client gets it; None to close such connections instead. Clean ones need nothing.
     pub reset_query: Option<String>,
 }
 

@@ -11,7 +11,7 @@ pub const READY_FOR_QUERY: u8 = b'Z';
 pub const PARAMETER_STATUS: u8 = b'S';
 
 /// A requested body larger than this is not captured (ParameterStatus values are short).
-const MAX_CAPTURE: usize = 64 * 1024;
+pub const MAX_CAPTURE: usize = 64 * 1024;
 
 /// A length field smaller than the length itself: the stream is not PostgreSQL.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -100,10 +100,13 @@ impl FrameScanner {
                 pos += step;
                 if self.remaining == 0 && self.capturing {
                     self.capturing = false;
-                    let body = std::mem::take(&mut self.captured);
+                    let mut body = std::mem::take(&mut self.captured);
                     visitor.message(self.tag, &body, pos);
-                    self.captured = body;
-                    self.captured.clear();
+                    // Keep a small buffer for the next split body, not a large one for life.
+                    if body.capacity() <= 4096 {
+                        body.clear();
+                        self.captured = body;
+                    }
                 }
                 continue;
             }

@@ -1,6 +1,7 @@
 //! Messages the sidecar writes to clients itself, encoded with pgwire: the login sequence
-//! (AuthenticationOk, ParameterStatus, BackendKeyData, ReadyForQuery), NegotiateProtocolVersion
-//! and ErrorResponse.
+//! (AuthenticationOk, ParameterStatus, BackendKeyData, ReadyForQuery), NegotiateProtocolVersion,
+//! ErrorResponse, and the few answers it gives in place of a server (CommandComplete,
+//! ParseComplete, BindComplete).
 
 use bytes::BytesMut;
 use pgwire::messages::Message;
@@ -37,6 +38,30 @@ pub fn backend_key_data(buf: &mut BytesMut, pid: i32, secret: i32) {
 
 pub fn ready_for_query_idle(buf: &mut BytesMut) {
     encode(&ReadyForQuery::new(TransactionStatus::Idle), buf);
+}
+
+/// ReadyForQuery with the status byte `I`, `T` or `E`.
+pub fn ready_for_query(buf: &mut BytesMut, status: u8) {
+    buf.extend_from_slice(&[b'Z', 0, 0, 0, 5, status]);
+}
+
+/// CommandComplete with `tag` (e.g. `ROLLBACK`).
+pub fn command_complete(buf: &mut BytesMut, tag: &str) {
+    let len = u32::try_from(4 + tag.len() + 1).unwrap_or(u32::MAX);
+    buf.extend_from_slice(b"C");
+    buf.extend_from_slice(&len.to_be_bytes());
+    buf.extend_from_slice(tag.as_bytes());
+    buf.extend_from_slice(&[0]);
+}
+
+/// ParseComplete.
+pub fn parse_complete(buf: &mut BytesMut) {
+    buf.extend_from_slice(&[b'1', 0, 0, 0, 4]);
+}
+
+/// BindComplete.
+pub fn bind_complete(buf: &mut BytesMut) {
+    buf.extend_from_slice(&[b'2', 0, 0, 0, 4]);
 }
 
 pub fn negotiate_protocol_version(buf: &mut BytesMut, newest_minor: i32, unsupported: Vec<String>) {

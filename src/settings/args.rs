@@ -13,6 +13,7 @@ use serde::{Deserialize, Deserializer, Serialize};
 use crate::frontend::cancel::CancelMode;
 use crate::ops::logging::LogFormat;
 use crate::pool::PoolMode;
+use crate::upstream::kind::UpstreamKindSetting;
 use crate::upstream::tls::TlsMode;
 
 /// How the sidecar logs in upstream.
@@ -95,6 +96,12 @@ pub struct EndpointArgs {
     #[arg(long, env = "RDS_IAM_SIDECAR_TLS_MODE", value_enum)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tls_mode: Option<TlsMode>,
+
+    /// What the endpoint is: rds-proxy or postgres; auto tells by its name
+    /// (*.proxy-*.rds.amazonaws.com is rds-proxy) [default: auto].
+    #[arg(long, env = "RDS_IAM_SIDECAR_UPSTREAM_KIND", value_enum)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub upstream_kind: Option<UpstreamKindSetting>,
 
     /// Upstream login method [default: iam].
     #[arg(long, env = "RDS_IAM_SIDECAR_AUTH", value_enum)]
@@ -196,8 +203,10 @@ pub struct EndpointArgs {
     )]
     pub max_lifetime: Option<String>,
 
-    /// Run before a session-mode connection serves another client; empty to skip
-    /// [default: DISCARD ALL].
+    /// Run on a session-mode connection its client left with session state (SET, LISTEN,
+    /// PREPARE, temporary tables...) before another client gets it; empty to close such
+    /// connections instead [default: DISCARD ALL against postgres; close against rds-proxy,
+    /// where DISCARD would pin].
     #[arg(long, env = "RDS_IAM_SIDECAR_RESET_QUERY", value_name = "SQL")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reset_query: Option<String>,

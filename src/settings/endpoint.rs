@@ -15,6 +15,7 @@ use crate::frontend::FrontendSettings;
 use crate::iam::region::resolve_region;
 use crate::pool::{PoolKey, PoolSettings};
 use crate::secret::Secret;
+use crate::upstream::kind::UpstreamKind;
 use crate::upstream::tls::{TlsMode, VERIFY_CA_NEEDS_CA_FILE, load_ca_file};
 use crate::upstream::{Endpoint, UpstreamAuth, UpstreamSettings};
 
@@ -36,12 +37,17 @@ impl EndpointSettings {
     /// Defaults for everything but the upstream; listens on an ephemeral loopback port
     /// (for embedding and tests).
     pub fn new(upstream: UpstreamSettings) -> Self {
+        let mut pool = PoolSettings::default();
+        if upstream.kind == UpstreamKind::RdsProxy {
+            // A reset would pin: connections left with session state are closed.
+            pool.reset_query = None;
+        }
         Self {
             upstream,
             listen: vec![SocketAddr::from(([127, 0, 0, 1], 0))],
             unix_socket: None,
             frontend: FrontendSettings::default(),
-            pool: PoolSettings::default(),
+            pool,
             warm_pools: Vec::new(),
         }
     }
@@ -114,7 +120,8 @@ pub(super) fn endpoint_settings(
     env: EnvLookup<'_>,
 ) -> Result<EndpointSettings, ConfigError> {
     let endpoint = Endpoint::parse(blame.address).map_err(|e| ConfigError::new("--upstream", e))?;
-    let pool = pool_settings(&args, blame)?;
+    let (kind, _) = UpstreamKind::resolve(args.upstream_kind.unwrap_or_default(), &endpoint.host);
+    let pool = pool_settings(&args, kind, blame)?;
     let listen = listen_addresses(&args.listen, blame, default_listen)?;
     if let Some(dir) = &args.unix_socket
         && !dir.is_dir()
@@ -218,6 +225,8 @@ fn upstream_settings(
         args.connect_timeout.as_deref(),
         Duration::from_secs(5),
     )?;
+    let (kind, kind_reason) =
+        UpstreamKind::resolve(args.upstream_kind.unwrap_or_default(), &endpoint.host);
     Ok(UpstreamSettings {
         endpoint,
         upstream_addr,
@@ -225,6 +234,8 @@ fn upstream_settings(
         tls_mode,
         auth,
         connect_timeout,
+        kind,
+        kind_reason,
     })
 }
 
@@ -315,7 +326,11 @@ fn warm_pools(
     Ok(keys)
 }
 
-fn pool_settings(args: &EndpointArgs, blame: &Blame<'_>) -> Result<PoolSettings, ConfigError> {
+fn pool_settings(
+    args: &EndpointArgs,
+    kind: UpstreamKind,
+    blame: &Blame<'_>,
+) -> Result<PoolSettings, ConfigError> {
     let defaults = PoolSettings::default();
     let size = args.pool_size.unwrap_or(defaults.size);
     if size == 0 {
@@ -326,9 +341,11 @@ fn pool_settings(args: &EndpointArgs, blame: &Blame<'_>) -> Result<PoolSettings,
         let message = format!("{min_idle} is more than --pool-size {size}");
         return Err(blame.error("--min-idle", message));
     }
+    // A connection left with session state is reset, or closed where a reset would pin it.
     let reset_query = match &args.reset_query {
         Some(text) if text.trim().is_empty() => None,
         Some(text) => Some(text.clone()),
+        None if kind == UpstreamKind::RdsProxy => None,
         None => defaults.reset_query,
     };
     Ok(PoolSettings {

@@ -5,8 +5,10 @@
 
 mod authenticator;
 pub mod error;
+pub mod kind;
 pub mod login;
 pub mod settings;
+pub mod startup;
 pub mod tls;
 
 use std::sync::Arc;
@@ -26,20 +28,9 @@ use crate::stream::UpstreamStream;
 pub use authenticator::Authenticator;
 use authenticator::LoginPassword;
 use error::{ConnectError, HintContext, classify_tls};
+use kind::UpstreamKind;
 use login::LoginOutcome;
 pub use settings::{Endpoint, UpstreamAuth, UpstreamSettings};
-
-/// The startup parameters RDS Proxy accepts; everything else a client sends is dropped.
-pub const FORWARDED_PARAMETERS: [&str; 8] = [
-    "user",
-    "database",
-    "application_name",
-    "client_encoding",
-    "DateStyle",
-    "TimeZone",
-    "extra_float_digits",
-    "options",
-];
 
 /// A logged-in upstream connection.
 #[derive(Debug)]
@@ -53,6 +44,9 @@ pub struct ServerConnection {
     pub pending: BytesMut,
     /// Server-side names of the prepared statements this connection holds (transaction mode).
     pub prepared: std::sync::Mutex<std::collections::HashSet<String>>,
+    /// Startup parameters were applied after login (RDS Proxy refuses them in the startup
+    /// packet): a reset query would undo them, so a connection with session state is closed.
+    pub settings_after_login: bool,
 }
 
 /// Opens upstream connections.
@@ -62,6 +56,7 @@ pub struct Connector {
     tls: Option<Arc<ClientConfig>>,
     server_name: ServerName<'static>,
     timeout: Duration,
+    kind: UpstreamKind,
     auth: Authenticator,
     history: std::sync::Mutex<LoginHistory>,
     metrics: &'static UpstreamMetrics,
@@ -101,6 +96,7 @@ impl Connector {
             tls,
             server_name,
             timeout: settings.connect_timeout,
+            kind: settings.kind,
             auth,
             history: Default::default(),
             metrics,
@@ -128,6 +124,11 @@ impl Connector {
         let mut stream = self.open_transport(Instant::now() + self.timeout).await?;
         let _ = tokio::time::timeout(Duration::from_secs(1), stream.shutdown()).await;
         Ok(())
+    }
+
+    /// What sits at the endpoint.
+    pub fn kind(&self) -> UpstreamKind {
+        self.kind
     }
 
     pub fn upstream(&self) -> &Endpoint {
@@ -227,24 +228,36 @@ impl Connector {
             }
             Authenticator::Password(_) => None,
         };
+        let plan = startup::plan(self.kind, parameters).map_err(ConnectError::Server)?;
         let mut stream = self.open_transport(deadline).await?;
         let password = LoginPassword {
             connector: self,
             credentials,
             user,
         };
-        let outcome: LoginOutcome = timeout_at(
-            deadline,
-            login::login(&mut stream, parameters, user, &password),
-        )
-        .await
-        .map_err(|_| self.timeout_error("logging in to"))??;
+        let login = async {
+            let mut outcome = login::login(&mut stream, &plan.packet, user, &password).await?;
+            if !plan.settings.is_empty() {
+                if !outcome.pending.is_empty() {
+                    return Err(ConnectError::Protocol(
+                        "the server spoke before the startup settings were applied".to_owned(),
+                    ));
+                }
+                outcome.pending =
+                    startup::apply(&mut stream, &plan.settings, &mut outcome.parameters).await?;
+            }
+            Ok::<LoginOutcome, ConnectError>(outcome)
+        };
+        let outcome = timeout_at(deadline, login)
+            .await
+            .map_err(|_| self.timeout_error("logging in to"))??;
         Ok(ServerConnection {
             stream,
             parameters: outcome.parameters,
             backend_key: outcome.backend_key,
             pending: outcome.pending,
             prepared: Default::default(),
+            settings_after_login: !plan.settings.is_empty(),
         })
     }
 

@@ -6,6 +6,7 @@ use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use super::kind::{UpstreamKind, UpstreamKindSetting};
 use super::tls::TlsMode;
 use crate::iam::region::RegionSource;
 use crate::secret::Secret;
@@ -107,16 +108,21 @@ pub struct UpstreamSettings {
     pub auth: UpstreamAuth,
     /// Limit for TCP connect + TLS + login.
     pub connect_timeout: Duration,
+    /// What sits at the endpoint, and why the sidecar thinks so.
+    pub kind: UpstreamKind,
+    pub kind_reason: &'static str,
 }
 
 impl UpstreamSettings {
     /// Defaults (verify-full, 5 s) for everything but the endpoint and the login method.
     pub fn new(endpoint: Endpoint, auth: UpstreamAuth) -> Self {
         Self {
-            endpoint,
             upstream_addr: None,
             ca_file: None,
             tls_mode: TlsMode::VerifyFull,
+            kind: UpstreamKind::resolve(UpstreamKindSetting::Auto, &endpoint.host).0,
+            kind_reason: UpstreamKind::resolve(UpstreamKindSetting::Auto, &endpoint.host).1,
+            endpoint,
             auth,
             connect_timeout: Duration::from_secs(5),
         }

@@ -12,6 +12,7 @@ use aws_credential_types::Credentials;
 use rds_iam_sidecar::iam::credentials::CredentialCache;
 use rds_iam_sidecar::iam::region::RegionSource;
 use rds_iam_sidecar::settings::{EndpointSettings, Settings};
+use rds_iam_sidecar::upstream::kind::UpstreamKind;
 use rds_iam_sidecar::upstream::{Endpoint, UpstreamAuth, UpstreamSettings};
 use rds_iam_sidecar::{RunningSidecar, start};
 use tokio_postgres::{AsyncMessage, Client, NoTls};
@@ -85,6 +86,29 @@ pub async fn stack_with_settings(
     let sidecar = start(settings, Some(credentials))
         .await
         .expect("sidecar starts");
+    Stack {
+        pki,
+        emulator,
+        sidecar,
+    }
+}
+
+/// A plain PostgreSQL behind the emulator's TLS and IAM front (BackendKeyData, cancels, any
+/// startup parameter), with the sidecar told so (`--upstream-kind postgres`); the endpoint's
+/// settings adjusted by `adjust`.
+pub async fn plain_stack_with(adjust: impl FnOnce(&mut EndpointSettings)) -> Stack {
+    let pki = TestPki::new();
+    let emulator = crate::support::plain_emulator_for_cluster(&pki).await;
+    let mut endpoint = config_for(&emulator, &pki);
+    endpoint.upstream.kind = UpstreamKind::Postgres;
+    endpoint.pool.reset_query = Some("DISCARD ALL".to_owned());
+    adjust(&mut endpoint);
+    let sidecar = start(
+        Settings::new(vec![endpoint]),
+        Some(credentials(TEST_AKID, TEST_SECRET)),
+    )
+    .await
+    .expect("sidecar starts");
     Stack {
         pki,
         emulator,

@@ -4,16 +4,22 @@
 //! - answers SSLRequest with 'S' and a rustls handshake (certificate for an RDS-like host name),
 //!   or with 'N' when no certificate is configured; GSSENCRequest with 'N';
 //! - refuses a plain StartupMessage when TLS is configured ("This RDS Proxy requires TLS
-//!   connections"), and startup parameters RDS Proxy does not support (08P01 "Feature not
-//!   supported: …");
+//!   connections"), and `options` and every startup parameter RDS Proxy does not support
+//!   (FATAL 0A000 "Feature not supported: RDS Proxy currently doesn’t support …");
 //! - demands AuthenticationCleartextPassword and checks the password as an RDS IAM token with
 //!   the independent verifier in [`super::sigv4`] (access keys re-read on every login so tests
 //!   can rotate them), or as a fixed password in [`EmulatorAuth::Password`] mode;
 //! - answers failures like RDS Proxy (FATAL 28P01 "The IAM authentication failed for the role
 //!   …") and relays successful sessions byte for byte to a real PostgreSQL on loopback, sending
-//!   it the client's startup parameters (PostgreSQL trusts loopback);
-//! - forwards CancelRequest to PostgreSQL (sessions are relayed, so the keys are PostgreSQL's);
-//! - counts connections, logins and rejections so tests can prove pooling and retries.
+//!   it the client's startup parameters (PostgreSQL trusts loopback), without PostgreSQL's
+//!   BackendKeyData, and watches each session for what pins it ([`super::proxy_session`]);
+//! - ignores CancelRequest, as RDS Proxy does (it issued no keys);
+//! - counts connections, logins, rejections, ignored cancels and pinned sessions so tests can
+//!   prove pooling, retries and that the sidecar never pins.
+//!
+//! [`EmulatorOptions::plain_postgres`] turns the RDS Proxy strictness off where a test needs a
+//! plain PostgreSQL behind the same TLS and IAM front: any startup parameter accepted,
+//! PostgreSQL's BackendKeyData passed on and cancels forwarded.
 #![allow(dead_code)]
 
 use std::collections::HashMap;
@@ -30,6 +36,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_rustls::TlsAcceptor;
 
+use super::proxy_session::{PinCounters, relay, relay_login};
 use super::sigv4::{Expectation, verify_token};
 use super::wire;
 
@@ -38,7 +45,7 @@ pub const DEFAULT_ENDPOINT_HOST: &str = "mydb.proxy-abc123.us-east-1.rds.amazona
 /// Region of [`DEFAULT_ENDPOINT_HOST`].
 pub const DEFAULT_REGION: &str = "us-east-1";
 
-/// Startup parameters RDS Proxy accepts; anything else is refused with 08P01.
+/// Startup parameters RDS Proxy accepts; anything else is refused with 0A000.
 pub const SUPPORTED_STARTUP_PARAMS: &[&str] = &[
     "user",
     "database",
@@ -47,7 +54,6 @@ pub const SUPPORTED_STARTUP_PARAMS: &[&str] = &[
     "DateStyle",
     "TimeZone",
     "extra_float_digits",
-    "options",
 ];
 
 /// How long a client may take from TCP accept to a complete login.
@@ -83,6 +89,9 @@ pub struct EmulatorOptions {
     pub keys: KeyMap,
     /// Token or fixed-password check.
     pub auth: EmulatorAuth,
+    /// Behave as a plain PostgreSQL behind the proxy's TLS and IAM front: any startup
+    /// parameter, BackendKeyData passed on, cancels forwarded.
+    pub plain_postgres: bool,
 }
 
 impl Default for EmulatorOptions {
@@ -95,6 +104,7 @@ impl Default for EmulatorOptions {
             backend_port: 5432,
             keys: KeyMap::default(),
             auth: EmulatorAuth::Iam,
+            plain_postgres: false,
         }
     }
 }
@@ -150,6 +160,9 @@ struct Shared {
     backend_port: u16,
     keys: KeyMap,
     auth: EmulatorAuth,
+    plain_postgres: bool,
+    pins: PinCounters,
+    ignored_cancels: AtomicU64,
     connections: AtomicU64,
     active: AtomicU64,
     logins: AtomicU64,
@@ -188,6 +201,9 @@ impl Emulator {
             backend_port: opts.backend_port,
             keys: opts.keys,
             auth: opts.auth,
+            plain_postgres: opts.plain_postgres,
+            pins: PinCounters::default(),
+            ignored_cancels: AtomicU64::new(0),
             connections: AtomicU64::new(0),
             active: AtomicU64::new(0),
             logins: AtomicU64::new(0),
@@ -239,6 +255,31 @@ impl Emulator {
     /// CancelRequests forwarded to the backend.
     pub fn cancels(&self) -> u64 {
         self.shared.cancels.load(Ordering::SeqCst)
+    }
+
+    /// CancelRequests ignored, as RDS Proxy ignores them.
+    pub fn ignored_cancels(&self) -> u64 {
+        self.shared.ignored_cancels.load(Ordering::SeqCst)
+    }
+
+    /// Sessions RDS Proxy would have pinned to their database connection.
+    pub fn pinned_sessions(&self) -> u64 {
+        self.shared.pins.pinned.load(Ordering::SeqCst)
+    }
+
+    /// RDS Proxy's log line for each pinned session, oldest first.
+    pub fn pin_log(&self) -> Vec<String> {
+        lock(&self.shared.pins.log).clone()
+    }
+
+    /// DISCARD statements the sessions sent.
+    pub fn discards(&self) -> u64 {
+        self.shared.pins.discards.load(Ordering::SeqCst)
+    }
+
+    /// Parse messages that named their statement.
+    pub fn named_parses(&self) -> u64 {
+        self.shared.pins.named_parses.load(Ordering::SeqCst)
     }
 
     /// TLS handshakes that failed (e.g. the client rejected the certificate).
@@ -430,15 +471,19 @@ async fn login<S: AsyncRead + AsyncWrite + Unpin>(
         .find(|(k, _)| k == "user")
         .map(|(_, v)| v.clone())
         .unwrap_or_default();
-    if let Some((name, _)) = params
-        .iter()
-        .find(|(k, _)| !SUPPORTED_STARTUP_PARAMS.contains(&k.as_str()))
+    if !shared.plain_postgres
+        && let Some((name, _)) = params
+            .iter()
+            .find(|(k, _)| !SUPPORTED_STARTUP_PARAMS.contains(&k.as_str()))
     {
-        let msg = format!(
-            "Feature not supported: RDS Proxy currently doesn't support the option {name}."
-        );
+        let msg = if name == "options" {
+            "Feature not supported: RDS Proxy currently doesn’t support command-line options."
+                .to_owned()
+        } else {
+            format!("Feature not supported: RDS Proxy currently doesn’t support the option {name}.")
+        };
         let reason = format!("unsupported startup parameter {name}");
-        return reject(shared, &mut client, &user, "08P01", &msg, &reason).await;
+        return reject(shared, &mut client, &user, "0A000", &msg, &reason).await;
     }
     if user.is_empty() {
         let msg = "no PostgreSQL user name specified in startup packet";
@@ -519,18 +564,23 @@ async fn login<S: AsyncRead + AsyncWrite + Unpin>(
         .map(|(k, v)| (k.as_str(), v.as_str()))
         .collect();
     backend.write_all(&wire::startup_message(&pairs)).await?;
-    shared.logins.fetch_add(1, Ordering::SeqCst);
+    let connection = shared.logins.fetch_add(1, Ordering::SeqCst) + 1;
     lock(&shared.accepted).push(record);
-
-    // PostgreSQL's AuthenticationOk, ParameterStatus, BackendKeyData and ReadyForQuery flow
-    // straight through, as does everything after.
-    let _ = tokio::io::copy_bidirectional(&mut client, &mut backend).await;
+    if !relay_login(&mut client, &mut backend, shared.plain_postgres).await? {
+        return Ok(());
+    }
+    relay(client, backend, &shared.pins, connection).await;
     Ok(())
 }
 
 /// Relays a CancelRequest in plain text to the backend and closes.
 async fn forward_cancel(shared: &Shared, rest: &[u8]) -> io::Result<()> {
     if rest.len() != 8 {
+        return Ok(());
+    }
+    if !shared.plain_postgres {
+        // RDS Proxy issued no keys and ignores cancels.
+        shared.ignored_cancels.fetch_add(1, Ordering::SeqCst);
         return Ok(());
     }
     let mut backend = TcpStream::connect((Ipv4Addr::LOCALHOST, shared.backend_port)).await?;

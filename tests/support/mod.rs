@@ -9,6 +9,7 @@
 pub mod certs;
 pub mod emulator;
 pub mod pg;
+pub mod proxy_session;
 pub mod sigv4;
 pub mod wire;
 
@@ -49,7 +50,17 @@ pub async fn emulator_for_endpoint(
     region: &str,
     backend_port: u16,
 ) -> Emulator {
-    Emulator::start(EmulatorOptions {
+    Emulator::start(emulator_options(pki, host, region, backend_port)).await
+}
+
+/// The options of [`emulator_for_endpoint`], for a test to adjust.
+pub fn emulator_options(
+    pki: &TestPki,
+    host: &str,
+    region: &str,
+    backend_port: u16,
+) -> EmulatorOptions {
+    EmulatorOptions {
         endpoint_host: host.to_owned(),
         region: region.to_owned(),
         tls: Some(pki.server_cert(&[host])),
@@ -59,8 +70,18 @@ pub async fn emulator_for_endpoint(
             TEST_SECRET.to_owned(),
         )]))),
         ..EmulatorOptions::default()
-    })
-    .await
+    }
+}
+
+/// [`emulator_for_cluster`] behaving as a plain PostgreSQL behind the proxy's TLS and IAM
+/// front: any startup parameter, BackendKeyData passed on, cancels forwarded.
+pub async fn plain_emulator_for_cluster(pki: &TestPki) -> Emulator {
+    let cluster = tokio::task::spawn_blocking(shared_cluster)
+        .await
+        .expect("start the shared PostgreSQL cluster");
+    let mut options = emulator_options(pki, DEFAULT_ENDPOINT_HOST, DEFAULT_REGION, cluster.port);
+    options.plain_postgres = true;
+    Emulator::start(options).await
 }
 
 /// A token for `user` on the default endpoint, signed now with [`TEST_AKID`].
