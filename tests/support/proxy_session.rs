@@ -72,7 +72,8 @@ where
             let Ok((tag, body)) = wire::read_message(&mut client_read).await else {
                 break;
             };
-            if !pinned && let Some(reason) = pin_reason(tag, &body, counters) {
+            let reason = pin_reason(tag, &body, counters);
+            if !pinned && let Some(reason) = reason {
                 pinned = true;
                 counters.pinned.fetch_add(1, Ordering::SeqCst);
                 lock(&counters.log).push(format!(

@@ -1,0 +1,437 @@
+//! Behind the real RDS Proxy's rules (the emulator's default): no server cancel keys, startup
+//! parameters it refuses, pinning. Cancels are emulated (57014, the client stays), every startup
+//! parameter takes effect, the sidecar never sends a statement that pins, and a session-mode
+//! connection is pooled as it is when its client left it clean, closed (rds-proxy) or reset
+//! (postgres) when it did not.
+
+mod harness;
+mod support;
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use harness::{Stack, connect, db_error, plain_stack_with, stack_with, try_connect};
+use rds_iam_sidecar::pool::PoolMode;
+use rds_iam_sidecar::settings::EndpointSettings;
+use support::{TEST_AKID, TEST_SECRET, wire};
+use tokio::net::TcpStream;
+use tokio_postgres::{Client, NoTls, SimpleQueryMessage};
+
+async fn proxy_stack(adjust: impl FnOnce(&mut EndpointSettings)) -> Stack {
+    stack_with(adjust, harness::credentials(TEST_AKID, TEST_SECRET)).await
+}
+
+fn transaction_mode(c: &mut EndpointSettings) {
+    c.pool.mode = PoolMode::Transaction;
+    c.pool.size = 2;
+}
+
+/// The first column of the first row of a simple query (no prepared statement is left).
+async fn simple_value(client: &Client, sql: &str) -> Option<String> {
+    let messages = client.simple_query(sql).await.expect(sql);
+    messages.iter().find_map(|message| match message {
+        SimpleQueryMessage::Row(row) => row.get(0).map(str::to_owned),
+        _ => None,
+    })
+}
+
+async fn backend_pid(client: &Client) -> String {
+    simple_value(client, "select pg_backend_pid()")
+        .await
+        .expect("pid")
+}
+
+/// Runs `select pg_sleep(10)` on `client`, cancels it after 300 ms with its cancel token, and
+/// returns the SQLSTATE it ended with; the answer must come within 2 s of the cancel.
+async fn cancel_sleep(client: &Client) -> String {
+    let token = client.cancel_token();
+    let query = client.simple_query("select pg_sleep(10)");
+    let cancel = async {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let sent = Instant::now();
+        token.cancel_query(NoTls).await.expect("send cancel");
+        sent
+    };
+    let (result, sent) = tokio::join!(query, cancel);
+    assert!(
+        sent.elapsed() < Duration::from_secs(2),
+        "the cancelled query ended {:?} after the cancel",
+        sent.elapsed()
+    );
+    db_error(&result.expect_err("cancelled")).0
+}
+
+#[tokio::test]
+async fn cancel_without_server_keys_in_transaction_mode() {
+    let stack = proxy_stack(transaction_mode).await;
+    let client = connect(&stack).await;
+    assert_eq!(cancel_sleep(&client).await, "57014");
+    assert_eq!(
+        simple_value(&client, "select 1").await.as_deref(),
+        Some("1"),
+        "the client goes on"
+    );
+
+    // Inside an explicit transaction: failed (E) until ROLLBACK, answered by the sidecar.
+    client.batch_execute("begin").await.expect("begin");
+    assert_eq!(cancel_sleep(&client).await, "57014");
+    let error = client
+        .simple_query("select 1")
+        .await
+        .expect_err("the transaction failed");
+    assert_eq!(db_error(&error).0, "25P02");
+    client.batch_execute("rollback").await.expect("rollback");
+    let value: i32 = client
+        .query_one("select 41 + 1", &[])
+        .await
+        .expect("a new transaction, on another connection")
+        .get(0);
+    assert_eq!(value, 42);
+    // COMMIT ends a failed transaction too (PostgreSQL answers it with ROLLBACK).
+    client.batch_execute("begin").await.expect("begin");
+    assert_eq!(cancel_sleep(&client).await, "57014");
+    client.batch_execute("commit").await.expect("commit");
+    client.simple_query("select 1").await.expect("goes on");
+    assert_eq!(
+        (stack.emulator.cancels(), stack.emulator.ignored_cancels()),
+        (0, 0),
+        "nothing was sent to a proxy that ignores cancels"
+    );
+}
+
+#[tokio::test]
+async fn cancel_without_server_keys_in_session_mode() {
+    let stack = proxy_stack(|_| {}).await;
+    // No session state: the client goes on with another upstream connection.
+    let client = connect(&stack).await;
+    let before = backend_pid(&client).await;
+    assert_eq!(cancel_sleep(&client).await, "57014");
+    let after = backend_pid(&client).await;
+    assert_ne!(before, after, "a fresh upstream connection");
+
+    // With session state: it is gone with the connection, and the client is told.
+    let client = connect(&stack).await;
+    client
+        .batch_execute("set statement_timeout = 99999")
+        .await
+        .expect("set");
+    let token = client.cancel_token();
+    let query = client.simple_query("select pg_sleep(10)");
+    let cancel = async {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        token.cancel_query(NoTls).await.expect("send cancel");
+    };
+    let (result, ()) = tokio::join!(query, cancel);
+    let error = result.expect_err("cancelled");
+    let db = error.as_db_error().expect("a server error");
+    assert_eq!(db.code().code(), "57014");
+    assert_eq!(db.severity(), "FATAL");
+    assert!(
+        db.detail().is_some_and(|d| d.contains("setting")),
+        "{:?}",
+        db.detail()
+    );
+    assert!(client.simple_query("select 1").await.is_err(), "closed");
+}
+
+#[tokio::test]
+async fn psql_ctrl_c_cancels_through_the_sidecar() {
+    if Command::new("psql").arg("--version").output().is_err() {
+        eprintln!("SKIPPED psql_ctrl_c_cancels_through_the_sidecar: psql is not installed");
+        return;
+    }
+    for adjust in [transaction_mode as fn(&mut EndpointSettings), |_| {}] {
+        let stack = proxy_stack(adjust).await;
+        let port = stack.sidecar.addr().port();
+        let output = tokio::task::spawn_blocking(move || {
+            let child = Command::new("psql")
+                .args(["-X", "-h", "127.0.0.1", "-p", &port.to_string()])
+                .args([
+                    "-U",
+                    "postgres",
+                    "-d",
+                    "postgres",
+                    "-c",
+                    "select pg_sleep(10)",
+                ])
+                .env("PGCONNECT_TIMEOUT", "10")
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("spawn psql");
+            std::thread::sleep(Duration::from_millis(700));
+            let sent = Instant::now();
+            let killed = Command::new("kill")
+                .args(["-INT", &child.id().to_string()])
+                .status()
+                .expect("kill -INT");
+            assert!(killed.success());
+            let output = child.wait_with_output().expect("psql output");
+            (output, sent.elapsed())
+        })
+        .await
+        .expect("join");
+        let (output, took) = output;
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(
+            stderr.contains("canceling statement due to user request"),
+            "{stderr}"
+        );
+        assert!(
+            took < Duration::from_secs(2),
+            "psql ended {took:?} after Ctrl-C"
+        );
+    }
+}
+
+/// Logs in with raw startup parameters and returns what `show NAME` gives for each name.
+async fn show_after_login(
+    stack: &Stack,
+    parameters: &[(&str, &str)],
+    names: &[&str],
+) -> Result<Vec<String>, wire::LoginError> {
+    let mut raw = TcpStream::connect(stack.sidecar.addr())
+        .await
+        .expect("connect");
+    wire::login(&mut raw, parameters, "unused").await?;
+    let mut values = Vec::new();
+    for name in names {
+        let rows = wire::simple_query(&mut raw, &format!("show {name}")).await?;
+        values.push(rows[0][0].clone().unwrap_or_default());
+    }
+    Ok(values)
+}
+
+#[tokio::test]
+async fn every_startup_parameter_takes_effect_for_both_kinds() {
+    let proxy = proxy_stack(|_| {}).await;
+    let plain = plain_stack_with(|_| {}).await;
+    for stack in [&proxy, &plain] {
+        let values = show_after_login(
+            stack,
+            &[
+                ("user", "postgres"),
+                ("database", "postgres"),
+                (
+                    "options",
+                    r"-c search_path=s1 -c statement_timeout=1234 --lock-timeout=5s",
+                ),
+                ("application_name", "kinds"),
+            ],
+            &[
+                "search_path",
+                "statement_timeout",
+                "lock_timeout",
+                "application_name",
+            ],
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(values, ["s1", "1234ms", "5s", "kinds"]);
+        let values = show_after_login(
+            stack,
+            &[
+                ("user", "postgres"),
+                ("database", "postgres"),
+                ("search_path", "s2, public"),
+                ("statement_timeout", "4321"),
+            ],
+            &["search_path", "statement_timeout"],
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(values, ["s2, public", "4321ms"]);
+    }
+    // RDS Proxy never saw a parameter it refuses; the plain PostgreSQL got them all.
+    for login in proxy.emulator.accepted_logins() {
+        for (name, _) in &login.params {
+            assert!(
+                support::emulator::SUPPORTED_STARTUP_PARAMS.contains(&name.as_str()),
+                "{name} reached RDS Proxy"
+            );
+        }
+    }
+    assert_eq!(proxy.emulator.rejected(), 0);
+    assert!(
+        plain
+            .emulator
+            .accepted_logins()
+            .iter()
+            .any(|login| login.param("options").is_some())
+    );
+
+    // A setting the server refuses: the server's own error, at login.
+    for stack in [&proxy, &plain] {
+        let refused = show_after_login(
+            stack,
+            &[
+                ("user", "postgres"),
+                ("database", "postgres"),
+                ("statement_timeout", "banana"),
+            ],
+            &[],
+        )
+        .await;
+        match refused {
+            Err(wire::LoginError::Server(error)) => assert_eq!(error.code, "22023", "{error}"),
+            other => panic!("expected the server's error, got {other:?}"),
+        }
+    }
+    // options holding something that is not a setting cannot be applied behind RDS Proxy.
+    let refused = show_after_login(
+        &proxy,
+        &[
+            ("user", "postgres"),
+            ("database", "postgres"),
+            ("options", "-d 5"),
+        ],
+        &[],
+    )
+    .await;
+    match refused {
+        Err(wire::LoginError::Server(error)) => {
+            assert_eq!(error.code, "0A000");
+            assert!(error.message.contains("'-d'"), "{error}");
+        }
+        other => panic!("expected 0A000, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn plain_sessions_never_pin_and_reuse_one_connection() {
+    // One connection: each client waits for the previous one's to come back.
+    let stack = proxy_stack(|c| c.pool.size = 1).await;
+    for i in 0..20 {
+        let client = connect(&stack).await;
+        let value = simple_value(&client, &format!("select {i}")).await;
+        assert_eq!(value, Some(i.to_string()));
+        // Extended protocol with a named statement (tokio-postgres prepares every query).
+        let value: i32 = client
+            .query_one("select $1::int4 + 1", &[&i])
+            .await
+            .expect("query")
+            .get(0);
+        assert_eq!(value, i + 1);
+    }
+    // Give the last client's connection time to go back to the pool.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        stack.emulator.pinned_sessions(),
+        0,
+        "{:?}",
+        stack.emulator.pin_log()
+    );
+    assert_eq!(stack.emulator.discards(), 0);
+    assert_eq!(
+        stack.emulator.logins(),
+        1,
+        "one connection served all 20 clients"
+    );
+}
+
+/// What a client leaves behind, and how the next client checks that it is gone.
+struct LeftState {
+    statement: &'static str,
+    gone: &'static str,
+}
+
+const LEFT_STATES: [LeftState; 5] = [
+    LeftState {
+        statement: "set statement_timeout = 4321",
+        gone: "select case when current_setting('statement_timeout') = '0' then 1 else 0 end",
+    },
+    LeftState {
+        statement: "listen left_behind",
+        gone: "select case when count(*) = 0 then 1 else 0 end from pg_listening_channels()",
+    },
+    LeftState {
+        statement: "create temp table left_behind (x int)",
+        gone: "select case when to_regclass('pg_temp.left_behind') is null then 1 else 0 end",
+    },
+    LeftState {
+        statement: "prepare left_behind as select 1",
+        gone: "select case when count(*) = 0 then 1 else 0 end from pg_prepared_statements",
+    },
+    LeftState {
+        statement: "select pg_advisory_lock(4242)",
+        gone: "select case when count(*) = 0 then 1 else 0 end from pg_locks \
+               where locktype = 'advisory' and objid = 4242",
+    },
+];
+
+/// Each state in turn: one client leaves it, the next finds none of it.
+async fn next_client_sees_none_of_it(stack: &Stack) -> Vec<(String, String)> {
+    let mut pids = Vec::new();
+    for state in &LEFT_STATES {
+        let first = connect(stack).await;
+        let left = backend_pid(&first).await;
+        first
+            .batch_execute(state.statement)
+            .await
+            .expect(state.statement);
+        drop(first);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let second = try_connect(stack, "postgres", "postgres")
+            .await
+            .expect("connect");
+        let gone = simple_value(&second, state.gone).await;
+        assert_eq!(
+            gone.as_deref(),
+            Some("1"),
+            "{} was left behind",
+            state.statement
+        );
+        pids.push((left, backend_pid(&second).await));
+    }
+    pids
+}
+
+#[tokio::test]
+async fn session_state_is_closed_behind_rds_proxy_and_reset_behind_postgres() {
+    let proxy = harness::stack_with_settings(
+        |s| {
+            s.admin_listen = Some(([127, 0, 0, 1], 0).into());
+            s.endpoints[0].pool.size = 1;
+        },
+        harness::credentials(TEST_AKID, TEST_SECRET),
+    )
+    .await;
+    let pids = next_client_sees_none_of_it(&proxy).await;
+    assert!(
+        pids.iter().all(|(left, next)| left != next),
+        "closed, not reused: {pids:?}"
+    );
+    assert_eq!(proxy.emulator.discards(), 0, "no DISCARD against RDS Proxy");
+    assert_eq!(
+        proxy.emulator.pinned_sessions(),
+        LEFT_STATES.len() as u64,
+        "only the connections whose clients changed state were pinned: {:?}",
+        proxy.emulator.pin_log()
+    );
+    let admin = proxy.sidecar.admin_addr.expect("admin").to_string();
+    let metrics = harness::scrape::scrape(&admin).await;
+    for reason in [
+        "setting",
+        "listen",
+        "temp_object",
+        "prepared_statement",
+        "advisory_lock",
+    ] {
+        let closed = harness::scrape::value(
+            &metrics,
+            "rds_iam_sidecar_session_state_connections_total",
+            &[("action", "closed"), ("reason", reason)],
+        );
+        assert!(closed >= Some(1.0), "{reason}: {closed:?}");
+    }
+
+    let plain = plain_stack_with(|c| c.pool.size = 1).await;
+    let before = plain.emulator.logins();
+    let pids = next_client_sees_none_of_it(&plain).await;
+    assert!(
+        pids.iter().all(|(left, next)| left == next),
+        "reset and reused: {pids:?}"
+    );
+    assert_eq!(plain.emulator.discards(), LEFT_STATES.len() as u64);
+    assert_eq!(plain.emulator.logins(), before.max(1));
+}
