@@ -227,8 +227,13 @@ async fn exhausted_pool_answers_53300_after_the_pool_timeout() {
     .await;
     let holder = connect(&stack).await;
     holder.simple_query("select 1").await.expect("query");
+    // The login is answered at once; the first query waits for a connection.
+    let waiting = try_connect(&stack, "postgres", "postgres")
+        .await
+        .expect("a login never waits for a busy pool");
     let started = Instant::now();
-    let error = try_connect(&stack, "postgres", "postgres")
+    let error = waiting
+        .simple_query("select 1")
         .await
         .expect_err("no free connection");
     let (code, message, hint) = db_error(&error);

@@ -435,3 +435,87 @@ async fn session_state_is_closed_behind_rds_proxy_and_reset_behind_postgres() {
     assert_eq!(plain.emulator.discards(), LEFT_STATES.len() as u64);
     assert_eq!(plain.emulator.logins(), before.max(1));
 }
+
+#[tokio::test]
+async fn pgbench_connecting_per_transaction_over_a_small_pool_never_stalls() {
+    if Command::new("pgbench").arg("--version").output().is_err() {
+        eprintln!("SKIPPED pgbench_connecting_per_transaction: pgbench is not installed");
+        return;
+    }
+    // 8 clients that connect synchronously, 5 connections: a login that waited for a busy
+    // pool would hold a pgbench thread that never sends the Terminate that frees one.
+    let stack = proxy_stack(|c| c.pool.size = 5).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let script = dir.path().join("select.sql");
+    std::fs::write(&script, "select 1;\n").expect("script");
+    let port = stack.sidecar.addr().port().to_string();
+    let output = tokio::task::spawn_blocking(move || {
+        Command::new("pgbench")
+            .args(["-n", "-C", "-c", "8", "-j", "2", "-T", "4"])
+            .args(["-h", "127.0.0.1", "-p", &port, "-U", "postgres", "-f"])
+            .arg(&script)
+            .arg("postgres")
+            .output()
+            .expect("run pgbench")
+    })
+    .await
+    .expect("join");
+    let out = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{output:?}");
+    assert!(out.contains("number of failed transactions: 0"), "{out}");
+    let transactions: u64 = out
+        .lines()
+        .find_map(|l| l.strip_prefix("number of transactions actually processed: "))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("transaction count");
+    assert!(transactions > 1000, "{transactions} transactions: {out}");
+    let logins = stack.emulator.logins();
+    assert!(logins <= 5, "{logins} IAM logins for a pool of 5");
+    assert_eq!(stack.emulator.pinned_sessions(), 0);
+}
+
+#[tokio::test]
+async fn a_client_over_a_saturated_pool_logs_in_at_once_and_waits_at_its_first_query() {
+    let stack = proxy_stack(|c| {
+        c.pool.size = 1;
+        c.pool.timeout = Duration::from_millis(800);
+    })
+    .await;
+    let holder = connect(&stack).await;
+    holder
+        .simple_query("select 1")
+        .await
+        .expect("holds the connection");
+
+    let started = Instant::now();
+    let waiting = connect(&stack).await;
+    assert!(
+        started.elapsed() < Duration::from_millis(500),
+        "the login took {:?}",
+        started.elapsed()
+    );
+    let started = Instant::now();
+    let error = waiting
+        .simple_query("select 1")
+        .await
+        .expect_err("no connection came free");
+    let waited = started.elapsed();
+    let (code, message, _) = db_error(&error);
+    assert_eq!(code, "53300");
+    assert!(message.contains("postgres@postgres"), "{message}");
+    assert!(
+        waited >= Duration::from_millis(700),
+        "answered after {waited:?}"
+    );
+
+    // Once the holder leaves, a waiting client gets its connection at its first query.
+    let next = connect(&stack).await;
+    let query = next.simple_query("select 7");
+    let leave = async {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        drop(holder);
+    };
+    let (rows, ()) = tokio::join!(query, leave);
+    rows.expect("the freed connection serves the next client");
+    assert_eq!(stack.emulator.logins(), 1);
+}

@@ -15,13 +15,13 @@ use crate::forward::SyncState;
 use crate::forward::prepared::{ClientRewriter, ClientStatements};
 use crate::frontend::cancel::{CancelKeyGuard, Serving};
 use crate::ops::metrics::{ClientGauge, ClientState};
-use crate::pool::{CheckoutError, Lease, Pool, PoolKey, PoolMode};
+use crate::pool::{CheckoutError, Lease, Parameters, Pool, PoolKey, PoolMode};
 use crate::protocol::messages;
 use crate::protocol::startup::{InitialPacket, StartupError, StartupRequest, read_initial_packet};
 use crate::stream::ClientStream;
 
 use super::cancel_request::handle_cancel;
-use super::session::Session;
+use super::session::{Held, Session};
 use super::{Admitted, Frontend, send_error, send_shutdown_error};
 
 /// Protocol 3.0 as a version number: what NegotiateProtocolVersion offers.
@@ -118,27 +118,42 @@ async fn greet(
     let pool = context
         .pools
         .pool(PoolKey::new(&user, &database, forwarded));
-    let (mut lease, waited) = first_checkout(&mut stream, &context, &pool, &user).await?;
-
-    let cancel_key = context
-        .cancels
-        .register(Serving::connection(lease.server().backend_key));
+    let start = start(&mut stream, &context, &pool, &user).await?;
+    let (serving, parameters) = match &start {
+        Start::Attached(lease, _) => (
+            Serving::connection(lease.backend_key()),
+            lease.parameters().into(),
+        ),
+        Start::Greeted(parameters) => (Serving::Nothing, parameters.clone()),
+    };
+    let cancel_key = context.cancels.register(serving);
     let greeting = greeting(
         &startup,
         unsupported_protocol_options,
-        &lease.server().parameters,
+        &parameters,
         &cancel_key,
     );
     if stream.write_all(&greeting).await.is_err() {
         return None;
     }
-    let wait_ms = waited.as_secs_f64() * 1000.0;
-    info!(pool = %pool.key, wait_ms = format_args!("{wait_ms:.1}"), "client connected");
-    let held = match context.pools.settings.mode {
-        PoolMode::Session => Some(Box::new(lease)),
-        PoolMode::Transaction => {
+    let held = match (start, context.pools.settings.mode) {
+        (Start::Attached(lease, waited), PoolMode::Session) => {
+            let wait_ms = waited.as_secs_f64() * 1000.0;
+            info!(pool = %pool.key, wait_ms = format_args!("{wait_ms:.1}"), "client connected");
+            Some(Box::new(Held::Connection(*lease)))
+        }
+        (Start::Attached(lease, _), PoolMode::Transaction) => {
+            info!(pool = %pool.key, "client connected");
             cancel_key.set_serving(Serving::Nothing);
             lease.release();
+            None
+        }
+        (Start::Greeted(_), PoolMode::Session) => {
+            info!(pool = %pool.key, "client connected; it gets an upstream connection at its first message");
+            Some(Box::new(Held::Greeted(parameters)))
+        }
+        (Start::Greeted(_), PoolMode::Transaction) => {
+            info!(pool = %pool.key, "client connected");
             None
         }
     };
@@ -205,6 +220,36 @@ async fn admit<'s>(
         return None;
     };
     Some((admitted, client_user))
+}
+
+/// How a client's session starts: with an upstream connection (and how long it waited for
+/// it), or greeted from what its pool knows, to get a connection at its first message.
+enum Start {
+    Attached(Box<Lease>, Duration),
+    Greeted(Parameters),
+}
+
+/// A pool that has had a connection answers a login at once: with an idle connection when one
+/// is free (session mode), else from the ParameterStatus set it knows, so that a client never
+/// waits for a busy pool before its first message (a client that connects synchronously, as
+/// pgbench -C does, would otherwise never send the Terminate that frees a connection). A pool's
+/// first login happens during the client's, so a bad IAM setup is a login error.
+async fn start(
+    stream: &mut ClientStream,
+    context: &Arc<Frontend>,
+    pool: &Arc<Pool>,
+    user: &str,
+) -> Option<Start> {
+    if let Some(parameters) = pool.known_parameters() {
+        if context.pools.settings.mode == PoolMode::Session
+            && let Some(lease) = context.pools.checkout_idle(pool)
+        {
+            return Some(Start::Attached(Box::new(lease), Duration::ZERO));
+        }
+        return Some(Start::Greeted(parameters));
+    }
+    let (lease, waited) = first_checkout(stream, context, pool, user).await?;
+    Some(Start::Attached(Box::new(lease), waited))
 }
 
 /// The client's first upstream connection and how long it waited for it, or `None` after

@@ -142,7 +142,7 @@ pub fn serve_client(
         // One level, not a `serve` method: each nested async fn would keep its own copy of
         // its arguments in the task.
         let ending = match session.held.take() {
-            Some(lease) => Box::pin(session.run_session_mode(*lease)).await,
+            Some(held) => Box::pin(session.run_held(held)).await,
             None => session.run_transaction_mode().await,
         };
         session.log_end(ending);

@@ -12,7 +12,7 @@ use crate::forward::prepared::{ClientRewriter, ClientStatements};
 use crate::forward::{Outcome, SyncState, Traffic};
 use crate::frontend::cancel::CancelKeyGuard;
 use crate::ops::metrics::ClientGauge;
-use crate::pool::{Lease, Pool};
+use crate::pool::{Lease, Parameters, Pool};
 use crate::stream::ClientStream;
 
 use super::{Admitted, send_error};
@@ -32,9 +32,18 @@ pub(super) struct Session {
     /// Totals for the closing log line (the metrics are counted per attached period).
     pub(super) bytes_to_server: u64,
     pub(super) bytes_to_client: u64,
-    /// Session mode: the upstream connection the client holds for its life.
-    pub(super) held: Option<Box<Lease>>,
+    /// Session mode: the upstream connection the client holds for its life, or what it was
+    /// greeted with until it gets one at its first message.
+    pub(super) held: Option<Box<Held>>,
     pub(super) gauge: ClientGauge,
+}
+
+/// What a session-mode client starts with (boxed in the session: a connection is large).
+#[allow(clippy::large_enum_variant)]
+pub(super) enum Held {
+    Connection(Lease),
+    /// The ParameterStatus set it was greeted with (its pool's, no connection was free).
+    Greeted(Parameters),
 }
 
 impl Session {

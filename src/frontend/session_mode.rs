@@ -8,6 +8,7 @@ use std::task::Poll;
 use std::time::Instant;
 
 use bytes::BytesMut;
+use tokio::io::AsyncWriteExt;
 use tracing::{debug, warn};
 
 use crate::forward::buffers::Buffer;
@@ -18,11 +19,12 @@ use crate::ops::shutdown::Woken;
 use crate::pool::Lease;
 use crate::pool::reset::{close_statements, reset};
 use crate::protocol::framing::TransactionStatus;
+use crate::protocol::messages;
 use crate::upstream::ServerConnection;
 
 use super::cancel::Serving;
 use super::login::checkout_error_to_pg;
-use super::session::{Session, closer};
+use super::session::{Held, Session, closer};
 use super::{send_error, send_shutdown_error};
 
 /// What ended an idle wait in session mode.
@@ -36,14 +38,107 @@ enum Spoken {
 }
 
 impl Session {
+    /// Session mode from what the login left: a connection, or a greeting from the pool's
+    /// known parameters (the connection then comes at the client's first message).
+    pub(super) async fn run_held(&mut self, held: Box<Held>) -> Outcome {
+        match *held {
+            Held::Connection(lease) => self.run_session_mode(lease, None).await,
+            Held::Greeted(parameters) => {
+                let first = match self.first_message().await {
+                    Ok(first) => first,
+                    Err(outcome) => return outcome,
+                };
+                let lease = match self.attach(&parameters).await {
+                    Ok(lease) => lease,
+                    Err(outcome) => return outcome,
+                };
+                self.run_session_mode(lease, Some(first)).await
+            }
+        }
+    }
+
+    /// The first bytes of a client that has no connection yet (holding nothing while it
+    /// waits); a client that leaves or terminates first never takes a connection.
+    async fn first_message(&mut self) -> Result<(Buffer, usize), Outcome> {
+        loop {
+            let stream = &self.stream;
+            let woken = self
+                .context
+                .shutdown
+                .idle_wait(true, self.cancel_key.closer(), |cx| {
+                    stream.poll_read_ready(cx)
+                })
+                .await;
+            match woken {
+                Woken::Ready(Ok(())) => {}
+                Woken::Ready(Err(_)) => return Err(Outcome::ClientError),
+                Woken::Draining => {
+                    Box::pin(send_shutdown_error(&mut self.stream)).await;
+                    return Err(Outcome::Shutdown);
+                }
+            }
+            let mut buffer = Buffer::take();
+            match self.stream.try_read(&mut buffer) {
+                Ok(0) => return Err(Outcome::ClientClosed),
+                Ok(n) if buffer[..n] == [b'X', 0, 0, 0, 4] => {
+                    return Err(Outcome::ClientTerminated);
+                }
+                Ok(n) => return Ok((buffer, n)),
+                Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => continue,
+                Err(_) => return Err(Outcome::ClientError),
+            }
+        }
+    }
+
+    /// A connection for a client greeted without one (`--pool-timeout`, then 53300 naming
+    /// the pool); ParameterStatus for every value that differs from its greeting goes first.
+    async fn attach(&mut self, greeted: &[(String, String)]) -> Result<Lease, Outcome> {
+        let started = Instant::now();
+        let checkout = tokio::select! {
+            checkout = Box::pin(self.context.pools.checkout(&self.pool)) => checkout,
+            () = self.context.shutdown.draining() => {
+                Box::pin(send_shutdown_error(&mut self.stream)).await;
+                return Err(Outcome::Shutdown);
+            }
+        };
+        let lease = match checkout {
+            Ok(lease) => lease,
+            Err(error) => {
+                let pg = checkout_error_to_pg(&error, &self.context, &self.pool.key.user);
+                warn!(%error, sqlstate = %pg.code, pool = %self.pool.key, "no upstream connection for a client's first message");
+                send_error(&mut self.stream, &pg).await;
+                return Err(Outcome::ServerError);
+            }
+        };
+        self.context.metrics.pool_wait(started.elapsed());
+        self.cancel_key
+            .set_serving(Serving::connection(lease.backend_key()));
+        let mut changed = BytesMut::new();
+        for (name, value) in lease.parameters() {
+            if !greeted.iter().any(|(n, v)| n == name && v == value) {
+                messages::parameter_status(&mut changed, name, value);
+            }
+        }
+        if !changed.is_empty() && self.stream.write_all(&changed).await.is_err() {
+            return Err(Outcome::ClientError);
+        }
+        Ok(lease)
+    }
+
     /// The client keeps `lease` until it leaves (or a cancel closes it: then, if the client's
     /// session held no state, it goes on with another connection).
-    pub(super) async fn run_session_mode(&mut self, mut lease: Lease) -> Outcome {
+    pub(super) async fn run_session_mode(
+        &mut self,
+        mut lease: Lease,
+        mut first: Option<(Buffer, usize)>,
+    ) -> Outcome {
         // The client's stream as it passes through (in this boxed future, not the Session:
         // transaction mode keeps its own framing in the rewriter).
         let mut client_side = ClientSide::default();
         loop {
-            let outcome = self.serve_connection(&mut lease, &mut client_side).await;
+            let outcome = self
+                .serve_connection(&mut lease, &mut client_side, first.take())
+                .await;
             if outcome != Outcome::Cancelled || self.state.session_change().is_some() {
                 self.leave(lease, outcome, &client_side.statements).await;
                 return outcome;
@@ -60,17 +155,18 @@ impl Session {
         }
     }
 
-    /// Forwards between the client and `lease`'s connection until either leaves it.
+    /// Forwards between the client and `lease`'s connection until either leaves it, starting
+    /// with the client's bytes `first` when it already sent some.
     async fn serve_connection(
         &mut self,
         lease: &mut Lease,
         client_side: &mut ClientSide,
+        mut first: Option<(Buffer, usize)>,
     ) -> Outcome {
         let mut pending = std::mem::take(&mut lease.server().pending);
         loop {
             let server = lease.server();
-            let mut first = None;
-            if pending.is_empty() {
+            if pending.is_empty() && first.is_none() {
                 match self.idle_until_spoken(server).await {
                     Ok(Spoken::Client(buffer, n)) if self.state.is_aborted() => {
                         match Box::pin(self.serve_aborted(&buffer[..n])).await {
@@ -104,6 +200,7 @@ impl Session {
             .await;
             self.gauge.set(ClientState::Idle);
             pending = BytesMut::new();
+            first = None;
             self.add(traffic);
             if outcome != Outcome::Released {
                 return outcome;

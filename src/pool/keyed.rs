@@ -2,7 +2,7 @@
 //! waiting for one, first come first served, under one short lock.
 
 use std::collections::VecDeque;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::oneshot;
@@ -42,13 +42,59 @@ pub(super) enum Handoff {
     Room,
 }
 
+/// A ParameterStatus set, shared.
+pub type Parameters = Arc<[(String, String)]>;
+
 /// The connections of one key.
 pub struct Pool {
     pub key: PoolKey,
     pub(super) state: Mutex<PoolState>,
+    /// The ParameterStatus set of the latest connection opened: what a client is greeted
+    /// with when it logs in while no connection is free (`None` until one login succeeded).
+    known_parameters: Mutex<Option<Parameters>>,
 }
 
 impl Pool {
+    pub(super) fn new(key: PoolKey) -> Self {
+        Self {
+            key,
+            state: Mutex::new(PoolState {
+                idle: Vec::new(),
+                open: 0,
+                waiters: VecDeque::new(),
+            }),
+            known_parameters: Mutex::new(None),
+        }
+    }
+
+    /// The ParameterStatus set of the latest connection opened, once one was.
+    pub fn known_parameters(&self) -> Option<Parameters> {
+        self.known_parameters
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    pub(super) fn learn_parameters(&self, parameters: &[(String, String)]) {
+        *self
+            .known_parameters
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = Some(parameters.into());
+    }
+
+    /// An idle connection that has not expired, without waiting or opening one.
+    pub(super) fn take_idle(&self) -> Option<PooledConnection> {
+        let mut state = self.lock();
+        let now = Instant::now();
+        while let Some(candidate) = state.idle.pop() {
+            if !candidate.expired(now) {
+                return Some(candidate);
+            }
+            state.open -= 1;
+        }
+        None
+    }
+
     pub(super) fn lock(&self) -> std::sync::MutexGuard<'_, PoolState> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }

@@ -33,6 +33,18 @@ impl Lease {
             .server
     }
 
+    /// The server's cancel key, if it sent one.
+    pub fn backend_key(&self) -> Option<(i32, i32)> {
+        self.connection.as_ref().and_then(|c| c.server.backend_key)
+    }
+
+    /// The connection's ParameterStatus set.
+    pub fn parameters(&self) -> &[(String, String)] {
+        self.connection
+            .as_ref()
+            .map_or(&[][..], |c| &c.server.parameters[..])
+    }
+
     pub fn pool_key(&self) -> &PoolKey {
         &self.pool.key
     }

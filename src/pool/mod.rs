@@ -12,7 +12,7 @@ pub mod rate;
 pub mod reset;
 mod settings;
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::task::Poll;
 use std::time::Duration;
@@ -24,8 +24,8 @@ use tracing::{debug, info, warn};
 use crate::upstream::error::ConnectError;
 use crate::upstream::{Connector, ServerConnection};
 pub use key::PoolKey;
-use keyed::{Handoff, PoolState};
-pub use keyed::{Pool, PooledConnection};
+use keyed::Handoff;
+pub use keyed::{Parameters, Pool, PooledConnection};
 pub use lease::Lease;
 pub use rate::RateLimiter;
 pub use settings::{PoolMode, PoolSettings};
@@ -82,14 +82,7 @@ impl Pools {
             if let Some(pool) = pools.get(&key) {
                 return pool.clone();
             }
-            let pool = Arc::new(Pool {
-                key: key.clone(),
-                state: Mutex::new(PoolState {
-                    idle: Vec::new(),
-                    open: 0,
-                    waiters: VecDeque::new(),
-                }),
-            });
+            let pool = Arc::new(Pool::new(key.clone()));
             pools.insert(key, pool.clone());
             pool
         };
@@ -190,6 +183,17 @@ impl Pools {
         }
     }
 
+    /// An idle connection of `pool` that is still alive, if one is free right now.
+    pub fn checkout_idle(&self, pool: &Arc<Pool>) -> Option<Lease> {
+        while let Some(mut connection) = pool.take_idle() {
+            if is_alive(&mut connection.server) {
+                return Some(Lease::new(pool, connection));
+            }
+            pool.forget_one();
+        }
+        None
+    }
+
     /// Opens one connection for `pool`, after the rate limit allows it.
     async fn open(
         &self,
@@ -216,6 +220,7 @@ impl Pools {
             login_ms = format_args!("{:.1}", started.elapsed().as_secs_f64() * 1000.0),
             "opened upstream connection"
         );
+        pool.learn_parameters(&server.parameters);
         let now = Instant::now();
         Ok(PooledConnection {
             server,
