@@ -166,6 +166,11 @@ async fn a_working_chain_passes_every_check() {
         "{}",
         run.text
     );
+    assert!(
+        run.explanation(1).contains("treated as rds-proxy"),
+        "{}",
+        run.text
+    );
     // The access key is shown masked, with the provider that supplied it.
     let masked = format!(
         "{}{}",

@@ -16,10 +16,12 @@ pub(super) fn configuration(checks: &mut Checks, config: &UpstreamSettings) {
         .map(|addr| format!(", dialled at {}", addr.dial_target()))
         .unwrap_or_default();
     let check = checks.ok(format!(
-        "{} is {}{dial}{}",
+        "{} is {}{dial}{}; treated as {} ({})",
         config.endpoint.dial_target(),
         kind.describe(),
-        signing(&config.auth)
+        signing(&config.auth),
+        config.kind.name(),
+        config.kind_reason
     ));
     check.warnings.extend(warnings(config, kind));
 }

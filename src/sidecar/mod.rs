@@ -324,6 +324,8 @@ fn log_endpoint(endpoint: &EndpointSettings, listeners: &EndpointListeners) {
         auth = if upstream.auth.is_iam() { "iam" } else { "password" },
         region = upstream.auth.region().unwrap_or("-"),
         tls_mode = ?upstream.tls_mode,
+        kind = upstream.kind.name(),
+        kind_reason = upstream.kind_reason,
         pool_mode = ?endpoint.pool.mode,
         pool_size = endpoint.pool.size,
         "serving upstream endpoint"
