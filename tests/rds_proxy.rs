@@ -1,187 +1,24 @@
-//! Behind the real RDS Proxy's rules (the emulator's default): no server cancel keys, startup
-//! parameters it refuses, pinning. Cancels are emulated (57014, the client stays), every startup
-//! parameter takes effect, the sidecar never sends a statement that pins, and a session-mode
-//! connection is pooled as it is when its client left it clean, closed (rds-proxy) or reset
-//! (postgres) when it did not.
+//! Behind the real RDS Proxy's rules (the emulator's default): startup parameters it refuses,
+//! pinning, logins over a busy pool. Every startup parameter takes effect, the sidecar never
+//! sends a statement that pins, a session-mode connection is pooled as it is when its client
+//! left it clean, closed (rds-proxy) or reset (postgres) when it did not, and a login never
+//! waits for a busy pool. Cancels without server keys: rds_proxy_cancel.rs.
 
 mod harness;
 mod support;
 
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use harness::{Stack, connect, db_error, plain_stack_with, stack_with, try_connect};
-use rds_iam_sidecar::pool::PoolMode;
+use harness::{
+    Stack, backend_pid, connect, db_error, plain_stack_with, simple_value, stack_with, try_connect,
+};
 use rds_iam_sidecar::settings::EndpointSettings;
 use support::{TEST_AKID, TEST_SECRET, wire};
 use tokio::net::TcpStream;
-use tokio_postgres::{Client, NoTls, SimpleQueryMessage};
 
 async fn proxy_stack(adjust: impl FnOnce(&mut EndpointSettings)) -> Stack {
     stack_with(adjust, harness::credentials(TEST_AKID, TEST_SECRET)).await
-}
-
-fn transaction_mode(c: &mut EndpointSettings) {
-    c.pool.mode = PoolMode::Transaction;
-    c.pool.size = 2;
-}
-
-/// The first column of the first row of a simple query (no prepared statement is left).
-async fn simple_value(client: &Client, sql: &str) -> Option<String> {
-    let messages = client.simple_query(sql).await.expect(sql);
-    messages.iter().find_map(|message| match message {
-        SimpleQueryMessage::Row(row) => row.get(0).map(str::to_owned),
-        _ => None,
-    })
-}
-
-async fn backend_pid(client: &Client) -> String {
-    simple_value(client, "select pg_backend_pid()")
-        .await
-        .expect("pid")
-}
-
-/// Runs `select pg_sleep(10)` on `client`, cancels it after 300 ms with its cancel token, and
-/// returns the SQLSTATE it ended with; the answer must come within 2 s of the cancel.
-async fn cancel_sleep(client: &Client) -> String {
-    let token = client.cancel_token();
-    let query = client.simple_query("select pg_sleep(10)");
-    let cancel = async {
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        let sent = Instant::now();
-        token.cancel_query(NoTls).await.expect("send cancel");
-        sent
-    };
-    let (result, sent) = tokio::join!(query, cancel);
-    assert!(
-        sent.elapsed() < Duration::from_secs(2),
-        "the cancelled query ended {:?} after the cancel",
-        sent.elapsed()
-    );
-    db_error(&result.expect_err("cancelled")).0
-}
-
-#[tokio::test]
-async fn cancel_without_server_keys_in_transaction_mode() {
-    let stack = proxy_stack(transaction_mode).await;
-    let client = connect(&stack).await;
-    assert_eq!(cancel_sleep(&client).await, "57014");
-    assert_eq!(
-        simple_value(&client, "select 1").await.as_deref(),
-        Some("1"),
-        "the client goes on"
-    );
-
-    // Inside an explicit transaction: failed (E) until ROLLBACK, answered by the sidecar.
-    client.batch_execute("begin").await.expect("begin");
-    assert_eq!(cancel_sleep(&client).await, "57014");
-    let error = client
-        .simple_query("select 1")
-        .await
-        .expect_err("the transaction failed");
-    assert_eq!(db_error(&error).0, "25P02");
-    client.batch_execute("rollback").await.expect("rollback");
-    let value: i32 = client
-        .query_one("select 41 + 1", &[])
-        .await
-        .expect("a new transaction, on another connection")
-        .get(0);
-    assert_eq!(value, 42);
-    // COMMIT ends a failed transaction too (PostgreSQL answers it with ROLLBACK).
-    client.batch_execute("begin").await.expect("begin");
-    assert_eq!(cancel_sleep(&client).await, "57014");
-    client.batch_execute("commit").await.expect("commit");
-    client.simple_query("select 1").await.expect("goes on");
-    assert_eq!(
-        (stack.emulator.cancels(), stack.emulator.ignored_cancels()),
-        (0, 0),
-        "nothing was sent to a proxy that ignores cancels"
-    );
-}
-
-#[tokio::test]
-async fn cancel_without_server_keys_in_session_mode() {
-    let stack = proxy_stack(|_| {}).await;
-    // No session state: the client goes on with another upstream connection.
-    let client = connect(&stack).await;
-    let before = backend_pid(&client).await;
-    assert_eq!(cancel_sleep(&client).await, "57014");
-    let after = backend_pid(&client).await;
-    assert_ne!(before, after, "a fresh upstream connection");
-
-    // With session state: it is gone with the connection, and the client is told.
-    let client = connect(&stack).await;
-    client
-        .batch_execute("set statement_timeout = 99999")
-        .await
-        .expect("set");
-    let token = client.cancel_token();
-    let query = client.simple_query("select pg_sleep(10)");
-    let cancel = async {
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        token.cancel_query(NoTls).await.expect("send cancel");
-    };
-    let (result, ()) = tokio::join!(query, cancel);
-    let error = result.expect_err("cancelled");
-    let db = error.as_db_error().expect("a server error");
-    assert_eq!(db.code().code(), "57014");
-    assert_eq!(db.severity(), "FATAL");
-    assert!(
-        db.detail().is_some_and(|d| d.contains("setting")),
-        "{:?}",
-        db.detail()
-    );
-    assert!(client.simple_query("select 1").await.is_err(), "closed");
-}
-
-#[tokio::test]
-async fn psql_ctrl_c_cancels_through_the_sidecar() {
-    if Command::new("psql").arg("--version").output().is_err() {
-        eprintln!("SKIPPED psql_ctrl_c_cancels_through_the_sidecar: psql is not installed");
-        return;
-    }
-    for adjust in [transaction_mode as fn(&mut EndpointSettings), |_| {}] {
-        let stack = proxy_stack(adjust).await;
-        let port = stack.sidecar.addr().port();
-        let output = tokio::task::spawn_blocking(move || {
-            let child = Command::new("psql")
-                .args(["-X", "-h", "127.0.0.1", "-p", &port.to_string()])
-                .args([
-                    "-U",
-                    "postgres",
-                    "-d",
-                    "postgres",
-                    "-c",
-                    "select pg_sleep(10)",
-                ])
-                .env("PGCONNECT_TIMEOUT", "10")
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped())
-                .spawn()
-                .expect("spawn psql");
-            std::thread::sleep(Duration::from_millis(700));
-            let sent = Instant::now();
-            let killed = Command::new("kill")
-                .args(["-INT", &child.id().to_string()])
-                .status()
-                .expect("kill -INT");
-            assert!(killed.success());
-            let output = child.wait_with_output().expect("psql output");
-            (output, sent.elapsed())
-        })
-        .await
-        .expect("join");
-        let (output, took) = output;
-        let stderr = String::from_utf8_lossy(&output.stderr);
-        assert!(
-            stderr.contains("canceling statement due to user request"),
-            "{stderr}"
-        );
-        assert!(
-            took < Duration::from_secs(2),
-            "psql ended {took:?} after Ctrl-C"
-        );
-    }
 }
 
 /// Logs in with raw startup parameters and returns what `show NAME` gives for each name.
@@ -303,6 +140,12 @@ async fn plain_sessions_never_pin_and_reuse_one_connection() {
     let stack = proxy_stack(|c| c.pool.size = 1).await;
     for i in 0..20 {
         let client = connect(&stack).await;
+        let left = simple_value(&client, "select count(*) from pg_prepared_statements").await;
+        assert_eq!(
+            left.as_deref(),
+            Some("0"),
+            "the previous client's statements were closed"
+        );
         let value = simple_value(&client, &format!("select {i}")).await;
         assert_eq!(value, Some(i.to_string()));
         // Extended protocol with a named statement (tokio-postgres prepares every query).
@@ -335,10 +178,14 @@ struct LeftState {
     gone: &'static str,
 }
 
-const LEFT_STATES: [LeftState; 5] = [
+const LEFT_STATES: [LeftState; 6] = [
     LeftState {
         statement: "set statement_timeout = 4321",
         gone: "select case when current_setting('statement_timeout') = '0' then 1 else 0 end",
+    },
+    LeftState {
+        statement: "create temp table left_behind_as as select 1 as x",
+        gone: "select case when to_regclass('pg_temp.left_behind_as') is null then 1 else 0 end",
     },
     LeftState {
         statement: "listen left_behind",

@@ -23,6 +23,11 @@ impl Closer {
         self.waker.wake();
     }
 
+    /// Drops a close request not yet seen.
+    pub(crate) fn forget(&self) {
+        self.close.store(false, Ordering::Release);
+    }
+
     /// Wakes the session so that it looks at the shutdown state.
     pub(crate) fn wake(&self) {
         self.waker.wake();

@@ -26,6 +26,8 @@ pub(super) struct ToClient<'a, W> {
     /// Transaction mode: the rewritten bytes of one chunk.
     out: Vec<u8>,
     detach: Detach,
+    /// A write to the client is under way (it may stop half-way if the period is dropped).
+    writing: bool,
     /// Bytes sent to the client.
     sent: u64,
 }
@@ -54,8 +56,25 @@ impl<'a, W: AsyncWrite + Unpin> ToClient<'a, W> {
             rewriter: ServerRewriter::default(),
             out: Vec::with_capacity(if prepared.is_some() { 2048 } else { 0 }),
             detach,
+            writing: false,
             sent: 0,
         }
+    }
+
+    /// The client's stream is between two messages: nothing was left half-written.
+    pub(super) fn client_at_boundary(&self) -> bool {
+        !self.writing && self.scanner.at_boundary()
+    }
+
+    /// Writes `bytes` to the client, noting while it is under way.
+    async fn write(&mut self, bytes: &[u8]) -> Result<(), Outcome> {
+        self.writing = true;
+        write_flushed(&mut self.client, bytes)
+            .await
+            .map_err(|_| Outcome::ClientError)?;
+        self.writing = false;
+        self.sent += bytes.len() as u64;
+        Ok(())
     }
 
     /// The period's byte and transaction counts, both directions.
@@ -75,11 +94,7 @@ impl<'a, W: AsyncWrite + Unpin> ToClient<'a, W> {
         if self.scanner.scan(pending, &mut self.visitor).is_err() {
             return Err(Outcome::ServerError);
         }
-        if write_flushed(&mut self.client, pending).await.is_err() {
-            return Err(Outcome::ClientError);
-        }
-        self.sent += pending.len() as u64;
-        Ok(())
+        self.write(pending).await
     }
 
     /// Forwards until the server closes or fails, a write to the client fails, or the period
@@ -114,33 +129,38 @@ impl<'a, W: AsyncWrite + Unpin> ToClient<'a, W> {
     }
 
     async fn send_synthetic(&mut self) -> Result<(), Outcome> {
-        self.out.clear();
-        self.plan.take_leading_synthetic(&mut self.out);
-        write_flushed(&mut self.client, &self.out)
-            .await
-            .map_err(|_| Outcome::ClientError)
+        let mut out = std::mem::take(&mut self.out);
+        out.clear();
+        self.plan.take_leading_synthetic(&mut out);
+        let written = self.write(&out).await;
+        self.out = out;
+        written
+    }
+
+    async fn scan_and_write(&mut self, chunk: &[u8]) -> Result<(), Outcome> {
+        if self.scanner.scan(chunk, &mut self.visitor).is_err() {
+            return Err(Outcome::ServerError);
+        }
+        self.write(chunk).await
     }
 
     /// Sends one chunk of the server's bytes to the client; `Err(Released)` when the period
     /// detaches after it.
     async fn deliver(&mut self, bytes: &[u8]) -> Result<(), Outcome> {
-        let chunk = match self.prepared {
+        match self.prepared {
             Some(prepared) => {
-                self.out.clear();
-                self.rewriter
-                    .process(bytes, self.plan, prepared, &mut self.out)
-                    .map_err(|_| Outcome::ServerError)?;
-                &self.out[..]
+                let mut out = std::mem::take(&mut self.out);
+                out.clear();
+                let rewritten = self.rewriter.process(bytes, self.plan, prepared, &mut out);
+                let sent = match rewritten {
+                    Ok(()) => self.scan_and_write(&out).await,
+                    Err(_) => Err(Outcome::ServerError),
+                };
+                self.out = out;
+                sent?;
             }
-            None => bytes,
-        };
-        if self.scanner.scan(chunk, &mut self.visitor).is_err() {
-            return Err(Outcome::ServerError);
+            None => self.scan_and_write(bytes).await?,
         }
-        if write_flushed(&mut self.client, chunk).await.is_err() {
-            return Err(Outcome::ClientError);
-        }
-        self.sent += chunk.len() as u64;
         let state = self.visitor.state;
         let detach = match self.detach {
             Detach::Never => false,

@@ -47,8 +47,12 @@ pub enum Outcome {
     /// The period ended at a ReadyForQuery as [`Detach`] asked: transaction mode gives the
     /// connection back to the pool, session mode keeps it and waits without buffers.
     Released,
-    /// A cancel request asked to close the upstream connection (`--cancel-mode close`).
+    /// A cancel closed the upstream connection, with the client's stream between two
+    /// messages: the sidecar may answer it.
     Cancelled,
+    /// A cancel closed the upstream connection while the client had part of a server message:
+    /// nothing more can be written to it.
+    CancelledMidAnswer,
     /// The sidecar is shutting down and closed the session between transactions (set by the
     /// session, never by [`forward_attached`]).
     Shutdown,
@@ -163,17 +167,16 @@ where
     if let Err(outcome) = up.send_first(first).await {
         return (outcome, down.traffic(&up));
     }
-    let cancelled = async {
-        match cancel {
-            Some(closer) => closer.closed().await,
-            None => std::future::pending().await,
-        }
-    };
-    let outcome = tokio::select! {
+    let mut outcome = tokio::select! {
+        // Bytes already read are forwarded before a cancel is looked at.
+        biased;
         outcome = up.run(&mut client_read) => outcome,
         outcome = down.run(&mut server_read) => outcome,
-        () = cancelled => Outcome::Cancelled,
+        () = cancel_requested(cancel, state) => Outcome::Cancelled,
     };
+    if outcome == Outcome::Cancelled && !down.client_at_boundary() {
+        outcome = Outcome::CancelledMidAnswer;
+    }
     let traffic = down.traffic(&up);
     if matches!(
         outcome,
@@ -185,6 +188,23 @@ where
     // wait on a server that stopped reading.
     let _ = tokio::time::timeout(CLOSE_TIMEOUT, up.server.shutdown()).await;
     (outcome, traffic)
+}
+
+/// Resolves when a cancel asks to close the upstream connection while the client is owed an
+/// answer; a cancel for a connection with nothing running is dropped, as PostgreSQL drops one
+/// for an idle backend (idle in a transaction too).
+async fn cancel_requested(cancel: Option<&Closer>, state: &SyncState) {
+    let Some(closer) = cancel else {
+        return std::future::pending().await;
+    };
+    // A close asked for before this period began was for what ran then.
+    closer.forget();
+    loop {
+        closer.closed().await;
+        if !state.owes_nothing() {
+            return;
+        }
+    }
 }
 
 async fn write_flushed<W: AsyncWrite + Unpin>(writer: &mut W, bytes: &[u8]) -> std::io::Result<()> {

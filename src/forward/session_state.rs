@@ -5,7 +5,10 @@
 //! state is protocol-level named statements has them closed with Close messages (no SQL, so
 //! nothing that pins). Seen from the bytes already passing: CommandComplete tags and
 //! ParameterStatus from the server, named Parse messages and a byte search of Query and Parse
-//! texts for what tags do not show (`set_config`, advisory locks).
+//! texts for what tags do not show (`set_config`, advisory locks, temporary objects, `DO`).
+//! What a function changes inside its body (a `set_config` of a setting the server does not
+//! report) cannot be seen from here: RDS Proxy cannot see it either, and multiplexes such a
+//! connection too.
 
 /// A kind of session state a client left (several may be); the lowest one is reported.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -95,7 +98,9 @@ pub(super) fn change_of_tag(tag: &[u8]) -> Option<SessionChange> {
 
 /// The session state a statement's text shows where its tag does not: a session advisory lock
 /// (`pg_advisory_lock`, `pg_try_advisory_lock_shared`, ...; the `_xact_` ones end with the
-/// transaction) or `set_config`. Case-insensitive; looks only around each `_`.
+/// transaction), `set_config`, a temporary object (`CREATE TEMP TABLE … AS`, `SELECT … INTO
+/// TEMP`, whose tag is `SELECT n`), or a `DO` block (which may do anything). Case-insensitive;
+/// looks only around each `_` and each `t`.
 pub(super) fn change_in_text(text: &[u8]) -> Option<SessionChange> {
     const ADVISORY: &[u8] = b"advisory_lock";
     const SET_CONFIG: &[u8] = b"set_config";
@@ -107,7 +112,40 @@ pub(super) fn change_in_text(text: &[u8]) -> Option<SessionChange> {
             return Some(SessionChange::Setting);
         }
     }
+    if memchr::memchr2_iter(b't', b'T', text)
+        .any(|at| is_word(text, at, b"temp") || is_word(text, at, b"temporary"))
+    {
+        return Some(SessionChange::TempObject);
+    }
+    if starts_do_block(text) {
+        return Some(SessionChange::Other);
+    }
     None
+}
+
+/// `word` stands alone at `at` (no letter, digit or `_` on either side).
+fn is_word(text: &[u8], at: usize, word: &[u8]) -> bool {
+    let ident = |b: &u8| b.is_ascii_alphanumeric() || *b == b'_';
+    text.get(at..at + word.len())
+        .is_some_and(|found| found.eq_ignore_ascii_case(word))
+        && !at
+            .checked_sub(1)
+            .and_then(|before| text.get(before))
+            .is_some_and(ident)
+        && !text.get(at + word.len()).is_some_and(ident)
+}
+
+/// The text starts with `DO` followed by a space, a quote or a dollar quote.
+fn starts_do_block(text: &[u8]) -> bool {
+    let start = text
+        .iter()
+        .position(|b| !b.is_ascii_whitespace())
+        .unwrap_or(text.len());
+    let text = &text[start..];
+    text.get(..2).is_some_and(|w| w.eq_ignore_ascii_case(b"do"))
+        && text
+            .get(2)
+            .is_some_and(|b| b.is_ascii_whitespace() || *b == b'$' || *b == b'\'')
 }
 
 /// `needle`, whose `_` is at `offset`, is in `text` around the `_` at `at`.
@@ -167,5 +205,17 @@ mod tests {
             None
         );
         assert_eq!(change_in_text(b"_"), None);
+        for temp in [
+            &b"create temp table t as select 1"[..],
+            b"SELECT 1 INTO TEMPORARY t",
+        ] {
+            assert_eq!(change_in_text(temp), Some(SessionChange::TempObject));
+        }
+        assert_eq!(change_in_text(b"select temperature, tempo from t"), None);
+        assert_eq!(
+            change_in_text(b" DO $$ begin perform 1; end $$"),
+            Some(SessionChange::Other)
+        );
+        assert_eq!(change_in_text(b"select done from t"), None);
     }
 }

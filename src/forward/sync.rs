@@ -59,9 +59,11 @@ impl SyncState {
         TransactionStatus::from_byte(self.status.load(Ordering::Acquire))
     }
 
-    /// The client waits for the answer to a sync point and sent nothing unsynced after it.
-    pub fn awaiting_answer(&self) -> bool {
-        self.expected_ready.load(Ordering::Acquire) > 0 && self.client_quiet.load(Ordering::Acquire)
+    /// The client waits for the answer to exactly one sync point and sent nothing unsynced
+    /// after it: one ErrorResponse and ReadyForQuery answer it in full.
+    pub fn awaiting_one_answer(&self) -> bool {
+        self.expected_ready.load(Ordering::Acquire) == 1
+            && self.client_quiet.load(Ordering::Acquire)
     }
 
     /// The session state the client left on its upstream connection, if any (session mode):
@@ -123,6 +125,15 @@ impl StatementNames {
         self.0 = Vec::new();
     }
 
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// The client closed `name` itself.
+    fn remove(&mut self, name: &[u8]) {
+        self.0.retain(|known| known[..] != *name);
+    }
+
     /// Adds `name`; false when there are too many to track.
     fn add(&mut self, name: &[u8]) -> bool {
         if !self.0.iter().any(|known| known[..] == *name) {
@@ -152,6 +163,10 @@ impl FrameVisitor for Upward<'_> {
             // Parse, Bind, Describe, Execute, Close, Flush and anything else: unsynced work.
             _ => self.quiet = false,
         }
+        if tag == b'C' && !self.names.is_empty() {
+            // A Close, maybe of a named statement that need not be closed again.
+            return body_len <= MAX_CAPTURE;
+        }
         if matches!(tag, b'Q' | b'P') {
             if body_len <= MAX_CAPTURE {
                 return true;
@@ -163,6 +178,13 @@ impl FrameVisitor for Upward<'_> {
     }
 
     fn message(&mut self, tag: u8, body: &[u8], _end: usize) {
+        if tag == b'C' {
+            if let Some((b'S', name)) = body.split_first() {
+                self.names
+                    .remove(name.split(|&b| b == 0).next().unwrap_or_default());
+            }
+            return;
+        }
         if tag == b'P' {
             let name = body.split(|&b| b == 0).next().unwrap_or_default();
             if !name.is_empty() {

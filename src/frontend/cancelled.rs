@@ -21,12 +21,12 @@ use super::session::{Session, cancelled_error};
 const MAX_MESSAGE: usize = 1 << 20;
 
 impl Session {
-    /// The upstream connection was closed for a cancel: a client waiting for an answer gets the
-    /// one PostgreSQL would give and stays (in a failed transaction if it was inside one);
+    /// The upstream connection was closed for a cancel: a client waiting for one answer gets
+    /// the one PostgreSQL would give and stays (in a failed transaction if it was inside one);
     /// `Some(outcome)` when the session ends instead.
     pub(super) async fn answer_cancelled(&mut self) -> Option<Outcome> {
-        if !self.state.awaiting_answer() {
-            // It sent more than it waits for: what it is owed cannot be told.
+        if !self.state.awaiting_one_answer() {
+            // Several answers owed, or unsynced messages: what it is owed cannot be told.
             self.cancelled_fatal().await;
             return Some(Outcome::Cancelled);
         }
@@ -44,72 +44,54 @@ impl Session {
     }
 
     /// Answers the client while its transaction is failed with no upstream connection, from its
-    /// bytes `first` until it ends the transaction and reaches a sync point; `Some(outcome)`
-    /// when the session ends.
-    pub(super) async fn serve_aborted(&mut self, first: &[u8]) -> Option<Outcome> {
+    /// bytes `first` until it ends the transaction and reaches a sync point. `Ok(rest)`: what
+    /// it sent after that, for an upstream connection; `Err` when the session ends.
+    pub(super) async fn serve_aborted(&mut self, first: &[u8]) -> Result<BytesMut, Outcome> {
         let mut input = BytesMut::from(first);
         let mut batch = Batch::default();
         let mut answer = BytesMut::new();
         loop {
-            while let Some((tag, body)) = next_message(&mut input) {
+            while self.state.is_aborted() || batch.started {
+                let Some((tag, body)) = next_message(&mut input) else {
+                    break;
+                };
                 if tag == b'X' {
-                    return Some(Outcome::ClientTerminated);
+                    return Err(Outcome::ClientTerminated);
                 }
                 self.answer_aborted(tag, &body, &mut batch, &mut answer);
             }
             if !answer.is_empty() && self.stream.write_all(&answer).await.is_err() {
-                return Some(Outcome::ClientError);
+                return Err(Outcome::ClientError);
             }
             answer.clear();
-            if input.is_empty() && batch.is_empty() {
-                return None;
+            if !self.state.is_aborted() && !batch.started {
+                return Ok(input);
             }
             if input.len() > MAX_MESSAGE + 5 {
-                return Some(Outcome::ClientError);
+                return Err(Outcome::ClientError);
             }
             match self.stream.read_buf(&mut input).await {
-                Ok(0) => return Some(Outcome::ClientClosed),
+                Ok(0) => return Err(Outcome::ClientClosed),
                 Ok(_) => {}
-                Err(_) => return Some(Outcome::ClientError),
+                Err(_) => return Err(Outcome::ClientError),
             }
         }
     }
 
-    /// One message in a failed transaction.
+    /// One message in a failed transaction, answered as PostgreSQL answers it there.
     fn answer_aborted(&mut self, tag: u8, body: &[u8], batch: &mut Batch, out: &mut BytesMut) {
         match tag {
             b'Q' => {
-                if ends_transaction(cstr(body)) {
-                    messages::command_complete(out, "ROLLBACK");
-                    self.state.set_aborted(false);
-                } else if !cstr(body).trim().is_empty() {
-                    messages::error_response(out, &in_failed_transaction());
+                match statement_kind(body) {
+                    Statement::Empty => out.extend_from_slice(&EMPTY_QUERY_RESPONSE),
+                    Statement::EndsTransaction => {
+                        messages::command_complete(out, "ROLLBACK");
+                        self.state.set_aborted(false);
+                    }
+                    Statement::Other => messages::error_response(out, &in_failed_transaction()),
                 }
                 self.ready(out);
             }
-            b'P' => {
-                batch.started = true;
-                let query = body
-                    .iter()
-                    .position(|&b| b == 0)
-                    .map_or("", |end| cstr(&body[end + 1..]));
-                if !batch.failed && ends_transaction(query) {
-                    batch.ends = true;
-                    messages::parse_complete(out);
-                } else {
-                    batch.fail(out);
-                }
-            }
-            b'B' | b'D' | b'C' | b'E' if batch.ends && !batch.failed => match tag {
-                b'B' => messages::bind_complete(out),
-                // The statement returns no rows; its Close is acknowledged.
-                b'D' => out.extend_from_slice(&[b'n', 0, 0, 0, 4]),
-                b'C' => out.extend_from_slice(&[b'3', 0, 0, 0, 4]),
-                _ => {
-                    messages::command_complete(out, "ROLLBACK");
-                    self.state.set_aborted(false);
-                }
-            },
             b'S' => {
                 *batch = Batch::default();
                 self.ready(out);
@@ -118,42 +100,143 @@ impl Session {
                 messages::error_response(out, &in_failed_transaction());
                 self.ready(out);
             }
-            // Flush, Describe, Close and the rest of a failed batch: ignored until Sync.
-            b'H' => {}
+            // Flush; COPY data, done and fail of a COPY the cancel ended: nothing to answer.
+            b'H' | b'd' | b'c' | b'f' => {}
             _ => {
                 batch.started = true;
-                batch.fail(out);
+                if !batch.failed {
+                    self.answer_extended(tag, body, batch, out);
+                }
             }
         }
     }
 
+    /// Parse, Bind, Describe, Execute and Close in a failed transaction: only a statement that
+    /// ends the transaction runs (its rollback), a Close always works, the rest is an error and
+    /// everything after it is ignored until Sync.
+    fn answer_extended(&mut self, tag: u8, body: &[u8], batch: &mut Batch, out: &mut BytesMut) {
+        match tag {
+            b'P' if statement_kind(after_cstr(body)) == Statement::EndsTransaction => {
+                // A named one must exist on the next connection too (transaction mode; a
+                // session-mode client with named statements does not get here).
+                self.statements.record_parse(body);
+                messages::parse_complete(out);
+                batch.parsed_end = true;
+            }
+            b'B' if self.binds_an_end(body, batch) => {
+                messages::bind_complete(out);
+                batch.bound_end = true;
+            }
+            b'D' if batch.bound_end || batch.parsed_end => {
+                if body.first() == Some(&b'S') {
+                    // ParameterDescription: no parameters.
+                    out.extend_from_slice(&[b't', 0, 0, 0, 6, 0, 0]);
+                }
+                out.extend_from_slice(&NO_DATA);
+            }
+            b'E' if batch.bound_end => {
+                messages::command_complete(out, "ROLLBACK");
+                self.state.set_aborted(false);
+            }
+            b'C' => {
+                if let Some((b'S', name)) = body.split_first() {
+                    self.statements.forget(cstr(name).as_bytes());
+                }
+                out.extend_from_slice(&CLOSE_COMPLETE);
+            }
+            _ => {
+                messages::error_response(out, &in_failed_transaction());
+                batch.failed = true;
+            }
+        }
+    }
+
+    /// A Bind of the statement just parsed, or of a named statement prepared earlier, that
+    /// ends the transaction.
+    fn binds_an_end(&self, body: &[u8], batch: &Batch) -> bool {
+        let statement = after_cstr(body);
+        let name = statement
+            .iter()
+            .position(|&b| b == 0)
+            .map_or(statement, |end| &statement[..end]);
+        if name.is_empty() {
+            return batch.parsed_end;
+        }
+        self.statements
+            .query_of(name)
+            .is_some_and(|query| statement_kind(query) == Statement::EndsTransaction)
+    }
+
     /// ReadyForQuery for the client's state: `E` while its transaction is failed.
     fn ready(&self, out: &mut BytesMut) {
-        messages::ready_for_query(out, if self.state.is_aborted() { b'E' } else { b'I' });
+        let status = if self.state.is_aborted() { b'E' } else { b'I' };
+        // Nothing is owed (the sidecar answers each sync point at once): this sets the status.
+        self.state.answered_locally(status);
+        messages::ready_for_query(out, status);
     }
 }
+
+/// EmptyQueryResponse.
+const EMPTY_QUERY_RESPONSE: [u8; 5] = [b'I', 0, 0, 0, 4];
+/// NoData.
+const NO_DATA: [u8; 5] = [b'n', 0, 0, 0, 4];
+/// CloseComplete.
+const CLOSE_COMPLETE: [u8; 5] = [b'3', 0, 0, 0, 4];
 
 /// An extended-protocol batch up to its Sync.
 #[derive(Debug, Default)]
 struct Batch {
     started: bool,
-    /// It parsed a statement that ends the transaction.
-    ends: bool,
+    /// It parsed (unnamed) a statement that ends the transaction.
+    parsed_end: bool,
+    /// It bound a statement that ends the transaction.
+    bound_end: bool,
     /// Its error was sent; the rest is ignored until Sync.
     failed: bool,
 }
 
-impl Batch {
-    fn is_empty(&self) -> bool {
-        !self.started
-    }
+/// What a statement text is, for a failed transaction.
+#[derive(Debug, PartialEq, Eq)]
+enum Statement {
+    /// Nothing but white space and comments.
+    Empty,
+    /// ROLLBACK, ABORT, COMMIT or END.
+    EndsTransaction,
+    Other,
+}
 
-    fn fail(&mut self, out: &mut BytesMut) {
-        if !self.failed {
-            messages::error_response(out, &in_failed_transaction());
-            self.failed = true;
+fn statement_kind(text: &[u8]) -> Statement {
+    let end = text.iter().position(|&b| b == 0).unwrap_or(text.len());
+    let Ok(sql) = std::str::from_utf8(&text[..end]) else {
+        return Statement::Other;
+    };
+    let sql = without_comments(sql);
+    if sql.trim().trim_matches(';').trim().is_empty() {
+        Statement::Empty
+    } else if ends_transaction(&sql) {
+        Statement::EndsTransaction
+    } else {
+        Statement::Other
+    }
+}
+
+/// `sql` with `-- …` line comments and (unnested) `/* … */` comments taken out.
+fn without_comments(sql: &str) -> String {
+    let mut out = String::with_capacity(sql.len());
+    let mut rest = sql;
+    while !rest.is_empty() {
+        if let Some(after) = rest.strip_prefix("--") {
+            rest = after.find('\n').map_or("", |end| &after[end..]);
+        } else if let Some(after) = rest.strip_prefix("/*") {
+            rest = after.find("*/").map_or("", |end| &after[end + 2..]);
+            out.push(' ');
+        } else {
+            let mut chars = rest.chars();
+            out.extend(chars.next());
+            rest = chars.as_str();
         }
     }
+    out
 }
 
 fn in_failed_transaction() -> PgError {
@@ -198,6 +281,13 @@ fn next_message(input: &mut BytesMut) -> Option<(u8, BytesMut)> {
     Some((tag, input.split_to(len - 4)))
 }
 
+/// What follows the first NUL-terminated string of `body`.
+fn after_cstr(body: &[u8]) -> &[u8] {
+    body.iter()
+        .position(|&b| b == 0)
+        .map_or(&[][..], |end| &body[end + 1..])
+}
+
 fn cstr(body: &[u8]) -> &str {
     let end = body.iter().position(|&b| b == 0).unwrap_or(body.len());
     std::str::from_utf8(&body[..end]).unwrap_or("")
@@ -227,6 +317,18 @@ mod tests {
         ] {
             assert!(!ends_transaction(sql), "{sql}");
         }
+    }
+
+    #[test]
+    fn statements_in_a_failed_transaction() {
+        assert_eq!(statement_kind(b"  -- ping\0"), Statement::Empty);
+        assert_eq!(statement_kind(b"/* x */ ;\0"), Statement::Empty);
+        assert_eq!(
+            statement_kind(b"ROLLBACK -- done\0"),
+            Statement::EndsTransaction
+        );
+        assert_eq!(statement_kind(b"select 1\0"), Statement::Other);
+        assert_eq!(statement_kind(b"\xff\0"), Statement::Other);
     }
 
     #[test]

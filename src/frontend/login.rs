@@ -136,27 +136,7 @@ async fn greet(
     if stream.write_all(&greeting).await.is_err() {
         return None;
     }
-    let held = match (start, context.pools.settings.mode) {
-        (Start::Attached(lease, waited), PoolMode::Session) => {
-            let wait_ms = waited.as_secs_f64() * 1000.0;
-            info!(pool = %pool.key, wait_ms = format_args!("{wait_ms:.1}"), "client connected");
-            Some(Box::new(Held::Connection(*lease)))
-        }
-        (Start::Attached(lease, _), PoolMode::Transaction) => {
-            info!(pool = %pool.key, "client connected");
-            cancel_key.set_serving(Serving::Nothing);
-            lease.release();
-            None
-        }
-        (Start::Greeted(_), PoolMode::Session) => {
-            info!(pool = %pool.key, "client connected; it gets an upstream connection at its first message");
-            Some(Box::new(Held::Greeted(parameters)))
-        }
-        (Start::Greeted(_), PoolMode::Transaction) => {
-            info!(pool = %pool.key, "client connected");
-            None
-        }
-    };
+    let held = hold(start, parameters, &context, &pool, &cancel_key);
     gauge.set(ClientState::Idle);
     drop(context);
     Some(Box::new(Session {
@@ -173,6 +153,38 @@ async fn greet(
         held,
         gauge,
     }))
+}
+
+/// What the session keeps of its start: session mode, its connection or the parameters it was
+/// greeted with; transaction mode, nothing (the connection goes back to the pool).
+fn hold(
+    start: Start,
+    greeted: Parameters,
+    context: &Frontend,
+    pool: &Pool,
+    cancel_key: &CancelKeyGuard,
+) -> Option<Box<Held>> {
+    match (start, context.pools.settings.mode) {
+        (Start::Attached(lease, waited), PoolMode::Session) => {
+            let wait_ms = waited.as_secs_f64() * 1000.0;
+            info!(pool = %pool.key, wait_ms = format_args!("{wait_ms:.1}"), "client connected");
+            Some(Box::new(Held::Connection(*lease)))
+        }
+        (Start::Attached(lease, _), PoolMode::Transaction) => {
+            info!(pool = %pool.key, "client connected");
+            cancel_key.set_serving(Serving::Nothing);
+            lease.release();
+            None
+        }
+        (Start::Greeted(_), PoolMode::Session) => {
+            info!(pool = %pool.key, "client connected; it gets an upstream connection at its first message");
+            Some(Box::new(Held::Greeted(greeted)))
+        }
+        (Start::Greeted(_), PoolMode::Transaction) => {
+            info!(pool = %pool.key, "client connected");
+            None
+        }
+    }
 }
 
 /// The client's place under `--max-client-connections` and its user name, or `None` after
@@ -332,7 +344,8 @@ impl StartupParameters {
             unsupported_protocol_options: Vec::new(),
         };
         for (name, value) in &startup.parameters {
-            if name == "user" || name == "database" {
+            // replication=false/0/off only (anything else was refused at admission).
+            if name == "user" || name == "database" || name == "replication" {
                 continue;
             }
             if name.starts_with("_pq_.") {

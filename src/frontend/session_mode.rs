@@ -16,8 +16,8 @@ use crate::forward::session_state::SessionChange;
 use crate::forward::{ClientSide, Detach, Outcome, Period, Pump, StatementNames, forward_attached};
 use crate::ops::metrics::ClientState;
 use crate::ops::shutdown::Woken;
-use crate::pool::Lease;
 use crate::pool::reset::{close_statements, reset};
+use crate::pool::{Lease, Parameters};
 use crate::protocol::framing::TransactionStatus;
 use crate::protocol::messages;
 use crate::upstream::ServerConnection;
@@ -44,7 +44,7 @@ impl Session {
         match *held {
             Held::Connection(lease) => self.run_session_mode(lease, None).await,
             Held::Greeted(parameters) => {
-                let first = match self.first_message().await {
+                let first = match self.next_bytes().await {
                     Ok(first) => first,
                     Err(outcome) => return outcome,
                 };
@@ -90,6 +90,30 @@ impl Session {
         }
     }
 
+    /// The client's next bytes for an upstream connection, once it has ended a transaction
+    /// that a cancel failed (answered locally until then).
+    async fn next_bytes(&mut self) -> Result<(Buffer, usize), Outcome> {
+        loop {
+            let (buffer, n) = self.first_message().await?;
+            if !self.state.is_aborted() {
+                return Ok((buffer, n));
+            }
+            let rest = Box::pin(self.serve_aborted(&buffer[..n])).await?;
+            if rest.is_empty() {
+                continue;
+            }
+            if rest[..] == [b'X', 0, 0, 0, 4] {
+                return Err(Outcome::ClientTerminated);
+            }
+            let mut buffer = buffer;
+            let Some(slot) = buffer.get_mut(..rest.len()) else {
+                return Err(Outcome::ClientError);
+            };
+            slot.copy_from_slice(&rest);
+            return Ok((buffer, rest.len()));
+        }
+    }
+
     /// A connection for a client greeted without one (`--pool-timeout`, then 53300 naming
     /// the pool); ParameterStatus for every value that differs from its greeting goes first.
     async fn attach(&mut self, greeted: &[(String, String)]) -> Result<Lease, Outcome> {
@@ -106,6 +130,7 @@ impl Session {
             Err(error) => {
                 let pg = checkout_error_to_pg(&error, &self.context, &self.pool.key.user);
                 warn!(%error, sqlstate = %pg.code, pool = %self.pool.key, "no upstream connection for a client's first message");
+                self.context.metrics.auth_failure(&pg.code);
                 send_error(&mut self.stream, &pg).await;
                 return Err(Outcome::ServerError);
             }
@@ -113,6 +138,7 @@ impl Session {
         self.context.metrics.pool_wait(started.elapsed());
         self.cancel_key
             .set_serving(Serving::connection(lease.backend_key()));
+        self.state.forget_session_changes();
         let mut changed = BytesMut::new();
         for (name, value) in lease.parameters() {
             if !greeted.iter().any(|(n, v)| n == name && v == value) {
@@ -143,15 +169,22 @@ impl Session {
                 self.leave(lease, outcome, &client_side.statements).await;
                 return outcome;
             }
+            // The client goes on: at its next message, with another connection.
+            let greeted: Parameters = lease.parameters().into();
             drop(lease);
             if let Some(ending) = self.answer_cancelled().await {
                 return ending;
             }
-            lease = match self.another_connection().await {
+            client_side = ClientSide::default();
+            let bytes = match self.next_bytes().await {
+                Ok(bytes) => bytes,
+                Err(ending) => return ending,
+            };
+            lease = match self.attach(&greeted).await {
                 Ok(lease) => lease,
                 Err(ending) => return ending,
             };
-            client_side.statements.clear();
+            first = Some(bytes);
         }
     }
 
@@ -168,12 +201,6 @@ impl Session {
             let server = lease.server();
             if pending.is_empty() && first.is_none() {
                 match self.idle_until_spoken(server).await {
-                    Ok(Spoken::Client(buffer, n)) if self.state.is_aborted() => {
-                        match Box::pin(self.serve_aborted(&buffer[..n])).await {
-                            Some(ending) => return ending,
-                            None => continue,
-                        }
-                    }
                     Ok(Spoken::Client(buffer, n)) => first = Some((buffer, n)),
                     Ok(Spoken::Server) => {}
                     Ok(Spoken::Stale) => continue,
@@ -247,26 +274,6 @@ impl Session {
                 }
             }
             Err(_) => Err(Outcome::ClientError),
-        }
-    }
-
-    /// A fresh upstream connection after a cancel closed the client's.
-    async fn another_connection(&mut self) -> Result<Lease, Outcome> {
-        let started = Instant::now();
-        match self.context.pools.checkout(&self.pool).await {
-            Ok(mut lease) => {
-                self.context.metrics.pool_wait(started.elapsed());
-                self.cancel_key
-                    .set_serving(Serving::connection(lease.server().backend_key));
-                self.state.forget_session_changes();
-                Ok(lease)
-            }
-            Err(error) => {
-                let pg = checkout_error_to_pg(&error, &self.context, &self.pool.key.user);
-                warn!(%error, sqlstate = %pg.code, pool = %self.pool.key, "no upstream connection after a cancel");
-                send_error(&mut self.stream, &pg).await;
-                Err(Outcome::ServerError)
-            }
         }
     }
 

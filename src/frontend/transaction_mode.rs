@@ -16,6 +16,9 @@ use super::login::checkout_error_to_pg;
 use super::session::{Session, closer};
 use super::{send_error, send_shutdown_error};
 
+/// Terminate.
+const TERMINATE: [u8; 5] = [b'X', 0, 0, 0, 4];
+
 impl Session {
     /// An upstream connection is attached for each transaction and released when it is idle.
     /// (A plain fn around an async block: an `async fn` would store `self` twice.)
@@ -63,12 +66,28 @@ impl Session {
     /// One attached period from the client's first bytes `first` until the connection is
     /// released; `Some(outcome)` when the session ends.
     async fn transaction(&mut self, first: &[u8]) -> Option<Outcome> {
-        if self.rewriter.at_boundary() && first.starts_with(&[b'X', 0, 0, 0, 4]) {
+        if self.rewriter.at_boundary() && first.starts_with(&TERMINATE) {
             return Some(Outcome::ClientTerminated);
         }
         if self.state.is_aborted() {
-            return self.serve_aborted(first).await;
+            // Answered locally until the client ends its failed transaction; what it sent
+            // after that goes upstream.
+            let rest = match self.serve_aborted(first).await {
+                Ok(rest) => rest,
+                Err(ending) => return Some(ending),
+            };
+            if rest.is_empty() {
+                return None;
+            }
+            if rest.starts_with(&TERMINATE) {
+                return Some(Outcome::ClientTerminated);
+            }
+            return self.attached(&rest).await;
         }
+        self.attached(first).await
+    }
+
+    async fn attached(&mut self, first: &[u8]) -> Option<Outcome> {
         self.gauge.set(ClientState::Active);
         let ending = self.attached_transaction(first).await;
         self.gauge.set(ClientState::Idle);
@@ -134,6 +153,7 @@ impl Session {
             Outcome::ServerClosed
             | Outcome::ServerError
             | Outcome::ClientError
+            | Outcome::CancelledMidAnswer
             | Outcome::Shutdown => Some(outcome),
         }
     }

@@ -130,6 +130,11 @@ fn describe_all() {
         POOL_WAITING_CLIENTS,
         "Clients waiting for a busy pool to free a connection"
     );
+    describe_logins_and_traffic();
+}
+
+/// The descriptions of the login, credential, traffic and cancel metrics.
+fn describe_logins_and_traffic() {
     describe_counter!(TOKENS_SIGNED, "IAM authentication tokens signed");
     describe_counter!(
         CREDENTIAL_REFRESHES,
@@ -157,7 +162,7 @@ fn describe_all() {
     );
     describe_counter!(
         SESSION_STATE,
-        "Session-mode upstream connections a client left with session state, by action (reset, closed) and the first state seen (setting, prepared_statement, listen, cursor, temp_object, advisory_lock, other)"
+        "Session-mode upstream connections a client left with session state, by action (reset, closed) and the state seen (setting, prepared_statement, listen, cursor, temp_object, advisory_lock, other, named_statement)"
     );
     describe_gauge!(BUILD_INFO, "Always 1; the version in a label");
 }

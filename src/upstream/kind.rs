@@ -78,8 +78,19 @@ impl UpstreamKind {
 pub fn is_proxy_host(host: &str) -> bool {
     let host = host.to_ascii_lowercase();
     let host = host.trim_end_matches('.');
-    (host.ends_with(".rds.amazonaws.com") || host.ends_with(".rds.amazonaws.com.cn"))
-        && host.split('.').any(|label| label.starts_with("proxy-"))
+    let Some(rest) = host
+        .strip_suffix(".rds.amazonaws.com")
+        .or_else(|| host.strip_suffix(".rds.amazonaws.com.cn"))
+    else {
+        return false;
+    };
+    // NAME[.endpoint].proxy-ID.REGION: the label before the region.
+    let mut labels = rest.rsplit('.');
+    let _region = labels.next();
+    labels
+        .next()
+        .is_some_and(|label| label.starts_with("proxy-"))
+        && labels.next().is_some()
 }
 
 #[cfg(test)]
@@ -99,6 +110,9 @@ mod tests {
         ));
         assert!(!is_proxy_host("db.cluster-abc.us-east-1.rds.amazonaws.com"));
         assert!(!is_proxy_host("proxy-abc.example.com"));
+        assert!(!is_proxy_host(
+            "proxy-db.abc123.us-east-1.rds.amazonaws.com"
+        ));
         assert!(!is_proxy_host("127.0.0.1"));
         let (kind, _) = UpstreamKind::resolve(UpstreamKindSetting::Auto, "localhost");
         assert_eq!(kind, UpstreamKind::Postgres);

@@ -38,6 +38,7 @@ pub fn plan<'a>(
     parameters: &[(&'a str, &'a str)],
 ) -> Result<StartupPlan<'a>, PgError> {
     let mut plan = StartupPlan::default();
+    let mut explicit = Vec::new();
     for &(name, value) in parameters {
         let in_packet = matches!(name, "user" | "database") || kind.accepts_in_startup(name);
         if in_packet {
@@ -45,9 +46,12 @@ pub fn plan<'a>(
         } else if name == "options" {
             plan.settings.extend(settings_in_options(value)?);
         } else {
-            plan.settings.push((name.to_owned(), value.to_owned()));
+            explicit.push((name.to_owned(), value.to_owned()));
         }
     }
+    // As PostgreSQL reads a startup packet: a parameter of its own beats the same name in
+    // options, so it is applied after.
+    plan.settings.extend(explicit);
     Ok(plan)
 }
 
@@ -256,9 +260,10 @@ mod tests {
                 ("application_name", "app")
             ]
         );
+        // options first: a parameter of its own beats the same name inside options.
         assert_eq!(
             proxy.settings,
-            pairs(&[("search_path", "s1"), ("statement_timeout", "1234")])
+            pairs(&[("statement_timeout", "1234"), ("search_path", "s1")])
         );
         let postgres = plan(UpstreamKind::Postgres, &parameters).expect("plan");
         assert_eq!(postgres.packet, parameters.to_vec());

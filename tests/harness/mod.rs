@@ -171,6 +171,22 @@ pub async fn connect_with_notifications(
     (client, rx)
 }
 
+/// The first column of the first row of a simple query (no prepared statement is left).
+pub async fn simple_value(client: &Client, sql: &str) -> Option<String> {
+    let messages = client.simple_query(sql).await.expect(sql);
+    messages.iter().find_map(|message| match message {
+        tokio_postgres::SimpleQueryMessage::Row(row) => row.get(0).map(str::to_owned),
+        _ => None,
+    })
+}
+
+/// The backend's pid, by a simple query (no prepared statement is left).
+pub async fn backend_pid(client: &Client) -> String {
+    simple_value(client, "select pg_backend_pid()")
+        .await
+        .expect("pid")
+}
+
 /// The SQLSTATE and message of a failed connect or query.
 pub fn db_error(error: &tokio_postgres::Error) -> (String, String, Option<String>) {
     match error.as_db_error() {

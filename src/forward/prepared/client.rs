@@ -2,7 +2,7 @@
 //! and records in the [`Plan`] what the server will answer.
 
 use std::collections::HashSet;
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 
 use super::*;
 
@@ -203,26 +203,16 @@ impl Rewrite<'_> {
             return Some(());
         }
         let (query, types) = cstr(rest)?;
-        let server = server_name(query, types);
-        let mut renamed = server.as_bytes().to_vec();
-        renamed.push(0);
-        renamed.extend_from_slice(rest);
-        let parse = message(b'P', &renamed);
-        let client_name = String::from_utf8_lossy(name).into_owned();
-        self.statements.insert(
-            client_name,
-            Arc::new(Statement {
-                server_name: server.clone(),
-                parse: parse.clone(),
-            }),
-        );
+        let (client_name, statement) = Statement::renamed(name, query, types, rest);
+        let server = statement.server_name.clone();
         if self.prepared.contains(&server) {
             self.plan.push(Expect::Synthetic(&PARSE_COMPLETE));
         } else {
-            self.out.extend_from_slice(&parse);
+            self.out.extend_from_slice(&statement.parse);
             self.prepared.insert(server.clone());
             self.plan.push(Expect::ClientParse(server));
         }
+        self.statements.insert(client_name, statement);
         Some(())
     }
 

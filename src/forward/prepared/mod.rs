@@ -107,6 +107,53 @@ impl ClientStatements {
             statements.remove(name);
         }
     }
+
+    /// Records a client's named Parse (`body`) without sending it, so that it is prepared on
+    /// the next connection that needs it (the sidecar answered its ParseComplete itself).
+    /// Returns the statement's client name, or `None` for the unnamed statement or a
+    /// malformed body.
+    pub fn record_parse(&mut self, body: &[u8]) -> Option<String> {
+        let (name, rest) = cstr(body)?;
+        if name.is_empty() {
+            return None;
+        }
+        let (query, types) = cstr(rest)?;
+        let (client_name, statement) = Statement::renamed(name, query, types, rest);
+        self.insert(client_name.clone(), statement);
+        Some(client_name)
+    }
+
+    /// The SQL text of the client's statement `name`.
+    pub fn query_of(&self, name: &[u8]) -> Option<&[u8]> {
+        let statement = self.get(&String::from_utf8_lossy(name))?;
+        // The stored Parse: tag, length, server name, query.
+        let (_, rest) = cstr(statement.parse.get(5..)?)?;
+        cstr(rest).map(|(query, _)| query)
+    }
+
+    /// Forgets the client's statement `name` (its Close).
+    pub fn forget(&mut self, name: &[u8]) {
+        self.remove(&String::from_utf8_lossy(name));
+    }
+}
+
+impl Statement {
+    /// A client statement `name` for `query` with parameter `types`, renamed for the server;
+    /// `rest` is the Parse body after the name.
+    fn renamed(name: &[u8], query: &[u8], types: &[u8], rest: &[u8]) -> (String, Arc<Self>) {
+        let server = server_name(query, types);
+        let mut renamed = server.as_bytes().to_vec();
+        renamed.push(0);
+        renamed.extend_from_slice(rest);
+        let statement = Statement {
+            server_name: server,
+            parse: message(b'P', &renamed),
+        };
+        (
+            String::from_utf8_lossy(name).into_owned(),
+            Arc::new(statement),
+        )
+    }
 }
 
 /// The server-side name for a statement: equal SQL and types give equal names.

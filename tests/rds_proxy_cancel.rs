@@ -1,0 +1,270 @@
+//! Cancels behind RDS Proxy, which sends no BackendKeyData and ignores CancelRequest (the
+//! emulator's default): the sidecar closes the client's upstream connection and answers
+//! `57014` itself, within 2 s; the client stays. Inside an explicit transaction it is failed
+//! (`25P02`, ReadyForQuery `E`) until ROLLBACK or COMMIT, in the simple and the extended
+//! protocol; a session-mode client with session state gets FATAL; a client with two queries in
+//! flight gets FATAL (one answer cannot stand for two).
+
+mod harness;
+mod support;
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use harness::{Stack, backend_pid, connect, db_error, simple_value, stack_with};
+use rds_iam_sidecar::pool::PoolMode;
+use rds_iam_sidecar::settings::EndpointSettings;
+use support::{TEST_AKID, TEST_SECRET};
+use tokio_postgres::{Client, NoTls};
+
+async fn proxy_stack(adjust: impl FnOnce(&mut EndpointSettings)) -> Stack {
+    stack_with(adjust, harness::credentials(TEST_AKID, TEST_SECRET)).await
+}
+
+fn transaction_mode(c: &mut EndpointSettings) {
+    c.pool.mode = PoolMode::Transaction;
+    c.pool.size = 2;
+}
+
+/// Runs `select pg_sleep(10)` on `client`, cancels it after 300 ms with its cancel token, and
+/// returns the SQLSTATE it ended with; the answer must come within 2 s of the cancel.
+async fn cancel_sleep(client: &Client) -> String {
+    let token = client.cancel_token();
+    let query = client.simple_query("select pg_sleep(10)");
+    let cancel = async {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let sent = Instant::now();
+        token.cancel_query(NoTls).await.expect("send cancel");
+        sent
+    };
+    let (result, sent) = tokio::join!(query, cancel);
+    assert!(
+        sent.elapsed() < Duration::from_secs(2),
+        "the cancelled query ended {:?} after the cancel",
+        sent.elapsed()
+    );
+    db_error(&result.expect_err("cancelled")).0
+}
+
+#[tokio::test]
+async fn cancel_without_server_keys_in_transaction_mode() {
+    let stack = proxy_stack(transaction_mode).await;
+    let client = connect(&stack).await;
+    assert_eq!(cancel_sleep(&client).await, "57014");
+    assert_eq!(
+        simple_value(&client, "select 1").await.as_deref(),
+        Some("1"),
+        "the client goes on"
+    );
+
+    // Inside an explicit transaction: failed (E) until ROLLBACK, answered by the sidecar.
+    client.batch_execute("begin").await.expect("begin");
+    assert_eq!(cancel_sleep(&client).await, "57014");
+    let error = client
+        .simple_query("select 1")
+        .await
+        .expect_err("the transaction failed");
+    assert_eq!(db_error(&error).0, "25P02");
+    client.batch_execute("rollback").await.expect("rollback");
+    let value: i32 = client
+        .query_one("select 41 + 1", &[])
+        .await
+        .expect("a new transaction, on another connection")
+        .get(0);
+    assert_eq!(value, 42);
+    // COMMIT ends a failed transaction too (PostgreSQL answers it with ROLLBACK).
+    client.batch_execute("begin").await.expect("begin");
+    assert_eq!(cancel_sleep(&client).await, "57014");
+    client.batch_execute("commit").await.expect("commit");
+    client.simple_query("select 1").await.expect("goes on");
+    assert_eq!(
+        (stack.emulator.cancels(), stack.emulator.ignored_cancels()),
+        (0, 0),
+        "nothing was sent to a proxy that ignores cancels"
+    );
+}
+
+#[tokio::test]
+async fn cancel_without_server_keys_in_session_mode() {
+    let stack = proxy_stack(|_| {}).await;
+    // No session state: the client goes on with another upstream connection.
+    let client = connect(&stack).await;
+    let before = backend_pid(&client).await;
+    assert_eq!(cancel_sleep(&client).await, "57014");
+    let after = backend_pid(&client).await;
+    assert_ne!(before, after, "a fresh upstream connection");
+
+    // With session state: it is gone with the connection, and the client is told.
+    let client = connect(&stack).await;
+    client
+        .batch_execute("set statement_timeout = 99999")
+        .await
+        .expect("set");
+    let token = client.cancel_token();
+    let query = client.simple_query("select pg_sleep(10)");
+    let cancel = async {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        token.cancel_query(NoTls).await.expect("send cancel");
+    };
+    let (result, ()) = tokio::join!(query, cancel);
+    let error = result.expect_err("cancelled");
+    let db = error.as_db_error().expect("a server error");
+    assert_eq!(db.code().code(), "57014");
+    assert_eq!(db.severity(), "FATAL");
+    assert!(
+        db.detail().is_some_and(|d| d.contains("setting")),
+        "{:?}",
+        db.detail()
+    );
+    assert!(client.simple_query("select 1").await.is_err(), "closed");
+}
+
+#[tokio::test]
+async fn psql_ctrl_c_cancels_through_the_sidecar() {
+    if Command::new("psql").arg("--version").output().is_err() {
+        eprintln!("SKIPPED psql_ctrl_c_cancels_through_the_sidecar: psql is not installed");
+        return;
+    }
+    for adjust in [transaction_mode as fn(&mut EndpointSettings), |_| {}] {
+        let stack = proxy_stack(adjust).await;
+        let port = stack.sidecar.addr().port();
+        let output = tokio::task::spawn_blocking(move || {
+            let child = Command::new("psql")
+                .args(["-X", "-h", "127.0.0.1", "-p", &port.to_string()])
+                .args([
+                    "-U",
+                    "postgres",
+                    "-d",
+                    "postgres",
+                    "-c",
+                    "select pg_sleep(10)",
+                ])
+                .env("PGCONNECT_TIMEOUT", "10")
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("spawn psql");
+            std::thread::sleep(Duration::from_millis(700));
+            let sent = Instant::now();
+            let killed = Command::new("kill")
+                .args(["-INT", &child.id().to_string()])
+                .status()
+                .expect("kill -INT");
+            assert!(killed.success());
+            let output = child.wait_with_output().expect("psql output");
+            (output, sent.elapsed())
+        })
+        .await
+        .expect("join");
+        let (output, took) = output;
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(
+            stderr.contains("canceling statement due to user request"),
+            "{stderr}"
+        );
+        assert!(
+            took < Duration::from_secs(2),
+            "psql ended {took:?} after Ctrl-C"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_failed_transaction_in_the_extended_protocol() {
+    let stack = proxy_stack(transaction_mode).await;
+    let client = connect(&stack).await;
+    // Prepared before the transaction, as drivers with statement caches do.
+    let rollback = client.prepare("rollback").await.expect("prepare rollback");
+    for end in 0..2 {
+        client.batch_execute("begin").await.expect("begin");
+        assert_eq!(cancel_sleep(&client).await, "57014");
+        let error = client
+            .query("select $1::int4", &[&1i32])
+            .await
+            .expect_err("the transaction failed");
+        assert_eq!(db_error(&error).0, "25P02");
+        if end == 0 {
+            // Parse + Describe + Bind + Execute of a new statement that ends it.
+            client.execute("rollback", &[]).await.expect("rollback");
+        } else {
+            client
+                .execute(&rollback, &[])
+                .await
+                .expect("rollback prepared earlier");
+        }
+        let value: i32 = client
+            .query_one("select $1::int4 + 1", &[&41i32])
+            .await
+            .expect("a new transaction, on another connection")
+            .get(0);
+        assert_eq!(value, 42);
+    }
+}
+
+#[tokio::test]
+async fn two_queries_in_flight_get_fatal() {
+    let stack = proxy_stack(transaction_mode).await;
+    let client = connect(&stack).await;
+    let token = client.cancel_token();
+    let cancel = async {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        token.cancel_query(NoTls).await.expect("send cancel");
+    };
+    let (first, second, ()) = tokio::join!(
+        client.simple_query("select pg_sleep(10)"),
+        client.simple_query("select 1"),
+        cancel
+    );
+    let error = first.expect_err("cancelled");
+    let db = error.as_db_error().expect("a server error");
+    assert_eq!((db.code().code(), db.severity()), ("57014", "FATAL"));
+    assert!(
+        second.is_err(),
+        "the second query has no answer to wait for"
+    );
+}
+
+#[tokio::test]
+async fn session_mode_with_named_statements_gets_fatal() {
+    let stack = proxy_stack(|_| {}).await;
+    let client = connect(&stack).await;
+    let one: i32 = client
+        .query_one("select $1::int4", &[&1i32])
+        .await
+        .expect("a named statement")
+        .get(0);
+    assert_eq!(one, 1);
+    let token = client.cancel_token();
+    let query = client.simple_query("select pg_sleep(10)");
+    let cancel = async {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        token.cancel_query(NoTls).await.expect("send cancel");
+    };
+    let (result, ()) = tokio::join!(query, cancel);
+    let error = result.expect_err("cancelled");
+    let db = error.as_db_error().expect("a server error");
+    assert_eq!((db.code().code(), db.severity()), ("57014", "FATAL"));
+    assert!(
+        db.detail().is_some_and(|d| d.contains("named statement")),
+        "{:?}",
+        db.detail()
+    );
+}
+
+#[tokio::test]
+async fn a_cancel_for_an_idle_connection_is_dropped() {
+    let stack = proxy_stack(transaction_mode).await;
+    let client = connect(&stack).await;
+    client.batch_execute("begin").await.expect("begin");
+    client
+        .cancel_token()
+        .cancel_query(NoTls)
+        .await
+        .expect("send cancel");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Idle in the transaction: PostgreSQL ignores the cancel, and so does the sidecar.
+    client
+        .batch_execute("select 1; commit")
+        .await
+        .expect("the transaction is intact");
+}
