@@ -69,50 +69,12 @@ async fn two_hundred_clients_share_five_connections() {
 
 #[tokio::test]
 async fn pgbench_connect_per_transaction_logs_in_at_most_pool_size_times() {
-    if std::process::Command::new("pgbench")
-        .arg("--version")
-        .output()
-        .is_err()
-    {
+    let stack = pooled(|c| c.pool.size = 4).await;
+    let Some(transactions) = harness::pgbench_connect_per_transaction(&stack, 4, 1, 3).await else {
         eprintln!("SKIPPED pgbench_connect_per_transaction: pgbench is not installed");
         return;
-    }
-    let stack = pooled(|c| c.pool.size = 4).await;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let script = dir.path().join("select.sql");
-    std::fs::write(&script, "select 1;\n").expect("script");
-    let port = stack.sidecar.addr().port().to_string();
-    let output = tokio::task::spawn_blocking(move || {
-        std::process::Command::new("pgbench")
-            .args([
-                "-n",
-                "-C",
-                "-c",
-                "4",
-                "-T",
-                "3",
-                "-h",
-                "127.0.0.1",
-                "-p",
-                &port,
-            ])
-            .args(["-U", "postgres", "-f"])
-            .arg(&script)
-            .arg("postgres")
-            .output()
-            .expect("run pgbench")
-    })
-    .await
-    .expect("join");
-    let out = String::from_utf8_lossy(&output.stdout);
-    assert!(output.status.success(), "{output:?}");
-    assert!(out.contains("number of failed transactions: 0"), "{out}");
-    let transactions: u64 = out
-        .lines()
-        .find_map(|l| l.strip_prefix("number of transactions actually processed: "))
-        .and_then(|v| v.trim().parse().ok())
-        .expect("transaction count");
-    assert!(transactions > 50, "{out}");
+    };
+    assert!(transactions > 50, "{transactions} transactions");
     let logins = stack.emulator.logins();
     assert!(
         logins <= 5,

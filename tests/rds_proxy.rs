@@ -7,7 +7,6 @@
 mod harness;
 mod support;
 
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use harness::{
@@ -285,37 +284,14 @@ async fn session_state_is_closed_behind_rds_proxy_and_reset_behind_postgres() {
 
 #[tokio::test]
 async fn pgbench_connecting_per_transaction_over_a_small_pool_never_stalls() {
-    if Command::new("pgbench").arg("--version").output().is_err() {
-        eprintln!("SKIPPED pgbench_connecting_per_transaction: pgbench is not installed");
-        return;
-    }
     // 8 clients that connect synchronously, 5 connections: a login that waited for a busy
     // pool would hold a pgbench thread that never sends the Terminate that frees one.
     let stack = proxy_stack(|c| c.pool.size = 5).await;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let script = dir.path().join("select.sql");
-    std::fs::write(&script, "select 1;\n").expect("script");
-    let port = stack.sidecar.addr().port().to_string();
-    let output = tokio::task::spawn_blocking(move || {
-        Command::new("pgbench")
-            .args(["-n", "-C", "-c", "8", "-j", "2", "-T", "4"])
-            .args(["-h", "127.0.0.1", "-p", &port, "-U", "postgres", "-f"])
-            .arg(&script)
-            .arg("postgres")
-            .output()
-            .expect("run pgbench")
-    })
-    .await
-    .expect("join");
-    let out = String::from_utf8_lossy(&output.stdout);
-    assert!(output.status.success(), "{output:?}");
-    assert!(out.contains("number of failed transactions: 0"), "{out}");
-    let transactions: u64 = out
-        .lines()
-        .find_map(|l| l.strip_prefix("number of transactions actually processed: "))
-        .and_then(|v| v.trim().parse().ok())
-        .expect("transaction count");
-    assert!(transactions > 1000, "{transactions} transactions: {out}");
+    let Some(transactions) = harness::pgbench_connect_per_transaction(&stack, 8, 2, 4).await else {
+        eprintln!("SKIPPED pgbench_connecting_per_transaction: pgbench is not installed");
+        return;
+    };
+    assert!(transactions > 1000, "{transactions} transactions");
     let logins = stack.emulator.logins();
     assert!(logins <= 5, "{logins} IAM logins for a pool of 5");
     assert_eq!(stack.emulator.pinned_sessions(), 0);

@@ -2,7 +2,8 @@
 //! emulator's default): the sidecar closes the client's upstream connection and answers
 //! `57014` itself, within 2 s; the client stays. Inside an explicit transaction it is failed
 //! (`25P02`, ReadyForQuery `E`) until ROLLBACK or COMMIT, in the simple and the extended
-//! protocol; a session-mode client with session state gets FATAL; a client with two queries in
+//! protocol; a session-mode client's SETs and named statements are built again on its next
+//! connection, while other session state ends its session (FATAL); a client with two queries in
 //! flight gets FATAL (one answer cannot stand for two).
 
 mod harness;
@@ -26,9 +27,9 @@ fn transaction_mode(c: &mut EndpointSettings) {
     c.pool.size = 2;
 }
 
-/// Runs `select pg_sleep(10)` on `client`, cancels it after 300 ms with its cancel token, and
-/// returns the SQLSTATE it ended with; the answer must come within 2 s of the cancel.
-async fn cancel_sleep(client: &Client) -> String {
+/// Runs `select pg_sleep(10)` on `client` and cancels it after 300 ms with its cancel token;
+/// the answer must come within 2 s of the cancel.
+async fn cancelled_sleep(client: &Client) -> tokio_postgres::Error {
     let token = client.cancel_token();
     let query = client.simple_query("select pg_sleep(10)");
     let cancel = async {
@@ -43,7 +44,25 @@ async fn cancel_sleep(client: &Client) -> String {
         "the cancelled query ended {:?} after the cancel",
         sent.elapsed()
     );
-    db_error(&result.expect_err("cancelled")).0
+    result.expect_err("cancelled")
+}
+
+/// The SQLSTATE a cancelled `select pg_sleep(10)` ended with.
+async fn cancel_sleep(client: &Client) -> String {
+    db_error(&cancelled_sleep(client).await).0
+}
+
+/// A cancelled `select pg_sleep(10)` ends the session: FATAL 57014 whose detail names `lost`.
+async fn cancel_ends_the_session(client: &Client, lost: &str) {
+    let error = cancelled_sleep(client).await;
+    let db = error.as_db_error().expect("a server error");
+    assert_eq!((db.code().code(), db.severity()), ("57014", "FATAL"));
+    assert!(
+        db.detail().is_some_and(|d| d.contains(lost)),
+        "{:?}",
+        db.detail()
+    );
+    assert!(client.simple_query("select 1").await.is_err(), "closed");
 }
 
 #[tokio::test]
@@ -94,29 +113,38 @@ async fn cancel_without_server_keys_in_session_mode() {
     let after = backend_pid(&client).await;
     assert_ne!(before, after, "a fresh upstream connection");
 
-    // With session state: it is gone with the connection, and the client is told.
+    // Settings and named statements are built again on the next connection.
     let client = connect(&stack).await;
+    let statement = client
+        .prepare("select $1::int4 + 1")
+        .await
+        .expect("prepare");
     client
-        .batch_execute("set statement_timeout = 99999")
+        .batch_execute("SET extra_float_digits = 3")
         .await
         .expect("set");
-    let token = client.cancel_token();
-    let query = client.simple_query("select pg_sleep(10)");
-    let cancel = async {
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        token.cancel_query(NoTls).await.expect("send cancel");
-    };
-    let (result, ()) = tokio::join!(query, cancel);
-    let error = result.expect_err("cancelled");
-    let db = error.as_db_error().expect("a server error");
-    assert_eq!(db.code().code(), "57014");
-    assert_eq!(db.severity(), "FATAL");
-    assert!(
-        db.detail().is_some_and(|d| d.contains("setting")),
-        "{:?}",
-        db.detail()
+    assert_eq!(cancel_sleep(&client).await, "57014");
+    let two: i32 = client
+        .query_one(&statement, &[&1i32])
+        .await
+        .expect("the statement prepared before the cancel")
+        .get(0);
+    assert_eq!(two, 2);
+    assert_eq!(
+        simple_value(&client, "show extra_float_digits")
+            .await
+            .as_deref(),
+        Some("3")
     );
-    assert!(client.simple_query("select 1").await.is_err(), "closed");
+
+    // Session state the sidecar cannot build again: gone with the connection, and the client
+    // is told.
+    let client = connect(&stack).await;
+    client
+        .batch_execute("listen somewhere")
+        .await
+        .expect("listen");
+    cancel_ends_the_session(&client, "listen").await;
 }
 
 #[tokio::test]
@@ -225,29 +253,26 @@ async fn two_queries_in_flight_get_fatal() {
 }
 
 #[tokio::test]
-async fn session_mode_with_named_statements_gets_fatal() {
+async fn a_transaction_begun_in_the_cancelled_batch_is_failed() {
     let stack = proxy_stack(|_| {}).await;
     let client = connect(&stack).await;
-    let one: i32 = client
-        .query_one("select $1::int4", &[&1i32])
-        .await
-        .expect("a named statement")
-        .get(0);
-    assert_eq!(one, 1);
     let token = client.cancel_token();
-    let query = client.simple_query("select pg_sleep(10)");
+    let query = client.simple_query("begin; select pg_sleep(10)");
     let cancel = async {
         tokio::time::sleep(Duration::from_millis(300)).await;
         token.cancel_query(NoTls).await.expect("send cancel");
     };
     let (result, ()) = tokio::join!(query, cancel);
-    let error = result.expect_err("cancelled");
-    let db = error.as_db_error().expect("a server error");
-    assert_eq!((db.code().code(), db.severity()), ("57014", "FATAL"));
-    assert!(
-        db.detail().is_some_and(|d| d.contains("named statement")),
-        "{:?}",
-        db.detail()
+    assert_eq!(db_error(&result.expect_err("cancelled")).0, "57014");
+    let error = client
+        .simple_query("select 1")
+        .await
+        .expect_err("inside the failed transaction the batch began");
+    assert_eq!(db_error(&error).0, "25P02");
+    client.batch_execute("rollback").await.expect("rollback");
+    assert_eq!(
+        simple_value(&client, "select 1").await.as_deref(),
+        Some("1")
     );
 }
 

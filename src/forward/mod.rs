@@ -13,6 +13,7 @@ pub mod buffers;
 pub mod closer;
 mod downward;
 pub mod prepared;
+pub mod replay;
 pub mod session_state;
 mod sync;
 mod upward;
@@ -25,7 +26,7 @@ use crate::forward::prepared::{ClientRewriter, ClientStatements, Plan};
 use crate::protocol::framing::FrameScanner;
 use closer::Closer;
 use downward::ToClient;
-pub use sync::{StatementNames, SyncState, set_parameter};
+pub use sync::{SyncState, set_parameter};
 use upward::ToServer;
 
 /// How long closing the upstream side may take.
@@ -87,8 +88,8 @@ pub struct ClientSide {
     scanner: FrameScanner,
     /// Header bytes of an unfinished client message, held back until it is complete.
     held: Vec<u8>,
-    /// The client's protocol-level named statements on its upstream connection.
-    pub statements: StatementNames,
+    /// What the client built on its upstream connection that can be built again.
+    pub replay: replay::SessionReplay,
 }
 
 impl ClientSide {

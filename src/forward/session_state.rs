@@ -28,7 +28,8 @@ pub enum SessionChange {
     AdvisoryLock,
     /// DISCARD, LOAD, a statement too long to read, too many named statements to track.
     Other,
-    /// Protocol-level named statements (a named Parse): closed with Close messages.
+    /// Protocol-level named statements (a named Parse): closed with Close messages, prepared
+    /// again on another connection.
     NamedStatement,
 }
 
@@ -58,6 +59,12 @@ impl SessionChange {
             return None;
         }
         Self::from_u8(bits.trailing_zeros() as u8 + 1)
+    }
+
+    /// The bits of the changes [`crate::forward::replay::SessionReplay`] can rebuild (kept
+    /// `SET`s are not a change here: the replay holds them).
+    pub(super) fn replayable_bits() -> u8 {
+        Self::NamedStatement.bit()
     }
 
     /// The metrics label.

@@ -4,6 +4,7 @@
 
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, Ordering};
 
+use super::replay::{SessionReplay, is_plain_set, opens_transaction};
 use super::session_state::{SessionChange, change_in_text, change_of_tag};
 use crate::protocol::framing::{
     FrameVisitor, MAX_CAPTURE, PARAMETER_STATUS, READY_FOR_QUERY, TransactionStatus,
@@ -25,10 +26,18 @@ pub struct SyncState {
     pub(super) status: AtomicU8,
     /// The [`SessionChange`]s the client made on its upstream connection, one bit each.
     changed: AtomicU8,
-    /// The client's transaction failed with no upstream connection left (a cancel closed it):
-    /// the sidecar answers until the client ends the transaction.
-    aborted: AtomicBool,
+    /// [`ABORTED`], [`OPENED`], and above them the count of kept `SET` statements whose
+    /// CommandComplete has not come yet (one byte, so that the whole state stays 8 bytes).
+    flags: AtomicU8,
 }
+
+/// The client's transaction failed with no upstream connection left (a cancel closed it): the
+/// sidecar answers until the client ends the transaction.
+const ABORTED: u8 = 1;
+/// What the client sent since the last ReadyForQuery opened a transaction.
+const OPENED: u8 = 2;
+/// One kept `SET` awaiting its CommandComplete.
+const ONE_SET: u8 = 4;
 
 impl Default for SyncState {
     fn default() -> Self {
@@ -37,7 +46,7 @@ impl Default for SyncState {
             client_quiet: AtomicBool::new(true),
             status: AtomicU8::new(b'I'),
             changed: AtomicU8::new(0),
-            aborted: AtomicBool::new(false),
+            flags: AtomicU8::new(0),
         }
     }
 }
@@ -72,18 +81,61 @@ impl SyncState {
         SessionChange::lowest(self.changed.load(Ordering::Acquire))
     }
 
+    /// Every change the client made can be made again on another connection
+    /// ([`SessionReplay`]).
+    pub fn session_is_replayable(&self) -> bool {
+        self.changed.load(Ordering::Acquire) & !SessionChange::replayable_bits() == 0
+    }
+
+    /// The client is inside a transaction, or what it sent since the last ReadyForQuery opened
+    /// one.
+    pub fn inside_transaction(&self) -> bool {
+        self.status() != TransactionStatus::Idle || self.flags.load(Ordering::Acquire) & OPENED != 0
+    }
+
+    pub(super) fn note_opened(&self) {
+        self.flags.fetch_or(OPENED, Ordering::AcqRel);
+    }
+
+    /// A kept `SET` was sent; false when too many await their answer to count.
+    fn expect_recorded_set(&self) -> bool {
+        self.flags
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |f| {
+                f.checked_add(ONE_SET)
+            })
+            .is_ok()
+    }
+
+    /// A kept `SET` completed: true when one was outstanding.
+    fn take_recorded_set(&self) -> bool {
+        self.flags
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |f| {
+                (f >= ONE_SET).then(|| f - ONE_SET)
+            })
+            .is_ok()
+    }
+
+    fn recorded_set_pending(&self) -> bool {
+        self.flags.load(Ordering::Acquire) >= ONE_SET
+    }
+
     /// The client's transaction failed and only the sidecar answers it.
     pub fn is_aborted(&self) -> bool {
-        self.aborted.load(Ordering::Acquire)
+        self.flags.load(Ordering::Acquire) & ABORTED != 0
     }
 
     pub fn set_aborted(&self, aborted: bool) {
-        self.aborted.store(aborted, Ordering::Release);
+        if aborted {
+            self.flags.fetch_or(ABORTED, Ordering::AcqRel);
+        } else {
+            self.flags.fetch_and(!ABORTED, Ordering::AcqRel);
+        }
     }
 
     /// The client's upstream connection was reset or replaced: it holds no state of its own.
     pub fn forget_session_changes(&self) {
         self.changed.store(0, Ordering::Release);
+        self.flags.fetch_and(ABORTED | OPENED, Ordering::AcqRel);
     }
 
     pub(super) fn note(&self, change: SessionChange) {
@@ -104,46 +156,8 @@ pub(super) struct Upward<'a> {
     pub(super) state: &'a SyncState,
     pub(super) quiet: bool,
     pub(super) terminate_at: Option<isize>,
-    /// The names of the client's protocol-level named statements.
-    pub(super) names: &'a mut StatementNames,
-}
-
-/// The names of a session's protocol-level named statements, to close them when it leaves.
-#[derive(Debug, Default)]
-pub struct StatementNames(Vec<Box<[u8]>>);
-
-impl StatementNames {
-    /// More than this many are not tracked: the connection is then reset or closed.
-    const MOST: usize = 256;
-
-    /// The names, in the order first seen.
-    pub fn names(&self) -> impl Iterator<Item = &[u8]> {
-        self.0.iter().map(|name| &name[..])
-    }
-
-    pub fn clear(&mut self) {
-        self.0 = Vec::new();
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
-
-    /// The client closed `name` itself.
-    fn remove(&mut self, name: &[u8]) {
-        self.0.retain(|known| known[..] != *name);
-    }
-
-    /// Adds `name`; false when there are too many to track.
-    fn add(&mut self, name: &[u8]) -> bool {
-        if !self.0.iter().any(|known| known[..] == *name) {
-            if self.0.len() >= Self::MOST {
-                return false;
-            }
-            self.0.push(name.into());
-        }
-        true
-    }
+    /// What the client built that can be built again on another connection.
+    pub(super) replay: &'a mut SessionReplay,
 }
 
 impl FrameVisitor for Upward<'_> {
@@ -163,7 +177,7 @@ impl FrameVisitor for Upward<'_> {
             // Parse, Bind, Describe, Execute, Close, Flush and anything else: unsynced work.
             _ => self.quiet = false,
         }
-        if tag == b'C' && !self.names.is_empty() {
+        if tag == b'C' && self.replay.has_statements() {
             // A Close, maybe of a named statement that need not be closed again.
             return body_len <= MAX_CAPTURE;
         }
@@ -178,23 +192,34 @@ impl FrameVisitor for Upward<'_> {
     }
 
     fn message(&mut self, tag: u8, body: &[u8], _end: usize) {
-        if tag == b'C' {
-            if let Some((b'S', name)) = body.split_first() {
-                self.names
-                    .remove(name.split(|&b| b == 0).next().unwrap_or_default());
-            }
-            return;
-        }
-        if tag == b'P' {
-            let name = body.split(|&b| b == 0).next().unwrap_or_default();
-            if !name.is_empty() {
-                self.state.note(SessionChange::NamedStatement);
-                if !self.names.add(name) {
-                    self.state.note(SessionChange::Other);
+        let name = body.split(|&b| b == 0).next().unwrap_or_default();
+        let text = match tag {
+            b'C' => {
+                if let Some((b'S', name)) = body.split_first() {
+                    self.replay
+                        .remove_statement(name.split(|&b| b == 0).next().unwrap_or_default());
                 }
+                return;
+            }
+            b'P' => body.get(name.len() + 1..).unwrap_or_default(),
+            _ => body,
+        };
+        let text = text.split(|&b| b == 0).next().unwrap_or_default();
+        if tag == b'P' && !name.is_empty() {
+            self.state.note(SessionChange::NamedStatement);
+            if !self.replay.add_parse(name, body) {
+                self.state.note(SessionChange::Other);
+            }
+        } else if is_plain_set(text) {
+            // Kept to set again on another connection; too many, and it is plain state.
+            if !(self.replay.add_setting(text) && self.state.expect_recorded_set()) {
+                self.state.note(SessionChange::Setting);
             }
         }
-        if let Some(change) = change_in_text(body) {
+        if opens_transaction(text) {
+            self.state.note_opened();
+        }
+        if let Some(change) = change_in_text(text) {
             self.state.note(change);
         }
     }
@@ -222,6 +247,7 @@ impl FrameVisitor for Downward<'_> {
     fn message(&mut self, tag: u8, body: &[u8], _end: usize) {
         match tag {
             READY_FOR_QUERY => {
+                self.state.flags.fetch_and(!OPENED, Ordering::AcqRel);
                 if let Some(status) = body.first() {
                     self.state.status.store(*status, Ordering::Release);
                     if *status == b'I' {
@@ -238,15 +264,18 @@ impl FrameVisitor for Downward<'_> {
                 if let Some((name, value)) = parameter_status(body) {
                     set_parameter(self.parameters, name, value);
                 }
-                if self.track_session {
+                // From a kept SET (application_name, TimeZone...), or from elsewhere.
+                if self.track_session && !self.state.recorded_set_pending() {
                     self.state.note(SessionChange::Setting);
                 }
             }
-            COMMAND_COMPLETE => {
-                if let Some(change) = change_of_tag(body) {
-                    self.state.note(change);
-                }
-            }
+            COMMAND_COMPLETE => match change_of_tag(body) {
+                // A kept SET: the replay holds it.
+                Some(SessionChange::Setting)
+                    if body.starts_with(b"SET") && self.state.take_recorded_set() => {}
+                Some(change) => self.state.note(change),
+                None => {}
+            },
             _ => {}
         }
     }

@@ -108,6 +108,9 @@ fn rewrite_chunk(
     if !report.terminated {
         state.client_quiet.store(report.quiet, Ordering::Release);
     }
+    if report.opened {
+        state.note_opened();
+    }
     Ok(report.terminated)
 }
 
@@ -123,7 +126,7 @@ async fn send_upward<W: AsyncWrite + Unpin>(
         state,
         quiet: state.client_quiet.load(Ordering::Acquire),
         terminate_at: None,
-        names: &mut client_side.statements,
+        replay: &mut client_side.replay,
     };
     if client_side.scanner.scan(chunk, &mut up).is_err() {
         return Err(Outcome::ClientError);

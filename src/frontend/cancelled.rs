@@ -12,7 +12,6 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::error::{PgError, Severity, sqlstate};
 use crate::forward::Outcome;
-use crate::protocol::framing::TransactionStatus;
 use crate::protocol::messages;
 
 use super::session::{Session, cancelled_error};
@@ -30,7 +29,7 @@ impl Session {
             self.cancelled_fatal().await;
             return Some(Outcome::Cancelled);
         }
-        let inside = self.state.status() != TransactionStatus::Idle;
+        let inside = self.state.inside_transaction();
         let status = if inside { b'E' } else { b'I' };
         let mut answer = BytesMut::new();
         messages::error_response(&mut answer, &cancelled_error(Severity::Error));

@@ -12,11 +12,12 @@ use tokio::io::AsyncWriteExt;
 use tracing::{debug, warn};
 
 use crate::forward::buffers::Buffer;
+use crate::forward::replay::SessionReplay;
 use crate::forward::session_state::SessionChange;
-use crate::forward::{ClientSide, Detach, Outcome, Period, Pump, StatementNames, forward_attached};
+use crate::forward::{ClientSide, Detach, Outcome, Period, Pump, forward_attached};
 use crate::ops::metrics::ClientState;
 use crate::ops::shutdown::Woken;
-use crate::pool::reset::{close_statements, reset};
+use crate::pool::reset::{close_statements, replay, reset};
 use crate::pool::{Lease, Parameters};
 use crate::protocol::framing::TransactionStatus;
 use crate::protocol::messages;
@@ -48,7 +49,7 @@ impl Session {
                     Ok(first) => first,
                     Err(outcome) => return outcome,
                 };
-                let lease = match self.attach(&parameters).await {
+                let lease = match self.attach(&parameters, None).await {
                     Ok(lease) => lease,
                     Err(outcome) => return outcome,
                 };
@@ -114,31 +115,34 @@ impl Session {
         }
     }
 
-    /// A connection for a client greeted without one (`--pool-timeout`, then 53300 naming
-    /// the pool); ParameterStatus for every value that differs from its greeting goes first.
-    async fn attach(&mut self, greeted: &[(String, String)]) -> Result<Lease, Outcome> {
-        let started = Instant::now();
-        let checkout = tokio::select! {
-            checkout = Box::pin(self.context.pools.checkout(&self.pool)) => checkout,
-            () = self.context.shutdown.draining() => {
-                Box::pin(send_shutdown_error(&mut self.stream)).await;
-                return Err(Outcome::Shutdown);
-            }
-        };
-        let lease = match checkout {
-            Ok(lease) => lease,
-            Err(error) => {
-                let pg = checkout_error_to_pg(&error, &self.context, &self.pool.key.user);
-                warn!(%error, sqlstate = %pg.code, pool = %self.pool.key, "no upstream connection for a client's first message");
-                self.context.metrics.auth_failure(&pg.code);
-                send_error(&mut self.stream, &pg).await;
-                return Err(Outcome::ServerError);
-            }
-        };
-        self.context.metrics.pool_wait(started.elapsed());
+    /// A connection for a client greeted without one, or whose connection a cancel closed
+    /// (`--pool-timeout`, then 53300 naming the pool). What `kept` holds of the client's
+    /// session is built again on it first; ParameterStatus for every value that differs from
+    /// what the client last saw (`greeted`) goes to the client.
+    async fn attach(
+        &mut self,
+        greeted: &[(String, String)],
+        kept: Option<&SessionReplay>,
+    ) -> Result<Lease, Outcome> {
+        let mut lease = self.checkout_for_first_message().await?;
         self.cancel_key
             .set_serving(Serving::connection(lease.backend_key()));
-        self.state.forget_session_changes();
+        match kept.filter(|kept| !kept.is_empty()) {
+            Some(kept) => {
+                let rebuilt = Box::pin(replay(
+                    lease.server(),
+                    kept.settings(),
+                    kept.parse_messages(),
+                ))
+                .await;
+                if let Err(error) = rebuilt {
+                    warn!(%error, "the session could not be built again after a cancel");
+                    self.cancelled_fatal().await;
+                    return Err(Outcome::Cancelled);
+                }
+            }
+            None => self.state.forget_session_changes(),
+        }
         let mut changed = BytesMut::new();
         for (name, value) in lease.parameters() {
             if !greeted.iter().any(|(n, v)| n == name && v == value) {
@@ -151,8 +155,34 @@ impl Session {
         Ok(lease)
     }
 
+    /// A connection of the client's pool, waited for without holding up a drain.
+    async fn checkout_for_first_message(&mut self) -> Result<Lease, Outcome> {
+        let started = Instant::now();
+        let checkout = tokio::select! {
+            checkout = Box::pin(self.context.pools.checkout(&self.pool)) => checkout,
+            () = self.context.shutdown.draining() => {
+                Box::pin(send_shutdown_error(&mut self.stream)).await;
+                return Err(Outcome::Shutdown);
+            }
+        };
+        match checkout {
+            Ok(lease) => {
+                self.context.metrics.pool_wait(started.elapsed());
+                Ok(lease)
+            }
+            Err(error) => {
+                let pg = checkout_error_to_pg(&error, &self.context, &self.pool.key.user);
+                warn!(%error, sqlstate = %pg.code, pool = %self.pool.key, "no upstream connection for a client's first message");
+                self.context.metrics.auth_failure(&pg.code);
+                send_error(&mut self.stream, &pg).await;
+                Err(Outcome::ServerError)
+            }
+        }
+    }
+
     /// The client keeps `lease` until it leaves (or a cancel closes it: then, if the client's
-    /// session held no state, it goes on with another connection).
+    /// session held no state the sidecar cannot build again, it goes on with another
+    /// connection on which its settings and named statements are set up again).
     pub(super) async fn run_session_mode(
         &mut self,
         mut lease: Lease,
@@ -165,8 +195,8 @@ impl Session {
             let outcome = self
                 .serve_connection(&mut lease, &mut client_side, first.take())
                 .await;
-            if outcome != Outcome::Cancelled || self.state.session_change().is_some() {
-                self.leave(lease, outcome, &client_side.statements).await;
+            if outcome != Outcome::Cancelled || !self.state.session_is_replayable() {
+                self.leave(lease, outcome, &client_side.replay).await;
                 return outcome;
             }
             // The client goes on: at its next message, with another connection.
@@ -175,12 +205,11 @@ impl Session {
             if let Some(ending) = self.answer_cancelled().await {
                 return ending;
             }
-            client_side = ClientSide::default();
             let bytes = match self.next_bytes().await {
                 Ok(bytes) => bytes,
                 Err(ending) => return ending,
             };
-            lease = match self.attach(&greeted).await {
+            lease = match self.attach(&greeted, Some(&client_side.replay)).await {
                 Ok(lease) => lease,
                 Err(ending) => return ending,
             };
@@ -279,10 +308,10 @@ impl Session {
 
     /// The session ended with `outcome`: pool the connection if it can serve another client,
     /// and tell the client what it is owed.
-    async fn leave(&mut self, lease: Lease, outcome: Outcome, statements: &StatementNames) {
+    async fn leave(&mut self, lease: Lease, outcome: Outcome, kept: &SessionReplay) {
         match outcome {
             Outcome::ClientTerminated | Outcome::ClientClosed if self.state.is_idle() => {
-                self.give_back(lease, statements).await;
+                self.give_back(lease, kept).await;
             }
             Outcome::Cancelled => {
                 drop(lease);
@@ -302,14 +331,21 @@ impl Session {
     /// state, with its named statements closed when that is all it left, after the reset query
     /// for other state, or not at all when a reset would pin it or undo settings applied after
     /// login.
-    async fn give_back(&mut self, mut lease: Lease, statements: &StatementNames) {
-        let Some(change) = self.state.session_change() else {
+    async fn give_back(&mut self, mut lease: Lease, kept: &SessionReplay) {
+        // Kept SETs are session state too (the replay holds them, not the change bits).
+        let change = match self.state.session_change() {
+            Some(SessionChange::NamedStatement) | None if kept.has_settings() => {
+                Some(SessionChange::Setting)
+            }
+            change => change,
+        };
+        let Some(change) = change else {
             lease.release();
             return;
         };
         let metrics = self.context.metrics;
         if change == SessionChange::NamedStatement {
-            match Box::pin(close_statements(lease.server(), statements.names())).await {
+            match Box::pin(close_statements(lease.server(), kept.statement_names())).await {
                 Ok(()) => {
                     metrics.session_state("reset", change.label());
                     lease.release();

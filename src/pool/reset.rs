@@ -55,7 +55,31 @@ pub async fn close_statements<'a>(
         out.extend_from_slice(&[0]);
     }
     frontend::sync(&mut out);
-    tokio::time::timeout(RESET_TIMEOUT, send_and_wait(server, &out))
+    tokio::time::timeout(RESET_TIMEOUT, send_and_wait(server, &out, 1))
+        .await
+        .map_err(|_| ResetError::Timeout)?
+}
+
+/// Builds a client's session again on a fresh connection: its `SET` statements (`settings`,
+/// each a simple query) and its named statements (`parses`, Parse messages), then Sync.
+pub async fn replay<'a>(
+    server: &mut ServerConnection,
+    settings: impl Iterator<Item = &'a [u8]>,
+    parses: impl Iterator<Item = &'a [u8]>,
+) -> Result<(), ResetError> {
+    let mut out = BytesMut::new();
+    let mut ready = 1;
+    for text in settings {
+        let text = std::str::from_utf8(text)
+            .map_err(|_| ResetError::Failed("a kept SET is not UTF-8".to_owned()))?;
+        frontend::query(text, &mut out)?;
+        ready += 1;
+    }
+    for parse in parses {
+        out.extend_from_slice(parse);
+    }
+    frontend::sync(&mut out);
+    tokio::time::timeout(RESET_TIMEOUT, send_and_wait(server, &out, ready))
         .await
         .map_err(|_| ResetError::Timeout)?
 }
@@ -63,11 +87,16 @@ pub async fn close_statements<'a>(
 async fn run(server: &mut ServerConnection, query: &str) -> Result<(), ResetError> {
     let mut out = BytesMut::new();
     frontend::query(query, &mut out)?;
-    send_and_wait(server, &out).await
+    send_and_wait(server, &out, 1).await
 }
 
-/// Sends `out` and reads the answers up to ReadyForQuery, which must be `I` with no error.
-async fn send_and_wait(server: &mut ServerConnection, out: &[u8]) -> Result<(), ResetError> {
+/// Sends `out` and reads the answers up to its `ready`-th ReadyForQuery, each `I`, with no
+/// error.
+async fn send_and_wait(
+    server: &mut ServerConnection,
+    out: &[u8],
+    mut ready: usize,
+) -> Result<(), ResetError> {
     server.stream.write_all(out).await?;
     server.stream.flush().await?;
     let mut reader = ServerReader::new(MAX_MESSAGE);
@@ -86,6 +115,10 @@ async fn send_and_wait(server: &mut ServerConnection, out: &[u8]) -> Result<(), 
                 );
             }
             backend::Message::ReadyForQuery(body) => {
+                ready -= 1;
+                if ready > 0 && failure.is_none() && body.status() == b'I' {
+                    continue;
+                }
                 return match (failure, body.status()) {
                     (None, b'I') => Ok(()),
                     (Some(error), _) => Err(ResetError::Failed(error)),

@@ -171,6 +171,46 @@ pub async fn connect_with_notifications(
     (client, rx)
 }
 
+/// Runs `pgbench -n -C` (a new connection per transaction) of `select 1` through the sidecar
+/// with `clients` clients and `threads` threads for `seconds`; returns the transactions done
+/// (the run must succeed with no failed transaction). `None` when pgbench is not installed.
+pub async fn pgbench_connect_per_transaction(
+    stack: &Stack,
+    clients: u32,
+    threads: u32,
+    seconds: u32,
+) -> Option<u64> {
+    use std::process::Command;
+    if Command::new("pgbench").arg("--version").output().is_err() {
+        return None;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let script = dir.path().join("select.sql");
+    std::fs::write(&script, "select 1;\n").expect("script");
+    let port = stack.sidecar.addr().port().to_string();
+    let [clients, threads, seconds] = [clients, threads, seconds].map(|n| n.to_string());
+    let output = tokio::task::spawn_blocking(move || {
+        Command::new("pgbench")
+            .args(["-n", "-C", "-c", &clients, "-j", &threads, "-T", &seconds])
+            .args(["-h", "127.0.0.1", "-p", &port, "-U", "postgres", "-f"])
+            .arg(&script)
+            .arg("postgres")
+            .output()
+            .expect("run pgbench")
+    })
+    .await
+    .expect("join");
+    let out = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{output:?}");
+    assert!(out.contains("number of failed transactions: 0"), "{out}");
+    let transactions = out
+        .lines()
+        .find_map(|l| l.strip_prefix("number of transactions actually processed: "))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("transaction count");
+    Some(transactions)
+}
+
 /// The first column of the first row of a simple query (no prepared statement is left).
 pub async fn simple_value(client: &Client, sql: &str) -> Option<String> {
     let messages = client.simple_query(sql).await.expect(sql);

@@ -5,6 +5,7 @@ use std::collections::HashSet;
 use std::sync::Mutex;
 
 use super::*;
+use crate::forward::replay::opens_transaction;
 
 /// What the client side found in one chunk.
 #[derive(Debug, Default)]
@@ -15,6 +16,8 @@ pub struct UpwardReport {
     pub sync_points: u32,
     /// The chunk ended at a message boundary with no unsynced extended-protocol messages.
     pub quiet: bool,
+    /// A Parse in the chunk begins a transaction (`BEGIN` sent in one batch with more).
+    pub opened: bool,
 }
 
 /// Rewrites client → server messages (transaction mode).
@@ -55,6 +58,7 @@ impl ClientRewriter {
             prepared,
             plan,
             out,
+            opened: false,
         };
         let mut report = UpwardReport::default();
         let mut pos = 0;
@@ -81,6 +85,7 @@ impl ClientRewriter {
             self.begin(tag, body_len, &mut report, &mut to)?;
         }
         report.quiet = self.quiet && self.at_boundary();
+        report.opened = to.opened;
         Ok(report)
     }
 
@@ -155,6 +160,7 @@ impl ClientRewriter {
             prepared: &mut prepared,
             plan: to.plan,
             out: to.out,
+            opened: &mut to.opened,
         };
         match tag {
             b'P' => at.parse(body).ok_or_else(malformed)?,
@@ -178,6 +184,8 @@ struct Output<'a> {
     prepared: &'a Mutex<HashSet<String>>,
     plan: &'a Plan,
     out: &'a mut Vec<u8>,
+    /// A Parse began a transaction.
+    opened: bool,
 }
 
 /// One rewrite of a Parse, Bind, Describe or Close, with the connection's statements locked.
@@ -187,6 +195,7 @@ struct Rewrite<'a> {
     prepared: &'a mut HashSet<String>,
     plan: &'a Plan,
     out: &'a mut Vec<u8>,
+    opened: &'a mut bool,
 }
 
 impl Rewrite<'_> {
@@ -194,6 +203,7 @@ impl Rewrite<'_> {
     /// ParseComplete when the connection already has it.
     fn parse(&mut self, body: &[u8]) -> Option<()> {
         let (name, rest) = cstr(body)?;
+        *self.opened |= opens_transaction(rest);
         if name.is_empty() {
             self.out.extend_from_slice(&message(b'P', body));
             self.plan.push(Expect::Forward {
