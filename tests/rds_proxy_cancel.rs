@@ -123,6 +123,11 @@ async fn cancel_without_server_keys_in_session_mode() {
         .batch_execute("SET extra_float_digits = 3")
         .await
         .expect("set");
+    // A reported setting: its ParameterStatus comes after the SET's CommandComplete.
+    client
+        .batch_execute("SET application_name = 'kept'")
+        .await
+        .expect("set");
     assert_eq!(cancel_sleep(&client).await, "57014");
     let two: i32 = client
         .query_one(&statement, &[&1i32])
@@ -135,6 +140,12 @@ async fn cancel_without_server_keys_in_session_mode() {
             .await
             .as_deref(),
         Some("3")
+    );
+    assert_eq!(
+        simple_value(&client, "show application_name")
+            .await
+            .as_deref(),
+        Some("kept")
     );
 
     // Session state the sidecar cannot build again: gone with the connection, and the client

@@ -36,8 +36,11 @@ pub struct SyncState {
 const ABORTED: u8 = 1;
 /// What the client sent since the last ReadyForQuery opened a transaction.
 const OPENED: u8 = 2;
+/// A kept `SET` completed since the last ReadyForQuery: the ParameterStatus it causes comes
+/// just before that ReadyForQuery (PostgreSQL 14 and later report changes there).
+const KEPT_DONE: u8 = 4;
 /// One kept `SET` awaiting its CommandComplete.
-const ONE_SET: u8 = 4;
+const ONE_SET: u8 = 8;
 
 impl Default for SyncState {
     fn default() -> Self {
@@ -110,13 +113,16 @@ impl SyncState {
     fn take_recorded_set(&self) -> bool {
         self.flags
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |f| {
-                (f >= ONE_SET).then(|| f - ONE_SET)
+                (f >= ONE_SET).then(|| (f - ONE_SET) | KEPT_DONE)
             })
             .is_ok()
     }
 
+    /// A ParameterStatus now comes from a kept `SET` (one outstanding, or one completed in this
+    /// batch).
     fn recorded_set_pending(&self) -> bool {
-        self.flags.load(Ordering::Acquire) >= ONE_SET
+        let flags = self.flags.load(Ordering::Acquire);
+        flags >= ONE_SET || flags & KEPT_DONE != 0
     }
 
     /// The client's transaction failed and only the sidecar answers it.
@@ -247,7 +253,9 @@ impl FrameVisitor for Downward<'_> {
     fn message(&mut self, tag: u8, body: &[u8], _end: usize) {
         match tag {
             READY_FOR_QUERY => {
-                self.state.flags.fetch_and(!OPENED, Ordering::AcqRel);
+                self.state
+                    .flags
+                    .fetch_and(!(OPENED | KEPT_DONE), Ordering::AcqRel);
                 if let Some(status) = body.first() {
                     self.state.status.store(*status, Ordering::Release);
                     if *status == b'I' {

@@ -471,25 +471,9 @@ async fn login<S: AsyncRead + AsyncWrite + Unpin>(
         .find(|(k, _)| k == "user")
         .map(|(_, v)| v.clone())
         .unwrap_or_default();
-    if !shared.plain_postgres
-        && let Some((name, _)) = params
-            .iter()
-            .find(|(k, _)| !SUPPORTED_STARTUP_PARAMS.contains(&k.as_str()))
-    {
-        let msg = if name == "options" {
-            "Feature not supported: RDS Proxy currently doesn’t support command-line options."
-                .to_owned()
-        } else {
-            format!("Feature not supported: RDS Proxy currently doesn’t support the option {name}.")
-        };
-        let reason = format!("unsupported startup parameter {name}");
-        return reject(shared, &mut client, &user, "0A000", &msg, &reason).await;
+    if let Some((code, msg, reason)) = startup_refusal(shared, &params, &user) {
+        return reject(shared, &mut client, &user, code, &msg, &reason).await;
     }
-    if user.is_empty() {
-        let msg = "no PostgreSQL user name specified in startup packet";
-        return reject(shared, &mut client, &user, "28000", msg, msg).await;
-    }
-
     client.write_all(&wire::authentication(3)).await?;
     client.flush().await?;
     let (tag, body) = tokio::time::timeout(LOGIN_TIMEOUT, wire::read_message(&mut client))
@@ -502,8 +486,58 @@ async fn login<S: AsyncRead + AsyncWrite + Unpin>(
         );
         return reject(shared, &mut client, &user, "08P01", &msg, &msg).await;
     }
-    let password = wire::first_cstr(&body);
+    let mut record = LoginRecord {
+        params,
+        access_key_id: None,
+        session_token: None,
+        tls,
+    };
+    if let Err((msg, reason)) = check_password(shared, &user, &wire::first_cstr(&body), &mut record)
+    {
+        return reject(shared, &mut client, &user, "28P01", &msg, &reason).await;
+    }
+    relay_to_backend(shared, client, record).await
+}
 
+/// What RDS Proxy answers to a startup packet it refuses: SQLSTATE, message, and the reason
+/// the emulator records.
+fn startup_refusal(
+    shared: &Shared,
+    params: &[(String, String)],
+    user: &str,
+) -> Option<(&'static str, String, String)> {
+    if !shared.plain_postgres
+        && let Some((name, _)) = params
+            .iter()
+            .find(|(k, _)| !SUPPORTED_STARTUP_PARAMS.contains(&k.as_str()))
+    {
+        let msg = if name == "options" {
+            "Feature not supported: RDS Proxy currently doesn’t support command-line options."
+                .to_owned()
+        } else {
+            format!("Feature not supported: RDS Proxy currently doesn’t support the option {name}.")
+        };
+        return Some((
+            "0A000",
+            msg,
+            format!("unsupported startup parameter {name}"),
+        ));
+    }
+    if user.is_empty() {
+        let msg = "no PostgreSQL user name specified in startup packet";
+        return Some(("28000", msg.to_owned(), msg.to_owned()));
+    }
+    None
+}
+
+/// Checks the password (an IAM token, or the fixed password), after the throttle; the error is
+/// RDS Proxy's message and the reason the emulator records.
+fn check_password(
+    shared: &Shared,
+    user: &str,
+    password: &str,
+    record: &mut LoginRecord,
+) -> Result<(), (String, String)> {
     let throttled = shared
         .throttle
         .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
@@ -511,46 +545,43 @@ async fn login<S: AsyncRead + AsyncWrite + Unpin>(
     if throttled {
         let msg = "The IAM authentication failed because of too many competing requests. \
                    Try again later.";
-        return reject(shared, &mut client, &user, "28P01", msg, "throttled").await;
+        return Err((msg.to_owned(), "throttled".to_owned()));
     }
-
-    let mut record = LoginRecord {
-        params: params.clone(),
-        access_key_id: None,
-        session_token: None,
-        tls,
-    };
     match &shared.auth {
         EmulatorAuth::Iam => {
             let expect = Expectation {
                 host_port: format!("{}:{}", shared.endpoint_host, shared.endpoint_port),
                 region: shared.region.clone(),
-                db_user: user.clone(),
+                db_user: user.to_owned(),
             };
             let secret_for = |akid: &str| lock(&shared.keys).get(akid).cloned();
-            match verify_token(&password, &expect, secret_for, now_unix()) {
-                Ok(verified) => {
-                    record.access_key_id = Some(verified.access_key_id);
-                    record.session_token = verified.session_token;
-                }
-                Err(why) => {
+            let verified =
+                verify_token(password, &expect, secret_for, now_unix()).map_err(|why| {
                     let msg = format!(
                         "The IAM authentication failed for the role {user}. \
-                         Check the IAM token for this role and try again."
+                     Check the IAM token for this role and try again."
                     );
-                    let reason = why.to_string();
-                    return reject(shared, &mut client, &user, "28P01", &msg, &reason).await;
-                }
-            }
+                    (msg, why.to_string())
+                })?;
+            record.access_key_id = Some(verified.access_key_id);
+            record.session_token = verified.session_token;
         }
         EmulatorAuth::Password(expected) => {
-            if password != *expected {
+            if password != expected {
                 let msg = format!("password authentication failed for user \"{user}\"");
-                return reject(shared, &mut client, &user, "28P01", &msg, "wrong password").await;
+                return Err((msg, "wrong password".to_owned()));
             }
         }
     }
+    Ok(())
+}
 
+/// Logs in to the backend with the client's startup parameters and relays the session.
+async fn relay_to_backend<S: AsyncRead + AsyncWrite + Unpin>(
+    shared: &Shared,
+    mut client: S,
+    record: LoginRecord,
+) -> io::Result<()> {
     let mut backend = match TcpStream::connect((Ipv4Addr::LOCALHOST, shared.backend_port)).await {
         Ok(backend) => backend,
         Err(e) => {
@@ -559,7 +590,8 @@ async fn login<S: AsyncRead + AsyncWrite + Unpin>(
         }
     };
     let _ = backend.set_nodelay(true);
-    let pairs: Vec<(&str, &str)> = params
+    let pairs: Vec<(&str, &str)> = record
+        .params
         .iter()
         .map(|(k, v)| (k.as_str(), v.as_str()))
         .collect();
