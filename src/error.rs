@@ -8,6 +8,8 @@ use std::fmt;
 pub mod sqlstate {
     /// Cannot reach the upstream, TLS failure, no credentials.
     pub const CONNECTION_FAILURE: &str = "08001";
+    /// An established connection was lost.
+    pub const CONNECTION_FAILURE_LOST: &str = "08006";
     /// The client broke the protocol.
     pub const PROTOCOL_VIOLATION: &str = "08P01";
     /// Login rejected.

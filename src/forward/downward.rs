@@ -83,6 +83,8 @@ impl<'a, W: AsyncWrite + Unpin> ToClient<'a, W> {
             to_server: up.sent,
             to_client: self.sent,
             transactions: self.visitor.transactions,
+            client_at_boundary: self.client_at_boundary(),
+            server_said_error: self.visitor.last_tag == b'E',
         }
     }
 

@@ -39,8 +39,11 @@ pub enum Outcome {
     ClientTerminated,
     /// The client closed its socket.
     ClientClosed,
-    /// Reading from or writing to the client failed, or it broke the framing.
+    /// Reading from or writing to the client failed.
     ClientError,
+    /// The client sent bytes that are not PostgreSQL messages (a length below 4, a message
+    /// the transaction-mode rewriter cannot read).
+    ClientProtocolError,
     /// The server closed its side.
     ServerClosed,
     /// Reading from or writing to the server failed, or it broke the framing.
@@ -80,6 +83,11 @@ pub struct Traffic {
     pub to_client: u64,
     /// ReadyForQuery messages outside a transaction: completed transactions.
     pub transactions: u64,
+    /// When the period ended, the client's stream was between two messages (the sidecar may
+    /// still write it an ErrorResponse).
+    pub client_at_boundary: bool,
+    /// The last message the server sent was an ErrorResponse (its own words about an end).
+    pub server_said_error: bool,
 }
 
 /// Per-client forwarding state that outlives one attached period.

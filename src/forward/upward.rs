@@ -101,7 +101,7 @@ fn rewrite_chunk(
     let report = rewrite
         .client
         .process(chunk, rewrite.statements, rewrite.prepared, plan, out)
-        .map_err(|_| Outcome::ClientError)?;
+        .map_err(|_| Outcome::ClientProtocolError)?;
     state
         .expected_ready
         .fetch_add(report.sync_points, Ordering::AcqRel);
@@ -129,7 +129,7 @@ async fn send_upward<W: AsyncWrite + Unpin>(
         replay: &mut client_side.replay,
     };
     if client_side.scanner.scan(chunk, &mut up).is_err() {
-        return Err(Outcome::ClientError);
+        return Err(Outcome::ClientProtocolError);
     }
     let held = std::mem::take(&mut client_side.held);
     if let Some(start) = up.terminate_at {

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::error::{PgError, sqlstate};
 use crate::forward::closer::Closer;
@@ -77,6 +77,68 @@ impl Session {
         self.context
             .metrics
             .forwarded(traffic.to_server, traffic.to_client, traffic.transactions);
+    }
+}
+
+impl Session {
+    /// Tells the client why its session ends when it would otherwise see only a closed socket:
+    /// the upstream connection was lost (FATAL 08006, a WARN line, a metric), or its own bytes
+    /// were not PostgreSQL messages (FATAL 08P01). Nothing is written when the client holds part
+    /// of a server message, nor after the server's own ErrorResponse.
+    pub(super) async fn tell_ending(&mut self, outcome: Outcome, traffic: &Traffic) {
+        let error = match outcome {
+            Outcome::ServerClosed | Outcome::ServerError => {
+                let during = self.lost_during();
+                warn!(
+                    during,
+                    ?outcome,
+                    "the upstream connection was lost under a client"
+                );
+                self.context.metrics.upstream_lost(during);
+                if traffic.server_said_error {
+                    return;
+                }
+                let (when, hint) = match during {
+                    "statement" => (
+                        "while a statement ran",
+                        "the statement may or may not have completed: check before retrying",
+                    ),
+                    "transaction" => (
+                        "inside a transaction",
+                        "the transaction did not commit: run it again on a new connection",
+                    ),
+                    _ => ("while idle", "reconnect; nothing was running"),
+                };
+                PgError::fatal(
+                    sqlstate::CONNECTION_FAILURE_LOST,
+                    format!(
+                        "rds-iam-sidecar: the connection to {} was lost {when}",
+                        self.context.connector().upstream()
+                    ),
+                )
+                .with_hint(hint)
+            }
+            Outcome::ClientProtocolError => PgError::fatal(
+                sqlstate::PROTOCOL_VIOLATION,
+                "rds-iam-sidecar: invalid message from the client (a length below 4, or a \
+                 message that cannot be read)",
+            ),
+            _ => return,
+        };
+        if traffic.client_at_boundary {
+            send_error(&mut self.stream, &error).await;
+        }
+    }
+
+    /// What the client was doing when its upstream connection went: the metric label.
+    fn lost_during(&self) -> &'static str {
+        if !self.state.owes_nothing() {
+            "statement"
+        } else if self.state.inside_transaction() {
+            "transaction"
+        } else {
+            "idle"
+        }
     }
 }
 

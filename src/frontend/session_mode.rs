@@ -14,7 +14,7 @@ use tracing::{debug, warn};
 use crate::forward::buffers::Buffer;
 use crate::forward::replay::SessionReplay;
 use crate::forward::session_state::SessionChange;
-use crate::forward::{ClientSide, Detach, Outcome, Period, Pump, forward_attached};
+use crate::forward::{ClientSide, Detach, Outcome, Period, Pump, Traffic, forward_attached};
 use crate::ops::metrics::ClientState;
 use crate::ops::shutdown::Woken;
 use crate::pool::reset::{close_statements, replay, reset};
@@ -192,11 +192,12 @@ impl Session {
         // transaction mode keeps its own framing in the rewriter).
         let mut client_side = ClientSide::default();
         loop {
-            let outcome = self
+            let (outcome, last) = self
                 .serve_connection(&mut lease, &mut client_side, first.take())
                 .await;
             if outcome != Outcome::Cancelled || !self.state.session_is_replayable() {
                 self.leave(lease, outcome, &client_side.replay).await;
+                self.tell_ending(outcome, &last).await;
                 return outcome;
             }
             // The client goes on: at its next message, with another connection.
@@ -224,7 +225,7 @@ impl Session {
         lease: &mut Lease,
         client_side: &mut ClientSide,
         mut first: Option<(Buffer, usize)>,
-    ) -> Outcome {
+    ) -> (Outcome, Traffic) {
         let mut pending = std::mem::take(&mut lease.server().pending);
         loop {
             let server = lease.server();
@@ -233,7 +234,7 @@ impl Session {
                     Ok(Spoken::Client(buffer, n)) => first = Some((buffer, n)),
                     Ok(Spoken::Server) => {}
                     Ok(Spoken::Stale) => continue,
-                    Err(outcome) => return outcome,
+                    Err(outcome) => return (outcome, Traffic::default()),
                 }
             }
             let first_bytes = first.as_ref().map_or(&[][..], |(buffer, n)| &buffer[..*n]);
@@ -259,7 +260,7 @@ impl Session {
             first = None;
             self.add(traffic);
             if outcome != Outcome::Released {
-                return outcome;
+                return (outcome, traffic);
             }
         }
     }

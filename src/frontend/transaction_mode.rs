@@ -6,7 +6,7 @@ use std::time::Instant;
 use tracing::warn;
 
 use crate::forward::buffers::Buffer;
-use crate::forward::{Detach, Outcome, Period, Pump, Rewrite, forward_attached};
+use crate::forward::{Detach, Outcome, Period, Pump, Rewrite, Traffic, forward_attached};
 use crate::ops::metrics::ClientState;
 use crate::ops::shutdown::Woken;
 use crate::pool::Lease;
@@ -129,12 +129,17 @@ impl Session {
             forward_attached(&mut self.stream, &mut server.stream, period).await;
         self.add(traffic);
         self.cancel_key.set_serving(Serving::Nothing);
-        self.after_transaction(lease, outcome).await
+        self.after_transaction(lease, outcome, &traffic).await
     }
 
     /// The attached period ended with `outcome`: release the connection when it is idle;
     /// `Some(outcome)` when the session ends.
-    async fn after_transaction(&mut self, lease: Lease, outcome: Outcome) -> Option<Outcome> {
+    async fn after_transaction(
+        &mut self,
+        lease: Lease,
+        outcome: Outcome,
+        traffic: &Traffic,
+    ) -> Option<Outcome> {
         match outcome {
             Outcome::Released => {
                 lease.release();
@@ -150,11 +155,12 @@ impl Session {
                 drop(lease);
                 self.answer_cancelled().await
             }
-            Outcome::ServerClosed
-            | Outcome::ServerError
-            | Outcome::ClientError
-            | Outcome::CancelledMidAnswer
-            | Outcome::Shutdown => Some(outcome),
+            Outcome::ServerClosed | Outcome::ServerError | Outcome::ClientProtocolError => {
+                drop(lease);
+                self.tell_ending(outcome, traffic).await;
+                Some(outcome)
+            }
+            Outcome::ClientError | Outcome::CancelledMidAnswer | Outcome::Shutdown => Some(outcome),
         }
     }
 }

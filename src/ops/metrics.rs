@@ -30,6 +30,7 @@ pub const BYTES_FORWARDED: &str = "rds_iam_sidecar_bytes_forwarded_total";
 pub const TRANSACTIONS: &str = "rds_iam_sidecar_transactions_total";
 pub const CANCEL_REQUESTS: &str = "rds_iam_sidecar_cancel_requests_total";
 pub const SESSION_STATE: &str = "rds_iam_sidecar_session_state_connections_total";
+pub const UPSTREAM_LOST: &str = "rds_iam_sidecar_upstream_connections_lost_total";
 pub const BUILD_INFO: &str = "rds_iam_sidecar_build_info";
 
 /// Histogram buckets in seconds: 100 µs to 30 s.
@@ -159,6 +160,10 @@ fn describe_logins_and_traffic() {
     describe_counter!(
         CANCEL_REQUESTS,
         "Cancel requests by result: forwarded, emulated (the upstream connection closed, no server key or forwarding failed), closed (--cancel-mode close), not_running, unknown_key"
+    );
+    describe_counter!(
+        UPSTREAM_LOST,
+        "Upstream connections lost under a client, by what the client was doing (statement, transaction, idle)"
     );
     describe_counter!(
         SESSION_STATE,
@@ -327,6 +332,12 @@ impl UpstreamMetrics {
         if transactions > 0 {
             self.transactions.increment(transactions);
         }
+    }
+
+    /// An upstream connection was lost under a client.
+    pub fn upstream_lost(&self, during: &'static str) {
+        counter!(UPSTREAM_LOST, UPSTREAM_LABEL => self.upstream.clone(), "during" => during)
+            .increment(1);
     }
 
     /// A session-mode connection left with session state was reset or closed.

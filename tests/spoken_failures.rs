@@ -1,0 +1,90 @@
+//! Every lost connection is spoken: an upstream connection lost under a client gives it
+//! `FATAL 08006` naming the endpoint and what was running (and a metric), in both pooling
+//! modes; bytes that are not PostgreSQL messages after login give `FATAL 08P01` before the
+//! close, never a bare EOF.
+
+mod harness;
+mod support;
+
+use std::time::Duration;
+
+use harness::{connect, stack_with};
+use rds_iam_sidecar::pool::PoolMode;
+use rds_iam_sidecar::settings::EndpointSettings;
+use support::{TEST_AKID, TEST_SECRET, wire};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+async fn lost_mid_statement(adjust: impl FnOnce(&mut EndpointSettings)) {
+    let stack = stack_with(adjust, harness::credentials(TEST_AKID, TEST_SECRET)).await;
+    let client = connect(&stack).await;
+    let query = client.simple_query("select pg_sleep(10)");
+    let kill = async {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        stack.emulator.kill_connections();
+    };
+    let (result, ()) =
+        tokio::time::timeout(Duration::from_secs(5), async { tokio::join!(query, kill) })
+            .await
+            .expect("the client hears of it at once");
+    let error = result.expect_err("the connection was lost");
+    let db = error
+        .as_db_error()
+        .expect("an ErrorResponse, not a bare EOF");
+    assert_eq!((db.code().code(), db.severity()), ("08006", "FATAL"));
+    assert!(
+        db.message().contains("was lost while a statement ran")
+            && db.message().contains(support::DEFAULT_ENDPOINT_HOST),
+        "{}",
+        db.message()
+    );
+}
+
+#[tokio::test]
+async fn an_upstream_lost_mid_statement_is_spoken_in_session_mode() {
+    lost_mid_statement(|_| {}).await;
+}
+
+#[tokio::test]
+async fn an_upstream_lost_mid_statement_is_spoken_in_transaction_mode() {
+    lost_mid_statement(|c| c.pool.mode = PoolMode::Transaction).await;
+}
+
+#[tokio::test]
+async fn a_message_too_short_to_be_one_gets_08p01() {
+    for mode in [PoolMode::Session, PoolMode::Transaction] {
+        let stack = stack_with(
+            |c| c.pool.mode = mode,
+            harness::credentials(TEST_AKID, TEST_SECRET),
+        )
+        .await;
+        let mut raw = TcpStream::connect(stack.sidecar.addr())
+            .await
+            .expect("connect");
+        wire::login(
+            &mut raw,
+            &[("user", "postgres"), ("database", "postgres")],
+            "x",
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+        // A Query whose length (2) cannot even hold itself.
+        raw.write_all(&[b'Q', 0, 0, 0, 2]).await.expect("write");
+        let (tag, body) =
+            tokio::time::timeout(Duration::from_secs(5), wire::read_message(&mut raw))
+                .await
+                .expect("answered at once")
+                .expect("an ErrorResponse");
+        assert_eq!(tag, b'E', "{mode:?}");
+        let fields = wire::parse_error_fields(&body);
+        assert_eq!(
+            fields.get(&'C').map(String::as_str),
+            Some("08P01"),
+            "{mode:?}"
+        );
+        assert_eq!(fields.get(&'S').map(String::as_str), Some("FATAL"));
+        let mut rest = Vec::new();
+        let _ = raw.read_to_end(&mut rest).await;
+        assert!(rest.is_empty(), "then the connection closes");
+    }
+}
