@@ -286,7 +286,10 @@ async fn ecs_credentials_rotate_and_logs_hold_no_secret() {
             "--listen",
             &format!("127.0.0.1:{port}"),
             "--log-level",
-            "trace",
+            // Every target the SDK and the HTTP stack log under, named at trace: the sidecar
+            // must still keep credentials out (issue 12: aws_sigv4=trace showed the token).
+            "trace,aws_sigv4=trace,aws_config=trace,aws_smithy_runtime=trace,\
+             aws_smithy_http_client=trace,aws_credential_types=trace,hyper=trace,hyper_util=trace",
             "--log-format",
             "json",
             "--admin-listen",
