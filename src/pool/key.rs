@@ -70,6 +70,32 @@ impl PoolKey {
         spec
     }
 
+    /// The written form for a log line, bounded: past a few parameters or a few hundred
+    /// characters, the rest is counted, not shown.
+    pub fn spec_for_log(&self) -> String {
+        const MOST_PARAMETERS: usize = 8;
+        const MOST_CHARS: usize = 400;
+        let spec = self.spec();
+        if self.parameters.len() <= MOST_PARAMETERS && spec.len() <= MOST_CHARS {
+            return spec;
+        }
+        let shown = Self {
+            parameters: self
+                .parameters
+                .iter()
+                .take(MOST_PARAMETERS)
+                .cloned()
+                .collect(),
+            ..self.clone()
+        };
+        let mut text: String = shown.spec().chars().take(MOST_CHARS).collect();
+        text.push_str(&format!(
+            " … and {} more parameters",
+            self.parameters.len().saturating_sub(MOST_PARAMETERS)
+        ));
+        text
+    }
+
     /// Reads the written form `[user@]database[?name=value&...]`; the user defaults to
     /// `default_user` (`--db-user`), and must equal it when both are given, since every
     /// upstream login then uses `--db-user`. Parameter names are spelled as the client's driver
@@ -194,6 +220,19 @@ mod tests {
             loose.parameters,
             vec![("application_name".into(), "my app".into())]
         );
+    }
+
+    #[test]
+    fn the_logged_form_is_bounded() {
+        let many = (0..1000)
+            .map(|i| (format!("param_{i}"), "x".repeat(50)))
+            .collect();
+        let key = PoolKey::new("u", "d", many);
+        let logged = key.spec_for_log();
+        assert!(logged.len() < 600, "{} characters", logged.len());
+        assert!(logged.ends_with("and 992 more parameters"), "{logged}");
+        let few = PoolKey::new("u", "d", vec![("TimeZone".into(), "UTC".into())]);
+        assert_eq!(few.spec_for_log(), few.spec());
     }
 
     #[test]

@@ -88,7 +88,7 @@ impl Pools {
         };
         info!(
             pool = %created.key,
-            spec = %created.key.spec(),
+            spec = %created.key.spec_for_log(),
             "new pool (--warm-pool with this spec opens it at start)"
         );
         created

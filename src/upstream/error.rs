@@ -57,6 +57,9 @@ pub enum ConnectError {
     Io(#[from] std::io::Error),
 }
 
+/// The stage of a [`ConnectError::Timeout`] spent waiting for AWS credentials.
+pub const CREDENTIALS_STAGE: &str = "fetching AWS credentials for";
+
 /// The kind of TLS failure, for the hint.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TlsFailure {
@@ -115,6 +118,8 @@ impl ConnectError {
                 format!("{prefix}: {self}"),
             )
             .with_hint("is the endpoint up, and do its security group and subnet routes allow this task to reach the port? RDS Proxy listens on 5432"),
+            Self::Timeout { stage: CREDENTIALS_STAGE, .. } => PgError::fatal(sqlstate::CONNECTION_FAILURE, format!("{prefix}: {self}"))
+                .with_hint("the AWS credentials source did not answer in time (nothing was sent to the endpoint): check the ECS agent (AWS_CONTAINER_CREDENTIALS_RELATIVE_URI), the instance metadata service, or STS for web identity; `rds-iam-sidecar doctor` asks each source"),
             Self::Timeout { .. } => PgError::fatal(sqlstate::CONNECTION_FAILURE, format!("{prefix}: {self}"))
                 .with_hint("the upstream accepted TCP but did not answer in time; raise --connect-timeout or check the proxy's health"),
             Self::TlsRefused { .. } => PgError::fatal(sqlstate::CONNECTION_FAILURE, format!("{prefix}: {self}"))
@@ -203,5 +208,31 @@ pub fn classify_tls(error: &std::io::Error) -> TlsFailure {
             _ => TlsFailure::Other,
         },
         _ => TlsFailure::Other,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_credentials_timeout_does_not_blame_the_proxy() {
+        let ctx = HintContext {
+            endpoint: "db.proxy-x.us-east-1.rds.amazonaws.com",
+            user: "app",
+            region: Some("us-east-1"),
+            iam: true,
+        };
+        let timeout = |stage| ConnectError::Timeout {
+            stage,
+            target: "db.proxy-x.us-east-1.rds.amazonaws.com:5432".to_owned(),
+            after: Duration::from_secs(5),
+        };
+        let credentials = timeout(CREDENTIALS_STAGE).to_pg_error(&ctx);
+        let hint = credentials.hint.unwrap_or_default();
+        assert!(hint.contains("credentials source"), "{hint}");
+        assert!(!hint.contains("proxy's health"), "{hint}");
+        let login = timeout("logging in to").to_pg_error(&ctx);
+        assert!(login.hint.unwrap_or_default().contains("proxy's health"));
     }
 }

@@ -223,7 +223,7 @@ impl Connector {
                 Some(
                     timeout_at(deadline, fetch)
                         .await
-                        .map_err(|_| self.timeout_error("fetching AWS credentials for"))??,
+                        .map_err(|_| self.timeout_error(error::CREDENTIALS_STAGE))??,
                 )
             }
             Authenticator::Password(_) => None,
