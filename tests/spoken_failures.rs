@@ -88,3 +88,54 @@ async fn a_message_too_short_to_be_one_gets_08p01() {
         assert!(rest.is_empty(), "then the connection closes");
     }
 }
+
+#[tokio::test]
+async fn silent_sockets_count_against_the_limit_and_are_closed_after_the_login_timeout() {
+    let stack = stack_with(
+        |c| {
+            c.frontend.max_client_connections = 3;
+            c.frontend.login_timeout = Duration::from_millis(500);
+        },
+        harness::credentials(TEST_AKID, TEST_SECRET),
+    )
+    .await;
+    let mut silent = Vec::new();
+    for _ in 0..3 {
+        silent.push(
+            TcpStream::connect(stack.sidecar.addr())
+                .await
+                .expect("connect"),
+        );
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // The fourth is refused at once, before it sends anything.
+    let mut fourth = TcpStream::connect(stack.sidecar.addr())
+        .await
+        .expect("connect");
+    let (tag, body) = tokio::time::timeout(Duration::from_secs(2), wire::read_message(&mut fourth))
+        .await
+        .expect("refused at once")
+        .expect("an ErrorResponse");
+    assert_eq!(tag, b'E');
+    let fields = wire::parse_error_fields(&body);
+    assert_eq!(fields.get(&'C').map(String::as_str), Some("53300"));
+    // The silent ones are told and closed after --client-login-timeout.
+    for socket in &mut silent {
+        let (tag, body) = tokio::time::timeout(Duration::from_secs(3), wire::read_message(socket))
+            .await
+            .expect("closed after the login timeout")
+            .expect("an ErrorResponse");
+        assert_eq!(tag, b'E');
+        let fields = wire::parse_error_fields(&body);
+        assert_eq!(fields.get(&'C').map(String::as_str), Some("08P01"));
+        assert!(
+            fields
+                .get(&'M')
+                .is_some_and(|m| m.contains("--client-login-timeout"))
+        );
+    }
+    drop(silent);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let client = connect(&stack).await;
+    client.simple_query("select 1").await.expect("served again");
+}

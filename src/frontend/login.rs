@@ -27,9 +27,6 @@ use super::{Admitted, Frontend, send_error, send_shutdown_error};
 /// Protocol 3.0 as a version number: what NegotiateProtocolVersion offers.
 const PROTOCOL_3_0: i32 = 3 << 16;
 
-/// How long a client may take to send its startup packet.
-const STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
-
 /// Negotiation, startup packet, pool checkout and greeting; the logged-in session and its
 /// first upstream connection, or `None` when the client is gone or was refused.
 pub(super) async fn login(
@@ -37,8 +34,13 @@ pub(super) async fn login(
     context: Arc<Frontend>,
     gauge: ClientGauge,
 ) -> Option<Box<Session>> {
+    // Counted from accept: silent sockets cannot pile up past the limit.
+    let Some(admitted) = context.admit() else {
+        refuse_too_many(&mut stream, &context).await;
+        return None;
+    };
     let negotiated = tokio::select! {
-        negotiated = tokio::time::timeout(STARTUP_TIMEOUT, negotiate(&mut stream, &context)) => negotiated,
+        negotiated = tokio::time::timeout(context.login_timeout, negotiate(&mut stream, &context)) => negotiated,
         // A client that has not logged in yet does not hold up a drain.
         () = context.shutdown.draining() => {
             refuse_for_shutdown(&mut stream, &context).await;
@@ -58,13 +60,30 @@ pub(super) async fn login(
         Err(_) => {
             let pg = PgError::fatal(
                 sqlstate::PROTOCOL_VIOLATION,
-                "rds-iam-sidecar: no startup packet within 30 s",
+                format!(
+                    "rds-iam-sidecar: no startup packet within {} (--client-login-timeout)",
+                    humantime::format_duration(context.login_timeout)
+                ),
             );
             send_error(&mut stream, &pg).await;
             return None;
         }
     };
-    greet(stream, startup, context, gauge).await
+    greet(stream, startup, admitted, gauge).await
+}
+
+/// Turns away a connection over `--max-client-connections`, at once and within a bound.
+async fn refuse_too_many(stream: &mut ClientStream, context: &Frontend) {
+    let pg = PgError::fatal(
+        sqlstate::TOO_MANY_CONNECTIONS,
+        format!(
+            "sorry, too many clients already (rds-iam-sidecar --max-client-connections {})",
+            context.max_clients
+        ),
+    );
+    warn!("client refused: --max-client-connections reached");
+    context.metrics.client_refused("max_clients");
+    let _ = tokio::time::timeout(Duration::from_secs(1), send_error(stream, &pg)).await;
 }
 
 /// Answers SSL/GSS requests until the startup packet; `None` when the connection was a cancel.
@@ -105,10 +124,11 @@ fn startup_error_to_pg(error: &StartupError) -> Option<PgError> {
 async fn greet(
     mut stream: ClientStream,
     startup: StartupRequest,
-    context: Arc<Frontend>,
+    admitted: Admitted,
     mut gauge: ClientGauge,
 ) -> Option<Box<Session>> {
-    let (admitted, client_user) = admit(&mut stream, &startup, &context).await?;
+    let context = admitted.frontend().clone();
+    let client_user = admit(&mut stream, &startup, &context).await?;
     let user = context.db_user.as_deref().unwrap_or(client_user).to_owned();
     let database = startup.get("database").unwrap_or(client_user).to_owned();
     let StartupParameters {
@@ -187,13 +207,13 @@ fn hold(
     }
 }
 
-/// The client's place under `--max-client-connections` and its user name, or `None` after
-/// telling it why not (draining, no user, a replication connection, too many clients).
+/// The client's user name, or `None` after telling it why it cannot log in (draining, no user,
+/// a replication connection).
 async fn admit<'s>(
     stream: &mut ClientStream,
     startup: &'s StartupRequest,
     context: &Arc<Frontend>,
-) -> Option<(Admitted, &'s str)> {
+) -> Option<&'s str> {
     if context.shutdown.is_draining() {
         refuse_for_shutdown(stream, context).await;
         return None;
@@ -218,20 +238,7 @@ async fn admit<'s>(
         send_error(stream, &pg).await;
         return None;
     }
-    let Some(admitted) = context.admit() else {
-        let pg = PgError::fatal(
-            sqlstate::TOO_MANY_CONNECTIONS,
-            format!(
-                "sorry, too many clients already (rds-iam-sidecar --max-client-connections {})",
-                context.max_clients
-            ),
-        );
-        warn!("client refused: --max-client-connections reached");
-        context.metrics.client_refused("max_clients");
-        send_error(stream, &pg).await;
-        return None;
-    };
-    Some((admitted, client_user))
+    Some(client_user)
 }
 
 /// How a client's session starts: with an upstream connection (and how long it waited for

@@ -16,6 +16,7 @@ mod transaction_mode;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::Duration;
 
 use bytes::BytesMut;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
@@ -38,8 +39,10 @@ pub struct FrontendSettings {
     /// Log in upstream as this user instead of the client's.
     pub db_user: Option<String>,
     pub cancel_mode: CancelMode,
-    /// Most client connections at once; more get 53300.
+    /// Most client connections at once, counted from accept; more get 53300.
     pub max_client_connections: usize,
+    /// How long a new connection may take to send its startup packet.
+    pub login_timeout: Duration,
 }
 
 impl Default for FrontendSettings {
@@ -48,6 +51,7 @@ impl Default for FrontendSettings {
             db_user: None,
             cancel_mode: CancelMode::Forward,
             max_client_connections: 1000,
+            login_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -61,9 +65,10 @@ pub struct Frontend {
     pub cancel_mode: CancelMode,
     pub shutdown: Arc<Shutdown>,
     pub metrics: &'static UpstreamMetrics,
-    /// Clients past the startup packet, against `max_clients`.
+    /// Client connections from accept to close, against `max_clients`.
     clients: AtomicUsize,
     max_clients: usize,
+    login_timeout: Duration,
     next_id: AtomicU64,
 }
 
@@ -78,6 +83,7 @@ impl Frontend {
             cancel_mode: settings.cancel_mode,
             clients: AtomicUsize::new(0),
             max_clients: settings.max_client_connections,
+            login_timeout: settings.login_timeout,
             next_id: AtomicU64::new(1),
         }
     }
@@ -99,6 +105,13 @@ impl Frontend {
 /// A client's place under `--max-client-connections`, given back on drop; also the session's
 /// handle on what all sessions share (one pointer for both).
 struct Admitted(Arc<Frontend>);
+
+impl Admitted {
+    /// What the endpoint's clients share.
+    fn frontend(&self) -> &Arc<Frontend> {
+        &self.0
+    }
+}
 
 impl std::ops::Deref for Admitted {
     type Target = Frontend;

@@ -167,7 +167,8 @@ pub struct EndpointArgs {
     )]
     pub warm_pools: Vec<String>,
 
-    /// Most client connections at once; more get 53300 [default: 1000].
+    /// Most client connections at once, counted from the moment they are accepted (logging in
+    /// or logged in); more get 53300 at once [default: 1000].
     #[arg(long, env = "RDS_IAM_SIDECAR_MAX_CLIENT_CONNECTIONS", value_name = "N")]
     #[serde(
         default,
@@ -175,6 +176,20 @@ pub struct EndpointArgs {
         skip_serializing_if = "Option::is_none"
     )]
     pub max_client_connections: Option<usize>,
+
+    /// How long a new client connection may take to send its startup packet, then 08P01
+    /// [default: 30s].
+    #[arg(
+        long,
+        env = "RDS_IAM_SIDECAR_CLIENT_LOGIN_TIMEOUT",
+        value_name = "DURATION"
+    )]
+    #[serde(
+        default,
+        deserialize_with = "text",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub client_login_timeout: Option<String>,
 
     /// How long a client waits for a free upstream connection, then 53300 [default: 30s].
     #[arg(long, env = "RDS_IAM_SIDECAR_POOL_TIMEOUT", value_name = "DURATION")]

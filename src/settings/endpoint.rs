@@ -194,6 +194,11 @@ fn frontend_settings(
         db_user: args.db_user.clone(),
         cancel_mode: args.cancel_mode.unwrap_or(defaults.cancel_mode),
         max_client_connections,
+        login_timeout: blame.positive_duration(
+            "--client-login-timeout",
+            args.client_login_timeout.as_deref(),
+            defaults.login_timeout,
+        )?,
     })
 }
 
