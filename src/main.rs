@@ -53,6 +53,12 @@ async fn run(args: RunArgs) -> ExitCode {
         Err(e) => return usage_error(e),
     };
     logging::init(config.log_format, &config.log_level);
+    let clients = config
+        .endpoints
+        .iter()
+        .map(|e| e.frontend.max_client_connections as u64)
+        .sum();
+    rds_iam_sidecar::ops::limits::raise_open_files(clients);
     let lifecycle = config.lifecycle.clone();
     let sidecar = match rds_iam_sidecar::start(config, None).await {
         Ok(sidecar) => sidecar,

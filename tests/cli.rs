@@ -6,7 +6,7 @@ mod harness;
 mod support;
 
 use std::path::Path;
-use std::process::{Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -397,4 +397,66 @@ async fn ecs_credentials_rotate_and_logs_hold_no_secret() {
     ] {
         assert!(!log.contains(secret), "the log contains '{secret}':\n{log}");
     }
+}
+
+#[tokio::test]
+async fn the_open_file_limit_is_raised_to_the_hard_limit_at_start() {
+    let home = tempfile::tempdir().expect("tempdir");
+    let port = free_port();
+    let log_path = home.path().join("limits.log");
+    let log_file = std::fs::File::create(&log_path).expect("log file");
+    let hard = String::from_utf8(
+        Command::new("sh")
+            .args(["-c", "ulimit -Hn"])
+            .output()
+            .expect("ulimit -Hn")
+            .stdout,
+    )
+    .expect("utf-8");
+    let hard = hard.trim().to_owned();
+    if hard == "unlimited" || hard.parse::<u64>().is_ok_and(|h| h <= 256) {
+        eprintln!("SKIPPED: hard open-file limit {hard}");
+        return;
+    }
+    let child = Command::new("sh")
+        .args([
+            "-c",
+            "ulimit -Sn 256 && exec \"$0\" \"$@\"",
+            harness::binary::BIN,
+        ])
+        .args(["run", "--upstream", "127.0.0.1:1", "--auth", "password"])
+        .args([
+            "--tls-mode",
+            "disable",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+        ])
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("HOME", home.path())
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .env("RDS_IAM_SIDECAR_PASSWORD", "x")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::from(log_file))
+        .spawn()
+        .expect("spawn");
+    let mut child = KillOnDrop(child);
+    wait_for_port(port, &mut child.0).await;
+    let limits =
+        std::fs::read_to_string(format!("/proc/{}/limits", child.0.id())).expect("/proc limits");
+    let open_files = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .expect("a Max open files line");
+    let fields: Vec<&str> = open_files.split_whitespace().collect();
+    assert_eq!(
+        fields[3], hard,
+        "soft limit raised to the hard one: {open_files}"
+    );
+    let log = std::fs::read_to_string(&log_path).expect("log");
+    assert!(
+        log.contains("raised the open-file limit") && log.contains("256"),
+        "{log}"
+    );
 }

@@ -6,6 +6,7 @@
 pub mod admin;
 pub mod admin_client;
 pub mod health;
+pub mod limits;
 pub mod logging;
 pub mod metrics;
 pub mod shutdown;
