@@ -1,7 +1,8 @@
-//! Every lost connection is spoken: an upstream connection lost under a client gives it
-//! `FATAL 08006` naming the endpoint and what was running (and a metric), in both pooling
-//! modes; bytes that are not PostgreSQL messages after login give `FATAL 08P01` before the
-//! close, never a bare EOF.
+//! Every lost connection is spoken, every fault bounded: an upstream connection lost under a
+//! client gives it `FATAL 08006` naming the endpoint and what was running (and a metric), in
+//! both pooling modes; bytes that are not PostgreSQL messages after login give `FATAL 08P01`
+//! before the close, never a bare EOF; silent sockets count against the client limit and are
+//! closed after the login timeout; a pooled connection to a hung proxy is never handed out.
 
 mod harness;
 mod support;
@@ -138,4 +139,41 @@ async fn silent_sockets_count_against_the_limit_and_are_closed_after_the_login_t
     tokio::time::sleep(Duration::from_millis(100)).await;
     let client = connect(&stack).await;
     client.simple_query("select 1").await.expect("served again");
+}
+
+#[tokio::test]
+async fn a_pooled_connection_to_a_hung_proxy_is_replaced_unnoticed() {
+    let stack = stack_with(
+        |c| {
+            c.pool.size = 2;
+            c.pool.probe_after = Duration::from_millis(100);
+        },
+        harness::credentials(TEST_AKID, TEST_SECRET),
+    )
+    .await;
+    let first = connect(&stack).await;
+    first.simple_query("select 1").await.expect("query");
+    drop(first);
+    // Pooled, idle past probe_after; then the proxy hangs with the connection open.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stack.emulator.stall_connections();
+    let started = std::time::Instant::now();
+    let second = connect(&stack).await;
+    let value = tokio::time::timeout(
+        Duration::from_secs(10),
+        harness::simple_value(&second, "select 2"),
+    )
+    .await
+    .expect("not handed the hung connection");
+    assert_eq!(value.as_deref(), Some("2"), "served on a new connection");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "within the probe's bound: {:?}",
+        started.elapsed()
+    );
+    assert_eq!(
+        stack.emulator.logins(),
+        2,
+        "the hung connection was replaced"
+    );
 }

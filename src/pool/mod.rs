@@ -30,6 +30,9 @@ pub use lease::Lease;
 pub use rate::RateLimiter;
 pub use settings::{PoolMode, PoolSettings};
 
+/// How long an idle connection may take to answer the empty query that proves it alive.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// Why no connection could be had.
 #[derive(Debug, thiserror::Error)]
 pub enum CheckoutError {
@@ -164,10 +167,10 @@ impl Pools {
             };
             match action {
                 Handoff::Connection(mut connection) => {
-                    if is_alive(&mut connection.server) {
+                    if is_alive(&mut connection.server) && self.proven(&mut connection).await {
                         return Ok(Lease::new(pool, *connection));
                     }
-                    debug!(pool = %pool.key, "idle upstream connection was closed by the server; replacing it");
+                    debug!(pool = %pool.key, "idle upstream connection was closed or did not answer; replacing it");
                     pool.forget_one();
                 }
                 Handoff::Room => {
@@ -183,15 +186,29 @@ impl Pools {
         }
     }
 
-    /// An idle connection of `pool` that is still alive, if one is free right now.
+    /// An idle connection of `pool` that is still alive and was idle too briefly to need a
+    /// proof, if one is free right now.
     pub fn checkout_idle(&self, pool: &Arc<Pool>) -> Option<Lease> {
         while let Some(mut connection) = pool.take_idle() {
+            if connection.idle_since.elapsed() >= self.settings.probe_after {
+                pool.give_back(connection);
+                return None;
+            }
             if is_alive(&mut connection.server) {
                 return Some(Lease::new(pool, connection));
             }
             pool.forget_one();
         }
         None
+    }
+
+    /// A connection idle longer than `probe_after` answers an empty query within
+    /// [`PROBE_TIMEOUT`]; a briefly idle one needs no proof.
+    async fn proven(&self, connection: &mut PooledConnection) -> bool {
+        if connection.idle_since.elapsed() < self.settings.probe_after {
+            return true;
+        }
+        reset::probe(&mut connection.server, PROBE_TIMEOUT).await
     }
 
     /// Opens one connection for `pool`, after the rate limit allows it.

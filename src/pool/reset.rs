@@ -1,7 +1,8 @@
-//! Making a session-mode connection clean for the next client: the reset query (`DISCARD ALL`
-//! by default), or Close messages for the protocol-level named statements a client left (no
-//! SQL, so nothing that pins behind RDS Proxy), must complete without error and leave the
-//! connection idle. ParameterStatus messages it causes (RESET ALL reports defaults) update the
+//! Round trips the sidecar makes on a pooled connection of its own accord: the proof that an
+//! idle one is alive (an empty query), and making a session-mode connection clean for the next
+//! client: the reset query (`DISCARD ALL` by default), or Close messages for the
+//! protocol-level named statements a client left (no SQL, so nothing that pins behind RDS
+//! Proxy), must complete without error and leave the connection idle. ParameterStatus messages it causes (RESET ALL reports defaults) update the
 //! connection's parameters.
 
 use std::time::Duration;
@@ -37,6 +38,18 @@ pub async fn reset(server: &mut ServerConnection, query: &str) -> Result<(), Res
     tokio::time::timeout(RESET_TIMEOUT, run(server, query))
         .await
         .map_err(|_| ResetError::Timeout)?
+}
+
+/// Proves a pooled connection alive: an empty query answered within `within`.
+pub async fn probe(server: &mut ServerConnection, within: Duration) -> bool {
+    let mut out = BytesMut::new();
+    if frontend::query("", &mut out).is_err() {
+        return false;
+    }
+    matches!(
+        tokio::time::timeout(within, send_and_wait(server, &out, 1)).await,
+        Ok(Ok(()))
+    )
 }
 
 /// Closes the named statements `names` (Close messages, then Sync).

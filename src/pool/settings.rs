@@ -31,6 +31,9 @@ pub struct PoolSettings {
     /// Run on a session-mode connection its client left with session state, before another
     /// client gets it; None to close such connections instead. Clean ones need nothing.
     pub reset_query: Option<String>,
+    /// A connection idle longer than this is proven alive with an empty query before a client
+    /// gets it (a hung proxy still accepts bytes and answers TCP keepalives).
+    pub probe_after: Duration,
 }
 
 impl Default for PoolSettings {
@@ -43,6 +46,7 @@ impl Default for PoolSettings {
             idle_timeout: Duration::from_secs(600),
             max_lifetime: Duration::from_secs(3600),
             reset_query: Some("DISCARD ALL".to_owned()),
+            probe_after: Duration::from_secs(5),
         }
     }
 }

@@ -373,5 +373,6 @@ fn pool_settings(
             defaults.max_lifetime,
         )?,
         reset_query,
+        probe_after: defaults.probe_after,
     })
 }

@@ -173,6 +173,7 @@ struct Shared {
     rejections: Mutex<Vec<String>>,
     accepted: Mutex<Vec<LoginRecord>>,
     kill: watch::Sender<u64>,
+    stall: watch::Sender<u64>,
 }
 
 impl Emulator {
@@ -214,6 +215,7 @@ impl Emulator {
             rejections: Mutex::new(Vec::new()),
             accepted: Mutex::new(Vec::new()),
             kill: watch::channel(0).0,
+            stall: watch::channel(0).0,
         });
         let accept_task = tokio::spawn(accept_loop(listener, Arc::clone(&shared)));
         Emulator {
@@ -321,6 +323,12 @@ impl Emulator {
     /// authentication is throttled ("too many competing requests").
     pub fn throttle_next_logins(&self, n: u64) {
         self.shared.throttle.store(n, Ordering::SeqCst);
+    }
+
+    /// Makes every relayed session open now stop moving bytes, with its sockets left open (a
+    /// hung proxy: `kill -STOP`). Sessions opened later are served normally.
+    pub fn stall_connections(&self) {
+        self.shared.stall.send_modify(|generation| *generation += 1);
     }
 
     /// Abruptly closes every open connection (as a proxy restart or idle timeout would).
@@ -601,7 +609,14 @@ async fn relay_to_backend<S: AsyncRead + AsyncWrite + Unpin>(
     if !relay_login(&mut client, &mut backend, shared.plain_postgres).await? {
         return Ok(());
     }
-    relay(client, backend, &shared.pins, connection).await;
+    relay(
+        client,
+        backend,
+        &shared.pins,
+        connection,
+        shared.stall.subscribe(),
+    )
+    .await;
     Ok(())
 }
 

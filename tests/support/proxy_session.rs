@@ -59,8 +59,15 @@ where
 }
 
 /// Relays a logged-in session until either side closes, watching the client's messages.
-pub async fn relay<C, B>(client: C, backend: B, counters: &PinCounters, connection: u64)
-where
+/// When `stall` changes, the session stops moving bytes both ways but keeps its sockets open,
+/// as a hung proxy does (the kernel still acknowledges what arrives).
+pub async fn relay<C, B>(
+    client: C,
+    backend: B,
+    counters: &PinCounters,
+    connection: u64,
+    mut stall: tokio::sync::watch::Receiver<u64>,
+) where
     C: AsyncRead + AsyncWrite + Unpin,
     B: AsyncRead + AsyncWrite + Unpin,
 {
@@ -99,6 +106,7 @@ where
     tokio::select! {
         () = upward => {}
         () = downward => {}
+        _ = stall.changed() => std::future::pending::<()>().await,
     }
 }
 
