@@ -99,21 +99,34 @@ fn message(tag: u8, body: &[u8]) -> Option<Vec<u8>> {
 }
 
 /// One `SET name …` statement (not `SET LOCAL`, `SET TRANSACTION`, `SET CONSTRAINTS`), alone in
-/// its text: what can be sent again as it is.
+/// its text: what can be sent again as it is. Runs on every statement a session-mode client
+/// sends, so it looks at bytes and returns at the first one that rules a SET out.
 pub(super) fn is_plain_set(text: &[u8]) -> bool {
-    let Ok(text) = std::str::from_utf8(text) else {
-        return false;
-    };
-    let text = text.trim().trim_end_matches(';').trim_end();
-    if text.contains(';') {
+    let start = text
+        .iter()
+        .position(|b| !b.is_ascii_whitespace())
+        .unwrap_or(text.len());
+    let text = &text[start..];
+    let set = text
+        .get(..4)
+        .is_some_and(|w| w[..3].eq_ignore_ascii_case(b"set") && w[3].is_ascii_whitespace());
+    if !set {
         return false;
     }
-    let mut words = text.split_ascii_whitespace();
-    let first = words.next().unwrap_or_default();
-    let second = words.next().unwrap_or_default().to_ascii_lowercase();
-    first.eq_ignore_ascii_case("set")
-        && !second.is_empty()
-        && !matches!(second.as_str(), "local" | "transaction" | "constraints")
+    // Alone: no `;` but trailing ones.
+    let body = text.trim_ascii_end();
+    let body = &body[..body.len() - body.iter().rev().take_while(|&&b| b == b';').count()];
+    if memchr::memchr(b';', body).is_some() || std::str::from_utf8(body).is_err() {
+        return false;
+    }
+    let second = body[3..]
+        .split(|b| b.is_ascii_whitespace())
+        .find(|w| !w.is_empty())
+        .unwrap_or_default();
+    !second.is_empty()
+        && !second.eq_ignore_ascii_case(b"local")
+        && !second.eq_ignore_ascii_case(b"transaction")
+        && !second.eq_ignore_ascii_case(b"constraints")
 }
 
 /// The text begins a transaction (`BEGIN`, `START TRANSACTION`), so that a cancel of what follows
