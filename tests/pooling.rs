@@ -573,33 +573,17 @@ async fn transaction_mode_pgbench_in_all_three_protocols() {
         c.pool.size = 4;
     })
     .await;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let script = dir.path().join("tx.sql");
-    std::fs::write(
-        &script,
-        "\\set x random(1, 1000)\nbegin;\nselect :x::int * 2;\nselect :x::int + 1;\nend;\n",
-    )
-    .expect("script");
+    let script =
+        "\\set x random(1, 1000)\nbegin;\nselect :x::int * 2;\nselect :x::int + 1;\nend;\n";
     for mode in ["simple", "extended", "prepared"] {
-        let port = stack.sidecar.addr().port().to_string();
-        let script = script.clone();
-        let output = tokio::task::spawn_blocking(move || {
-            // One thread per client: pgbench prepares statements synchronously, one at a
-            // time, and a client blocked waiting for a pooled connection must not stall the
-            // client that holds one inside its transaction.
-            std::process::Command::new("pgbench")
-                .args(["-n", "-c", "16", "-j", "16", "-t", "30", "-M", mode])
-                .args(["-h", "127.0.0.1", "-p", &port])
-                .args(["-U", "postgres", "-f"])
-                .arg(&script)
-                .arg("postgres")
-                .output()
-                .expect("run pgbench")
-        })
-        .await
-        .expect("join");
-        let out = String::from_utf8_lossy(&output.stdout);
-        assert!(output.status.success(), "{mode}: {output:?}");
+        // One thread per client: pgbench prepares statements synchronously, one at a time,
+        // and a client blocked waiting for a pooled connection must not stall the client that
+        // holds one inside its transaction.
+        let args = ["-n", "-c", "16", "-j", "16", "-t", "30", "-M", mode];
+        let Some(out) = harness::pgbench(&stack, &args, script).await else {
+            eprintln!("SKIPPED: pgbench is not installed");
+            return;
+        };
         assert!(
             out.contains("number of transactions actually processed: 480/480"),
             "{mode}: {out}"

@@ -171,37 +171,45 @@ pub async fn connect_with_notifications(
     (client, rx)
 }
 
-/// Runs `pgbench -n -C` (a new connection per transaction) of `select 1` through the sidecar
-/// with `clients` clients and `threads` threads for `seconds`; returns the transactions done
-/// (the run must succeed with no failed transaction). `None` when pgbench is not installed.
-pub async fn pgbench_connect_per_transaction(
-    stack: &Stack,
-    clients: u32,
-    threads: u32,
-    seconds: u32,
-) -> Option<u64> {
+/// Runs pgbench through the sidecar with `args` and a script file holding `script`; returns
+/// its standard output (the run must succeed). `None` when pgbench is not installed.
+pub async fn pgbench(stack: &Stack, args: &[&str], script: &str) -> Option<String> {
     use std::process::Command;
     if Command::new("pgbench").arg("--version").output().is_err() {
         return None;
     }
     let dir = tempfile::tempdir().expect("tempdir");
-    let script = dir.path().join("select.sql");
-    std::fs::write(&script, "select 1;\n").expect("script");
+    let file = dir.path().join("script.sql");
+    std::fs::write(&file, script).expect("script");
     let port = stack.sidecar.addr().port().to_string();
-    let [clients, threads, seconds] = [clients, threads, seconds].map(|n| n.to_string());
+    let args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
     let output = tokio::task::spawn_blocking(move || {
         Command::new("pgbench")
-            .args(["-n", "-C", "-c", &clients, "-j", &threads, "-T", &seconds])
+            .args(&args)
             .args(["-h", "127.0.0.1", "-p", &port, "-U", "postgres", "-f"])
-            .arg(&script)
+            .arg(&file)
             .arg("postgres")
             .output()
             .expect("run pgbench")
     })
     .await
     .expect("join");
-    let out = String::from_utf8_lossy(&output.stdout);
-    assert!(output.status.success(), "{output:?}");
+    assert!(output.status.success(), "pgbench {output:?}");
+    Some(String::from_utf8_lossy(&output.stdout).into_owned())
+}
+
+/// Runs `pgbench -n -C` (a new connection per transaction) of `select 1` through the sidecar
+/// with `clients` clients and `threads` threads for `seconds`; returns the transactions done
+/// (no transaction may fail). `None` when pgbench is not installed.
+pub async fn pgbench_connect_per_transaction(
+    stack: &Stack,
+    clients: u32,
+    threads: u32,
+    seconds: u32,
+) -> Option<u64> {
+    let [clients, threads, seconds] = [clients, threads, seconds].map(|n| n.to_string());
+    let args = ["-n", "-C", "-c", &clients, "-j", &threads, "-T", &seconds];
+    let out = pgbench(stack, &args, "select 1;\n").await?;
     assert!(out.contains("number of failed transactions: 0"), "{out}");
     let transactions = out
         .lines()
