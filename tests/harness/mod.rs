@@ -81,16 +81,7 @@ pub async fn stack_with_settings(
 ) -> Stack {
     let pki = TestPki::new();
     let emulator = crate::support::emulator_for_cluster(&pki).await;
-    let mut settings = Settings::new(vec![config_for(&emulator, &pki)]);
-    adjust(&mut settings);
-    let sidecar = start(settings, Some(credentials))
-        .await
-        .expect("sidecar starts");
-    Stack {
-        pki,
-        emulator,
-        sidecar,
-    }
+    stack_behind(pki, emulator, adjust, credentials).await
 }
 
 /// A plain PostgreSQL behind the emulator's TLS and IAM front (BackendKeyData, cancels, any
@@ -99,16 +90,27 @@ pub async fn stack_with_settings(
 pub async fn plain_stack_with(adjust: impl FnOnce(&mut EndpointSettings)) -> Stack {
     let pki = TestPki::new();
     let emulator = crate::support::plain_emulator_for_cluster(&pki).await;
-    let mut endpoint = config_for(&emulator, &pki);
-    endpoint.upstream.kind = UpstreamKind::Postgres;
-    endpoint.pool.reset_query = Some("DISCARD ALL".to_owned());
-    adjust(&mut endpoint);
-    let sidecar = start(
-        Settings::new(vec![endpoint]),
-        Some(credentials(TEST_AKID, TEST_SECRET)),
-    )
-    .await
-    .expect("sidecar starts");
+    let plain = |settings: &mut Settings| {
+        let endpoint = &mut settings.endpoints[0];
+        endpoint.upstream.kind = UpstreamKind::Postgres;
+        endpoint.pool.reset_query = Some("DISCARD ALL".to_owned());
+        adjust(endpoint);
+    };
+    stack_behind(pki, emulator, plain, credentials(TEST_AKID, TEST_SECRET)).await
+}
+
+/// The sidecar in front of `emulator`, its settings adjusted by `adjust`.
+async fn stack_behind(
+    pki: TestPki,
+    emulator: Emulator,
+    adjust: impl FnOnce(&mut Settings),
+    credentials: Arc<CredentialCache>,
+) -> Stack {
+    let mut settings = Settings::new(vec![config_for(&emulator, &pki)]);
+    adjust(&mut settings);
+    let sidecar = start(settings, Some(credentials))
+        .await
+        .expect("sidecar starts");
     Stack {
         pki,
         emulator,
