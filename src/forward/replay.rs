@@ -5,6 +5,8 @@
 //! its named statements are closed with Close messages. Bounded: past the bounds the session
 //! counts as holding state the sidecar cannot rebuild.
 
+use crate::protocol::framing::message;
+
 /// A named statement: the client's name for it and its Parse message.
 type NamedParse = (Box<[u8]>, Box<[u8]>);
 
@@ -53,9 +55,7 @@ impl SessionReplay {
     /// Keeps the named Parse whose body is `body` (its name first); false past the bounds.
     pub(super) fn add_parse(&mut self, name: &[u8], body: &[u8]) -> bool {
         self.remove_statement(name);
-        let Some(message) = message(b'P', body) else {
-            return false;
-        };
+        let message = message(b'P', body);
         if !self.room_for(message.len()) {
             return false;
         }
@@ -88,25 +88,11 @@ impl SessionReplay {
     }
 }
 
-/// A message with tag `tag` and `body`.
-fn message(tag: u8, body: &[u8]) -> Option<Vec<u8>> {
-    let len = u32::try_from(body.len() + 4).ok()?;
-    let mut out = Vec::with_capacity(body.len() + 5);
-    out.push(tag);
-    out.extend_from_slice(&len.to_be_bytes());
-    out.extend_from_slice(body);
-    Some(out)
-}
-
 /// One `SET name …` statement (not `SET LOCAL`, `SET TRANSACTION`, `SET CONSTRAINTS`), alone in
 /// its text: what can be sent again as it is. Runs on every statement a session-mode client
 /// sends, so it looks at bytes and returns at the first one that rules a SET out.
 pub(super) fn is_plain_set(text: &[u8]) -> bool {
-    let start = text
-        .iter()
-        .position(|b| !b.is_ascii_whitespace())
-        .unwrap_or(text.len());
-    let text = &text[start..];
+    let text = text.trim_ascii_start();
     let set = text
         .get(..4)
         .is_some_and(|w| w[..3].eq_ignore_ascii_case(b"set") && w[3].is_ascii_whitespace());
@@ -132,11 +118,7 @@ pub(super) fn is_plain_set(text: &[u8]) -> bool {
 /// The text begins a transaction (`BEGIN`, `START TRANSACTION`), so that a cancel of what follows
 /// in the same batch leaves the client inside one.
 pub(super) fn opens_transaction(text: &[u8]) -> bool {
-    let start = text
-        .iter()
-        .position(|b| !b.is_ascii_whitespace())
-        .unwrap_or(text.len());
-    let text = &text[start..];
+    let text = text.trim_ascii_start();
     let word = |w: &[u8]| {
         text.get(..w.len())
             .is_some_and(|t| t.eq_ignore_ascii_case(w))

@@ -144,11 +144,7 @@ fn is_word(text: &[u8], at: usize, word: &[u8]) -> bool {
 
 /// The text starts with `DO` followed by a space, a quote or a dollar quote.
 fn starts_do_block(text: &[u8]) -> bool {
-    let start = text
-        .iter()
-        .position(|b| !b.is_ascii_whitespace())
-        .unwrap_or(text.len());
-    let text = &text[start..];
+    let text = text.trim_ascii_start();
     text.get(..2).is_some_and(|w| w.eq_ignore_ascii_case(b"do"))
         && text
             .get(2)

@@ -59,13 +59,9 @@ pub async fn close_statements<'a>(
 ) -> Result<(), ResetError> {
     let mut out = BytesMut::new();
     for name in names {
-        let len = u32::try_from(4 + 1 + name.len() + 1)
-            .map_err(|_| ResetError::Failed("statement name too long".to_owned()))?;
-        out.extend_from_slice(b"C");
-        out.extend_from_slice(&len.to_be_bytes());
-        out.extend_from_slice(b"S");
-        out.extend_from_slice(name);
-        out.extend_from_slice(&[0]);
+        let name = std::str::from_utf8(name)
+            .map_err(|_| ResetError::Failed("a statement name is not UTF-8".to_owned()))?;
+        frontend::close(b'S', name, &mut out)?;
     }
     frontend::sync(&mut out);
     tokio::time::timeout(RESET_TIMEOUT, send_and_wait(server, &out, 1))

@@ -152,6 +152,17 @@ fn header_fields(header: &[u8]) -> Result<(u8, usize), FramingError> {
     Ok((tag, length as usize - 4))
 }
 
+/// A whole message: `tag`, the length, `body`. Bodies the sidecar builds are bounded far below
+/// the 4 GiB a length can say.
+pub fn message(tag: u8, body: &[u8]) -> Vec<u8> {
+    let len = u32::try_from(body.len() + 4).unwrap_or(u32::MAX);
+    let mut out = Vec::with_capacity(body.len() + 5);
+    out.push(tag);
+    out.extend_from_slice(&len.to_be_bytes());
+    out.extend_from_slice(body);
+    out
+}
+
 /// Splits a ParameterStatus body into name and value.
 pub fn parameter_status(body: &[u8]) -> Option<(String, String)> {
     let mut parts = body.split(|b| *b == 0);

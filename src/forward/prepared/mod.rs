@@ -20,6 +20,8 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::Notify;
 
+use crate::protocol::framing::message;
+
 /// ParseComplete.
 const PARSE_COMPLETE: [u8; 5] = [b'1', 0, 0, 0, 4];
 /// CloseComplete.
@@ -162,14 +164,6 @@ fn server_name(query: &[u8], types: &[u8]) -> String {
     query.hash(&mut hasher);
     types.hash(&mut hasher);
     format!("rdsiam_{:016x}_{}", hasher.finish(), query.len())
-}
-
-fn message(tag: u8, body: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(body.len() + 5);
-    out.push(tag);
-    out.extend_from_slice(&((body.len() + 4) as u32).to_be_bytes());
-    out.extend_from_slice(body);
-    out
 }
 
 /// Splits a NUL-terminated string off the front of `body`.
