@@ -19,6 +19,9 @@ const COMMAND_COMPLETE: u8 = b'C';
 pub struct SyncState {
     /// ReadyForQuery messages still owed to the client (its sync points not yet answered).
     pub(super) expected_ready: AtomicU32,
+    /// ReadyForQuery messages the client got, wrapping (a watched cancel's statement ended
+    /// when this moved).
+    answered: AtomicU32,
     /// The client's stream is at a message boundary with no unsynced extended-protocol
     /// messages (Parse/Bind/Describe/Execute/Close/Flush) after its last sync point.
     pub(super) client_quiet: AtomicBool,
@@ -46,6 +49,7 @@ impl Default for SyncState {
     fn default() -> Self {
         Self {
             expected_ready: AtomicU32::new(0),
+            answered: AtomicU32::new(0),
             client_quiet: AtomicBool::new(true),
             status: AtomicU8::new(b'I'),
             changed: AtomicU8::new(0),
@@ -69,6 +73,24 @@ impl SyncState {
 
     pub fn status(&self) -> TransactionStatus {
         TransactionStatus::from_byte(self.status.load(Ordering::Acquire))
+    }
+
+    /// ReadyForQuery messages owed to the client now.
+    pub fn owed(&self) -> u32 {
+        self.expected_ready.load(Ordering::Acquire)
+    }
+
+    /// How many ReadyForQuery messages the client got, wrapping.
+    pub fn answered(&self) -> u32 {
+        self.answered.load(Ordering::Acquire)
+    }
+
+    /// One owed ReadyForQuery reached the client.
+    fn note_answered(&self) {
+        let _ = self
+            .expected_ready
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1));
+        self.answered.fetch_add(1, Ordering::AcqRel);
     }
 
     /// The client waits for the answer to exactly one sync point and sent nothing unsynced
@@ -150,9 +172,7 @@ impl SyncState {
 
     /// One owed ReadyForQuery was answered by the sidecar itself, with `status`.
     pub fn answered_locally(&self, status: u8) {
-        let _ = self
-            .expected_ready
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1));
+        self.note_answered();
         self.status.store(status, Ordering::Release);
     }
 }
@@ -262,11 +282,7 @@ impl FrameVisitor for Downward<'_> {
                         self.transactions += 1;
                     }
                 }
-                let _ = self.state.expected_ready.fetch_update(
-                    Ordering::AcqRel,
-                    Ordering::Acquire,
-                    |n| n.checked_sub(1),
-                );
+                self.state.note_answered();
             }
             PARAMETER_STATUS => {
                 if let Some((name, value)) = parameter_status(body) {

@@ -10,6 +10,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
+use crate::forward::SyncState;
 use crate::forward::closer::Closer;
 
 /// What a cancel request does.
@@ -68,13 +69,37 @@ impl CancelTarget {
     pub fn close(&self) {
         self.slot.closer.close();
     }
+
+    /// Where the client's answers stand now, if it waits for one (a statement runs).
+    pub fn running(&self) -> Option<Answered> {
+        let state = &self.slot.state;
+        (state.owed() > 0).then(|| Answered(state.answered()))
+    }
+
+    /// Closes the upstream connection if no answer reached the client since `mark`: the
+    /// statement a forwarded cancel was for still runs (a hung server, or a path that lost the
+    /// answer). Returns whether it closed.
+    pub fn close_if_still_running(&self, mark: Answered) -> bool {
+        let state = &self.slot.state;
+        let still = state.answered() == mark.0 && !state.owes_nothing();
+        if still {
+            self.slot.closer.close();
+        }
+        still
+    }
 }
 
-/// One client's entry: what serves it, and what wakes its session.
+/// A count of answers (ReadyForQuery) a client got, to tell whether one came since.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Answered(u32);
+
+/// One client's entry: what serves it, what wakes its session, and the protocol state a
+/// cancel looks at (is a statement running; did it end).
 #[derive(Debug, Default)]
 struct ClientSlot {
     serving: Mutex<Serving>,
     closer: Closer,
+    state: SyncState,
 }
 
 impl ClientSlot {
@@ -104,7 +129,7 @@ impl CancelRegistry {
             if key.0 != 0 && !map.contains_key(&key) {
                 let slot = Arc::new(ClientSlot {
                     serving: Mutex::new(serving),
-                    closer: Closer::default(),
+                    ..ClientSlot::default()
                 });
                 map.insert(key, slot.clone());
                 return CancelKeyGuard {
@@ -162,6 +187,11 @@ impl CancelKeyGuard {
     /// Woken when a cancel asks to close the upstream connection, and when a drain starts.
     pub fn closer(&self) -> &Closer {
         &self.slot.closer
+    }
+
+    /// The client session's protocol state (what both directions know of its sync points).
+    pub fn state(&self) -> &SyncState {
+        &self.slot.state
     }
 
     /// Points the key at another upstream connection (or nothing, between transactions).

@@ -1,11 +1,16 @@
 //! A CancelRequest from a client: find the client its key names and cancel what that client
 //! runs upstream, by forwarding the request to the server key of its upstream connection, or,
 //! where there is no key (RDS Proxy) or forwarding fails or `--cancel-mode close` asks, by
-//! closing that connection (the session then answers 57014).
+//! closing that connection (the session then answers 57014). A forwarded cancel whose statement
+//! has not ended after `--cancel-grace` (a hung server, a path that lost the answer) is followed
+//! by the close.
 
-use tracing::{debug, info, warn};
+use tracing::{Instrument, debug, info, warn};
 
-use crate::frontend::cancel::{CancelMode, Serving};
+use std::time::Duration;
+
+use crate::frontend::cancel::{Answered, CancelMode, CancelTarget, ServerKey, Serving};
+use crate::ops::metrics::UpstreamMetrics;
 
 use super::Frontend;
 
@@ -37,21 +42,57 @@ pub(super) async fn handle_cancel(context: &Frontend, pid: i32, secret: &[u8]) {
         Serving::Key(server) => server,
     };
     match context.cancel_mode {
-        CancelMode::Forward => match context.connector().cancel(server.pid, server.secret).await {
-            Ok(()) => {
-                info!("cancel request forwarded upstream");
-                context.metrics.cancel_request("forwarded");
-            }
-            Err(error) => {
-                warn!(%error, "forwarding a cancel request failed; closing the client's upstream connection instead");
-                context.metrics.cancel_request("emulated");
-                target.close();
-            }
-        },
+        CancelMode::Forward => forward(context, target, server).await,
         CancelMode::Close => {
             info!("cancel request: closing the client's upstream connection (--cancel-mode close)");
             context.metrics.cancel_request("closed");
             target.close();
         }
+    }
+}
+
+/// Sends the cancel to the server; a statement still running after the grace, or a cancel
+/// that could not be sent, ends with the upstream connection closed.
+async fn forward(context: &Frontend, target: CancelTarget, server: ServerKey) {
+    // Taken before the cancel goes: an answer after this one shows the statement ended.
+    let running = target.running();
+    match context.connector().cancel(server.pid, server.secret).await {
+        Ok(()) => {
+            info!("cancel request forwarded upstream");
+            context.metrics.cancel_request("forwarded");
+            if let Some(mark) = running {
+                tokio::spawn(
+                    close_after_grace(target, mark, context.cancel_grace, context.metrics)
+                        .instrument(tracing::Span::current()),
+                );
+            }
+        }
+        Err(error) => {
+            warn!(%error, "forwarding a cancel request failed; closing the client's upstream connection instead");
+            context.metrics.cancel_request("emulated");
+            // Unless the statement ended meanwhile: the next one is not the cancel's.
+            if let Some(mark) = running {
+                target.close_if_still_running(mark);
+            }
+        }
+    }
+}
+
+/// Closes the client's upstream connection if the statement a forwarded cancel was for has not
+/// ended within `grace`. Its own task: the cancel's connection is closed at once (libpq waits
+/// for that close).
+async fn close_after_grace(
+    target: CancelTarget,
+    mark: Answered,
+    grace: Duration,
+    metrics: &'static UpstreamMetrics,
+) {
+    tokio::time::sleep(grace).await;
+    if target.close_if_still_running(mark) {
+        warn!(
+            grace = %humantime::format_duration(grace),
+            "the statement a forwarded cancel was for still runs after --cancel-grace; closing its upstream connection"
+        );
+        metrics.cancel_request("unanswered");
     }
 }

@@ -24,18 +24,18 @@ impl Session {
     /// the one PostgreSQL would give and stays (in a failed transaction if it was inside one);
     /// `Some(outcome)` when the session ends instead.
     pub(super) async fn answer_cancelled(&mut self) -> Option<Outcome> {
-        if !self.state.awaiting_one_answer() {
+        if !self.cancel_key.state().awaiting_one_answer() {
             // Several answers owed, or unsynced messages: what it is owed cannot be told.
             self.cancelled_fatal().await;
             return Some(Outcome::Cancelled);
         }
-        let inside = self.state.inside_transaction();
+        let inside = self.cancel_key.state().inside_transaction();
         let status = if inside { b'E' } else { b'I' };
         let mut answer = BytesMut::new();
         messages::error_response(&mut answer, &cancelled_error(Severity::Error));
         messages::ready_for_query(&mut answer, status);
-        self.state.answered_locally(status);
-        self.state.set_aborted(inside);
+        self.cancel_key.state().answered_locally(status);
+        self.cancel_key.state().set_aborted(inside);
         if self.stream.write_all(&answer).await.is_err() {
             return Some(Outcome::ClientError);
         }
@@ -50,7 +50,7 @@ impl Session {
         let mut batch = Batch::default();
         let mut answer = BytesMut::new();
         loop {
-            while self.state.is_aborted() || batch.started {
+            while self.cancel_key.state().is_aborted() || batch.started {
                 let Some((tag, body)) = next_message(&mut input) else {
                     break;
                 };
@@ -63,7 +63,7 @@ impl Session {
                 return Err(Outcome::ClientError);
             }
             answer.clear();
-            if !self.state.is_aborted() && !batch.started {
+            if !self.cancel_key.state().is_aborted() && !batch.started {
                 return Ok(input);
             }
             if input.len() > MAX_MESSAGE + 5 {
@@ -85,7 +85,7 @@ impl Session {
                     Statement::Empty => out.extend_from_slice(&EMPTY_QUERY_RESPONSE),
                     Statement::EndsTransaction => {
                         messages::command_complete(out, "ROLLBACK");
-                        self.state.set_aborted(false);
+                        self.cancel_key.state().set_aborted(false);
                     }
                     Statement::Other => messages::error_response(out, &in_failed_transaction()),
                 }
@@ -135,7 +135,7 @@ impl Session {
             }
             b'E' if batch.bound_end => {
                 messages::command_complete(out, "ROLLBACK");
-                self.state.set_aborted(false);
+                self.cancel_key.state().set_aborted(false);
             }
             b'C' => {
                 if let Some((b'S', name)) = body.split_first() {
@@ -168,9 +168,13 @@ impl Session {
 
     /// ReadyForQuery for the client's state: `E` while its transaction is failed.
     fn ready(&self, out: &mut BytesMut) {
-        let status = if self.state.is_aborted() { b'E' } else { b'I' };
+        let status = if self.cancel_key.state().is_aborted() {
+            b'E'
+        } else {
+            b'I'
+        };
         // Nothing is owed (the sidecar answers each sync point at once): this sets the status.
-        self.state.answered_locally(status);
+        self.cancel_key.state().answered_locally(status);
         messages::ready_for_query(out, status);
     }
 }

@@ -11,7 +11,6 @@ use tokio::io::AsyncWriteExt;
 use tracing::{debug, info, warn};
 
 use crate::error::{PgError, sqlstate};
-use crate::forward::SyncState;
 use crate::forward::prepared::{ClientRewriter, ClientStatements};
 use crate::frontend::cancel::{CancelKeyGuard, Serving};
 use crate::ops::metrics::{ClientGauge, ClientState};
@@ -167,7 +166,6 @@ async fn greet(
         cancel_key,
         rewriter: ClientRewriter::new(),
         statements: ClientStatements::default(),
-        state: SyncState::default(),
         bytes_to_server: 0,
         bytes_to_client: 0,
         held,

@@ -39,6 +39,9 @@ pub struct FrontendSettings {
     /// Log in upstream as this user instead of the client's.
     pub db_user: Option<String>,
     pub cancel_mode: CancelMode,
+    /// How long a forwarded cancel may take to end the statement before the upstream
+    /// connection is closed instead.
+    pub cancel_grace: Duration,
     /// Most client connections at once, counted from accept; more get 53300.
     pub max_client_connections: usize,
     /// How long a new connection may take to send its startup packet.
@@ -50,6 +53,7 @@ impl Default for FrontendSettings {
         Self {
             db_user: None,
             cancel_mode: CancelMode::Forward,
+            cancel_grace: Duration::from_secs(10),
             max_client_connections: 1000,
             login_timeout: Duration::from_secs(30),
         }
@@ -63,6 +67,7 @@ pub struct Frontend {
     /// Log in upstream as this user instead of the client's.
     pub db_user: Option<String>,
     pub cancel_mode: CancelMode,
+    pub cancel_grace: Duration,
     pub shutdown: Arc<Shutdown>,
     pub metrics: &'static UpstreamMetrics,
     /// Client connections from accept to close, against `max_clients`.
@@ -81,6 +86,7 @@ impl Frontend {
             cancels: CancelRegistry::new(),
             db_user: settings.db_user.clone(),
             cancel_mode: settings.cancel_mode,
+            cancel_grace: settings.cancel_grace,
             clients: AtomicUsize::new(0),
             max_clients: settings.max_client_connections,
             login_timeout: settings.login_timeout,

@@ -9,7 +9,7 @@ use tracing::{info, warn};
 use crate::error::{PgError, sqlstate};
 use crate::forward::closer::Closer;
 use crate::forward::prepared::{ClientRewriter, ClientStatements};
-use crate::forward::{Outcome, SyncState, Traffic};
+use crate::forward::{Outcome, Traffic};
 use crate::frontend::cancel::CancelKeyGuard;
 use crate::ops::metrics::ClientGauge;
 use crate::pool::{Lease, Parameters, Pool};
@@ -28,7 +28,6 @@ pub(super) struct Session {
     /// Transaction mode: the client's messages and statements across transactions.
     pub(super) rewriter: ClientRewriter,
     pub(super) statements: ClientStatements,
-    pub(super) state: SyncState,
     /// Totals for the closing log line (the metrics are counted per attached period).
     pub(super) bytes_to_server: u64,
     pub(super) bytes_to_client: u64,
@@ -61,7 +60,7 @@ impl Session {
     /// state went with it, or what it is owed cannot be told.
     pub(super) async fn cancelled_fatal(&mut self) {
         let mut error = cancelled_error(crate::error::Severity::Fatal);
-        if let Some(change) = self.state.session_change() {
+        if let Some(change) = self.cancel_key.state().session_change() {
             error = error.with_detail(format!(
                 "the session's state ({}) was lost with the upstream connection the cancel \
                  closed; reconnect",
@@ -132,9 +131,9 @@ impl Session {
 
     /// What the client was doing when its upstream connection went: the metric label.
     fn lost_during(&self) -> &'static str {
-        if !self.state.owes_nothing() {
+        if !self.cancel_key.state().owes_nothing() {
             "statement"
-        } else if self.state.inside_transaction() {
+        } else if self.cancel_key.state().inside_transaction() {
             "transaction"
         } else {
             "idle"

@@ -96,7 +96,7 @@ impl Session {
     async fn next_bytes(&mut self) -> Result<(Buffer, usize), Outcome> {
         loop {
             let (buffer, n) = self.first_message().await?;
-            if !self.state.is_aborted() {
+            if !self.cancel_key.state().is_aborted() {
                 return Ok((buffer, n));
             }
             let rest = Box::pin(self.serve_aborted(&buffer[..n])).await?;
@@ -141,7 +141,7 @@ impl Session {
                     return Err(Outcome::Cancelled);
                 }
             }
-            None => self.state.forget_session_changes(),
+            None => self.cancel_key.state().forget_session_changes(),
         }
         let mut changed = BytesMut::new();
         for (name, value) in lease.parameters() {
@@ -195,7 +195,7 @@ impl Session {
             let (outcome, last) = self
                 .serve_connection(&mut lease, &mut client_side, first.take())
                 .await;
-            if outcome != Outcome::Cancelled || !self.state.session_is_replayable() {
+            if outcome != Outcome::Cancelled || !self.cancel_key.state().session_is_replayable() {
                 self.leave(lease, outcome, &client_side.replay).await;
                 self.tell_ending(outcome, &last).await;
                 return outcome;
@@ -240,7 +240,7 @@ impl Session {
             let first_bytes = first.as_ref().map_or(&[][..], |(buffer, n)| &buffer[..*n]);
             self.gauge.set(ClientState::Active);
             let period = Period {
-                state: &self.state,
+                state: self.cancel_key.state(),
                 parameters: &mut server.parameters,
                 first: first_bytes,
                 pending: &pending,
@@ -271,7 +271,7 @@ impl Session {
         &mut self,
         server: &mut ServerConnection,
     ) -> Result<Spoken, Outcome> {
-        let outside_transaction = self.state.status() == TransactionStatus::Idle;
+        let outside_transaction = self.cancel_key.state().status() == TransactionStatus::Idle;
         let stream = &self.stream;
         let woken = self
             .context
@@ -311,7 +311,9 @@ impl Session {
     /// and tell the client what it is owed.
     async fn leave(&mut self, lease: Lease, outcome: Outcome, kept: &SessionReplay) {
         match outcome {
-            Outcome::ClientTerminated | Outcome::ClientClosed if self.state.is_idle() => {
+            Outcome::ClientTerminated | Outcome::ClientClosed
+                if self.cancel_key.state().is_idle() =>
+            {
                 self.give_back(lease, kept).await;
             }
             Outcome::Cancelled => {
@@ -323,7 +325,7 @@ impl Session {
                 Box::pin(send_shutdown_error(&mut self.stream)).await;
             }
             _ => {
-                debug!(?outcome, status = ?self.state.status(), "upstream connection not reusable; closing it")
+                debug!(?outcome, status = ?self.cancel_key.state().status(), "upstream connection not reusable; closing it")
             }
         }
     }
@@ -334,7 +336,7 @@ impl Session {
     /// login.
     async fn give_back(&mut self, mut lease: Lease, kept: &SessionReplay) {
         // Kept SETs are session state too (the replay holds them, not the change bits).
-        let change = match self.state.session_change() {
+        let change = match self.cancel_key.state().session_change() {
             Some(SessionChange::NamedStatement) | None if kept.has_settings() => {
                 Some(SessionChange::Setting)
             }

@@ -69,7 +69,7 @@ impl Session {
         if self.rewriter.at_boundary() && first.starts_with(&TERMINATE) {
             return Some(Outcome::ClientTerminated);
         }
-        if self.state.is_aborted() {
+        if self.cancel_key.state().is_aborted() {
             // Answered locally until the client ends its failed transaction; what it sent
             // after that goes upstream.
             let rest = match self.serve_aborted(first).await {
@@ -117,7 +117,7 @@ impl Session {
             prepared: &server.prepared,
         };
         let period = Period {
-            state: &self.state,
+            state: self.cancel_key.state(),
             parameters: &mut server.parameters,
             first,
             pending: &pending,
@@ -146,7 +146,7 @@ impl Session {
                 None
             }
             Outcome::ClientTerminated | Outcome::ClientClosed => {
-                if self.state.is_idle() {
+                if self.cancel_key.state().is_idle() {
                     lease.release();
                 }
                 Some(outcome)

@@ -127,6 +127,20 @@ pub struct EndpointArgs {
     )]
     pub connect_timeout: Option<String>,
 
+    /// An upstream connection whose path stops carrying data (unacknowledged bytes, keepalive
+    /// probes unanswered) ends after about this long [default: 60s].
+    #[arg(
+        long,
+        env = "RDS_IAM_SIDECAR_UPSTREAM_DEAD_AFTER",
+        value_name = "DURATION"
+    )]
+    #[serde(
+        default,
+        deserialize_with = "text",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub upstream_dead_after: Option<String>,
+
     /// session: a client keeps one upstream connection; transaction: one per transaction
     /// [default: session].
     #[arg(long, env = "RDS_IAM_SIDECAR_POOL_MODE", value_enum)]
@@ -230,6 +244,16 @@ pub struct EndpointArgs {
     #[arg(long, env = "RDS_IAM_SIDECAR_CANCEL_MODE", value_enum)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cancel_mode: Option<CancelMode>,
+
+    /// How long a forwarded cancel may take to end the statement; after it the upstream
+    /// connection is closed and the client told 57014 [default: 10s].
+    #[arg(long, env = "RDS_IAM_SIDECAR_CANCEL_GRACE", value_name = "DURATION")]
+    #[serde(
+        default,
+        deserialize_with = "text",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub cancel_grace: Option<String>,
 }
 
 /// Settings the whole process shares, whatever the number of endpoints.

@@ -17,7 +17,9 @@ use crate::pool::{PoolKey, PoolSettings};
 use crate::secret::Secret;
 use crate::upstream::kind::UpstreamKind;
 use crate::upstream::tls::{TlsMode, VERIFY_CA_NEEDS_CA_FILE, load_ca_file};
-use crate::upstream::{Endpoint, UpstreamAuth, UpstreamSettings};
+use crate::upstream::{
+    DEFAULT_DEAD_AFTER, Endpoint, MIN_DEAD_AFTER, UpstreamAuth, UpstreamSettings,
+};
 
 /// Everything one endpoint's engine takes, each part its own piece.
 #[derive(Debug, Clone)]
@@ -193,6 +195,11 @@ fn frontend_settings(
     Ok(FrontendSettings {
         db_user: args.db_user.clone(),
         cancel_mode: args.cancel_mode.unwrap_or(defaults.cancel_mode),
+        cancel_grace: blame.positive_duration(
+            "--cancel-grace",
+            args.cancel_grace.as_deref(),
+            defaults.cancel_grace,
+        )?,
         max_client_connections,
         login_timeout: blame.positive_duration(
             "--client-login-timeout",
@@ -230,6 +237,17 @@ fn upstream_settings(
         args.connect_timeout.as_deref(),
         Duration::from_secs(5),
     )?;
+    let dead_after = blame.positive_duration(
+        "--upstream-dead-after",
+        args.upstream_dead_after.as_deref(),
+        DEFAULT_DEAD_AFTER,
+    )?;
+    if dead_after < MIN_DEAD_AFTER {
+        return Err(blame.error(
+            "--upstream-dead-after",
+            "must be at least 5s (keepalive probes need room between them)",
+        ));
+    }
     let (kind, kind_reason) =
         UpstreamKind::resolve(args.upstream_kind.unwrap_or_default(), &endpoint.host);
     Ok(UpstreamSettings {
@@ -239,6 +257,7 @@ fn upstream_settings(
         tls_mode,
         auth,
         connect_timeout,
+        dead_after,
         kind,
         kind_reason,
     })

@@ -4,6 +4,7 @@
 //! [`Connector`] holds everything needed to open one, so a pool can call it at will.
 
 mod authenticator;
+mod dead_path;
 pub mod error;
 pub mod kind;
 pub mod login;
@@ -30,7 +31,7 @@ use authenticator::LoginPassword;
 use error::{ConnectError, HintContext, classify_tls};
 use kind::UpstreamKind;
 use login::LoginOutcome;
-pub use settings::{Endpoint, UpstreamAuth, UpstreamSettings};
+pub use settings::{DEFAULT_DEAD_AFTER, Endpoint, MIN_DEAD_AFTER, UpstreamAuth, UpstreamSettings};
 
 /// A logged-in upstream connection.
 #[derive(Debug)]
@@ -56,6 +57,7 @@ pub struct Connector {
     tls: Option<Arc<ClientConfig>>,
     server_name: ServerName<'static>,
     timeout: Duration,
+    dead_after: Duration,
     kind: UpstreamKind,
     auth: Authenticator,
     history: std::sync::Mutex<LoginHistory>,
@@ -96,6 +98,7 @@ impl Connector {
             tls,
             server_name,
             timeout: settings.connect_timeout,
+            dead_after: settings.dead_after,
             kind: settings.kind,
             auth,
             history: Default::default(),
@@ -270,9 +273,10 @@ impl Connector {
         let send = async {
             stream.write_all(&out).await?;
             stream.flush().await?;
-            // The server closes the connection once it has read the request.
+            // The server closes the connection once it has read the request, with or without
+            // TLS close_notify (an unexpected EOF or a reset here is that close, not a failure).
             let mut sink = [0u8; 64];
-            while stream.read(&mut sink).await? > 0 {}
+            while matches!(stream.read(&mut sink).await, Ok(n) if n > 0) {}
             Ok::<_, std::io::Error>(())
         };
         timeout_at(deadline, send)
@@ -292,7 +296,7 @@ impl Connector {
     /// TCP connect, SSLRequest, TLS handshake.
     async fn open_transport(&self, deadline: Instant) -> Result<UpstreamStream, ConnectError> {
         let target = self.dial.to_string();
-        let tcp = timeout_at(deadline, connect_tcp(&self.dial, deadline))
+        let tcp = timeout_at(deadline, connect_tcp(&self.dial, deadline, self.dead_after))
             .await
             .map_err(|_| self.timeout_error("connecting to"))??;
         let Some(tls) = &self.tls else {
@@ -318,7 +322,11 @@ impl Connector {
 
 /// Resolves the dial endpoint and connects to the first address that answers, giving each
 /// address a fair share of the time left (a black-holed IPv6 address must not eat it all).
-async fn connect_tcp(dial: &Endpoint, deadline: Instant) -> Result<TcpStream, ConnectError> {
+async fn connect_tcp(
+    dial: &Endpoint,
+    deadline: Instant,
+    dead_after: Duration,
+) -> Result<TcpStream, ConnectError> {
     let target = dial.dial_target();
     let addresses: Vec<_> = tokio::net::lookup_host(&target)
         .await
@@ -334,7 +342,7 @@ async fn connect_tcp(dial: &Endpoint, deadline: Instant) -> Result<TcpStream, Co
         match tokio::time::timeout(share, TcpStream::connect(address)).await {
             Ok(Ok(stream)) => {
                 stream.set_nodelay(true)?;
-                set_keepalive(&stream);
+                dead_path::bound_dead_path(&stream, dead_after);
                 return Ok(stream);
             }
             Ok(Err(e)) => last_error = Some(e),
@@ -351,14 +359,4 @@ async fn connect_tcp(dial: &Endpoint, deadline: Instant) -> Result<TcpStream, Co
         source: last_error
             .unwrap_or_else(|| std::io::Error::new(std::io::ErrorKind::NotFound, "no addresses")),
     })
-}
-
-/// TCP keepalive, so a silently dead upstream (failover, NAT timeout) is noticed.
-fn set_keepalive(stream: &TcpStream) {
-    let keepalive = socket2::TcpKeepalive::new()
-        .with_time(Duration::from_secs(60))
-        .with_interval(Duration::from_secs(15));
-    if let Err(error) = socket2::SockRef::from(stream).set_tcp_keepalive(&keepalive) {
-        tracing::debug!(%error, "could not enable TCP keepalive upstream");
-    }
 }

@@ -96,6 +96,11 @@ impl UpstreamAuth {
     }
 }
 
+/// `--upstream-dead-after`'s default: a dead path ends within about a minute.
+pub const DEFAULT_DEAD_AFTER: Duration = Duration::from_secs(60);
+/// The shortest `--upstream-dead-after`: keepalive probes need seconds between them.
+pub const MIN_DEAD_AFTER: Duration = Duration::from_secs(5);
+
 /// One upstream endpoint's connection settings.
 #[derive(Debug, Clone)]
 pub struct UpstreamSettings {
@@ -108,6 +113,9 @@ pub struct UpstreamSettings {
     pub auth: UpstreamAuth,
     /// Limit for TCP connect + TLS + login.
     pub connect_timeout: Duration,
+    /// How long a silent path may last before the connection is given up (keepalive and
+    /// TCP_USER_TIMEOUT).
+    pub dead_after: Duration,
     /// What sits at the endpoint, and why the sidecar thinks so.
     pub kind: UpstreamKind,
     pub kind_reason: &'static str,
@@ -125,6 +133,7 @@ impl UpstreamSettings {
             endpoint,
             auth,
             connect_timeout: Duration::from_secs(5),
+            dead_after: DEFAULT_DEAD_AFTER,
         }
     }
 

@@ -18,7 +18,7 @@ use rds_iam_sidecar::{RunningSidecar, start};
 use tokio_postgres::{AsyncMessage, Client, NoTls};
 
 use crate::support::{
-    DEFAULT_ENDPOINT_HOST, DEFAULT_REGION, Emulator, TEST_AKID, TEST_SECRET, TestPki,
+    DEFAULT_ENDPOINT_HOST, DEFAULT_REGION, Emulator, FaultRelay, TEST_AKID, TEST_SECRET, TestPki,
 };
 
 /// A complete test deployment.
@@ -92,11 +92,51 @@ pub async fn plain_stack_with(adjust: impl FnOnce(&mut EndpointSettings)) -> Sta
     let emulator = crate::support::plain_emulator_for_cluster(&pki).await;
     let plain = |settings: &mut Settings| {
         let endpoint = &mut settings.endpoints[0];
-        endpoint.upstream.kind = UpstreamKind::Postgres;
-        endpoint.pool.reset_query = Some("DISCARD ALL".to_owned());
+        told_plain_postgres(endpoint);
         adjust(endpoint);
     };
     stack_behind(pki, emulator, plain, credentials(TEST_AKID, TEST_SECRET)).await
+}
+
+/// The sidecar reaching the emulator (RDS Proxy-like, or a plain PostgreSQL with `plain`)
+/// through a [`FaultRelay`] the test drives; the endpoint's settings adjusted by `adjust`.
+pub async fn stack_through_relay(
+    plain: bool,
+    adjust: impl FnOnce(&mut EndpointSettings),
+) -> (Stack, FaultRelay) {
+    let pki = TestPki::new();
+    let emulator = if plain {
+        crate::support::plain_emulator_for_cluster(&pki).await
+    } else {
+        crate::support::emulator_for_cluster(&pki).await
+    };
+    let relay = FaultRelay::start(emulator.addr).await;
+    let relay_port = relay.addr.port();
+    let through_relay = |settings: &mut Settings| {
+        let endpoint = &mut settings.endpoints[0];
+        endpoint.upstream.upstream_addr = Some(Endpoint {
+            host: "127.0.0.1".to_owned(),
+            port: relay_port,
+        });
+        if plain {
+            told_plain_postgres(endpoint);
+        }
+        adjust(endpoint);
+    };
+    let stack = stack_behind(
+        pki,
+        emulator,
+        through_relay,
+        credentials(TEST_AKID, TEST_SECRET),
+    )
+    .await;
+    (stack, relay)
+}
+
+/// `--upstream-kind postgres`, with its default reset query.
+fn told_plain_postgres(endpoint: &mut EndpointSettings) {
+    endpoint.upstream.kind = UpstreamKind::Postgres;
+    endpoint.pool.reset_query = Some("DISCARD ALL".to_owned());
 }
 
 /// The sidecar in front of `emulator`, its settings adjusted by `adjust`.

@@ -8,6 +8,7 @@
 
 pub mod certs;
 pub mod emulator;
+pub mod fault_relay;
 pub mod pg;
 pub mod proxy_session;
 pub mod sigv4;
@@ -20,6 +21,7 @@ pub use certs::TestPki;
 pub use emulator::{
     DEFAULT_ENDPOINT_HOST, DEFAULT_REGION, Emulator, EmulatorAuth, EmulatorOptions,
 };
+pub use fault_relay::FaultRelay;
 pub use pg::{PgCluster, shared_cluster};
 
 /// Access key id the default emulator knows.
