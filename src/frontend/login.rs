@@ -21,7 +21,7 @@ use crate::stream::ClientStream;
 
 use super::cancel_request::handle_cancel;
 use super::session::{Held, Session};
-use super::{Admitted, Frontend, send_error, send_shutdown_error};
+use super::{Admitted, Client, Frontend, send_error, send_shutdown_error};
 
 /// Protocol 3.0 as a version number: what NegotiateProtocolVersion offers.
 const PROTOCOL_3_0: i32 = 3 << 16;
@@ -30,6 +30,7 @@ const PROTOCOL_3_0: i32 = 3 << 16;
 /// first upstream connection, or `None` when the client is gone or was refused.
 pub(super) async fn login(
     mut stream: ClientStream,
+    client: Client,
     context: Arc<Frontend>,
     gauge: ClientGauge,
 ) -> Option<Box<Session>> {
@@ -68,7 +69,11 @@ pub(super) async fn login(
             return None;
         }
     };
-    greet(stream, startup, admitted, gauge).await
+    // Boxed on its own: a connection waiting for its startup packet holds only the small
+    // future above. The greeting's (2 KiB with the pool checkout) lives only while it runs, so
+    // a burst of connections does not leave 5,000 of them as holes between the sessions'
+    // allocations (benches/memory.sh).
+    Box::pin(greet(stream, startup, admitted, gauge, client)).await
 }
 
 /// Turns away a connection over `--max-client-connections`, at once and within a bound.
@@ -96,7 +101,9 @@ async fn negotiate(
                 stream.write_all(b"N").await?;
             }
             InitialPacket::Cancel { pid, secret } => {
-                handle_cancel(context, pid, &secret).await;
+                // Boxed: forwarding holds a TLS connection's future, which a connection waiting
+                // for its startup packet must not carry.
+                Box::pin(handle_cancel(context, pid, &secret)).await;
                 return Ok(None);
             }
             InitialPacket::Startup(startup) => return Ok(Some(startup)),
@@ -125,6 +132,7 @@ async fn greet(
     startup: StartupRequest,
     admitted: Admitted,
     mut gauge: ClientGauge,
+    client: Client,
 ) -> Option<Box<Session>> {
     let context = admitted.frontend().clone();
     let client_user = admit(&mut stream, &startup, &context).await?;
@@ -155,7 +163,7 @@ async fn greet(
     if stream.write_all(&greeting).await.is_err() {
         return None;
     }
-    let held = hold(start, parameters, &context, &pool, &cancel_key);
+    let held = hold(start, parameters, &context, &pool, &cancel_key, client);
     gauge.set(ClientState::Idle);
     drop(context);
     Some(Box::new(Session {
@@ -163,6 +171,7 @@ async fn greet(
         context: admitted,
         pool,
         connected: Instant::now(),
+        conn: client.conn,
         cancel_key,
         rewriter: ClientRewriter::new(),
         statements: ClientStatements::default(),
@@ -181,25 +190,27 @@ fn hold(
     context: &Frontend,
     pool: &Pool,
     cancel_key: &CancelKeyGuard,
+    client: Client,
 ) -> Option<Box<Held>> {
+    let (conn, peer) = (client.conn, client.peer_text());
     match (start, context.pools.settings.mode) {
         (Start::Attached(lease, waited), PoolMode::Session) => {
             let wait_ms = waited.as_secs_f64() * 1000.0;
-            info!(pool = %pool.key, wait_ms = format_args!("{wait_ms:.1}"), "client connected");
+            info!(conn, peer, pool = %pool.key, wait_ms = format_args!("{wait_ms:.1}"), "client connected");
             Some(Box::new(Held::Connection(*lease)))
         }
         (Start::Attached(lease, _), PoolMode::Transaction) => {
-            info!(pool = %pool.key, "client connected");
+            info!(conn, peer, pool = %pool.key, "client connected");
             cancel_key.set_serving(Serving::Nothing);
             lease.release();
             None
         }
         (Start::Greeted(_), PoolMode::Session) => {
-            info!(pool = %pool.key, "client connected; it gets an upstream connection at its first message");
+            info!(conn, peer, pool = %pool.key, "client connected; it gets an upstream connection at its first message");
             Some(Box::new(Held::Greeted(greeted)))
         }
         (Start::Greeted(_), PoolMode::Transaction) => {
-            info!(pool = %pool.key, "client connected");
+            info!(conn, peer, pool = %pool.key, "client connected");
             None
         }
     }

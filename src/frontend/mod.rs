@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
-use tracing::{Instrument, info_span};
+use tracing::{Instrument, debug_span};
 
 use crate::error::PgError;
 use crate::frontend::cancel::{CancelMode, CancelRegistry};
@@ -144,14 +144,17 @@ pub fn serve_client(
     peer: Option<SocketAddr>,
     context: Arc<Frontend>,
 ) -> impl Future<Output = ()> + Send {
-    let id = context.next_id.fetch_add(1, Ordering::Relaxed);
-    let span = match peer {
-        Some(peer) => info_span!("client", conn = id, peer = %peer),
-        None => info_span!("client", conn = id, peer = "unix"),
+    let client = Client {
+        conn: context.next_id.fetch_add(1, Ordering::Relaxed),
+        peer,
     };
+    // At debug, not info: the subscriber keeps every live span (a slot and its formatted
+    // fields), which at info cost each idle client ~1.5 KiB and kept a burst's memory after
+    // it left (benches/memory.sh). The info and warn lines of a client name `conn` themselves.
+    let span = debug_span!("client", conn = client.conn, peer = %client.peer_text());
     let counted = context.shutdown.client();
     let gauge = context.metrics.client_login();
-    let login = Box::pin(login(stream, context, gauge));
+    let login = Box::pin(login(stream, client, context, gauge));
     async move {
         // Held (not moved: a moved capture would take a second slot) until the client is gone.
         let _counted = &counted;
@@ -167,6 +170,22 @@ pub fn serve_client(
         session.log_end(ending);
     }
     .instrument(span)
+}
+
+/// Who a client connection is, for the log lines that name it.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Client {
+    /// Numbered from 1 per endpoint, in accept order.
+    pub(super) conn: u64,
+    /// `None` for a unix socket.
+    pub(super) peer: Option<SocketAddr>,
+}
+
+impl Client {
+    fn peer_text(&self) -> String {
+        self.peer
+            .map_or_else(|| "unix".to_owned(), |peer| peer.to_string())
+    }
 }
 
 /// Tells a client that the sidecar closes its connection for a shutdown.
@@ -205,12 +224,31 @@ mod tests {
         // 144 bytes in 2026-11: tokio's task cell is this plus 104, rounded up to 128, so up
         // to 152 bytes make a 256-byte task.
         assert!(task <= 152, "a client task's future is {task} bytes");
+        // The login's own future lives from accept until the startup packet: a burst of
+        // connections holds one each (2,368 bytes before the greeting and the cancel
+        // forwarding were boxed apart, 760 after).
+        let login = future_size(|stream: ClientStream| {
+            login::login(
+                stream,
+                Client {
+                    conn: 0,
+                    peer: None,
+                },
+                unreachable_context(),
+                unreachable_gauge(),
+            )
+        });
+        assert!(login <= 800, "a login's future is {login} bytes");
         let session = size_of::<session::Session>();
         // 216 bytes in 2026-11 (a 224-byte malloc chunk).
         assert!(session <= 232, "Session is {session} bytes");
     }
 
     fn unreachable_context() -> Arc<Frontend> {
+        unreachable!("only the future's type is used")
+    }
+
+    fn unreachable_gauge() -> crate::ops::metrics::ClientGauge {
         unreachable!("only the future's type is used")
     }
 }

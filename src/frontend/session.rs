@@ -24,6 +24,8 @@ pub(super) struct Session {
     pub(super) context: Admitted,
     pub(super) pool: Arc<Pool>,
     pub(super) connected: Instant,
+    /// The client's number, for its log lines.
+    pub(super) conn: u64,
     pub(super) cancel_key: CancelKeyGuard,
     /// Transaction mode: the client's messages and statements across transactions.
     pub(super) rewriter: ClientRewriter,
@@ -48,6 +50,7 @@ pub(super) enum Held {
 impl Session {
     pub(super) fn log_end(&self, ending: Outcome) {
         info!(
+            conn = self.conn,
             ending = ?ending,
             duration_ms = self.connected.elapsed().as_millis() as u64,
             bytes_to_server = self.bytes_to_server,
@@ -89,6 +92,7 @@ impl Session {
             Outcome::ServerClosed | Outcome::ServerError => {
                 let during = self.lost_during();
                 warn!(
+                    conn = self.conn,
                     during,
                     ?outcome,
                     "the upstream connection was lost under a client"

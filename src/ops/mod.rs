@@ -8,5 +8,6 @@ pub mod admin_client;
 pub mod health;
 pub mod limits;
 pub mod logging;
+pub mod memory;
 pub mod metrics;
 pub mod shutdown;

@@ -21,6 +21,10 @@ pub struct Shutdown {
     drain: Notify,
     /// Client connections being served, from accept to close.
     clients: AtomicUsize,
+    /// The most client connections at once since [`Self::reset_peak_clients`].
+    peak_clients: AtomicUsize,
+    /// Client connections accepted since start.
+    accepted: AtomicUsize,
     /// Wakes the drainer when the last session ended.
     clients_gone: Notify,
 }
@@ -99,7 +103,9 @@ impl Shutdown {
 
     /// Counts a client connection for as long as the guard lives.
     pub fn client(self: &std::sync::Arc<Self>) -> ClientGuard {
-        self.clients.fetch_add(1, Ordering::AcqRel);
+        let now = self.clients.fetch_add(1, Ordering::AcqRel) + 1;
+        self.peak_clients.fetch_max(now, Ordering::Relaxed);
+        self.accepted.fetch_add(1, Ordering::Relaxed);
         ClientGuard {
             shutdown: self.clone(),
         }
@@ -108,6 +114,21 @@ impl Shutdown {
     /// Client connections being served right now.
     pub fn clients(&self) -> usize {
         self.clients.load(Ordering::Acquire)
+    }
+
+    /// The most client connections at once since the last reset.
+    pub fn peak_clients(&self) -> usize {
+        self.peak_clients.load(Ordering::Relaxed)
+    }
+
+    /// Client connections accepted since start.
+    pub fn accepted(&self) -> usize {
+        self.accepted.load(Ordering::Relaxed)
+    }
+
+    /// Starts a new peak from the count now.
+    pub fn reset_peak_clients(&self) {
+        self.peak_clients.store(self.clients(), Ordering::Relaxed);
     }
 
     /// Waits until no client connection is left.

@@ -197,6 +197,10 @@ pub async fn start(
         endpoints.push(bound.addresses);
     }
     tasks.spawn(metrics::upkeep(stopped.clone()));
+    tasks.spawn(crate::ops::memory::give_back_after_bursts(
+        shutdown.clone(),
+        stopped.clone(),
+    ));
     let pools = frontends.iter().map(|f| f.pools.clone()).collect();
     let health = Health::new(pools, credentials, shutdown.clone());
     if let Some(listener) = admin_listener {
