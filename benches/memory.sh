@@ -25,6 +25,7 @@ CLIENTS=${CLIENTS:-5000}
 SESSION_CLIENTS=${SESSION_CLIENTS:-250}
 SETTLE=${SETTLE:-60}
 MODES=${MODES:-transaction session}
+((SETTLE >= 30)) || { echo "memory: SETTLE must be at least 30 (seconds)" >&2; exit 1; }
 PG_MAX_CONNECTIONS=$((SESSION_CLIENTS + 50))
 BENCH_NAME=memory
 SIDECAR_LOG_LEVEL=${SIDECAR_LOG_LEVEL:-info}

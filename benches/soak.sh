@@ -23,6 +23,7 @@ SOAK_SECONDS=${SOAK_SECONDS:-600}
 RESET_EVERY=${RESET_EVERY:-30}
 STALL_EVERY=${STALL_EVERY:-120}
 STALL_FOR=${STALL_FOR:-15}
+((STALL_FOR < STALL_EVERY)) || { echo "soak: STALL_FOR must be below STALL_EVERY" >&2; exit 1; }
 PG_MAX_CONNECTIONS=100
 BENCH_NAME=soak
 # shellcheck source=benches/common.sh
@@ -41,7 +42,8 @@ runuser -u postgres -- psql -h "$TMP/pg" -p "$PG_PORT" -U postgres -d postgres -
 # The relay reads its commands from a FIFO this script writes to.
 mkfifo "$TMP/relay.in"
 "$RELAY_BIN" "127.0.0.1:$PG_PORT" <"$TMP/relay.in" >"$TMP/relay.out" 2>&1 &
-PIDS+=($!)
+RELAY_PID=$!
+PIDS+=("$RELAY_PID")
 exec {RELAY}>"$TMP/relay.in"
 deadline=$((SECONDS + 10))
 until grep -q '^LISTENING' "$TMP/relay.out" 2>/dev/null; do
@@ -67,23 +69,39 @@ CLIENTS_PID=$!
 PIDS+=("$CLIENTS_PID")
 
 declare -A RSS_1MIN=()
+# alive: every process the soak needs is still running (a crash is reported, not hidden).
+alive() {
+    local mode
+    for mode in session transaction; do
+        kill -0 "${PID[$mode]}" 2>/dev/null || die "the $mode sidecar died (log: $TMP/soak-$mode.log; KEEP_TMP=1 keeps it)"
+    done
+    kill -0 "$RELAY_PID" 2>/dev/null || die "the relay died: $(cat "$TMP/relay.out")"
+}
 started=$SECONDS resets=0 stalls=0
+next_reset=$RESET_EVERY next_stall=$STALL_EVERY heal_at=-1 rss_at=60
 while kill -0 "$CLIENTS_PID" 2>/dev/null; do
     sleep 1
+    alive
     elapsed=$((SECONDS - started))
-    if ((elapsed == 60)); then
+    if ((rss_at >= 0 && elapsed >= rss_at)); then
         for mode in session transaction; do RSS_1MIN[$mode]=$(rss_kib "${PID[$mode]}"); done
+        rss_at=-1
     fi
-    if ((elapsed > 0 && elapsed % STALL_EVERY == 0)); then
+    if ((heal_at >= 0 && elapsed >= heal_at)); then
+        relay heal
+        heal_at=-1
+    fi
+    if ((elapsed >= next_stall)); then
         relay stall
         stalls=$((stalls + 1))
         log "stall $stalls"
-    elif ((elapsed > 0 && elapsed % STALL_EVERY == STALL_FOR)); then
-        relay heal
+        heal_at=$((elapsed + STALL_FOR))
+        next_stall=$((next_stall + STALL_EVERY))
     fi
-    if ((elapsed > 0 && elapsed % RESET_EVERY == 0)); then
+    if ((elapsed >= next_reset)); then
         relay reset
         resets=$((resets + 1))
+        next_reset=$((next_reset + RESET_EVERY))
     fi
 done
 wait "$CLIENTS_PID" || die "the soak clients failed: $(tail -5 "$TMP/clients.err")"
@@ -97,13 +115,19 @@ print("work done:", ", ".join(f"{k} {v}" for k, v in sorted(result["ok"].items()
 errors = result["errors"]
 print("errors:", ", ".join(f"{k}: {v}" for k, v in sorted(errors.items())) or "none")
 print(f"acknowledged commits: {result['acknowledged_commits']}, "
-      f"lost: {result['acknowledged_commits_lost']} (must be 0)")
+      f"lost: {result['acknowledged_commits_lost']} (must be 0), "
+      f"committed twice: {result.get('commits_twice', 0)} (must be 0)")
 print(f"acknowledged COPY batches: {result['acknowledged_copy_batches']}, "
       f"lost: {result['acknowledged_copy_batches_lost']} (must be 0)")
 EOF
+alive
 for mode in session transaction; do
     end=$(rss_kib "${PID[$mode]}")
-    awk -v m="$mode" -v a="${RSS_1MIN[$mode]:-0}" -v b="$end" 'BEGIN {
+    if [[ -z ${RSS_1MIN[$mode]:-} ]]; then
+        echo "$mode sidecar RSS: $end KiB at the end (the run was shorter than a minute)"
+        continue
+    fi
+    awk -v m="$mode" -v a="${RSS_1MIN[$mode]}" -v b="$end" 'BEGIN {
         printf "%s sidecar RSS: %d KiB at 1 min, %d KiB at the end (%+.1f %%; target < 10 %%)\n",
-            m, a, b, a > 0 ? (b - a) * 100 / a : 0 }'
+            m, a, b, (b - a) * 100 / a }'
 done

@@ -69,7 +69,8 @@ class Conn:
         return kind, self.read_exact(length - 4)
 
     def until_ready(self):
-        """Reads to ReadyForQuery; returns (error SQLSTATE or None, CommandComplete tags)."""
+        """Reads to ReadyForQuery; returns (error SQLSTATE or None, CommandComplete tags).
+        A transaction left open or failed (status T or E) is rolled back first."""
         error, tags = None, []
         while True:
             kind, body = self.message()
@@ -84,6 +85,8 @@ class Conn:
             elif kind == b"G":  # CopyInResponse: the caller sends the data
                 return "copy-in", tags
             elif kind == b"Z":
+                if body[:1] in (b"T", b"E"):
+                    self.query("ROLLBACK")
                 return error, tags
 
     def query(self, sql):
@@ -114,6 +117,14 @@ class Soak:
     def count(self, what, key):
         with self.lock:
             what[key] += 1
+
+
+def guarded(kind, soak, port, worker):
+    """A worker whose unexpected exception is counted, not lost with its thread."""
+    try:
+        kind(soak, port, worker)
+    except Exception as error:  # noqa: BLE001 - counted and reported
+        soak.count(soak.errors, f"worker crashed: {type(error).__name__}: {error}")
 
 
 def short(soak, port, worker):
@@ -190,7 +201,7 @@ def copy(soak, port, worker):
 
 
 def rows(conn, sql):
-    """The text values of every row `sql` returns."""
+    """The text values of every row `sql` returns (an error stops the run)."""
     body = sql.encode() + b"\0"
     conn.send(b"Q" + struct.pack("!i", len(body) + 4) + body)
     result = []
@@ -203,6 +214,8 @@ def rows(conn, sql):
                 fields.append(body[pos + 4:pos + 4 + length].decode())
                 pos += 4 + length
             result.append(fields)
+        elif kind == b"E":
+            raise SystemExit(f"the check query failed: {body!r}")
         elif kind == b"Z":
             return result
 
@@ -211,12 +224,13 @@ def check(direct_port, soak):
     """Acknowledged commits and COPY batches missing from the database."""
     conn = Conn(direct_port)
     present = {(int(w), int(n)) for w, n in rows(conn, "select worker, n from soak_commits")}
+    duplicates = len(rows(conn, "select 1 from soak_commits group by worker, n having count(*) > 1"))
     full = {int(b): int(c) for b, c in rows(
         conn, "select batch, count(*) from soak_copy group by batch")}
     conn.close()
     missing_commits = sum(1 for c in soak.commits if c not in present)
     missing_batches = sum(1 for b in soak.batches if full.get(b) != 500)
-    return missing_commits, missing_batches
+    return missing_commits, missing_batches, duplicates
 
 
 def main():
@@ -229,17 +243,18 @@ def main():
         for kind, count in ((short, 2), (session, 2), (transaction, 3), (copy, 1)):
             for _ in range(count):
                 worker += 1
-                threads.append(threading.Thread(target=kind, args=(soak, port, worker)))
+                threads.append(threading.Thread(target=guarded, args=(kind, soak, port, worker)))
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
-    missing_commits, missing_batches = check(direct_port, soak)
+    missing_commits, missing_batches, duplicates = check(direct_port, soak)
     print(json.dumps({
         "ok": dict(soak.ok),
         "errors": dict(soak.errors),
         "acknowledged_commits": len(soak.commits),
         "acknowledged_commits_lost": missing_commits,
+        "commits_twice": duplicates,
         "acknowledged_copy_batches": len(soak.batches),
         "acknowledged_copy_batches_lost": missing_batches,
     }), flush=True)

@@ -47,18 +47,28 @@ fn usage_error(message: impl std::fmt::Display) -> ExitCode {
     ExitCode::from(2)
 }
 
+/// Raises the open-file limit and fits the client limits to it.
+fn fit_open_files(config: &mut Settings) {
+    use rds_iam_sidecar::ops::limits;
+    let open_files = limits::raise_open_files();
+    let mut client_limits: Vec<usize> = config
+        .endpoints
+        .iter()
+        .map(|e| e.frontend.max_client_connections)
+        .collect();
+    limits::fit_client_limits(open_files, &mut client_limits);
+    for (endpoint, limit) in config.endpoints.iter_mut().zip(client_limits) {
+        endpoint.frontend.max_client_connections = limit;
+    }
+}
+
 async fn run(args: RunArgs) -> ExitCode {
-    let config = match Settings::from_args(args, &process_env) {
+    let mut config = match Settings::from_args(args, &process_env) {
         Ok(config) => config,
         Err(e) => return usage_error(e),
     };
     logging::init(config.log_format, &config.log_level);
-    let clients = config
-        .endpoints
-        .iter()
-        .map(|e| e.frontend.max_client_connections as u64)
-        .sum();
-    rds_iam_sidecar::ops::limits::raise_open_files(clients);
+    fit_open_files(&mut config);
     let lifecycle = config.lifecycle.clone();
     let sidecar = match rds_iam_sidecar::start(config, None).await {
         Ok(sidecar) => sidecar,

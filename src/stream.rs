@@ -1,6 +1,7 @@
 //! The two kinds of socket a session joins: a client stream (TCP or unix socket, plaintext on
-//! the local side) and an upstream stream (TLS over TCP, or plain TCP in password mode with
-//! `--tls-mode disable`). Both are enums so the hot loop is monomorphic, with no boxing.
+//! the local side unless `--client-tls` is on and the client asked for it) and an upstream
+//! stream (TLS over TCP, or plain TCP in password mode with `--tls-mode disable`). Both are
+//! enums so the hot loop is monomorphic, with no boxing on the plaintext paths.
 
 use std::io;
 use std::mem::MaybeUninit;
@@ -12,6 +13,7 @@ use socket2::SockRef;
 use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
 use tokio::net::{TcpStream, UnixStream};
 use tokio_rustls::client::TlsStream;
+use tokio_rustls::server::TlsStream as ServerTlsStream;
 
 /// Implements AsyncRead + AsyncWrite for an enum by delegating to each variant.
 macro_rules! delegate_io {
@@ -82,9 +84,11 @@ macro_rules! delegate_write {
 pub enum ClientStream {
     Tcp(TcpStream),
     Unix(UnixStream),
+    /// TCP with TLS (`--client-tls`); boxed, its buffers are large.
+    Tls(Box<ServerTlsStream<TcpStream>>),
 }
 
-delegate_write!(ClientStream { Tcp, Unix });
+delegate_write!(ClientStream { Tcp, Unix, Tls });
 
 /// Reads through [`ClientStream::try_read`]: a short read also clears the readiness, so the
 /// read after it waits for the client instead of asking the kernel for nothing.
@@ -95,6 +99,9 @@ impl AsyncRead for ClientStream {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
+        if let Self::Tls(tls) = this {
+            return Pin::new(tls).poll_read(cx, buf);
+        }
         loop {
             std::task::ready!(this.poll_read_ready(cx))?;
             match this.try_read(buf.initialize_unfilled()) {
@@ -121,11 +128,24 @@ delegate_io!(UpstreamStream { Tls, Plain });
 
 impl ClientStream {
     /// Ready when tokio saw the socket readable; may be left over from an earlier read that did
-    /// not drain it (follow with a `try_read`, which clears it).
-    pub fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+    /// not drain it (follow with a `try_read`, which clears it). Over TLS, also ready when the
+    /// TLS layer holds plaintext already, or the client closed.
+    pub fn poll_read_ready(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self {
             Self::Tcp(s) => s.poll_read_ready(cx),
             Self::Unix(s) => s.poll_read_ready(cx),
+            Self::Tls(tls) => {
+                let (tcp, connection) = tls.get_mut();
+                match connection.process_new_packets() {
+                    Ok(state)
+                        if state.plaintext_bytes_to_read() == 0 && !state.peer_has_closed() =>
+                    {
+                        tcp.poll_read_ready(cx)
+                    }
+                    // Data, a close, or an error: the next read reports it.
+                    _ => Poll::Ready(Ok(())),
+                }
+            }
         }
     }
 
@@ -136,16 +156,29 @@ impl ClientStream {
     /// read then waits for the next event instead of costing a `recv` that answers `EAGAIN`,
     /// one syscall per round trip. The readiness cleared is the one seen *before* the read:
     /// data that arrives after it is a newer event, which tokio keeps (see `try_io`).
-    pub fn try_read(&self, buf: &mut [u8]) -> io::Result<usize> {
+    pub fn try_read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let mut short = None;
         let result = match self {
             Self::Tcp(s) => s.try_io(Interest::READABLE, || read_noting_short(s, buf, &mut short)),
             Self::Unix(s) => s.try_io(Interest::READABLE, || read_noting_short(s, buf, &mut short)),
+            Self::Tls(tls) => return try_read_tls(tls, buf),
         };
         match (result, short) {
             (Err(error), Some(n)) if error.kind() == io::ErrorKind::WouldBlock => Ok(n),
             (result, _) => result,
         }
+    }
+}
+
+/// Reads what the TLS layer can give without waiting: a poll with a waker that does nothing
+/// (the caller waits with [`ClientStream::poll_read_ready`], which registers its own).
+fn try_read_tls(tls: &mut ServerTlsStream<TcpStream>, buf: &mut [u8]) -> io::Result<usize> {
+    let mut cx = Context::from_waker(std::task::Waker::noop());
+    let mut read = ReadBuf::new(buf);
+    match Pin::new(tls).poll_read(&mut cx, &mut read) {
+        Poll::Ready(Ok(())) => Ok(read.filled().len()),
+        Poll::Ready(Err(error)) => Err(error),
+        Poll::Pending => Err(io::ErrorKind::WouldBlock.into()),
     }
 }
 

@@ -13,8 +13,9 @@ use std::time::Duration;
 
 use harness::binary::{KillOnDrop, free_port, sidecar_command, wait_for_port};
 use harness::scrape::{scrape, value};
+use rds_iam_sidecar::ops::admin_client::request;
 use support::sigv4::{Expectation, format_amz_date, verify_token};
-use support::{DEFAULT_ENDPOINT_HOST, TEST_AKID, TEST_SECRET, TestPki, unix_now};
+use support::{DEFAULT_ENDPOINT_HOST, TEST_AKID, TEST_SECRET, TestPki, unix_now, wire};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 fn run(home: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
@@ -459,4 +460,76 @@ async fn the_open_file_limit_is_raised_to_the_hard_limit_at_start() {
         log.contains("raised the open-file limit") && log.contains("256"),
         "{log}"
     );
+}
+
+#[tokio::test]
+async fn at_the_open_file_limit_new_clients_get_53300_and_the_admin_endpoint_answers() {
+    let home = tempfile::tempdir().expect("tempdir");
+    let (port, admin_port) = (free_port(), free_port());
+    let log_path = home.path().join("limits.log");
+    let log_file = std::fs::File::create(&log_path).expect("log file");
+    // 200 descriptors, soft and hard: (200 - 64 reserved) / 2 = 68 clients fit.
+    let child = Command::new("sh")
+        .args([
+            "-c",
+            "ulimit -n 200 && exec \"$0\" \"$@\"",
+            harness::binary::BIN,
+        ])
+        .args(["run", "--upstream", "127.0.0.1:1", "--auth", "password"])
+        .args([
+            "--tls-mode",
+            "disable",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+        ])
+        .args(["--admin-listen", &format!("127.0.0.1:{admin_port}")])
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("HOME", home.path())
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .env("RDS_IAM_SIDECAR_PASSWORD", "x")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::from(log_file))
+        .spawn()
+        .expect("spawn");
+    let mut child = KillOnDrop(child);
+    wait_for_port(port, &mut child.0).await;
+    wait_for_port(admin_port, &mut child.0).await;
+    // Silent sockets up to the lowered limit (one was taken by wait_for_port and is gone).
+    let mut silent = Vec::new();
+    for _ in 0..68 {
+        silent.push(
+            tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .expect("connect"),
+        );
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut next = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .expect("connect");
+    let (tag, body) = tokio::time::timeout(Duration::from_secs(2), wire::read_message(&mut next))
+        .await
+        .expect("refused at once, not left waiting")
+        .expect("an ErrorResponse");
+    assert_eq!(tag, b'E');
+    assert_eq!(
+        wire::parse_error_fields(&body)
+            .get(&'C')
+            .map(String::as_str),
+        Some("53300")
+    );
+    let livez = request(
+        &format!("127.0.0.1:{admin_port}"),
+        "GET",
+        "/livez",
+        Duration::from_secs(2),
+    )
+    .await
+    .expect("the admin endpoint answers at the limit");
+    assert_eq!(livez.status, 200);
+    let log = std::fs::read_to_string(&log_path).expect("log");
+    assert!(log.contains("client limits lowered to fit"), "{log}");
+    drop(silent);
 }

@@ -44,27 +44,30 @@ fn sqlstate(error: &tokio_postgres::Error) -> String {
 
 #[tokio::test]
 async fn a_forwarded_cancel_the_server_never_answers_closes_the_connection_after_the_grace() {
-    let (stack, relay) = stack_through_relay(true, |c| {
-        c.frontend.cancel_grace = Duration::from_secs(1);
-    })
-    .await;
-    let client = connect(&stack).await;
-    let before = backend_pid(&client).await;
-    // The connection open now hangs (a stopped proxy); the cancel itself goes through on a
-    // new connection and reaches the server, whose answer never comes back.
-    let (error, waited) = cancel_after(&client, || relay.stall()).await;
-    assert_eq!(sqlstate(&error), "57014", "{error}");
-    assert!(
-        waited >= Duration::from_millis(900) && waited < Duration::from_secs(6),
-        "answered after the grace, not before: {waited:?}"
-    );
-    // A clean session goes on, on another connection.
-    let after = backend_pid(&client).await;
-    assert_ne!(before, after, "the hung connection was given up");
-    assert_eq!(
-        simple_value(&client, "select 2").await.as_deref(),
-        Some("2")
-    );
+    for mode in [PoolMode::Session, PoolMode::Transaction] {
+        let (stack, relay) = stack_through_relay(true, |c| {
+            c.frontend.cancel_grace = Duration::from_secs(1);
+            c.pool.mode = mode;
+        })
+        .await;
+        let client = connect(&stack).await;
+        let before = backend_pid(&client).await;
+        // The connection open now hangs (a stopped proxy); the cancel itself goes through on
+        // a new connection and reaches the server, whose answer never comes back.
+        let (error, waited) = cancel_after(&client, || relay.stall()).await;
+        assert_eq!(sqlstate(&error), "57014", "{mode:?}: {error}");
+        assert!(
+            waited >= Duration::from_millis(900) && waited < Duration::from_secs(6),
+            "{mode:?}: answered after the grace, not before: {waited:?}"
+        );
+        // A clean session goes on, on another connection.
+        let after = backend_pid(&client).await;
+        assert_ne!(before, after, "{mode:?}: the hung connection was given up");
+        assert_eq!(
+            simple_value(&client, "select 2").await.as_deref(),
+            Some("2")
+        );
+    }
 }
 
 #[tokio::test]

@@ -2,7 +2,8 @@
 //! CancelRequest, StartupMessage), message framing, the transaction-mode rewriter, and the
 //! session-mode hot loop (sync points, session-state tracking) as a whole. Each runs generated
 //! inputs (see `fuzz/generate.rs`) split into random chunks and must never panic, never hang,
-//! and stay within a memory bound proportional to its input; on well-formed input the framing
+//! (a watchdog ends the run when one input takes over 10 s), and stay within a memory bound
+//! proportional to its input; on well-formed input the framing
 //! and the rewriter must also be exact (every message seen once, output well framed, every
 //! sync point counted).
 //!
@@ -64,7 +65,9 @@ fn run(name: &str, target: impl Fn(&mut Generator) -> (bool, usize)) -> Tally {
     let only: Option<u64> = std::env::var("FUZZ_ONLY").ok().and_then(|n| n.parse().ok());
     let mut tally = Tally::default();
     let started = Instant::now();
+    let watchdog = Watchdog::start(name, seed);
     for number in only.map_or(0..count, |n| n..n + 1) {
+        watchdog.at(number);
         let mut generator = Generator::new(seed ^ number.wrapping_mul(0x9e37_79b9_7f4a_7c15));
         let input_started = Instant::now();
         let measured = memory::measure(|| {
@@ -101,6 +104,54 @@ fn run(name: &str, target: impl Fn(&mut Generator) -> (bool, usize)) -> Tally {
         tally.peak
     );
     tally
+}
+
+/// Ends the process when one input runs for over 10 s: a loop that never ends would otherwise
+/// hang the suite instead of failing it with the input's number.
+struct Watchdog {
+    /// The input running now, plus one (0: none yet); `u64::MAX` when the run is over.
+    input: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl Watchdog {
+    fn start(name: &str, seed: u64) -> Self {
+        use std::sync::atomic::Ordering;
+        let input = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let watched = input.clone();
+        let name = name.to_owned();
+        std::thread::spawn(move || {
+            let mut last = 0;
+            loop {
+                std::thread::sleep(Duration::from_secs(10));
+                let now = watched.load(Ordering::SeqCst);
+                if now == u64::MAX {
+                    return;
+                }
+                if now != 0 && now == last {
+                    eprintln!(
+                        "{name}: input {} has run for over 10 s (replay: FUZZ_SEED={seed} FUZZ_ONLY={})",
+                        now - 1,
+                        now - 1
+                    );
+                    std::process::abort();
+                }
+                last = now;
+            }
+        });
+        Self { input }
+    }
+
+    fn at(&self, number: u64) {
+        self.input
+            .store(number + 1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+impl Drop for Watchdog {
+    fn drop(&mut self) {
+        self.input
+            .store(u64::MAX, std::sync::atomic::Ordering::SeqCst);
+    }
 }
 
 /// Both outcomes must occur in a long enough run, or the generator tests nothing.

@@ -1,31 +1,61 @@
-//! A client session's wake-up: the hot loop and the idle waits listen to it; a cancel with
-//! `--cancel-mode close` or a shutdown drain pulls it. It lives here, below the frontend, because
-//! the hot loop must not import from the layer that drives it.
+//! A client session's wake-up: the hot loop and the idle waits listen to it; a cancel done by
+//! closing the upstream connection, or a shutdown drain, pulls it. It lives here, below the
+//! frontend, because the hot loop must not import from the layer that drives it.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 
 use atomic_waker::AtomicWaker;
 
-/// Wakes one client's session: to close its upstream connection (a cancel with
-/// `--cancel-mode close`) or to look at a shutdown drain. It holds one waker, the client
-/// task's, so an idle client's wait stores nothing of its own.
+/// No close asked for.
+const NONE: u64 = 0;
+/// Close whatever runs.
+const ANY: u64 = 1 << 32;
+/// Close only if the client got no answer since the mark in the low 32 bits.
+const MARKED: u64 = 2 << 32;
+
+/// What a close request asks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CloseAsk {
+    /// Close the upstream connection if the client is owed an answer (no server key,
+    /// `--cancel-mode close`).
+    Any,
+    /// Close it only if the client's count of answers still stands at this mark: the statement
+    /// the cancel was for still runs (a cancel whose forwarding failed, or whose grace ran out).
+    /// A statement that ended meanwhile is not the cancel's, nor is the next one.
+    UnlessAnsweredSince(u32),
+}
+
+/// Wakes one client's session: to close its upstream connection (a cancel) or to look at a
+/// shutdown drain. It holds one waker, the client task's, so an idle client's wait stores
+/// nothing of its own.
 #[derive(Debug, Default)]
 pub struct Closer {
-    close: AtomicBool,
+    request: AtomicU64,
     waker: AtomicWaker,
 }
 
 impl Closer {
     /// Asks the session to close its upstream connection.
     pub(crate) fn close(&self) {
-        self.close.store(true, Ordering::Release);
+        self.request.store(ANY, Ordering::Release);
         self.waker.wake();
     }
 
-    /// Drops a close request not yet seen.
+    /// Asks the session to close its upstream connection unless the client got an answer since
+    /// `mark` (an unconditional request already made stays).
+    pub(crate) fn close_unless_answered(&self, mark: u32) {
+        let _ = self
+            .request
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |now| {
+                (now != ANY).then_some(MARKED | u64::from(mark))
+            });
+        self.waker.wake();
+    }
+
+    /// Drops a request not yet seen.
     pub(crate) fn forget(&self) {
-        self.close.store(false, Ordering::Release);
+        self.request.store(NONE, Ordering::Release);
     }
 
     /// Wakes the session so that it looks at the shutdown state.
@@ -33,19 +63,20 @@ impl Closer {
         self.waker.wake();
     }
 
-    /// Ready, once per request, when a close was asked for; either way the task is woken by
-    /// the next [`Self::close`] or drain.
-    pub fn poll_close(&self, cx: &mut Context<'_>) -> Poll<()> {
+    /// Ready, once per request, with what it asks; either way the task is woken by the next
+    /// request or drain.
+    pub fn poll_close(&self, cx: &mut Context<'_>) -> Poll<CloseAsk> {
         self.waker.register(cx.waker());
-        if self.close.swap(false, Ordering::AcqRel) {
-            Poll::Ready(())
-        } else {
-            Poll::Pending
+        let request = self.request.swap(NONE, Ordering::AcqRel);
+        match request & !u64::from(u32::MAX) {
+            ANY => Poll::Ready(CloseAsk::Any),
+            MARKED => Poll::Ready(CloseAsk::UnlessAnsweredSince(request as u32)),
+            _ => Poll::Pending,
         }
     }
 
     /// Waits for a close request.
-    pub async fn closed(&self) {
-        std::future::poll_fn(|cx| self.poll_close(cx)).await;
+    pub async fn closed(&self) -> CloseAsk {
+        std::future::poll_fn(|cx| self.poll_close(cx)).await
     }
 }

@@ -117,7 +117,11 @@ impl<'a, W: AsyncWrite + Unpin> ToClient<'a, W> {
             };
             let n = match read {
                 Ok(0) => return Outcome::ServerClosed,
-                Ok(n) => n,
+                Ok(n) => {
+                    // Progress a cancel's grace looks at (one uncontended add per read).
+                    self.visitor.state.note_heard();
+                    n
+                }
                 // A TLS peer that closes without close_notify: a close, not a failure.
                 Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
                     return Outcome::ServerClosed;

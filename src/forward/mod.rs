@@ -24,7 +24,7 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
 use crate::forward::prepared::{ClientRewriter, ClientStatements, Plan};
 use crate::protocol::framing::FrameScanner;
-use closer::Closer;
+use closer::{CloseAsk, Closer};
 use downward::ToClient;
 pub use sync::{SyncState, set_parameter};
 use upward::ToServer;
@@ -200,8 +200,9 @@ where
 }
 
 /// Resolves when a cancel asks to close the upstream connection while the client is owed an
-/// answer; a cancel for a connection with nothing running is dropped, as PostgreSQL drops one
-/// for an idle backend (idle in a transaction too).
+/// answer (for a marked request: the answer it was owed when the cancel came); a cancel for a
+/// connection with nothing running is dropped, as PostgreSQL drops one for an idle backend
+/// (idle in a transaction too).
 async fn cancel_requested(cancel: Option<&Closer>, state: &SyncState) {
     let Some(closer) = cancel else {
         return std::future::pending().await;
@@ -209,8 +210,11 @@ async fn cancel_requested(cancel: Option<&Closer>, state: &SyncState) {
     // A close asked for before this period began was for what ran then.
     closer.forget();
     loop {
-        closer.closed().await;
-        if !state.owes_nothing() {
+        let still_running = match closer.closed().await {
+            CloseAsk::Any => true,
+            CloseAsk::UnlessAnsweredSince(mark) => state.answered() == mark,
+        };
+        if still_running && !state.owes_nothing() {
             return;
         }
     }

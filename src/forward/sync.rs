@@ -19,9 +19,12 @@ const COMMAND_COMPLETE: u8 = b'C';
 pub struct SyncState {
     /// ReadyForQuery messages still owed to the client (its sync points not yet answered).
     pub(super) expected_ready: AtomicU32,
-    /// ReadyForQuery messages the client got, wrapping (a watched cancel's statement ended
-    /// when this moved).
+    /// ReadyForQuery messages the client got, wrapping (a cancelled statement ended when this
+    /// moved).
     answered: AtomicU32,
+    /// Reads from the server, wrapping (a cancelled statement still makes progress while this
+    /// moves).
+    heard: AtomicU32,
     /// The client's stream is at a message boundary with no unsynced extended-protocol
     /// messages (Parse/Bind/Describe/Execute/Close/Flush) after its last sync point.
     pub(super) client_quiet: AtomicBool,
@@ -50,6 +53,7 @@ impl Default for SyncState {
         Self {
             expected_ready: AtomicU32::new(0),
             answered: AtomicU32::new(0),
+            heard: AtomicU32::new(0),
             client_quiet: AtomicBool::new(true),
             status: AtomicU8::new(b'I'),
             changed: AtomicU8::new(0),
@@ -83,6 +87,16 @@ impl SyncState {
     /// How many ReadyForQuery messages the client got, wrapping.
     pub fn answered(&self) -> u32 {
         self.answered.load(Ordering::Acquire)
+    }
+
+    /// How many reads from the server there were, wrapping.
+    pub fn heard(&self) -> u32 {
+        self.heard.load(Ordering::Acquire)
+    }
+
+    /// The server sent something.
+    pub(super) fn note_heard(&self) {
+        self.heard.fetch_add(1, Ordering::Release);
     }
 
     /// One owed ReadyForQuery reached the client.

@@ -3,7 +3,8 @@
 //! one without a key as behind RDS Proxy, or nothing between transactions in transaction mode),
 //! so a CancelRequest, which arrives on a fresh connection, reaches that connection and no
 //! other. Each client also has a `Closer` its session listens to, for a cancel emulated by
-//! closing the upstream connection and for a shutdown drain. Unknown keys are dropped silently,
+//! closing the upstream connection and for a shutdown drain, and the session's protocol state,
+//! which a cancel reads to know what runs. Unknown keys are dropped silently,
 //! as PostgreSQL does. A client's entry is its own (`ClientSlot`): re-pointing it at every
 //! transaction never takes the registry's lock.
 
@@ -70,31 +71,71 @@ impl CancelTarget {
         self.slot.closer.close();
     }
 
-    /// Where the client's answers stand now, if it waits for one (a statement runs).
-    pub fn running(&self) -> Option<Answered> {
+    /// Where the client's answers and the server's progress stand now, if the client waits
+    /// for an answer (a statement runs).
+    pub fn running(&self) -> Option<Mark> {
         let state = &self.slot.state;
-        (state.owed() > 0).then(|| Answered(state.answered()))
+        (!state.owes_nothing()).then(|| Mark {
+            answered: state.answered(),
+            heard: state.heard(),
+        })
     }
 
-    /// Closes the upstream connection if no answer reached the client since `mark`: the
-    /// statement a forwarded cancel was for still runs (a hung server, or a path that lost the
-    /// answer). Returns whether it closed.
-    pub fn close_if_still_running(&self, mark: Answered) -> bool {
+    /// What serves the client right now (it changes between transactions).
+    pub fn serving_now(&self) -> Serving {
+        self.slot.serving()
+    }
+
+    /// The statement running at `mark` has not ended.
+    pub fn still_running(&self, mark: Mark) -> bool {
         let state = &self.slot.state;
-        let still = state.answered() == mark.0 && !state.owes_nothing();
-        if still {
-            self.slot.closer.close();
+        state.answered() == mark.answered && !state.owes_nothing()
+    }
+
+    /// Asks the session to close the upstream connection unless the statement running at
+    /// `mark` has ended by the time it looks (a forward that failed).
+    pub fn close_unless_answered(&self, mark: Mark) {
+        self.slot.closer.close_unless_answered(mark.answered);
+    }
+
+    /// After a forwarded cancel's grace: the statement ended, or the server is still sending
+    /// (a large answer, a slow client: the grace starts again from here), or it went silent,
+    /// in which case the close is asked for.
+    pub fn after_grace(&self, mark: Mark) -> Grace {
+        if !self.still_running(mark) {
+            return Grace::Ended;
         }
-        still
+        let state = &self.slot.state;
+        if state.heard() != mark.heard {
+            return Grace::Progress(Mark {
+                heard: state.heard(),
+                ..mark
+            });
+        }
+        self.close_unless_answered(mark);
+        Grace::Closed
     }
 }
 
-/// A count of answers (ReadyForQuery) a client got, to tell whether one came since.
+/// Where a client stood when a cancel came: the answers (ReadyForQuery) it had got and the
+/// reads from its server so far, to tell later whether the statement ended or moved.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Answered(u32);
+pub struct Mark {
+    answered: u32,
+    heard: u32,
+}
 
-/// One client's entry: what serves it, what wakes its session, and the protocol state a
-/// cancel looks at (is a statement running; did it end).
+/// What a forwarded cancel's grace found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Grace {
+    Ended,
+    Progress(Mark),
+    Closed,
+}
+
+/// One client's entry: what serves it, what wakes its session, and the client's protocol state
+/// ([`SyncState`], owned here so that both its session and a cancel can reach it: is a
+/// statement running, did it end, is the server still sending).
 #[derive(Debug, Default)]
 struct ClientSlot {
     serving: Mutex<Serving>,
@@ -212,6 +253,7 @@ mod tests {
     use std::task::Context;
 
     use super::*;
+    use crate::forward::closer::CloseAsk;
 
     #[test]
     fn keys_map_to_their_own_server_only() {
@@ -273,6 +315,24 @@ mod tests {
         assert!(
             key.closer().poll_close(&mut cx).is_pending(),
             "one request closes once"
+        );
+        target.close();
+        target.close_unless_answered(Mark {
+            answered: 7,
+            heard: 0,
+        });
+        assert_eq!(
+            key.closer().poll_close(&mut cx),
+            std::task::Poll::Ready(CloseAsk::Any),
+            "an unconditional close is not narrowed by a marked one"
+        );
+        target.close_unless_answered(Mark {
+            answered: 7,
+            heard: 0,
+        });
+        assert_eq!(
+            key.closer().poll_close(&mut cx),
+            std::task::Poll::Ready(CloseAsk::UnlessAnsweredSince(7))
         );
     }
 }

@@ -5,11 +5,11 @@
 //! has not ended after `--cancel-grace` (a hung server, a path that lost the answer) is followed
 //! by the close.
 
-use tracing::{Instrument, debug, info, warn};
-
 use std::time::Duration;
 
-use crate::frontend::cancel::{Answered, CancelMode, CancelTarget, ServerKey, Serving};
+use tracing::{Instrument, debug, info, warn};
+
+use crate::frontend::cancel::{CancelMode, CancelTarget, Grace, Mark, ServerKey, Serving};
 use crate::ops::metrics::UpstreamMetrics;
 
 use super::Frontend;
@@ -51,13 +51,28 @@ pub(super) async fn handle_cancel(context: &Frontend, pid: i32, secret: &[u8]) {
     }
 }
 
-/// Sends the cancel to the server; a statement still running after the grace, or a cancel
-/// that could not be sent, ends with the upstream connection closed.
+/// Sends the cancel to the server; a statement still running after the grace with its server
+/// silent, or a cancel that could not be sent, ends with the upstream connection closed.
 async fn forward(context: &Frontend, target: CancelTarget, server: ServerKey) {
     // Taken before the cancel goes: an answer after this one shows the statement ended.
     let running = target.running();
-    match context.connector().cancel(server.pid, server.secret).await {
-        Ok(()) => {
+    // Checked again once the cancel's connection is open, just before it is sent: in
+    // transaction mode the statement may have ended and the server connection gone to
+    // another client meanwhile, whose statement this cancel must not reach.
+    let still_wanted = || {
+        target.serving_now() == Serving::Key(server)
+            && running.is_some_and(|mark| target.still_running(mark))
+    };
+    match context
+        .connector()
+        .cancel(server.pid, server.secret, still_wanted)
+        .await
+    {
+        Ok(false) => {
+            debug!("cancel request not sent: the statement ended before it could be");
+            context.metrics.cancel_request("not_running");
+        }
+        Ok(true) => {
             info!("cancel request forwarded upstream");
             context.metrics.cancel_request("forwarded");
             if let Some(mark) = running {
@@ -68,31 +83,41 @@ async fn forward(context: &Frontend, target: CancelTarget, server: ServerKey) {
             }
         }
         Err(error) => {
-            warn!(%error, "forwarding a cancel request failed; closing the client's upstream connection instead");
-            context.metrics.cancel_request("emulated");
             // Unless the statement ended meanwhile: the next one is not the cancel's.
             if let Some(mark) = running {
-                target.close_if_still_running(mark);
+                warn!(%error, "forwarding a cancel request failed; closing the client's upstream connection instead");
+                context.metrics.cancel_request("emulated");
+                target.close_unless_answered(mark);
+            } else {
+                debug!(%error, "forwarding a cancel request failed; nothing was running");
+                context.metrics.cancel_request("not_running");
             }
         }
     }
 }
 
 /// Closes the client's upstream connection if the statement a forwarded cancel was for has not
-/// ended within `grace`. Its own task: the cancel's connection is closed at once (libpq waits
-/// for that close).
+/// ended and its server has sent nothing for a whole `grace`. Its own task: the cancel's
+/// connection is closed at once (libpq waits for that close).
 async fn close_after_grace(
     target: CancelTarget,
-    mark: Answered,
+    mut mark: Mark,
     grace: Duration,
     metrics: &'static UpstreamMetrics,
 ) {
-    tokio::time::sleep(grace).await;
-    if target.close_if_still_running(mark) {
-        warn!(
-            grace = %humantime::format_duration(grace),
-            "the statement a forwarded cancel was for still runs after --cancel-grace; closing its upstream connection"
-        );
-        metrics.cancel_request("unanswered");
+    loop {
+        tokio::time::sleep(grace).await;
+        match target.after_grace(mark) {
+            Grace::Ended => return,
+            Grace::Progress(now) => mark = now,
+            Grace::Closed => {
+                warn!(
+                    grace = %humantime::format_duration(grace),
+                    "the statement a forwarded cancel was for still runs and its server has sent nothing for --cancel-grace; closing its upstream connection"
+                );
+                metrics.cancel_request("unanswered");
+                return;
+            }
+        }
     }
 }

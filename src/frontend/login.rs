@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use tokio::io::AsyncWriteExt;
-use tracing::{debug, info, warn};
+use tracing::{info, warn};
 
 use crate::error::{PgError, sqlstate};
 use crate::forward::prepared::{ClientRewriter, ClientStatements};
@@ -16,12 +16,12 @@ use crate::frontend::cancel::{CancelKeyGuard, Serving};
 use crate::ops::metrics::{ClientGauge, ClientState};
 use crate::pool::{CheckoutError, Lease, Parameters, Pool, PoolKey, PoolMode};
 use crate::protocol::messages;
-use crate::protocol::startup::{InitialPacket, StartupError, StartupRequest, read_initial_packet};
+use crate::protocol::startup::StartupRequest;
 use crate::stream::ClientStream;
 
-use super::cancel_request::handle_cancel;
+use super::negotiate::first_packets;
 use super::session::{Held, Session};
-use super::{Admitted, Client, Frontend, send_error, send_shutdown_error};
+use super::{Admitted, Client, Frontend, refuse_for_shutdown, send_error};
 
 /// Protocol 3.0 as a version number: what NegotiateProtocolVersion offers.
 const PROTOCOL_3_0: i32 = 3 << 16;
@@ -36,39 +36,10 @@ pub(super) async fn login(
 ) -> Option<Box<Session>> {
     // Counted from accept: silent sockets cannot pile up past the limit.
     let Some(admitted) = context.admit() else {
-        refuse_too_many(&mut stream, &context).await;
+        refuse_too_many(&mut stream, &context, client).await;
         return None;
     };
-    let negotiated = tokio::select! {
-        negotiated = tokio::time::timeout(context.login_timeout, negotiate(&mut stream, &context)) => negotiated,
-        // A client that has not logged in yet does not hold up a drain.
-        () = context.shutdown.draining() => {
-            refuse_for_shutdown(&mut stream, &context).await;
-            return None;
-        }
-    };
-    let startup = match negotiated {
-        Ok(Ok(Some(startup))) => startup,
-        Ok(Ok(None)) => return None,
-        Ok(Err(error)) => {
-            debug!(%error, "client startup failed");
-            if let Some(pg) = startup_error_to_pg(&error) {
-                send_error(&mut stream, &pg).await;
-            }
-            return None;
-        }
-        Err(_) => {
-            let pg = PgError::fatal(
-                sqlstate::PROTOCOL_VIOLATION,
-                format!(
-                    "rds-iam-sidecar: no startup packet within {} (--client-login-timeout)",
-                    humantime::format_duration(context.login_timeout)
-                ),
-            );
-            send_error(&mut stream, &pg).await;
-            return None;
-        }
-    };
+    let (stream, startup) = first_packets(stream, &context).await?;
     // Boxed on its own: a connection waiting for its startup packet holds only the small
     // future above. The greeting's (2 KiB with the pool checkout) lives only while it runs, so
     // a burst of connections does not leave 5,000 of them as holes between the sessions'
@@ -77,7 +48,7 @@ pub(super) async fn login(
 }
 
 /// Turns away a connection over `--max-client-connections`, at once and within a bound.
-async fn refuse_too_many(stream: &mut ClientStream, context: &Frontend) {
+async fn refuse_too_many(stream: &mut ClientStream, context: &Frontend, client: Client) {
     let pg = PgError::fatal(
         sqlstate::TOO_MANY_CONNECTIONS,
         format!(
@@ -85,44 +56,13 @@ async fn refuse_too_many(stream: &mut ClientStream, context: &Frontend) {
             context.max_clients
         ),
     );
-    warn!("client refused: --max-client-connections reached");
+    warn!(
+        conn = client.conn,
+        peer = client.peer_text(),
+        "client refused: --max-client-connections reached"
+    );
     context.metrics.client_refused("max_clients");
     let _ = tokio::time::timeout(Duration::from_secs(1), send_error(stream, &pg)).await;
-}
-
-/// Answers SSL/GSS requests until the startup packet; `None` when the connection was a cancel.
-async fn negotiate(
-    stream: &mut ClientStream,
-    context: &Frontend,
-) -> Result<Option<StartupRequest>, StartupError> {
-    loop {
-        match read_initial_packet(stream).await? {
-            InitialPacket::SslRequest | InitialPacket::GssEncRequest => {
-                stream.write_all(b"N").await?;
-            }
-            InitialPacket::Cancel { pid, secret } => {
-                // Boxed: forwarding holds a TLS connection's future, which a connection waiting
-                // for its startup packet must not carry.
-                Box::pin(handle_cancel(context, pid, &secret)).await;
-                return Ok(None);
-            }
-            InitialPacket::Startup(startup) => return Ok(Some(startup)),
-        }
-    }
-}
-
-fn startup_error_to_pg(error: &StartupError) -> Option<PgError> {
-    match error {
-        StartupError::Closed | StartupError::Io(_) => None,
-        StartupError::UnsupportedProtocol { .. } => Some(PgError::fatal(
-            sqlstate::FEATURE_NOT_SUPPORTED,
-            format!("rds-iam-sidecar: {error}"),
-        )),
-        StartupError::BadLength(_) | StartupError::Invalid(_) => Some(PgError::fatal(
-            sqlstate::PROTOCOL_VIOLATION,
-            format!("rds-iam-sidecar: {error}"),
-        )),
-    }
 }
 
 /// Checks the startup packet, checks out an upstream connection (which proves the login
@@ -145,7 +85,7 @@ async fn greet(
     let pool = context
         .pools
         .pool(PoolKey::new(&user, &database, forwarded));
-    let start = start(&mut stream, &context, &pool, &user).await?;
+    let start = start(&mut stream, &context, &pool, &user, client.conn).await?;
     let (serving, parameters) = match &start {
         Start::Attached(lease, _) => (
             Serving::connection(lease.backend_key()),
@@ -267,6 +207,7 @@ async fn start(
     context: &Arc<Frontend>,
     pool: &Arc<Pool>,
     user: &str,
+    conn: u64,
 ) -> Option<Start> {
     if let Some(parameters) = pool.known_parameters() {
         if context.pools.settings.mode == PoolMode::Session
@@ -276,7 +217,7 @@ async fn start(
         }
         return Some(Start::Greeted(parameters));
     }
-    let (lease, waited) = first_checkout(stream, context, pool, user).await?;
+    let (lease, waited) = first_checkout(stream, context, pool, user, conn).await?;
     Some(Start::Attached(Box::new(lease), waited))
 }
 
@@ -287,6 +228,7 @@ async fn first_checkout(
     context: &Arc<Frontend>,
     pool: &Arc<Pool>,
     user: &str,
+    conn: u64,
 ) -> Option<(Lease, Duration)> {
     let started = Instant::now();
     let checkout = tokio::select! {
@@ -301,7 +243,7 @@ async fn first_checkout(
         Ok(lease) => lease,
         Err(error) => {
             let pg = checkout_error_to_pg(&error, context, user);
-            warn!(%error, sqlstate = %pg.code, pool = %pool.key, "no upstream connection for a new client");
+            warn!(conn, %error, sqlstate = %pg.code, pool = %pool.key, "no upstream connection for a new client");
             context.metrics.auth_failure(&pg.code);
             send_error(stream, &pg).await;
             return None;
@@ -372,13 +314,6 @@ impl StartupParameters {
         }
         sorted
     }
-}
-
-/// Turns away a client that is still logging in while the sidecar drains.
-async fn refuse_for_shutdown(stream: &mut ClientStream, context: &Frontend) {
-    info!("client refused: shutting down");
-    context.metrics.client_refused("shutdown");
-    send_shutdown_error(stream).await;
 }
 
 pub(super) fn checkout_error_to_pg(

@@ -7,8 +7,10 @@
 pub mod cancel;
 mod cancel_request;
 mod cancelled;
+pub mod client_tls;
 pub mod listener;
 mod login;
+mod negotiate;
 mod session;
 mod session_mode;
 mod transaction_mode;
@@ -24,6 +26,7 @@ use tracing::{Instrument, debug_span};
 
 use crate::error::PgError;
 use crate::frontend::cancel::{CancelMode, CancelRegistry};
+use crate::frontend::client_tls::{ClientTls, ClientTlsSettings};
 use crate::ops::metrics::UpstreamMetrics;
 use crate::ops::shutdown::{Shutdown, shutdown_error};
 use crate::pool::Pools;
@@ -46,6 +49,8 @@ pub struct FrontendSettings {
     pub max_client_connections: usize,
     /// How long a new connection may take to send its startup packet.
     pub login_timeout: Duration,
+    /// TLS for clients that ask for it.
+    pub tls: ClientTlsSettings,
 }
 
 impl Default for FrontendSettings {
@@ -56,6 +61,7 @@ impl Default for FrontendSettings {
             cancel_grace: Duration::from_secs(10),
             max_client_connections: 1000,
             login_timeout: Duration::from_secs(30),
+            tls: ClientTlsSettings::default(),
         }
     }
 }
@@ -70,6 +76,11 @@ pub struct Frontend {
     pub cancel_grace: Duration,
     pub shutdown: Arc<Shutdown>,
     pub metrics: &'static UpstreamMetrics,
+    /// TLS for clients that ask for it (`--client-tls`).
+    pub tls: Option<Arc<ClientTls>>,
+    /// When a client last asked for TLS the listener does not offer (seconds since start of
+    /// the Unix epoch), to say so once a minute.
+    tls_refusal_logged: AtomicU64,
     /// Client connections from accept to close, against `max_clients`.
     clients: AtomicUsize,
     max_clients: usize,
@@ -78,8 +89,15 @@ pub struct Frontend {
 }
 
 impl Frontend {
-    pub fn new(pools: Arc<Pools>, settings: &FrontendSettings, shutdown: Arc<Shutdown>) -> Self {
+    pub fn new(
+        pools: Arc<Pools>,
+        settings: &FrontendSettings,
+        shutdown: Arc<Shutdown>,
+        tls: Option<Arc<ClientTls>>,
+    ) -> Self {
         Self {
+            tls,
+            tls_refusal_logged: AtomicU64::new(0),
             metrics: pools.connector().metrics(),
             pools,
             shutdown,
@@ -96,6 +114,24 @@ impl Frontend {
 
     fn connector(&self) -> &Connector {
         self.pools.connector()
+    }
+
+    /// A client asked for TLS and the listener has none: says so at most once a minute.
+    fn note_tls_refused(&self) {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let last = self.tls_refusal_logged.load(Ordering::Relaxed);
+        if now >= last + 60
+            && self
+                .tls_refusal_logged
+                .compare_exchange(last, now, Ordering::AcqRel, Ordering::Relaxed)
+                .is_ok()
+        {
+            tracing::info!(
+                "a client asked for TLS and was answered 'N' (--client-tls off): it went on in plaintext if it allows that, but clients with sslmode=require (JDBC ssl=true, node-postgres ssl) fail; --client-tls self-signed fixes it (said at most once a minute)"
+            );
+        }
     }
 
     /// A place under `--max-client-connections`, or `None` when all are taken.
@@ -182,10 +218,17 @@ pub(super) struct Client {
 }
 
 impl Client {
-    fn peer_text(&self) -> String {
+    pub(super) fn peer_text(&self) -> String {
         self.peer
             .map_or_else(|| "unix".to_owned(), |peer| peer.to_string())
     }
+}
+
+/// Turns away a client that is still logging in while the sidecar drains.
+async fn refuse_for_shutdown(stream: &mut ClientStream, context: &Frontend) {
+    tracing::info!("client refused: shutting down");
+    context.metrics.client_refused("shutdown");
+    send_shutdown_error(stream).await;
 }
 
 /// Tells a client that the sidecar closes its connection for a shutdown.
@@ -226,7 +269,7 @@ mod tests {
         assert!(task <= 152, "a client task's future is {task} bytes");
         // The login's own future lives from accept until the startup packet: a burst of
         // connections holds one each (2,368 bytes before the greeting and the cancel
-        // forwarding were boxed apart, 760 after).
+        // forwarding were boxed apart, 760 after, 848 with the TLS negotiation).
         let login = future_size(|stream: ClientStream| {
             login::login(
                 stream,
@@ -238,7 +281,7 @@ mod tests {
                 unreachable_gauge(),
             )
         });
-        assert!(login <= 800, "a login's future is {login} bytes");
+        assert!(login <= 880, "a login's future is {login} bytes");
         let session = size_of::<session::Session>();
         // 216 bytes in 2026-11 (a 224-byte malloc chunk).
         assert!(session <= 232, "Session is {session} bytes");

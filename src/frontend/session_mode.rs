@@ -62,7 +62,7 @@ impl Session {
     /// waits); a client that leaves or terminates first never takes a connection.
     async fn first_message(&mut self) -> Result<(Buffer, usize), Outcome> {
         loop {
-            let stream = &self.stream;
+            let stream = &mut self.stream;
             let woken = self
                 .context
                 .shutdown
@@ -136,7 +136,7 @@ impl Session {
                 ))
                 .await;
                 if let Err(error) = rebuilt {
-                    warn!(%error, "the session could not be built again after a cancel");
+                    warn!(conn = self.conn, %error, "the session could not be built again after a cancel");
                     self.cancelled_fatal().await;
                     return Err(Outcome::Cancelled);
                 }
@@ -172,7 +172,7 @@ impl Session {
             }
             Err(error) => {
                 let pg = checkout_error_to_pg(&error, &self.context, &self.pool.key.user);
-                warn!(%error, sqlstate = %pg.code, pool = %self.pool.key, "no upstream connection for a client's first message");
+                warn!(conn = self.conn, %error, sqlstate = %pg.code, pool = %self.pool.key, "no upstream connection for a client's first message");
                 self.context.metrics.auth_failure(&pg.code);
                 send_error(&mut self.stream, &pg).await;
                 Err(Outcome::ServerError)
@@ -272,7 +272,7 @@ impl Session {
         server: &mut ServerConnection,
     ) -> Result<Spoken, Outcome> {
         let outside_transaction = self.cancel_key.state().status() == TransactionStatus::Idle;
-        let stream = &self.stream;
+        let stream = &mut self.stream;
         let woken = self
             .context
             .shutdown

@@ -29,7 +29,7 @@ impl Session {
                 // Detached: no upstream connection and no buffer until the client sends something.
                 // poll_fn, not an async readiness future: nothing is stored for the wait but the
                 // waker in the socket's registration.
-                let stream = &self.stream;
+                let stream = &mut self.stream;
                 let closer = self.cancel_key.closer();
                 let woken = self
                     .context
@@ -100,7 +100,7 @@ impl Session {
             Ok(lease) => lease,
             Err(error) => {
                 let pg = checkout_error_to_pg(&error, &self.context, &self.pool.key.user);
-                warn!(%error, sqlstate = %pg.code, pool = %self.pool.key, "no upstream connection for a transaction");
+                warn!(conn = self.conn, %error, sqlstate = %pg.code, pool = %self.pool.key, "no upstream connection for a transaction");
                 send_error(&mut self.stream, &pg).await;
                 return Some(Outcome::ServerError);
             }

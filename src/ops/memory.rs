@@ -38,7 +38,8 @@ pub async fn give_back_after_bursts(shutdown: Arc<Shutdown>, mut stop: watch::Re
         seen = accepted;
         let (peak, now) = (shutdown.peak_clients(), shutdown.clients());
         let burst = accepted - at_trim >= BURST || peak.saturating_sub(now) >= BURST;
-        if quiet && burst && trim() {
+        // On a blocking thread: the trim holds the allocator's locks while it walks the heap.
+        if quiet && burst && tokio::task::spawn_blocking(trim).await.unwrap_or(false) {
             tracing::debug!(
                 peak,
                 now,

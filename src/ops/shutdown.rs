@@ -87,8 +87,8 @@ impl Shutdown {
         use std::task::Poll;
         std::future::poll_fn(move |cx| {
             // Data that already arrived is served first: a query sent just before the drain
-            // runs, and the client is closed at its next idle moment. A close request that
-            // came with it is left for the attached period.
+            // runs, and the client is closed at its next idle moment. (A close request is
+            // never carried into an attached period: it was for what ran before.)
             if let Poll::Ready(result) = ready(cx) {
                 return Poll::Ready(Woken::Ready(result));
             }

@@ -8,9 +8,12 @@
 use std::path::PathBuf;
 
 use clap::{Args, ValueEnum};
-use serde::{Deserialize, Deserializer, Serialize};
+use serde::{Deserialize, Serialize};
+
+use super::values::{number, one_or_many, text};
 
 use crate::frontend::cancel::CancelMode;
+use crate::frontend::client_tls::ClientTlsMode;
 use crate::ops::logging::LogFormat;
 use crate::pool::PoolMode;
 use crate::upstream::kind::UpstreamKindSetting;
@@ -254,6 +257,44 @@ pub struct EndpointArgs {
         skip_serializing_if = "Option::is_none"
     )]
     pub cancel_grace: Option<String>,
+
+    /// TLS on the listener for clients that ask for it: off, self-signed (made at start) or
+    /// files [default: off].
+    #[arg(long, env = "RDS_IAM_SIDECAR_CLIENT_TLS", value_enum)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_tls: Option<ClientTlsMode>,
+
+    /// A name the self-signed certificate also holds, besides localhost and the listen
+    /// addresses (repeat the flag; commas in the variable).
+    #[arg(
+        long = "client-tls-name",
+        env = "RDS_IAM_SIDECAR_CLIENT_TLS_NAMES",
+        value_name = "NAME",
+        value_delimiter = ','
+    )]
+    #[serde(
+        default,
+        alias = "client-tls-name",
+        deserialize_with = "one_or_many",
+        skip_serializing_if = "Vec::is_empty"
+    )]
+    pub client_tls_names: Vec<String>,
+
+    /// Where to write the self-signed certificate (PEM), for clients that verify it.
+    #[arg(long, env = "RDS_IAM_SIDECAR_CLIENT_TLS_CERT_OUT", value_name = "PEM")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_tls_cert_out: Option<PathBuf>,
+
+    /// The listener's certificate chain (PEM), with --client-tls files; read again when it
+    /// changes or on SIGHUP.
+    #[arg(long, env = "RDS_IAM_SIDECAR_CLIENT_TLS_CERT", value_name = "PEM")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_tls_cert: Option<PathBuf>,
+
+    /// The listener's private key (PEM), with --client-tls files.
+    #[arg(long, env = "RDS_IAM_SIDECAR_CLIENT_TLS_KEY", value_name = "PEM")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_tls_key: Option<PathBuf>,
 }
 
 /// Settings the whole process shares, whatever the number of endpoints.
@@ -317,54 +358,4 @@ pub struct ProcessArgs {
     #[arg(long, env = "RDS_IAM_SIDECAR_LOG_LEVEL", value_name = "FILTER")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub log_level: Option<String>,
-}
-
-/// A value written as text or as a bare number (`connect-timeout = 5` is 5 seconds), as text.
-fn text<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<String>, D::Error> {
-    use serde::de::Error;
-    match Option::<toml::Value>::deserialize(deserializer)? {
-        None => Ok(None),
-        Some(toml::Value::String(text)) => Ok(Some(text)),
-        Some(toml::Value::Integer(n)) => Ok(Some(n.to_string())),
-        Some(toml::Value::Float(x)) => Ok(Some(x.to_string())),
-        Some(other) => Err(D::Error::custom(format!(
-            "expected text or a number, found {}",
-            other.type_str()
-        ))),
-    }
-}
-
-/// A number, or text holding one (an endpoint's `?pool-size=10` arrives as text).
-fn number<'de, D, N>(deserializer: D) -> Result<Option<N>, D::Error>
-where
-    D: Deserializer<'de>,
-    N: std::str::FromStr,
-{
-    match text(deserializer)? {
-        None => Ok(None),
-        Some(text) => text.trim().parse().map(Some).map_err(|_| {
-            serde::de::Error::custom(format!("'{text}' is not a whole number in range"))
-        }),
-    }
-}
-
-/// One text or a list of them.
-fn one_or_many<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<String>, D::Error> {
-    use serde::de::Error;
-    let texts = |values: Vec<toml::Value>| {
-        values
-            .into_iter()
-            .map(|value| match value {
-                toml::Value::String(text) => Ok(text),
-                other => Err(D::Error::custom(format!(
-                    "expected text, found {}",
-                    other.type_str()
-                ))),
-            })
-            .collect()
-    };
-    match toml::Value::deserialize(deserializer)? {
-        toml::Value::Array(values) => texts(values),
-        one => texts(vec![one]),
-    }
 }

@@ -6,11 +6,10 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use toml::Table;
-
 use super::args::{AuthMode, EndpointArgs};
-use super::duration::parse_duration;
-use super::{ConfigError, EnvLookup, PASSWORD_ENV, key_of_flag};
+use super::blame::Blame;
+use super::frontend::frontend_settings;
+use super::{ConfigError, EnvLookup, PASSWORD_ENV};
 use crate::frontend::FrontendSettings;
 use crate::iam::region::resolve_region;
 use crate::pool::{PoolKey, PoolSettings};
@@ -18,7 +17,7 @@ use crate::secret::Secret;
 use crate::upstream::kind::UpstreamKind;
 use crate::upstream::tls::{TlsMode, VERIFY_CA_NEEDS_CA_FILE, load_ca_file};
 use crate::upstream::{
-    DEFAULT_DEAD_AFTER, Endpoint, MIN_DEAD_AFTER, UpstreamAuth, UpstreamSettings,
+    DEFAULT_DEAD_AFTER, Endpoint, MAX_DEAD_AFTER, MIN_DEAD_AFTER, UpstreamAuth, UpstreamSettings,
 };
 
 /// Everything one endpoint's engine takes, each part its own piece.
@@ -57,60 +56,6 @@ impl EndpointSettings {
     /// The endpoint's name in logs, errors and metric labels: HOST:PORT.
     pub fn name(&self) -> String {
         self.upstream.endpoint.to_string()
-    }
-}
-
-/// Names a setting in an error: the endpoint and key when the endpoint set it itself, else
-/// the flag and its variable.
-pub(super) struct Blame<'a> {
-    pub address: &'a str,
-    /// The keys the endpoint's own settings decided.
-    pub own: &'a Table,
-    /// Whether there are several endpoints (then a shared flag's error says which one it hit).
-    pub several: bool,
-}
-
-impl Blame<'_> {
-    pub fn error(&self, flag: &str, message: impl Into<String>) -> ConfigError {
-        let key = key_of_flag(flag);
-        if self.own.contains_key(key) {
-            ConfigError {
-                setting: format!("--upstream {}: {key}", self.address),
-                message: message.into(),
-            }
-        } else if self.several {
-            ConfigError::new(
-                flag,
-                format!("for upstream {}: {}", self.address, message.into()),
-            )
-        } else {
-            ConfigError::new(flag, message)
-        }
-    }
-
-    fn duration(
-        &self,
-        flag: &str,
-        text: Option<&str>,
-        default: Duration,
-    ) -> Result<Duration, ConfigError> {
-        match text {
-            Some(text) => parse_duration(text).map_err(|e| self.error(flag, e)),
-            None => Ok(default),
-        }
-    }
-
-    fn positive_duration(
-        &self,
-        flag: &str,
-        text: Option<&str>,
-        default: Duration,
-    ) -> Result<Duration, ConfigError> {
-        let value = self.duration(flag, text, default)?;
-        if value.is_zero() {
-            return Err(self.error(flag, "must be more than 0"));
-        }
-        Ok(value)
     }
 }
 
@@ -178,37 +123,6 @@ pub(super) fn parse_addresses(
         .collect()
 }
 
-fn frontend_settings(
-    args: &EndpointArgs,
-    blame: &Blame<'_>,
-) -> Result<FrontendSettings, ConfigError> {
-    let defaults = FrontendSettings::default();
-    if args.db_user.as_deref().is_some_and(str::is_empty) {
-        return Err(blame.error("--db-user", "must not be empty"));
-    }
-    let max_client_connections = args
-        .max_client_connections
-        .unwrap_or(defaults.max_client_connections);
-    if max_client_connections == 0 {
-        return Err(blame.error("--max-client-connections", "must be at least 1"));
-    }
-    Ok(FrontendSettings {
-        db_user: args.db_user.clone(),
-        cancel_mode: args.cancel_mode.unwrap_or(defaults.cancel_mode),
-        cancel_grace: blame.positive_duration(
-            "--cancel-grace",
-            args.cancel_grace.as_deref(),
-            defaults.cancel_grace,
-        )?,
-        max_client_connections,
-        login_timeout: blame.positive_duration(
-            "--client-login-timeout",
-            args.client_login_timeout.as_deref(),
-            defaults.login_timeout,
-        )?,
-    })
-}
-
 fn upstream_settings(
     args: EndpointArgs,
     endpoint: Endpoint,
@@ -242,10 +156,10 @@ fn upstream_settings(
         args.upstream_dead_after.as_deref(),
         DEFAULT_DEAD_AFTER,
     )?;
-    if dead_after < MIN_DEAD_AFTER {
+    if !(MIN_DEAD_AFTER..=MAX_DEAD_AFTER).contains(&dead_after) {
         return Err(blame.error(
             "--upstream-dead-after",
-            "must be at least 5s (keepalive probes need room between them)",
+            "must be from 5s (keepalive probes need room between them) to 1h",
         ));
     }
     let (kind, kind_reason) =

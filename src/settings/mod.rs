@@ -6,11 +6,14 @@
 
 pub mod admin;
 pub mod args;
+mod blame;
 pub mod cli;
 pub mod duration;
 pub mod endpoint;
 pub mod file;
+mod frontend;
 mod layers;
+mod values;
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -19,9 +22,10 @@ use std::time::Duration;
 pub use crate::iam::region::EnvLookup;
 use crate::ops::logging::LogFormat;
 pub use args::{AuthMode, EndpointArgs, ProcessArgs, RunArgs};
+use blame::Blame;
 use duration::parse_duration;
 pub use endpoint::EndpointSettings;
-use endpoint::{Blame, endpoint_settings, parse_addresses};
+use endpoint::{endpoint_settings, parse_addresses};
 pub use file::{FileSettings, UpstreamSpec};
 use file::{as_table, overlay};
 use layers::{Layers, endpoint_sources};

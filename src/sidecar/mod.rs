@@ -16,6 +16,7 @@ use tokio::task::JoinSet;
 use tracing::{info, warn};
 
 use crate::frontend::Frontend;
+use crate::frontend::client_tls::ClientTls;
 use crate::frontend::listener::{Listener, accept_loop};
 use crate::iam::credentials::CredentialCache;
 use crate::ops::health::Health;
@@ -196,20 +197,9 @@ pub async fn start(
         frontends.push(frontend);
         endpoints.push(bound.addresses);
     }
-    tasks.spawn(metrics::upkeep(stopped.clone()));
-    tasks.spawn(crate::ops::memory::give_back_after_bursts(
-        shutdown.clone(),
-        stopped.clone(),
-    ));
     let pools = frontends.iter().map(|f| f.pools.clone()).collect();
     let health = Health::new(pools, credentials, shutdown.clone());
-    if let Some(listener) = admin_listener {
-        tasks.spawn(crate::ops::admin::serve(
-            listener,
-            health.clone(),
-            stopped.clone(),
-        ));
-    }
+    process_tasks(&mut tasks, &health, &shutdown, admin_listener, &stopped);
     health.mark_started();
     info!(
         endpoints = endpoints.len(),
@@ -227,6 +217,29 @@ pub async fn start(
     })
 }
 
+/// What the process runs besides the endpoints: metrics upkeep, the memory trim after bursts,
+/// the admin endpoint.
+fn process_tasks(
+    tasks: &mut JoinSet<()>,
+    health: &Arc<Health>,
+    shutdown: &Arc<Shutdown>,
+    admin_listener: Option<tokio::net::TcpListener>,
+    stopped: &watch::Receiver<bool>,
+) {
+    tasks.spawn(metrics::upkeep(stopped.clone()));
+    tasks.spawn(crate::ops::memory::give_back_after_bursts(
+        shutdown.clone(),
+        stopped.clone(),
+    ));
+    if let Some(listener) = admin_listener {
+        tasks.spawn(crate::ops::admin::serve(
+            listener,
+            health.clone(),
+            stopped.clone(),
+        ));
+    }
+}
+
 /// One endpoint's running parts: its warm pools opened, its pool upkeep and accept loops.
 fn engine_tasks(
     tasks: &mut JoinSet<()>,
@@ -237,6 +250,9 @@ fn engine_tasks(
 ) {
     for key in &endpoint.warm_pools {
         frontend.pools.warm(key.clone());
+    }
+    if let Some(tls) = &frontend.tls {
+        tasks.spawn(tls.clone().keep_fresh(stopped.clone()));
     }
     tasks.spawn(frontend.pools.clone().maintain(stopped.clone()));
     for listener in listeners {
@@ -268,10 +284,14 @@ impl Engine {
             endpoint.pool.clone(),
             self.limiter.clone(),
         );
+        let tls = ClientTls::new(&endpoint.frontend.tls, &endpoint.listen).map_err(|e| {
+            StartError::Setup(format!("upstream {}: listener TLS: {e}", upstream.endpoint))
+        })?;
         Ok(Arc::new(Frontend::new(
             pools,
             &endpoint.frontend,
             self.shutdown.clone(),
+            tls,
         )))
     }
 }

@@ -11,8 +11,11 @@
 //!   retransmission schedule.
 //!
 //! Neither fires while the server is alive and merely slow: a long query on a healthy path
-//! acknowledges every byte and answers every probe. A hung server behind a live TCP stack (a
-//! stopped proxy process) is the idle-connection probe's and the cancel grace's business.
+//! acknowledges every byte and answers every probe. The one exception is a server that stops
+//! reading while the sidecar still sends (a `COPY FROM` blocked on a lock): its zero receive
+//! window counts against `TCP_USER_TIMEOUT` since Linux 5.11, so such a statement ends after
+//! the bound too (documented with the flag). A hung server behind a live TCP stack (a stopped
+//! proxy process) is the idle-connection probe's and the cancel grace's business.
 
 use std::time::Duration;
 

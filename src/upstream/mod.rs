@@ -31,7 +31,9 @@ use authenticator::LoginPassword;
 use error::{ConnectError, HintContext, classify_tls};
 use kind::UpstreamKind;
 use login::LoginOutcome;
-pub use settings::{DEFAULT_DEAD_AFTER, Endpoint, MIN_DEAD_AFTER, UpstreamAuth, UpstreamSettings};
+pub use settings::{
+    DEFAULT_DEAD_AFTER, Endpoint, MAX_DEAD_AFTER, MIN_DEAD_AFTER, UpstreamAuth, UpstreamSettings,
+};
 
 /// A logged-in upstream connection.
 #[derive(Debug)]
@@ -264,10 +266,19 @@ impl Connector {
         })
     }
 
-    /// Sends a CancelRequest for the server key over a new connection (TLS if configured).
-    pub async fn cancel(&self, pid: i32, secret: i32) -> Result<(), ConnectError> {
+    /// Sends a CancelRequest for the server key over a new connection (TLS if configured),
+    /// unless `still_wanted` says no once that connection is open; whether it was sent.
+    pub async fn cancel(
+        &self,
+        pid: i32,
+        secret: i32,
+        still_wanted: impl Fn() -> bool,
+    ) -> Result<bool, ConnectError> {
         let deadline = Instant::now() + self.timeout;
         let mut stream = self.open_transport(deadline).await?;
+        if !still_wanted() {
+            return Ok(false);
+        }
         let mut out = BytesMut::new();
         frontend::cancel_request(pid, secret, &mut out);
         let send = async {
@@ -282,7 +293,7 @@ impl Connector {
         timeout_at(deadline, send)
             .await
             .map_err(|_| self.timeout_error("sending a cancel request to"))??;
-        Ok(())
+        Ok(true)
     }
 
     fn timeout_error(&self, stage: &'static str) -> ConnectError {

@@ -100,6 +100,9 @@ impl UpstreamAuth {
 pub const DEFAULT_DEAD_AFTER: Duration = Duration::from_secs(60);
 /// The shortest `--upstream-dead-after`: keepalive probes need seconds between them.
 pub const MIN_DEAD_AFTER: Duration = Duration::from_secs(5);
+/// The longest: the kernel takes keepalive timers up to 32,767 s, and a path dead for longer
+/// than an hour is not a bound anyone wants.
+pub const MAX_DEAD_AFTER: Duration = Duration::from_secs(3600);
 
 /// One upstream endpoint's connection settings.
 #[derive(Debug, Clone)]
