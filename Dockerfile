@@ -3,6 +3,7 @@
 #
 #   docker build -t rds-iam-sidecar .
 #   docker run --rm -p 127.0.0.1:5432:5432 -e RDS_IAM_SIDECAR_LISTEN=0.0.0.0:5432 \
+#     -e RDS_IAM_SIDECAR_ALLOW_UNAUTHENTICATED_CLIENTS=true \
 #     -e RDS_IAM_SIDECAR_UPSTREAM=mydb.proxy-abc123.us-east-1.rds.amazonaws.com:5432 rds-iam-sidecar
 
 # ---- build -------------------------------------------------------------------------------
@@ -37,9 +38,11 @@ COPY --from=builder /build/target/release/rds-iam-sidecar /usr/local/bin/rds-iam
 USER nonroot
 
 # The default listener is 127.0.0.1:5432: right for an ECS task in awsvpc mode, where all
-# containers of the task share localhost, and nothing outside the task can reach it (clients
-# are not authenticated on this hop). With bridge networking or `docker run -p`, set
-# RDS_IAM_SIDECAR_LISTEN=0.0.0.0:5432 and keep the port unreachable from other hosts.
+# containers of the task share localhost, and nothing outside the task can reach it. With
+# bridge networking or `docker run -p`, set RDS_IAM_SIDECAR_LISTEN=0.0.0.0:5432 and either
+# RDS_IAM_SIDECAR_CLIENT_AUTH=scram-sha-256 (with RDS_IAM_SIDECAR_CLIENT_PASSWORD) or, when the
+# port is unreachable from other hosts, RDS_IAM_SIDECAR_ALLOW_UNAUTHENTICATED_CLIENTS=true: a
+# listener beyond loopback without client authentication refuses to start.
 EXPOSE 5432
 # The admin endpoint (/metrics, /readyz, ...) listens on 127.0.0.1:9090 unless
 # RDS_IAM_SIDECAR_ADMIN_LISTEN says otherwise (0.0.0.0:9090 for a Prometheus outside the task).

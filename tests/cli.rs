@@ -80,6 +80,17 @@ fn configuration_errors_exit_2_with_one_line_naming_the_setting() {
             vec![],
             "cannot listen on",
         ),
+        // Beyond loopback without client authentication: refused, naming both ways out.
+        (
+            vec!["--upstream", proxy, "--listen", "0.0.0.0:0"],
+            vec![],
+            "--allow-unauthenticated-clients",
+        ),
+        (
+            vec!["--upstream", proxy, "--client-auth", "scram-sha-256"],
+            vec![],
+            "RDS_IAM_SIDECAR_CLIENT_PASSWORD",
+        ),
     ];
     for (args, env, expected) in cases {
         let output = run(home.path(), &args, &env);

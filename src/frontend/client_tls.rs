@@ -102,6 +102,17 @@ impl ClientTls {
         })))
     }
 
+    /// The certificate served now (DER), for SCRAM's channel binding.
+    pub fn certificate_der(&self) -> Vec<u8> {
+        let current = self
+            .certificate
+            .current
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        current.cert.first().map(|c| c.to_vec()).unwrap_or_default()
+    }
+
     /// The TLS handshake on a client connection.
     pub async fn accept(&self, tcp: TcpStream) -> std::io::Result<TlsStream<TcpStream>> {
         self.acceptor.accept(tcp).await

@@ -76,6 +76,14 @@ async fn greet(
 ) -> Option<Box<Session>> {
     let context = admitted.frontend().clone();
     let client_user = admit(&mut stream, &startup, &context).await?;
+    // Before any pool is touched: an unknown client never causes an upstream login.
+    Box::pin(authenticate(
+        &mut stream,
+        &context,
+        client_user,
+        client.conn,
+    ))
+    .await?;
     let user = context.db_user.as_deref().unwrap_or(client_user).to_owned();
     let database = startup.get("database").unwrap_or(client_user).to_owned();
     let StartupParameters {
@@ -86,13 +94,7 @@ async fn greet(
         .pools
         .pool(PoolKey::new(&user, &database, forwarded));
     let start = start(&mut stream, &context, &pool, &user, client.conn).await?;
-    let (serving, parameters) = match &start {
-        Start::Attached(lease, _) => (
-            Serving::connection(lease.backend_key()),
-            lease.parameters().into(),
-        ),
-        Start::Greeted(parameters) => (Serving::Nothing, parameters.clone()),
-    };
+    let (serving, parameters) = start.served();
     let cancel_key = context.cancels.register(serving);
     let greeting = greeting(
         &startup,
@@ -120,6 +122,29 @@ async fn greet(
         held,
         gauge,
     }))
+}
+
+/// `--client-auth`: lets the client in (at once with `trust`), or tells it why not and gives
+/// `None`.
+async fn authenticate(
+    stream: &mut ClientStream,
+    context: &Frontend,
+    user: &str,
+    conn: u64,
+) -> Option<()> {
+    let Some(auth) = &context.auth else {
+        return Some(());
+    };
+    let tls = context.tls.as_deref();
+    match auth.let_in(stream, user, tls, context.metrics, conn).await {
+        Ok(()) => Some(()),
+        Err(refusal) => {
+            if let Some(error) = refusal {
+                send_error(stream, &error).await;
+            }
+            None
+        }
+    }
 }
 
 /// What the session keeps of its start: session mode, its connection or the parameters it was
@@ -195,6 +220,20 @@ async fn admit<'s>(
 enum Start {
     Attached(Box<Lease>, Duration),
     Greeted(Parameters),
+}
+
+impl Start {
+    /// What serves the client from the start, for its cancel key, and the ParameterStatus set
+    /// it is greeted with.
+    fn served(&self) -> (Serving, Parameters) {
+        match self {
+            Self::Attached(lease, _) => (
+                Serving::connection(lease.backend_key()),
+                lease.parameters().into(),
+            ),
+            Self::Greeted(parameters) => (Serving::Nothing, parameters.clone()),
+        }
+    }
 }
 
 /// A pool that has had a connection answers a login at once: with an idle connection when one

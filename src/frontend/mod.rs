@@ -7,13 +7,16 @@
 pub mod cancel;
 mod cancel_request;
 mod cancelled;
+pub mod client_auth;
 pub mod client_tls;
 pub mod listener;
 mod login;
 mod negotiate;
+mod sasl;
 mod session;
 mod session_mode;
 mod transaction_mode;
+mod verifiers;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -26,6 +29,7 @@ use tracing::{Instrument, debug_span};
 
 use crate::error::PgError;
 use crate::frontend::cancel::{CancelMode, CancelRegistry};
+use crate::frontend::client_auth::{ClientAuth, ClientAuthSettings};
 use crate::frontend::client_tls::{ClientTls, ClientTlsSettings};
 use crate::ops::metrics::UpstreamMetrics;
 use crate::ops::shutdown::{Shutdown, shutdown_error};
@@ -51,6 +55,8 @@ pub struct FrontendSettings {
     pub login_timeout: Duration,
     /// TLS for clients that ask for it.
     pub tls: ClientTlsSettings,
+    /// How clients are authenticated.
+    pub auth: ClientAuthSettings,
 }
 
 impl Default for FrontendSettings {
@@ -62,6 +68,7 @@ impl Default for FrontendSettings {
             max_client_connections: 1000,
             login_timeout: Duration::from_secs(30),
             tls: ClientTlsSettings::default(),
+            auth: ClientAuthSettings::default(),
         }
     }
 }
@@ -78,6 +85,8 @@ pub struct Frontend {
     pub metrics: &'static UpstreamMetrics,
     /// TLS for clients that ask for it (`--client-tls`).
     pub tls: Option<Arc<ClientTls>>,
+    /// Client authentication (`--client-auth scram-sha-256`).
+    pub auth: Option<Arc<ClientAuth>>,
     /// When a client last asked for TLS the listener does not offer (seconds since start of
     /// the Unix epoch), to say so once a minute.
     tls_refusal_logged: AtomicU64,
@@ -94,9 +103,11 @@ impl Frontend {
         settings: &FrontendSettings,
         shutdown: Arc<Shutdown>,
         tls: Option<Arc<ClientTls>>,
+        auth: Option<Arc<ClientAuth>>,
     ) -> Self {
         Self {
             tls,
+            auth,
             tls_refusal_logged: AtomicU64::new(0),
             metrics: pools.connector().metrics(),
             pools,

@@ -31,6 +31,7 @@ pub const TRANSACTIONS: &str = "rds_iam_sidecar_transactions_total";
 pub const CANCEL_REQUESTS: &str = "rds_iam_sidecar_cancel_requests_total";
 pub const SESSION_STATE: &str = "rds_iam_sidecar_session_state_connections_total";
 pub const UPSTREAM_LOST: &str = "rds_iam_sidecar_upstream_connections_lost_total";
+pub const CLIENT_AUTH_FAILURES: &str = "rds_iam_sidecar_client_auth_failures_total";
 pub const BUILD_INFO: &str = "rds_iam_sidecar_build_info";
 
 /// Histogram buckets in seconds: 100 µs to 30 s.
@@ -162,6 +163,10 @@ fn describe_logins_and_traffic() {
         "Cancel requests by result: forwarded, emulated (the upstream connection closed, no server key or forwarding failed), closed (--cancel-mode close), not_running, unknown_key; unanswered counts forwarded ones whose statement still ran, its server silent, after --cancel-grace (the connection was then closed)"
     );
     describe_counter!(
+        CLIENT_AUTH_FAILURES,
+        "Clients refused by --client-auth scram-sha-256, by reason (password: wrong password or unknown user; protocol: not a SCRAM exchange)"
+    );
+    describe_counter!(
         UPSTREAM_LOST,
         "Upstream connections lost under a client, by what the client was doing (statement, transaction, idle)"
     );
@@ -272,6 +277,11 @@ impl UpstreamMetrics {
 
     pub fn client_accepted(&self) {
         counter!(CLIENT_CONNECTIONS_ACCEPTED, UPSTREAM_LABEL => self.upstream.clone()).increment(1);
+    }
+
+    pub fn client_auth_failure(&self, reason: &'static str) {
+        counter!(CLIENT_AUTH_FAILURES, UPSTREAM_LABEL => self.upstream.clone(), "reason" => reason)
+            .increment(1);
     }
 
     pub fn client_refused(&self, reason: &'static str) {

@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 use super::values::{number, one_or_many, text};
 
 use crate::frontend::cancel::CancelMode;
+use crate::frontend::client_auth::ClientAuthMode;
 use crate::frontend::client_tls::ClientTlsMode;
 use crate::ops::logging::LogFormat;
 use crate::pool::PoolMode;
@@ -295,6 +296,30 @@ pub struct EndpointArgs {
     #[arg(long, env = "RDS_IAM_SIDECAR_CLIENT_TLS_KEY", value_name = "PEM")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub client_tls_key: Option<PathBuf>,
+
+    /// How clients are authenticated: trust, or scram-sha-256 against --client-auth-file or
+    /// the RDS_IAM_SIDECAR_CLIENT_PASSWORD variable [default: trust].
+    #[arg(long, env = "RDS_IAM_SIDECAR_CLIENT_AUTH", value_enum)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_auth: Option<ClientAuthMode>,
+
+    /// Lines `user:SCRAM-SHA-256$...` (as pg_authid stores them) or `user:password`; read
+    /// again when it changes.
+    #[arg(long, env = "RDS_IAM_SIDECAR_CLIENT_AUTH_FILE", value_name = "PATH")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_auth_file: Option<PathBuf>,
+
+    /// Start a listener beyond loopback with --client-auth trust (anyone who reaches it logs
+    /// in) [default: false].
+    #[arg(
+        long,
+        env = "RDS_IAM_SIDECAR_ALLOW_UNAUTHENTICATED_CLIENTS",
+        num_args = 0..=1,
+        default_missing_value = "true",
+        value_name = "BOOL"
+    )]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub allow_unauthenticated_clients: Option<bool>,
 }
 
 /// Settings the whole process shares, whatever the number of endpoints.

@@ -77,7 +77,7 @@ pub(super) fn endpoint_settings(
         return Err(blame.error("--unix-socket", message));
     }
     let unix_socket = args.unix_socket.clone();
-    let frontend = frontend_settings(&args, blame)?;
+    let frontend = frontend_settings(&args, blame, &listen, env)?;
     let warm_pools = warm_pools(
         &args.warm_pools,
         blame,

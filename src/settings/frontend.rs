@@ -2,15 +2,21 @@
 //! the client limit and login timeout) and its TLS (`--client-tls` and the files or names it
 //! needs, each combination that cannot work refused with the flag named).
 
-use super::ConfigError;
+use std::net::SocketAddr;
+
 use super::args::EndpointArgs;
 use super::blame::Blame;
+use super::{ConfigError, EnvLookup};
 use crate::frontend::FrontendSettings;
+use crate::frontend::client_auth::{ClientAuthMode, ClientAuthSettings};
 use crate::frontend::client_tls::{ClientTlsMode, ClientTlsSettings};
+use crate::secret::Secret;
 
 pub(super) fn frontend_settings(
     args: &EndpointArgs,
     blame: &Blame<'_>,
+    listen: &[SocketAddr],
+    env: EnvLookup<'_>,
 ) -> Result<FrontendSettings, ConfigError> {
     let defaults = FrontendSettings::default();
     if args.db_user.as_deref().is_some_and(str::is_empty) {
@@ -32,6 +38,7 @@ pub(super) fn frontend_settings(
         )?,
         max_client_connections,
         tls: client_tls_settings(args, blame)?,
+        auth: client_auth_settings(args, blame, listen, env)?,
         login_timeout: blame.positive_duration(
             "--client-login-timeout",
             args.client_login_timeout.as_deref(),
@@ -69,5 +76,56 @@ fn client_tls_settings(
         cert_out: args.client_tls_cert_out.clone(),
         cert_file: args.client_tls_cert.clone(),
         key_file: args.client_tls_key.clone(),
+    })
+}
+
+/// The variable holding one client password for every user.
+pub const CLIENT_PASSWORD_ENV: &str = "RDS_IAM_SIDECAR_CLIENT_PASSWORD";
+
+/// `--client-auth` and what it needs; a listener beyond loopback with `trust` is refused unless
+/// `--allow-unauthenticated-clients` says so.
+fn client_auth_settings(
+    args: &EndpointArgs,
+    blame: &Blame<'_>,
+    listen: &[SocketAddr],
+    env: EnvLookup<'_>,
+) -> Result<ClientAuthSettings, ConfigError> {
+    let mode = args.client_auth.unwrap_or_default();
+    let password = env(CLIENT_PASSWORD_ENV)
+        .filter(|p| !p.is_empty())
+        .map(Secret::new);
+    if mode == ClientAuthMode::ScramSha256 && args.client_auth_file.is_none() && password.is_none()
+    {
+        return Err(blame.error(
+            "--client-auth",
+            format!("scram-sha-256 needs --client-auth-file or the {CLIENT_PASSWORD_ENV} variable"),
+        ));
+    }
+    let beyond_loopback: Vec<String> = listen
+        .iter()
+        .filter(|a| !a.ip().to_canonical().is_loopback())
+        .map(ToString::to_string)
+        .collect();
+    if mode == ClientAuthMode::Trust
+        && !beyond_loopback.is_empty()
+        && !args.allow_unauthenticated_clients.unwrap_or(false)
+    {
+        return Err(blame.error(
+            "--client-auth",
+            format!(
+                "--listen {} accepts clients from other hosts, and with --client-auth trust \
+                 anyone who reaches it logs in as the IAM role's database users: set \
+                 --client-auth scram-sha-256, or --allow-unauthenticated-clients if the network \
+                 is private to the app",
+                beyond_loopback.join(",")
+            ),
+        ));
+    }
+    Ok(ClientAuthSettings {
+        mode,
+        file: args.client_auth_file.clone(),
+        password: (mode == ClientAuthMode::ScramSha256)
+            .then_some(password)
+            .flatten(),
     })
 }

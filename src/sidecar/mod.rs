@@ -16,6 +16,7 @@ use tokio::task::JoinSet;
 use tracing::{info, warn};
 
 use crate::frontend::Frontend;
+use crate::frontend::client_auth::{ClientAuth, ClientAuthMode};
 use crate::frontend::client_tls::ClientTls;
 use crate::frontend::listener::{Listener, accept_loop};
 use crate::iam::credentials::CredentialCache;
@@ -254,6 +255,9 @@ fn engine_tasks(
     if let Some(tls) = &frontend.tls {
         tasks.spawn(tls.clone().keep_fresh(stopped.clone()));
     }
+    if let Some(auth) = &frontend.auth {
+        tasks.spawn(auth.clone().keep_fresh(stopped.clone()));
+    }
     tasks.spawn(frontend.pools.clone().maintain(stopped.clone()));
     for listener in listeners {
         tasks.spawn(accept_loop(listener, frontend.clone(), stopped.clone()));
@@ -287,11 +291,18 @@ impl Engine {
         let tls = ClientTls::new(&endpoint.frontend.tls, &endpoint.listen).map_err(|e| {
             StartError::Setup(format!("upstream {}: listener TLS: {e}", upstream.endpoint))
         })?;
+        let auth = ClientAuth::new(&endpoint.frontend.auth).map_err(|e| {
+            StartError::Setup(format!(
+                "upstream {}: client authentication: {e}",
+                upstream.endpoint
+            ))
+        })?;
         Ok(Arc::new(Frontend::new(
             pools,
             &endpoint.frontend,
             self.shutdown.clone(),
             tls,
+            auth,
         )))
     }
 }
@@ -354,10 +365,12 @@ fn log_endpoint(endpoint: &EndpointSettings, listeners: &EndpointListeners) {
         pool_size = endpoint.pool.size,
         "serving upstream endpoint"
     );
-    if listeners.tcp_addrs.iter().any(|a| !a.ip().is_loopback()) {
+    if endpoint.frontend.auth.mode == ClientAuthMode::Trust
+        && listeners.tcp_addrs.iter().any(|a| !a.ip().is_loopback())
+    {
         warn!(
             listen = ?listeners.tcp_addrs,
-            "listening beyond loopback: clients are not authenticated by the sidecar, so anyone who can reach this port logs in as the database users the sidecar's IAM role may use"
+            "listening beyond loopback without client authentication (--allow-unauthenticated-clients): anyone who can reach this port logs in as the database users the sidecar's IAM role may use"
         );
     }
     if endpoint.pool.idle_timeout >= RDS_PROXY_IDLE_CLIENT_TIMEOUT {
