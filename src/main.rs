@@ -251,11 +251,11 @@ async fn doctor(args: DoctorArgs) -> ExitCode {
             return usage_error("--user: which database user should the doctor log in as?");
         };
         let database = args.database.clone().unwrap_or_else(|| user.clone());
-        runs.push((endpoint.map(|e| e.upstream), user, database));
+        runs.push((endpoint, user, database));
     }
     let mut reports = Vec::with_capacity(runs.len());
-    for (upstream, user, database) in runs {
-        reports.push(rds_iam_sidecar::doctor::run(upstream, &user, &database).await);
+    for (endpoint, user, database) in runs {
+        reports.push(rds_iam_sidecar::doctor::run(endpoint, &user, &database).await);
     }
     let ok = reports.iter().all(|report| report.ok);
     let printed = match args.format {

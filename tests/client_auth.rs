@@ -1,7 +1,8 @@
 //! Client authentication (`--client-auth scram-sha-256`): the right password logs in (libpq's
 //! psql and tokio-postgres), a wrong password and an unknown user get `28P01` after the fixed
 //! delay and a metric, a verifier file holds hashed (as `pg_authid` stores them) and plain
-//! entries, channel binding works over the listener's TLS, and no password reaches the log.
+//! entries, channel binding works over the listener's TLS, a listener beyond loopback starts
+//! with it, and no password reaches the log.
 
 mod harness;
 mod support;

@@ -171,6 +171,12 @@ async fn a_working_chain_passes_every_check() {
         "{}",
         run.text
     );
+    assert!(
+        run.explanation(1)
+            .contains("client TLS off, client auth trust"),
+        "the listener's side: {}",
+        run.text
+    );
     // The access key is shown masked, with the provider that supplied it.
     let masked = format!(
         "{}{}",
@@ -202,6 +208,30 @@ async fn a_working_chain_passes_every_check() {
     assert!(
         run.explanation(7).contains("PostgreSQL"),
         "version: {}",
+        run.text
+    );
+}
+
+#[tokio::test]
+async fn a_listener_beyond_loopback_without_client_auth_is_warned_about() {
+    let pki = TestPki::new();
+    let emulator = emulator(&pki, &[DEFAULT_ENDPOINT_HOST]).await;
+    let upstream = format!("{DEFAULT_ENDPOINT_HOST}:5432");
+    let mut args = args_for(&upstream, &emulator.addr.to_string(), &pki);
+    args.extend(
+        [
+            "--listen",
+            "0.0.0.0:5432",
+            "--allow-unauthenticated-clients",
+        ]
+        .map(str::to_owned),
+    );
+    let run = doctor(&args, CREDENTIALS).await;
+    assert_eq!(run.status(1), "ok", "{}", run.text);
+    assert!(
+        run.text
+            .contains("beyond loopback without client authentication"),
+        "{}",
         run.text
     );
 }

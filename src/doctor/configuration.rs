@@ -3,7 +3,9 @@
 //! settings that will fail at RDS.
 
 use super::report::Checks;
+use crate::frontend::client_auth::ClientAuthMode;
 use crate::iam::region::RegionSource;
+use crate::settings::EndpointSettings;
 use crate::upstream::tls::TlsMode;
 use crate::upstream::{UpstreamAuth, UpstreamSettings};
 
@@ -24,6 +26,33 @@ pub(super) fn configuration(checks: &mut Checks, config: &UpstreamSettings) {
         config.kind_reason
     ));
     check.warnings.extend(warnings(config, kind));
+}
+
+/// Adds the listener's side to check 1: where clients connect, its TLS and authentication, and
+/// a warning for a listener beyond loopback that lets anyone in.
+pub(super) fn listener(checks: &mut Checks, endpoint: &EndpointSettings) {
+    let Some(check) = checks.last_mut() else {
+        return;
+    };
+    let addresses: Vec<String> = endpoint.listen.iter().map(ToString::to_string).collect();
+    let tls = format!("{:?}", endpoint.frontend.tls.mode).to_lowercase();
+    let auth = match endpoint.frontend.auth.mode {
+        ClientAuthMode::Trust => "trust",
+        ClientAuthMode::ScramSha256 => "scram-sha-256",
+    };
+    check.detail.push_str(&format!(
+        "; clients connect to {} (client TLS {tls}, client auth {auth})",
+        addresses.join(", ")
+    ));
+    let beyond_loopback = endpoint.listen.iter().any(|a| !a.ip().is_loopback());
+    if beyond_loopback && endpoint.frontend.auth.mode == ClientAuthMode::Trust {
+        check.warnings.push(
+            "the listener is beyond loopback without client authentication \
+             (--allow-unauthenticated-clients): anyone who reaches it logs in as the IAM \
+             role's database users; set --client-auth scram-sha-256"
+                .to_owned(),
+        );
+    }
 }
 
 /// How logins are signed: the region and where it came from, or no IAM.

@@ -24,11 +24,23 @@ use report::Checks;
 pub use report::{Check, Report, Status};
 use tls::tls;
 
+use crate::settings::EndpointSettings;
+use configuration::listener;
+
 /// Runs every check for `user@database` with `config` (or the configuration error).
-pub async fn run(config: Result<UpstreamSettings, String>, user: &str, database: &str) -> Report {
-    let mut checks = Checks::new(config.as_ref().ok().map(|c| c.endpoint.to_string()));
+pub async fn run(config: Result<EndpointSettings, String>, user: &str, database: &str) -> Report {
+    let mut checks = Checks::new(
+        config
+            .as_ref()
+            .ok()
+            .map(|c| c.upstream.endpoint.to_string()),
+    );
     match config {
-        Ok(config) => walk(&mut checks, &config, user, database).await,
+        Ok(config) => {
+            configuration(&mut checks, &config.upstream);
+            listener(&mut checks, &config);
+            walk(&mut checks, &config.upstream, user, database).await
+        }
         Err(error) => {
             checks.fail(
                 error,
@@ -42,7 +54,6 @@ pub async fn run(config: Result<UpstreamSettings, String>, user: &str, database:
 
 /// The checks in order, up to the first that fails.
 async fn walk(checks: &mut Checks, config: &UpstreamSettings, user: &str, database: &str) {
-    configuration(checks, config);
     let credentials = credentials(checks, config).await;
     if checks.failed() {
         return;

@@ -108,6 +108,11 @@ impl Checks {
         check
     }
 
+    /// The check added last, to add to it.
+    pub(super) fn last_mut(&mut self) -> Option<&mut Check> {
+        self.checks.last_mut()
+    }
+
     pub(super) fn skip(&mut self, detail: impl Into<String>) {
         self.push(Status::Skipped, detail);
     }
