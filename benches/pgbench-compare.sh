@@ -7,6 +7,8 @@
 #       direct        libpq straight to PostgreSQL over TLS (sslmode=require)
 #       sidecar-sess  rds-iam-sidecar, --pool-mode session      (plain local hop, TLS upstream)
 #       sidecar-tx    rds-iam-sidecar, --pool-mode transaction  (plain local hop, TLS upstream)
+#       sidecar-tls   rds-iam-sidecar, --pool-mode session, --client-tls self-signed (TLS on the
+#                     local hop too, sslmode=require): what client TLS costs
 #       pgb-sess      PgBouncer, pool_mode=session      (plain local hop, server_tls_sslmode=require)
 #       pgb-tx        PgBouncer, pool_mode=transaction  (plain local hop, server_tls_sslmode=require)
 #     in three ways: -M simple, -M prepared, and -C -M simple (a new connection per transaction).
@@ -78,6 +80,16 @@ for mode in session transaction; do
     TARGETS+=("$name")
     log "$name listening on ${PORT[$name]} (pid ${PID[$name]})"
 done
+
+# The session-mode sidecar again with TLS on the local hop (clients use sslmode=require).
+PORT[sidecar-tls]=$(free_port)
+SSLMODE[sidecar-tls]=require
+start_sidecar sidecar-tls "${PORT[sidecar-tls]}" --pool-size "$POOL_SIZE" --pool-mode session \
+    --client-tls self-signed
+PID[sidecar-tls]=$SIDECAR_PID
+wait_sql sidecar-tls "${PORT[sidecar-tls]}" require
+TARGETS+=(sidecar-tls)
+log "sidecar-tls listening on ${PORT[sidecar-tls]} (pid ${PID[sidecar-tls]})"
 
 # ---------------------------------------------------------------------------------------------
 # 4. PgBouncer (optional)
@@ -299,7 +311,7 @@ for name in sidecar-sess sidecar-tx; do
 done
 
 # Stop the benchmark poolers before the memory tests, to free PostgreSQL connections.
-for name in sidecar-sess sidecar-tx; do
+for name in sidecar-sess sidecar-tx sidecar-tls; do
     kill "${PID[$name]}" 2>/dev/null || true
     wait "${PID[$name]}" 2>/dev/null || true
 done
@@ -397,7 +409,8 @@ echo
 echo "ratios (throughput: higher is better for the sidecar; latency: lower is better)"
 row ratio "simple" "prepared" "connect/tx" "simple lat"
 row -------------------------- -------------- -------------- ---------------- --------------
-for pair in "sidecar-sess pgb-sess" "sidecar-tx pgb-tx" "sidecar-sess direct" "sidecar-tx direct"; do
+for pair in "sidecar-sess pgb-sess" "sidecar-tx pgb-tx" "sidecar-sess direct" "sidecar-tx direct" \
+    "sidecar-tls sidecar-sess"; do
     read -r a b <<<"$pair"
     [[ -n ${PORT[$b]:-} ]] || continue
     row "$a / $b" "$(ratio "${TPS[$a,simple]}" "${TPS[$b,simple]}")" \

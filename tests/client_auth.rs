@@ -106,9 +106,13 @@ async fn channel_binding_over_the_listeners_tls() {
         eprintln!("SKIPPED: psql not installed");
         return;
     }
-    let stack = scram_stack(|c| {
+    let written = tempfile::tempdir().expect("tempdir");
+    let cert = written.path().join("sidecar.pem");
+    let cert_out = cert.clone();
+    let stack = scram_stack(move |c| {
         c.frontend.auth.password = Some(Secret::new("bound"));
         c.frontend.tls.mode = ClientTlsMode::SelfSigned;
+        c.frontend.tls.cert_out = Some(cert_out);
     })
     .await;
     let port = stack.sidecar.addr().port();
@@ -134,6 +138,34 @@ async fn channel_binding_over_the_listeners_tls() {
     );
     let wrong = psql("unbound").await.expect("join");
     assert!(String::from_utf8_lossy(&wrong.stderr).contains("password authentication failed"));
+    // tokio-postgres over rustls binds the channel the same way (SCRAM-SHA-256-PLUS).
+    let mut roots = rustls::RootCertStore::empty();
+    for der in rds_iam_sidecar::upstream::tls::load_ca_file(&cert).expect("written certificate") {
+        roots.add(der).expect("root");
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let tls = support::rustls_postgres::MakeRustls(std::sync::Arc::new(config));
+    let conninfo = format!(
+        "host=localhost hostaddr=127.0.0.1 port={port} user=app dbname=postgres \
+         password=bound sslmode=require channel_binding=require"
+    );
+    let (client, connection) = tokio_postgres::connect(&conninfo, tls)
+        .await
+        .expect("SCRAM-SHA-256-PLUS through tokio-postgres");
+    tokio::spawn(connection);
+    assert_eq!(
+        client
+            .query_one("select 7", &[])
+            .await
+            .expect("query")
+            .get::<_, i32>(0),
+        7
+    );
 }
 
 #[tokio::test]

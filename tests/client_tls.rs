@@ -1,6 +1,7 @@
 //! TLS on the local hop (`--client-tls`): libpq's `sslmode=require` and `verify-full` against
 //! the self-signed certificate the sidecar wrote out, PostgreSQL 17's direct TLS (a rustls
-//! client, ALPN `postgresql`; without it the connection is refused), certificate files
+//! client, ALPN `postgresql`; without it the connection is refused), JDBC-style `ssl=true`
+//! through tokio-postgres over rustls, certificate files
 //! re-read when they change, and `off` still answering `N` (libpq's `prefer` goes on in
 //! plaintext, `require` fails).
 
@@ -224,4 +225,23 @@ async fn certificate_files_are_read_again_when_they_change() {
         .await
         .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(rows, vec![vec![Some("still here".to_owned())]]);
+}
+
+#[tokio::test]
+async fn jdbc_style_ssl_true_through_tokio_postgres_with_rustls() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cert = dir.path().join("sidecar.pem");
+    let stack = self_signed_stack(&cert).await;
+    // JDBC's ssl=true: SSLRequest, no ALPN, the certificate verified against a trust store.
+    let tls = support::rustls_postgres::MakeRustls(client_config(&cert, &[]));
+    let conninfo = format!(
+        "host=localhost hostaddr=127.0.0.1 port={} user=postgres dbname=postgres sslmode=require",
+        stack.sidecar.addr().port()
+    );
+    let (client, connection) = tokio_postgres::connect(&conninfo, tls)
+        .await
+        .expect("TLS through tokio-postgres");
+    tokio::spawn(connection);
+    let row = client.query_one("select 'jdbc'", &[]).await.expect("query");
+    assert_eq!(row.get::<_, &str>(0), "jdbc");
 }

@@ -11,6 +11,7 @@ pub mod emulator;
 pub mod fault_relay;
 pub mod pg;
 pub mod proxy_session;
+pub mod rustls_postgres;
 pub mod sigv4;
 pub mod wire;
 
