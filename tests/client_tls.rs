@@ -245,3 +245,76 @@ async fn jdbc_style_ssl_true_through_tokio_postgres_with_rustls() {
     let row = client.query_one("select 'jdbc'", &[]).await.expect("query");
     assert_eq!(row.get::<_, &str>(0), "jdbc");
 }
+
+#[tokio::test]
+async fn sighup_reloads_the_certificate_files() {
+    use harness::binary::{KillOnDrop, free_port, sidecar_command, wait_for_port};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (cert, key) = (dir.path().join("tls.crt"), dir.path().join("tls.key"));
+    let first = TestPki::new();
+    let (cert_pem, key_pem) = first.server_cert_pem(&["localhost"]);
+    std::fs::write(&cert, cert_pem).expect("write");
+    std::fs::write(&key, key_pem).expect("write");
+    let port = free_port();
+    let child = sidecar_command(dir.path())
+        .args(["run", "--upstream", "127.0.0.1:1", "--auth", "password"])
+        .args(["--tls-mode", "disable", "--admin-listen", "off"])
+        .args([
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--client-tls",
+            "files",
+        ])
+        .args(["--client-tls-cert", cert.to_str().expect("utf-8")])
+        .args(["--client-tls-key", key.to_str().expect("utf-8")])
+        .env("RDS_IAM_SIDECAR_PASSWORD", "x")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn");
+    let mut child = KillOnDrop(child);
+    wait_for_port(port, &mut child.0).await;
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    wire::connect_tls(addr, "localhost", first.client_config())
+        .await
+        .expect("the first certificate");
+    // New files with the old modification times: only SIGHUP can tell the sidecar.
+    let times: Vec<std::time::SystemTime> = [&cert, &key]
+        .iter()
+        .map(|p| {
+            std::fs::metadata(p)
+                .and_then(|m| m.modified())
+                .expect("mtime")
+        })
+        .collect();
+    let second = TestPki::new();
+    let (cert_pem, key_pem) = second.server_cert_pem(&["localhost"]);
+    std::fs::write(&cert, cert_pem).expect("write");
+    std::fs::write(&key, key_pem).expect("write");
+    for (path, time) in [&cert, &key].iter().zip(times) {
+        std::fs::File::options()
+            .write(true)
+            .open(path)
+            .and_then(|f| f.set_modified(time))
+            .expect("set mtime back");
+    }
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    assert!(
+        wire::connect_tls(addr, "localhost", first.client_config())
+            .await
+            .is_ok(),
+        "unchanged times: still the first certificate"
+    );
+    child.signal("HUP");
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while wire::connect_tls(addr, "localhost", second.client_config())
+        .await
+        .is_err()
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "SIGHUP loads the new pair"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
