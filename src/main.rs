@@ -117,6 +117,9 @@ async fn run(args: RunArgs) -> ExitCode {
 struct Signals {
     terminate: tokio::signal::unix::Signal,
     interrupt: tokio::signal::unix::Signal,
+    /// Caught so that it never ends the process (its default action): it asks the listeners
+    /// to read their certificate and verifier files again, which they watch for themselves.
+    hangup: tokio::signal::unix::Signal,
 }
 
 impl Signals {
@@ -125,14 +128,20 @@ impl Signals {
         Ok(Self {
             terminate: signal(SignalKind::terminate())?,
             interrupt: signal(SignalKind::interrupt())?,
+            hangup: signal(SignalKind::hangup())?,
         })
     }
 
-    /// The name of the next signal.
+    /// The name of the next signal that ends the process.
     async fn next(&mut self) -> &'static str {
-        tokio::select! {
-            _ = self.terminate.recv() => "SIGTERM",
-            _ = self.interrupt.recv() => "SIGINT",
+        loop {
+            tokio::select! {
+                _ = self.terminate.recv() => return "SIGTERM",
+                _ = self.interrupt.recv() => return "SIGINT",
+                _ = self.hangup.recv() => tracing::info!(
+                    "SIGHUP: client TLS and client verifier files are read again"
+                ),
+            }
         }
     }
 }

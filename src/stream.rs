@@ -149,6 +149,14 @@ impl ClientStream {
         }
     }
 
+    /// Writes all of `bytes` and flushes: over TLS a write may leave the end of the bytes in
+    /// rustls's buffer, which only a flush sends (a no-op on plain sockets).
+    pub async fn write_flushed(&mut self, bytes: &[u8]) -> io::Result<()> {
+        use tokio::io::AsyncWriteExt;
+        self.write_all(bytes).await?;
+        self.flush().await
+    }
+
     /// Reads what is there without waiting; `WouldBlock` when nothing is.
     ///
     /// A read that returns less than `buf` holds emptied the socket's receive queue, so it

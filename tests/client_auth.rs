@@ -215,3 +215,37 @@ async fn no_client_password_in_the_log_at_trace() {
         assert!(!log.contains(secret), "the log holds '{secret}'");
     }
 }
+
+#[tokio::test]
+async fn a_client_that_never_answers_the_sasl_request_is_closed_after_the_login_timeout() {
+    let stack = scram_stack(|c| {
+        c.frontend.auth.password = Some(Secret::new("pw"));
+        c.frontend.login_timeout = Duration::from_millis(500);
+    })
+    .await;
+    let mut raw = tokio::net::TcpStream::connect(stack.sidecar.addr())
+        .await
+        .expect("connect");
+    use tokio::io::AsyncWriteExt;
+    raw.write_all(&support::wire::startup_message(&[
+        ("user", "app"),
+        ("database", "postgres"),
+    ]))
+    .await
+    .expect("startup");
+    let (tag, body) = support::wire::read_message(&mut raw)
+        .await
+        .expect("SASL request");
+    assert_eq!((tag, &body[..4]), (b'R', &10u32.to_be_bytes()[..]));
+    // Silence: the place under --max-client-connections is given back, with a reason.
+    let (tag, body) = tokio::time::timeout(
+        Duration::from_secs(3),
+        support::wire::read_message(&mut raw),
+    )
+    .await
+    .expect("bounded by --client-login-timeout")
+    .expect("an ErrorResponse");
+    assert_eq!(tag, b'E');
+    let fields = support::wire::parse_error_fields(&body);
+    assert_eq!(fields.get(&'C').map(String::as_str), Some("08P01"));
+}

@@ -3,6 +3,8 @@
 //! settings that will fail at RDS.
 
 use super::report::Checks;
+use clap::ValueEnum;
+
 use crate::frontend::client_auth::ClientAuthMode;
 use crate::iam::region::RegionSource;
 use crate::settings::EndpointSettings;
@@ -35,16 +37,19 @@ pub(super) fn listener(checks: &mut Checks, endpoint: &EndpointSettings) {
         return;
     };
     let addresses: Vec<String> = endpoint.listen.iter().map(ToString::to_string).collect();
-    let tls = format!("{:?}", endpoint.frontend.tls.mode).to_lowercase();
-    let auth = match endpoint.frontend.auth.mode {
-        ClientAuthMode::Trust => "trust",
-        ClientAuthMode::ScramSha256 => "scram-sha-256",
+    let name = |value: Option<clap::builder::PossibleValue>| {
+        value.map_or_else(String::new, |v| v.get_name().to_owned())
     };
+    let tls = name(endpoint.frontend.tls.mode.to_possible_value());
+    let auth = name(endpoint.frontend.auth.mode.to_possible_value());
     check.detail.push_str(&format!(
         "; clients connect to {} (client TLS {tls}, client auth {auth})",
         addresses.join(", ")
     ));
-    let beyond_loopback = endpoint.listen.iter().any(|a| !a.ip().is_loopback());
+    let beyond_loopback = endpoint
+        .listen
+        .iter()
+        .any(|a| !a.ip().to_canonical().is_loopback());
     if beyond_loopback && endpoint.frontend.auth.mode == ClientAuthMode::Trust {
         check.warnings.push(
             "the listener is beyond loopback without client authentication \

@@ -8,7 +8,7 @@
 //! upstream connection.
 
 use bytes::{Buf, BytesMut};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncReadExt;
 
 use crate::error::{PgError, Severity, sqlstate};
 use crate::forward::Outcome;
@@ -36,7 +36,7 @@ impl Session {
         messages::ready_for_query(&mut answer, status);
         self.cancel_key.state().answered_locally(status);
         self.cancel_key.state().set_aborted(inside);
-        if self.stream.write_all(&answer).await.is_err() {
+        if self.stream.write_flushed(&answer).await.is_err() {
             return Some(Outcome::ClientError);
         }
         None
@@ -59,7 +59,7 @@ impl Session {
                 }
                 self.answer_aborted(tag, &body, &mut batch, &mut answer);
             }
-            if !answer.is_empty() && self.stream.write_all(&answer).await.is_err() {
+            if !answer.is_empty() && self.stream.write_flushed(&answer).await.is_err() {
                 return Err(Outcome::ClientError);
             }
             answer.clear();

@@ -4,7 +4,7 @@
 //! `tls-server-end-point` channel binding when the client came over TLS). Verifiers come from
 //! `--client-auth-file` (lines `user:SCRAM-SHA-256$<iterations>:<salt>$<StoredKey>:<ServerKey>`
 //! as `pg_authid` stores them, or `user:password`, turned into a verifier at load; read again
-//! when the file changes) and/or one password for every user from
+//! when the file changes or on SIGHUP) and/or one password for every user from
 //! `RDS_IAM_SIDECAR_CLIENT_PASSWORD`. An unknown user goes through the same exchange against a
 //! made-up verifier, so the answer does not tell which users exist. Every failure is answered
 //! after the same delay with `28P01 password authentication failed for user "…"`.
@@ -71,6 +71,8 @@ pub struct ClientAuth {
     verifiers: RwLock<HashMap<String, Arc<Verifier>>>,
     /// From `RDS_IAM_SIDECAR_CLIENT_PASSWORD`, for users the file does not name.
     everyone: Option<Arc<Verifier>>,
+    /// Made at start: what unknown users' made-up verifiers derive from.
+    mock_key: [u8; 32],
 }
 
 impl std::fmt::Debug for ClientAuth {
@@ -105,6 +107,7 @@ impl ClientAuth {
             file: settings.file.clone(),
             verifiers: RwLock::new(verifiers),
             everyone,
+            mock_key: rand::random(),
         })))
     }
 
@@ -118,7 +121,7 @@ impl ClientAuth {
             .cloned();
         known
             .or_else(|| self.everyone.clone())
-            .unwrap_or_else(|| Arc::new(unknown_user_secret()))
+            .unwrap_or_else(|| Arc::new(unknown_user_secret(&self.mock_key, user)))
     }
 
     /// Authenticates a client logging in as `user`; a failure is logged and counted and
@@ -145,7 +148,7 @@ impl ClientAuth {
             Err(AuthFailure::Password(error)) => {
                 tracing::warn!(
                     conn,
-                    user,
+                    ?user,
                     "client authentication failed: wrong password or unknown user"
                 );
                 metrics.client_auth_failure("password");
@@ -153,7 +156,13 @@ impl ClientAuth {
                 error
             }
             Err(AuthFailure::Protocol(error)) => {
-                tracing::warn!(conn, user, message = %error.message, "client authentication failed: not a SCRAM exchange");
+                let message: String = error.message.chars().take(200).collect();
+                tracing::warn!(
+                    conn,
+                    ?user,
+                    ?message,
+                    "client authentication failed: not a SCRAM exchange"
+                );
                 metrics.client_auth_failure("protocol");
                 error
             }
@@ -198,26 +207,34 @@ impl ClientAuth {
         }
     }
 
-    /// Reads the verifier file again whenever it changes, until `stop`.
+    /// Reads the verifier file again whenever it changes or SIGHUP comes, until `stop`.
     pub async fn keep_fresh(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
         let Some(path) = self.file.clone() else {
             return;
         };
         let modified = |path: &Path| std::fs::metadata(path).and_then(|m| m.modified()).ok();
         let mut seen: Option<SystemTime> = modified(&path);
+        let mut hangup =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
         let mut tick = tokio::time::interval(CHECK_FILE_EVERY);
         loop {
-            tokio::select! {
-                _ = tick.tick() => {}
+            let asked = tokio::select! {
+                _ = tick.tick() => false,
+                Some(()) = async { hangup.as_mut()?.recv().await } => true,
                 _ = stop.wait_for(|s| *s) => return,
-            }
+            };
             let now = modified(&path);
-            if now == seen {
+            if now == seen && !asked {
                 continue;
             }
-            seen = now;
-            match load_file(&path) {
+            // PBKDF2 for plain-password lines: off the runtime's worker threads.
+            let reading = path.clone();
+            let loaded = tokio::task::spawn_blocking(move || load_file(&reading)).await;
+            match loaded.unwrap_or_else(|e| Err(format!("loading the verifier file failed: {e}"))) {
                 Ok(verifiers) => {
+                    // Only a file that loaded counts as seen: one caught mid-write is read
+                    // again at the next look.
+                    seen = now;
                     let users = verifiers.len();
                     *self.verifiers.write().unwrap_or_else(|p| p.into_inner()) = verifiers;
                     tracing::info!(users, file = %path.display(), "client verifiers loaded again");

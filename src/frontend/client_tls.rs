@@ -135,9 +135,9 @@ impl ClientTls {
                 _ = stop.wait_for(|s| *s) => return,
             };
             let now = files.modified();
-            if asked || now != seen {
+            // A pair that did not load (caught mid-write) is tried again at the next look.
+            if (asked || now != seen) && self.certificate.reload(&files) {
                 seen = now;
-                self.certificate.reload(&files);
             }
         }
     }
@@ -221,16 +221,21 @@ impl Certificate {
     }
 
     /// Loads the files again; a pair that does not load leaves the current one in place.
-    fn reload(&self, files: &Files) {
+    /// Whether it loaded.
+    fn reload(&self, files: &Files) -> bool {
         match files.load() {
             Ok(loaded) => {
                 *self.current.write().unwrap_or_else(|p| p.into_inner()) = loaded;
                 tracing::info!(cert = %files.cert.display(), "client TLS certificate loaded again");
+                true
             }
-            Err(error) => tracing::warn!(
-                %error,
-                "client TLS certificate not reloaded; the previous one is still served"
-            ),
+            Err(error) => {
+                tracing::warn!(
+                    %error,
+                    "client TLS certificate not reloaded; the previous one is still served"
+                );
+                false
+            }
         }
     }
 }

@@ -1,13 +1,13 @@
-//! A client's login: SSL/GSS negotiation (answered 'N'), the startup packet (or a
-//! CancelRequest), admission under `--max-client-connections`, a pooled upstream connection for
-//! the client's pool (which proves the login works) and the greeting the client expects
-//! (AuthenticationOk, ParameterStatus, our BackendKeyData, ReadyForQuery).
+//! A client's login: admission under `--max-client-connections`, the packets before the
+//! startup packet (`negotiate.rs`: SSL/GSS, TLS, cancels), client authentication
+//! (`--client-auth`), a pooled upstream connection for the client's pool (which proves the
+//! login works) and the greeting the client expects (AuthenticationOk, ParameterStatus, our
+//! BackendKeyData, ReadyForQuery).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
-use tokio::io::AsyncWriteExt;
 use tracing::{info, warn};
 
 use crate::error::{PgError, sqlstate};
@@ -102,7 +102,7 @@ async fn greet(
         &parameters,
         &cancel_key,
     );
-    if stream.write_all(&greeting).await.is_err() {
+    if stream.write_flushed(&greeting).await.is_err() {
         return None;
     }
     let held = hold(start, parameters, &context, &pool, &cancel_key, client);
@@ -125,7 +125,8 @@ async fn greet(
 }
 
 /// `--client-auth`: lets the client in (at once with `trust`), or tells it why not and gives
-/// `None`.
+/// `None`. Bounded by `--client-login-timeout` and ended by a drain: a client that never
+/// answers must not keep its place under `--max-client-connections`.
 async fn authenticate(
     stream: &mut ClientStream,
     context: &Frontend,
@@ -136,15 +137,29 @@ async fn authenticate(
         return Some(());
     };
     let tls = context.tls.as_deref();
-    match auth.let_in(stream, user, tls, context.metrics, conn).await {
-        Ok(()) => Some(()),
-        Err(refusal) => {
-            if let Some(error) = refusal {
-                send_error(stream, &error).await;
-            }
-            None
+    let ended = {
+        let let_in = auth.let_in(stream, user, tls, context.metrics, conn);
+        tokio::select! {
+            done = tokio::time::timeout(context.login_timeout, let_in) => Some(done),
+            () = context.shutdown.draining() => None,
         }
+    };
+    let refusal = match ended {
+        Some(Ok(Ok(()))) => return Some(()),
+        Some(Ok(Err(refusal))) => refusal,
+        Some(Err(_)) => Some(PgError::fatal(
+            sqlstate::PROTOCOL_VIOLATION,
+            "rds-iam-sidecar: authentication did not finish within --client-login-timeout",
+        )),
+        None => {
+            refuse_for_shutdown(stream, context).await;
+            return None;
+        }
+    };
+    if let Some(error) = refusal {
+        send_error(stream, &error).await;
     }
+    None
 }
 
 /// What the session keeps of its start: session mode, its connection or the parameters it was

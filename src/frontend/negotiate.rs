@@ -94,12 +94,16 @@ async fn negotiate(
                         "SSLRequest over a connection already encrypted".to_owned(),
                     ));
                 }
-                _ => {
-                    context.note_tls_refused();
+                // No TLS over a unix socket (as PostgreSQL): only a listener without TLS
+                // says why.
+                (tls, _) => {
+                    if tls.is_none() {
+                        context.note_tls_refused();
+                    }
                     stream.write_all(b"N").await?;
                 }
             },
-            InitialPacket::GssEncRequest => stream.write_all(b"N").await?,
+            InitialPacket::GssEncRequest => stream.write_flushed(b"N").await?,
             InitialPacket::Cancel { pid, secret } => {
                 // Boxed: forwarding holds a TLS connection's future, which a connection waiting
                 // for its startup packet must not carry.

@@ -8,7 +8,6 @@ use std::task::Poll;
 use std::time::Instant;
 
 use bytes::BytesMut;
-use tokio::io::AsyncWriteExt;
 use tracing::{debug, warn};
 
 use crate::forward::buffers::Buffer;
@@ -149,7 +148,7 @@ impl Session {
                 messages::parameter_status(&mut changed, name, value);
             }
         }
-        if !changed.is_empty() && self.stream.write_all(&changed).await.is_err() {
+        if !changed.is_empty() && self.stream.write_flushed(&changed).await.is_err() {
             return Err(Outcome::ClientError);
         }
         Ok(lease)

@@ -11,6 +11,7 @@ use std::sync::Arc;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use pgwire::api::auth::sasl::scram::{ScramSecret, gen_salted_password};
+use sha2::{Digest, Sha256};
 
 /// Iterations for verifiers the sidecar makes from plain passwords (PostgreSQL's default).
 const ITERATIONS: usize = 4096;
@@ -114,17 +115,26 @@ pub(super) fn verifier_of(password: &str) -> Verifier {
             server_key,
         },
         // pgwire makes a Verifier here; anything else would match no password.
-        ScramSecret::SaltedPassword { .. } => unknown_user_secret(),
+        ScramSecret::SaltedPassword { .. } => unknown_user_secret(&rand::random(), ""),
     }
 }
 
-/// A verifier no password matches, for users nobody configured.
-pub(super) fn unknown_user_secret() -> Verifier {
+/// A verifier no password matches, for a user nobody configured: the same for the same user
+/// as long as the process runs (as PostgreSQL's mock salt), so that two attempts do not tell
+/// an unknown user (a new salt each time) from a known one. `mock_key` is made at start.
+pub(super) fn unknown_user_secret(mock_key: &[u8; 32], user: &str) -> Verifier {
+    let derive = |purpose: &[u8]| -> Vec<u8> {
+        let mut hash = Sha256::new();
+        hash.update(mock_key);
+        hash.update(purpose);
+        hash.update(user.as_bytes());
+        hash.finalize().to_vec()
+    };
     Verifier {
-        salt: rand::random::<[u8; 16]>().to_vec(),
+        salt: derive(b"salt")[..16].to_vec(),
         iterations: ITERATIONS,
-        stored_key: rand::random::<[u8; 32]>().to_vec(),
-        server_key: rand::random::<[u8; 32]>().to_vec(),
+        stored_key: derive(b"stored key"),
+        server_key: derive(b"server key"),
     }
 }
 
@@ -145,6 +155,15 @@ mod tests {
         );
         assert!(parse_verifier("SCRAM-SHA-256$4096:c2FsdA==$short:short").is_none());
         assert!(parse_verifier("md5abcdef").is_none());
+    }
+
+    #[test]
+    fn an_unknown_user_gets_the_same_made_up_salt_every_time() {
+        let key = [7u8; 32];
+        let first = unknown_user_secret(&key, "mallory");
+        assert_eq!(first.salt, unknown_user_secret(&key, "mallory").salt);
+        assert_ne!(first.salt, unknown_user_secret(&key, "eve").salt);
+        assert_eq!((first.salt.len(), first.iterations), (16, 4096));
     }
 
     #[test]

@@ -101,6 +101,12 @@ fn client_auth_settings(
             format!("scram-sha-256 needs --client-auth-file or the {CLIENT_PASSWORD_ENV} variable"),
         ));
     }
+    if mode == ClientAuthMode::Trust && args.client_auth_file.is_some() {
+        return Err(blame.error(
+            "--client-auth-file",
+            "is only read with --client-auth scram-sha-256; set that too",
+        ));
+    }
     let beyond_loopback: Vec<String> = listen
         .iter()
         .filter(|a| !a.ip().to_canonical().is_loopback())

@@ -366,7 +366,10 @@ fn log_endpoint(endpoint: &EndpointSettings, listeners: &EndpointListeners) {
         "serving upstream endpoint"
     );
     if endpoint.frontend.auth.mode == ClientAuthMode::Trust
-        && listeners.tcp_addrs.iter().any(|a| !a.ip().is_loopback())
+        && listeners
+            .tcp_addrs
+            .iter()
+            .any(|a| !a.ip().to_canonical().is_loopback())
     {
         warn!(
             listen = ?listeners.tcp_addrs,
