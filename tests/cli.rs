@@ -411,6 +411,41 @@ async fn ecs_credentials_rotate_and_logs_hold_no_secret() {
     }
 }
 
+/// The binary behind `sh -c "<ulimit> && exec …"`, in password mode towards a closed port,
+/// listening on 127.0.0.1:`port`, its log in `log_file`.
+fn with_open_file_limit(
+    ulimit: &str,
+    home: &Path,
+    port: u16,
+    extra: &[&str],
+    log_file: std::fs::File,
+) -> std::process::Child {
+    Command::new("sh")
+        .args([
+            "-c",
+            &format!("{ulimit} && exec \"$0\" \"$@\""),
+            harness::binary::BIN,
+        ])
+        .args(["run", "--upstream", "127.0.0.1:1", "--auth", "password"])
+        .args([
+            "--tls-mode",
+            "disable",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+        ])
+        .args(extra)
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("HOME", home)
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .env("RDS_IAM_SIDECAR_PASSWORD", "x")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::from(log_file))
+        .spawn()
+        .expect("spawn")
+}
+
 #[tokio::test]
 async fn the_open_file_limit_is_raised_to_the_hard_limit_at_start() {
     let home = tempfile::tempdir().expect("tempdir");
@@ -430,29 +465,7 @@ async fn the_open_file_limit_is_raised_to_the_hard_limit_at_start() {
         eprintln!("SKIPPED: hard open-file limit {hard}");
         return;
     }
-    let child = Command::new("sh")
-        .args([
-            "-c",
-            "ulimit -Sn 256 && exec \"$0\" \"$@\"",
-            harness::binary::BIN,
-        ])
-        .args(["run", "--upstream", "127.0.0.1:1", "--auth", "password"])
-        .args([
-            "--tls-mode",
-            "disable",
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-        ])
-        .env_clear()
-        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-        .env("HOME", home.path())
-        .env("AWS_EC2_METADATA_DISABLED", "true")
-        .env("RDS_IAM_SIDECAR_PASSWORD", "x")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::from(log_file))
-        .spawn()
-        .expect("spawn");
+    let child = with_open_file_limit("ulimit -Sn 256", home.path(), port, &[], log_file);
     let mut child = KillOnDrop(child);
     wait_for_port(port, &mut child.0).await;
     let limits =
@@ -480,30 +493,14 @@ async fn at_the_open_file_limit_new_clients_get_53300_and_the_admin_endpoint_ans
     let log_path = home.path().join("limits.log");
     let log_file = std::fs::File::create(&log_path).expect("log file");
     // 200 descriptors, soft and hard: (200 - 64 reserved) / 2 = 68 clients fit.
-    let child = Command::new("sh")
-        .args([
-            "-c",
-            "ulimit -n 200 && exec \"$0\" \"$@\"",
-            harness::binary::BIN,
-        ])
-        .args(["run", "--upstream", "127.0.0.1:1", "--auth", "password"])
-        .args([
-            "--tls-mode",
-            "disable",
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-        ])
-        .args(["--admin-listen", &format!("127.0.0.1:{admin_port}")])
-        .env_clear()
-        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-        .env("HOME", home.path())
-        .env("AWS_EC2_METADATA_DISABLED", "true")
-        .env("RDS_IAM_SIDECAR_PASSWORD", "x")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::from(log_file))
-        .spawn()
-        .expect("spawn");
+    let admin = format!("127.0.0.1:{admin_port}");
+    let child = with_open_file_limit(
+        "ulimit -n 200",
+        home.path(),
+        port,
+        &["--admin-listen", &admin],
+        log_file,
+    );
     let mut child = KillOnDrop(child);
     wait_for_port(port, &mut child.0).await;
     wait_for_port(admin_port, &mut child.0).await;

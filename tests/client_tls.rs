@@ -177,14 +177,19 @@ async fn direct_tls_with_alpn_postgresql_logs_in_and_without_it_is_refused() {
     assert!(refused.is_err(), "direct TLS without ALPN must not log in");
 }
 
+/// A certificate for `localhost` from `pki`, and its key, written to `cert` and `key`.
+fn write_pair(pki: &TestPki, cert: &std::path::Path, key: &std::path::Path) {
+    let (cert_pem, key_pem) = pki.server_cert_pem(&["localhost"]);
+    std::fs::write(key, key_pem).expect("write the key");
+    std::fs::write(cert, cert_pem).expect("write the certificate");
+}
+
 #[tokio::test]
 async fn certificate_files_are_read_again_when_they_change() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (cert, key) = (dir.path().join("tls.crt"), dir.path().join("tls.key"));
     let first = TestPki::new();
-    let (cert_pem, key_pem) = first.server_cert_pem(&["localhost"]);
-    std::fs::write(&cert, cert_pem).expect("write");
-    std::fs::write(&key, key_pem).expect("write");
+    write_pair(&first, &cert, &key);
     let (cert_file, key_file) = (cert.clone(), key.clone());
     let stack = stack_with(
         move |c: &mut EndpointSettings| {
@@ -204,9 +209,7 @@ async fn certificate_files_are_read_again_when_they_change() {
         .unwrap_or_else(|e| panic!("{e}"));
     // Rotated: a certificate from another CA.
     let second = TestPki::new();
-    let (cert_pem, key_pem) = second.server_cert_pem(&["localhost"]);
-    std::fs::write(&key, key_pem).expect("write");
-    std::fs::write(&cert, cert_pem).expect("write");
+    write_pair(&second, &cert, &key);
     let deadline = std::time::Instant::now() + Duration::from_secs(15);
     loop {
         let attempt =
@@ -252,9 +255,7 @@ async fn sighup_reloads_the_certificate_files() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (cert, key) = (dir.path().join("tls.crt"), dir.path().join("tls.key"));
     let first = TestPki::new();
-    let (cert_pem, key_pem) = first.server_cert_pem(&["localhost"]);
-    std::fs::write(&cert, cert_pem).expect("write");
-    std::fs::write(&key, key_pem).expect("write");
+    write_pair(&first, &cert, &key);
     let port = free_port();
     let child = sidecar_command(dir.path())
         .args(["run", "--upstream", "127.0.0.1:1", "--auth", "password"])
@@ -288,9 +289,7 @@ async fn sighup_reloads_the_certificate_files() {
         })
         .collect();
     let second = TestPki::new();
-    let (cert_pem, key_pem) = second.server_cert_pem(&["localhost"]);
-    std::fs::write(&cert, cert_pem).expect("write");
-    std::fs::write(&key, key_pem).expect("write");
+    write_pair(&second, &cert, &key);
     for (path, time) in [&cert, &key].iter().zip(times) {
         std::fs::File::options()
             .write(true)
