@@ -10,6 +10,7 @@
 
 pub mod doctor;
 pub mod error;
+pub mod exec;
 pub mod forward;
 pub mod frontend;
 pub mod iam;

@@ -13,8 +13,8 @@ use rds_iam_sidecar::ops::admin_client::request;
 use rds_iam_sidecar::ops::logging;
 use rds_iam_sidecar::settings::admin::admin_address;
 use rds_iam_sidecar::settings::cli::{
-    AdminArgs, Cli, Command, DoctorArgs, HealthcheckArgs, ReportFormat, RunArgs, TokenArgs,
-    WaitArgs,
+    AdminArgs, Cli, Command, DoctorArgs, ExecArgs, HealthcheckArgs, ReportFormat, RunArgs,
+    TokenArgs, WaitArgs,
 };
 use rds_iam_sidecar::settings::duration::parse_duration;
 use rds_iam_sidecar::settings::{Settings, process_env};
@@ -39,6 +39,7 @@ fn main() -> ExitCode {
         Command::Wait(args) => runtime.block_on(wait(args)),
         Command::Shutdown(args) => runtime.block_on(shutdown(args)),
         Command::Doctor(args) => runtime.block_on(doctor(*args)),
+        Command::Exec(args) => runtime.block_on(exec(*args)),
     }
 }
 
@@ -110,6 +111,67 @@ async fn run(args: RunArgs) -> ExitCode {
         ExitCode::from(lifecycle.exit_code_on_signal)
     } else {
         ExitCode::FAILURE
+    }
+}
+
+/// `exec`: the sidecar, then the command; the command's exit code.
+async fn exec(args: ExecArgs) -> ExitCode {
+    use rds_iam_sidecar::exec;
+    // Caught first: a signal while the sidecar starts is the command's, or ends the start.
+    let mut signals = match exec::Forwarded::catch() {
+        Ok(signals) => signals,
+        Err(e) => return usage_error(format!("cannot watch for signals: {e}")),
+    };
+    let ready_timeout = match timeout_flag(args.ready_timeout.as_deref(), Duration::from_secs(30)) {
+        Ok(limit) => limit,
+        Err(code) => return code,
+    };
+    let mut config = match Settings::from_args(args.run, &process_env) {
+        Ok(config) => config,
+        Err(e) => return usage_error(e),
+    };
+    logging::init(config.log_format, &config.log_level);
+    fit_open_files(&mut config);
+    let grace = config.lifecycle.shutdown_grace;
+    let sidecar = match rds_iam_sidecar::start(config, None).await {
+        Ok(sidecar) => sidecar,
+        Err(e) => return usage_error(e),
+    };
+    let ready = tokio::select! {
+        ready = exec::wait_until_ready(&sidecar, ready_timeout) => Ok(ready),
+        (name, number) = signals.next() => Err((name, number)),
+    };
+    let status = match ready {
+        Ok(Ok(())) => {
+            let environment = exec::child_environment(&sidecar.endpoint_addrs(), |name| {
+                std::env::var_os(name).is_some()
+            });
+            exec::run_command(&args.command, &environment, &mut signals).await
+        }
+        Ok(Err(reason)) => {
+            let _ = sidecar.drain(grace).await;
+            return usage_error(format!(
+                "not ready within {} ({reason}); the command was not started",
+                humantime::format_duration(ready_timeout)
+            ));
+        }
+        Err((name, number)) => {
+            tracing::info!(
+                signal = name,
+                "signal before the command started; not starting it"
+            );
+            let _ = sidecar.drain(grace).await;
+            return ExitCode::from(u8::try_from(128 + number).unwrap_or(1));
+        }
+    };
+    sidecar.shutdown().request();
+    let _ = sidecar.drain(grace).await;
+    match status {
+        Ok(status) => ExitCode::from(exec::exit_code(status)),
+        Err(reason) => {
+            eprintln!("rds-iam-sidecar: {reason}");
+            ExitCode::from(127)
+        }
     }
 }
 

@@ -35,9 +35,26 @@ pub enum Command {
     Wait(WaitArgs),
     /// Ask a running sidecar to shut down gracefully (like SIGTERM), e.g. at the end of a job.
     Shutdown(AdminArgs),
+    /// Start the sidecar, wait until it is ready, then run COMMAND with PGHOST/PGPORT set,
+    /// passing it SIGTERM/SIGINT/SIGHUP; when it exits, drain and exit with its code. Takes the
+    /// same settings as `run`: `rds-iam-sidecar exec --upstream … -- npm start`.
+    Exec(Box<ExecArgs>),
     /// Check each step of an IAM login (configuration, credentials, DNS, TCP, TLS, login,
     /// query) and explain the first one that fails. Takes the same settings as `run`.
     Doctor(Box<DoctorArgs>),
+}
+
+#[derive(Debug, Args)]
+pub struct ExecArgs {
+    #[command(flatten)]
+    pub run: RunArgs,
+    /// How long the sidecar may take to become ready before COMMAND runs; then exit 2 and
+    /// COMMAND never starts [default: 30s].
+    #[arg(long, value_name = "DURATION")]
+    pub ready_timeout: Option<String>,
+    /// The command and its arguments, after `--`.
+    #[arg(last = true, required = true, value_name = "COMMAND")]
+    pub command: Vec<String>,
 }
 
 #[derive(Debug, Args)]

@@ -76,6 +76,11 @@ impl RunningSidecar {
         &self.endpoints[0].tcp_addrs
     }
 
+    /// Every endpoint's bound TCP addresses, in the order of the settings.
+    pub fn endpoint_addrs(&self) -> Vec<Vec<SocketAddr>> {
+        self.endpoints.iter().map(|e| e.tcp_addrs.clone()).collect()
+    }
+
     /// The first endpoint's unix socket path, when one was asked for.
     pub fn unix_socket(&self) -> Option<&PathBuf> {
         self.endpoints[0].unix_socket.as_ref()
