@@ -6,6 +6,7 @@
 //! `RDS_IAM_SIDECAR_PGHOST_<N>`/`…_PGPORT_<N>` for every endpoint N (from 1); SIGTERM, SIGINT
 //! and SIGHUP are passed to it; when it exits the sidecar drains and the process exits with the
 //! command's code (128 + the signal when a signal ended it), so a Job ends when its app does.
+//! As PID 1 it also reaps the orphans the command leaves behind.
 
 use std::net::SocketAddr;
 use std::process::ExitStatus;
@@ -120,9 +121,15 @@ pub async fn run_command(
         .envs(environment.iter().map(|(k, v)| (k, v)))
         .spawn()
         .map_err(|e| format!("cannot start {program}: {e}"))?;
+    let direct = child
+        .id()
+        .and_then(|id| i32::try_from(id).ok())
+        .unwrap_or(0);
+    let mut orphans = Orphans::when_init();
     loop {
         tokio::select! {
             status = child.wait() => return status.map_err(|e| format!("waiting for {program}: {e}")),
+            () = orphans.exited() => reap_orphans(direct),
             (name, number) = signals.next() => {
                 if let Some(pid) = child.id().and_then(|id| i32::try_from(id).ok()) {
                     tracing::info!(signal = name, "passing the signal to the command");
@@ -131,6 +138,57 @@ pub async fn run_command(
                 }
             }
         }
+    }
+}
+
+/// As PID 1 (a container's init), processes the command leaves behind are re-parented to the
+/// sidecar, and their exits must be collected or they stay zombies. Only then is SIGCHLD
+/// watched here (tokio watches it too, for its own child).
+struct Orphans {
+    child_exits: Option<Signal>,
+}
+
+impl Orphans {
+    fn when_init() -> Self {
+        let init = std::process::id() == 1;
+        Self {
+            child_exits: init.then(|| signal(SignalKind::child()).ok()).flatten(),
+        }
+    }
+
+    /// Resolves when a child process exited (never when not PID 1).
+    async fn exited(&mut self) {
+        match &mut self.child_exits {
+            Some(exits) => {
+                let _ = exits.recv().await;
+            }
+            None => std::future::pending().await,
+        }
+    }
+}
+
+/// Collects every exited child but `direct` (the command, which tokio waits for): looks with
+/// `WNOWAIT` first, so the command's own exit is left for tokio.
+fn reap_orphans(direct: i32) {
+    loop {
+        // SAFETY: a zeroed siginfo_t is a valid value for waitid to fill in.
+        let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+        // SAFETY: waitid writes only into `info`, which lives across the call.
+        let found = unsafe {
+            libc::waitid(
+                libc::P_ALL,
+                0,
+                &mut info,
+                libc::WEXITED | libc::WNOHANG | libc::WNOWAIT,
+            )
+        };
+        // SAFETY: si_pid is set by a successful waitid (0 when nothing had exited).
+        let pid = unsafe { info.si_pid() };
+        if found != 0 || pid == 0 || pid == direct {
+            return;
+        }
+        // SAFETY: waitpid on a pid that waitid just reported as exited; no pointer kept.
+        unsafe { libc::waitpid(pid, std::ptr::null_mut(), libc::WNOHANG) };
     }
 }
 

@@ -131,3 +131,41 @@ async fn a_sidecar_that_cannot_become_ready_never_starts_the_command() {
     assert!(stderr.contains("the command was not started"), "{stderr}");
     assert!(!marker.exists(), "the command never ran");
 }
+
+#[tokio::test]
+async fn as_pid_1_it_reaps_the_orphans_the_command_leaves() {
+    let unshare_works = std::process::Command::new("unshare")
+        .args(["--fork", "--pid", "--mount-proc", "true"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    let has_ps = std::process::Command::new("ps")
+        .arg("-e")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !unshare_works || !has_ps {
+        eprintln!("SKIPPED: needs unshare (a PID namespace) and ps");
+        return;
+    }
+    let pki = TestPki::new();
+    let emulator = support::emulator_for_cluster(&pki).await;
+    let home = tempfile::tempdir().expect("tempdir");
+    // The inner shell leaves a sleep behind, which becomes PID 1's (the sidecar's) child; once
+    // it exits, it is a zombie unless PID 1 collects it.
+    let script = "sh -c 'sleep 0.2 &'; sleep 1; ps -e -o stat= | grep -c '^Z' || true";
+    let exec = exec_command(&emulator.addr.to_string(), &pki, home.path(), &[], script);
+    let mut command = std::process::Command::new("unshare");
+    command
+        .args(["--fork", "--pid", "--mount-proc"])
+        .arg(exec.get_program())
+        .args(exec.get_args())
+        .envs(exec.get_envs().filter_map(|(k, v)| v.map(|v| (k, v))))
+        .env_remove("PGHOST");
+    let output = finished(command).await;
+    assert_eq!(
+        String::from_utf8_lossy(&output.stdout).trim(),
+        "0",
+        "no zombies left: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert_eq!(output.status.code(), Some(0));
+}
