@@ -15,7 +15,65 @@ use std::time::Duration;
 use tokio::process::Command;
 use tokio::signal::unix::{Signal, SignalKind, signal};
 
+use crate::ops::logging;
+use crate::settings::Settings;
+use crate::settings::cli::ExecArgs;
+use crate::settings::duration::parse_duration;
 use crate::sidecar::RunningSidecar;
+
+/// `exec`: the sidecar, then the command; the command's exit code, or why nothing started.
+pub async fn run(args: ExecArgs) -> Result<u8, String> {
+    // Caught first: a signal while the sidecar starts is the command's, or ends the start.
+    let mut signals = Forwarded::catch().map_err(|e| format!("cannot watch for signals: {e}"))?;
+    let ready_timeout = match args.ready_timeout.as_deref() {
+        Some(text) => parse_duration(text).map_err(|e| format!("--ready-timeout: {e}"))?,
+        None => Duration::from_secs(30),
+    };
+    let mut config = Settings::from_args(args.run, &|name| std::env::var(name).ok())
+        .map_err(|e| e.to_string())?;
+    logging::init(config.log_format, &config.log_level);
+    crate::ops::limits::fit_open_files(&mut config);
+    let grace = config.lifecycle.shutdown_grace;
+    let sidecar = crate::start(config, None)
+        .await
+        .map_err(|e| e.to_string())?;
+    let ready = tokio::select! {
+        ready = wait_until_ready(&sidecar, ready_timeout) => Ok(ready),
+        (name, number) = signals.next() => Err((name, number)),
+    };
+    let status = match ready {
+        Ok(Ok(())) => {
+            let environment = child_environment(&sidecar.endpoint_addrs(), |name| {
+                std::env::var_os(name).is_some()
+            });
+            run_command(&args.command, &environment, &mut signals).await
+        }
+        Ok(Err(reason)) => {
+            let _ = sidecar.drain(grace).await;
+            return Err(format!(
+                "not ready within {} ({reason}); the command was not started",
+                humantime::format_duration(ready_timeout)
+            ));
+        }
+        Err((name, number)) => {
+            tracing::info!(
+                signal = name,
+                "signal before the command started; not starting it"
+            );
+            let _ = sidecar.drain(grace).await;
+            return Ok(u8::try_from(128 + number).unwrap_or(1));
+        }
+    };
+    sidecar.shutdown().request();
+    let _ = sidecar.drain(grace).await;
+    match status {
+        Ok(status) => Ok(exit_code(status)),
+        Err(reason) => {
+            eprintln!("rds-iam-sidecar: {reason}");
+            Ok(127)
+        }
+    }
+}
 
 /// How the command ended, as an exit code: its own, or 128 + the signal that ended it.
 pub fn exit_code(status: ExitStatus) -> u8 {

@@ -14,6 +14,7 @@ pub mod exec;
 pub mod forward;
 pub mod frontend;
 pub mod iam;
+pub mod lambda;
 pub mod ops;
 pub mod pool;
 pub mod protocol;

@@ -13,15 +13,24 @@ use rds_iam_sidecar::ops::admin_client::request;
 use rds_iam_sidecar::ops::logging;
 use rds_iam_sidecar::settings::admin::admin_address;
 use rds_iam_sidecar::settings::cli::{
-    AdminArgs, Cli, Command, DoctorArgs, ExecArgs, HealthcheckArgs, ReportFormat, RunArgs,
-    TokenArgs, WaitArgs,
+    AdminArgs, Cli, Command, DoctorArgs, HealthcheckArgs, ReportFormat, RunArgs, TokenArgs,
+    WaitArgs,
 };
 use rds_iam_sidecar::settings::duration::parse_duration;
 use rds_iam_sidecar::settings::{Settings, process_env};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let command = cli.command.unwrap_or(Command::Run(Box::new(cli.run)));
+    let program = std::env::args().next().unwrap_or_default();
+    let runtime_api = std::env::var("AWS_LAMBDA_RUNTIME_API").ok();
+    let command = cli.command.unwrap_or_else(|| {
+        // Lambda starts extensions from /opt/extensions/ with no arguments.
+        if rds_iam_sidecar::lambda::started_as_extension(&program, runtime_api.as_deref()) {
+            Command::LambdaExtension(Box::new(cli.run))
+        } else {
+            Command::Run(Box::new(cli.run))
+        }
+    });
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -39,7 +48,18 @@ fn main() -> ExitCode {
         Command::Wait(args) => runtime.block_on(wait(args)),
         Command::Shutdown(args) => runtime.block_on(shutdown(args)),
         Command::Doctor(args) => runtime.block_on(doctor(*args)),
-        Command::Exec(args) => runtime.block_on(exec(*args)),
+        Command::Exec(args) => finish(runtime.block_on(rds_iam_sidecar::exec::run(*args))),
+        Command::LambdaExtension(args) => {
+            finish(runtime.block_on(rds_iam_sidecar::lambda::run(*args)))
+        }
+    }
+}
+
+/// A mode's outcome: its exit code, or a start-up error (exit 2).
+fn finish(outcome: Result<u8, String>) -> ExitCode {
+    match outcome {
+        Ok(code) => ExitCode::from(code),
+        Err(message) => usage_error(message),
     }
 }
 
@@ -48,28 +68,13 @@ fn usage_error(message: impl std::fmt::Display) -> ExitCode {
     ExitCode::from(2)
 }
 
-/// Raises the open-file limit and fits the client limits to it.
-fn fit_open_files(config: &mut Settings) {
-    use rds_iam_sidecar::ops::limits;
-    let open_files = limits::raise_open_files();
-    let mut client_limits: Vec<usize> = config
-        .endpoints
-        .iter()
-        .map(|e| e.frontend.max_client_connections)
-        .collect();
-    limits::fit_client_limits(open_files, &mut client_limits);
-    for (endpoint, limit) in config.endpoints.iter_mut().zip(client_limits) {
-        endpoint.frontend.max_client_connections = limit;
-    }
-}
-
 async fn run(args: RunArgs) -> ExitCode {
     let mut config = match Settings::from_args(args, &process_env) {
         Ok(config) => config,
         Err(e) => return usage_error(e),
     };
     logging::init(config.log_format, &config.log_level);
-    fit_open_files(&mut config);
+    rds_iam_sidecar::ops::limits::fit_open_files(&mut config);
     let lifecycle = config.lifecycle.clone();
     let sidecar = match rds_iam_sidecar::start(config, None).await {
         Ok(sidecar) => sidecar,
@@ -111,67 +116,6 @@ async fn run(args: RunArgs) -> ExitCode {
         ExitCode::from(lifecycle.exit_code_on_signal)
     } else {
         ExitCode::FAILURE
-    }
-}
-
-/// `exec`: the sidecar, then the command; the command's exit code.
-async fn exec(args: ExecArgs) -> ExitCode {
-    use rds_iam_sidecar::exec;
-    // Caught first: a signal while the sidecar starts is the command's, or ends the start.
-    let mut signals = match exec::Forwarded::catch() {
-        Ok(signals) => signals,
-        Err(e) => return usage_error(format!("cannot watch for signals: {e}")),
-    };
-    let ready_timeout = match timeout_flag(args.ready_timeout.as_deref(), Duration::from_secs(30)) {
-        Ok(limit) => limit,
-        Err(code) => return code,
-    };
-    let mut config = match Settings::from_args(args.run, &process_env) {
-        Ok(config) => config,
-        Err(e) => return usage_error(e),
-    };
-    logging::init(config.log_format, &config.log_level);
-    fit_open_files(&mut config);
-    let grace = config.lifecycle.shutdown_grace;
-    let sidecar = match rds_iam_sidecar::start(config, None).await {
-        Ok(sidecar) => sidecar,
-        Err(e) => return usage_error(e),
-    };
-    let ready = tokio::select! {
-        ready = exec::wait_until_ready(&sidecar, ready_timeout) => Ok(ready),
-        (name, number) = signals.next() => Err((name, number)),
-    };
-    let status = match ready {
-        Ok(Ok(())) => {
-            let environment = exec::child_environment(&sidecar.endpoint_addrs(), |name| {
-                std::env::var_os(name).is_some()
-            });
-            exec::run_command(&args.command, &environment, &mut signals).await
-        }
-        Ok(Err(reason)) => {
-            let _ = sidecar.drain(grace).await;
-            return usage_error(format!(
-                "not ready within {} ({reason}); the command was not started",
-                humantime::format_duration(ready_timeout)
-            ));
-        }
-        Err((name, number)) => {
-            tracing::info!(
-                signal = name,
-                "signal before the command started; not starting it"
-            );
-            let _ = sidecar.drain(grace).await;
-            return ExitCode::from(u8::try_from(128 + number).unwrap_or(1));
-        }
-    };
-    sidecar.shutdown().request();
-    let _ = sidecar.drain(grace).await;
-    match status {
-        Ok(status) => ExitCode::from(exec::exit_code(status)),
-        Err(reason) => {
-            eprintln!("rds-iam-sidecar: {reason}");
-            ExitCode::from(127)
-        }
     }
 }
 

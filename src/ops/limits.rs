@@ -39,6 +39,20 @@ pub fn raise_open_files() -> Option<u64> {
     Some(now)
 }
 
+/// Raises the open-file limit and fits every endpoint's client limit to it.
+pub fn fit_open_files(config: &mut crate::settings::Settings) {
+    let open_files = raise_open_files();
+    let mut client_limits: Vec<usize> = config
+        .endpoints
+        .iter()
+        .map(|e| e.frontend.max_client_connections)
+        .collect();
+    fit_client_limits(open_files, &mut client_limits);
+    for (endpoint, limit) in config.endpoints.iter_mut().zip(client_limits) {
+        endpoint.frontend.max_client_connections = limit;
+    }
+}
+
 /// Lowers the endpoints' client limits (`--max-client-connections`, in `limits`) in proportion
 /// when together they need more than `open_files` allows: two descriptors per client (its
 /// socket and an upstream connection) plus [`RESERVE`]. Warns when it lowers them.

@@ -39,6 +39,10 @@ pub enum Command {
     /// passing it SIGTERM/SIGINT/SIGHUP; when it exits, drain and exit with its code. Takes the
     /// same settings as `run`: `rds-iam-sidecar exec --upstream … -- npm start`.
     Exec(Box<ExecArgs>),
+    /// Run as an AWS Lambda external extension (what Lambda starts from /opt/extensions/):
+    /// listen, register with the Extensions API, drain on SHUTDOWN. Settings come from the
+    /// function's RDS_IAM_SIDECAR_* variables.
+    LambdaExtension(Box<RunArgs>),
     /// Check each step of an IAM login (configuration, credentials, DNS, TCP, TLS, login,
     /// query) and explain the first one that fails. Takes the same settings as `run`.
     Doctor(Box<DoctorArgs>),
