@@ -17,18 +17,25 @@ use harness::binary::{KillOnDrop, free_port, sidecar_command};
 use support::{DEFAULT_ENDPOINT_HOST, TEST_AKID, TEST_SECRET, TestPki};
 use tokio::sync::Notify;
 
+/// INVOKE events handed out before the SHUTDOWN.
+const INVOKES: u32 = 3;
+
 /// What the fake Extensions API saw, and the SHUTDOWN it hands out when told.
 #[derive(Default)]
 struct Api {
-    /// (extension name, whether the sidecar's port was open when it registered)
-    registered: Mutex<Option<(String, bool)>>,
+    /// (extension name, whether the sidecar's port was open when it registered, the body)
+    registered: Mutex<Option<(String, bool, String)>>,
     events_served: Mutex<u32>,
     init_error: Mutex<Option<String>>,
     shut_down: Notify,
     sidecar_port: u16,
 }
 
-async fn register(State(api): State<Arc<Api>>, headers: HeaderMap) -> impl IntoResponse {
+async fn register(
+    State(api): State<Arc<Api>>,
+    headers: HeaderMap,
+    body: String,
+) -> impl IntoResponse {
     let name = headers
         .get("Lambda-Extension-Name")
         .and_then(|v| v.to_str().ok())
@@ -37,7 +44,7 @@ async fn register(State(api): State<Arc<Api>>, headers: HeaderMap) -> impl IntoR
     let listening = tokio::net::TcpStream::connect(("127.0.0.1", api.sidecar_port))
         .await
         .is_ok();
-    *api.registered.lock().expect("lock") = Some((name, listening));
+    *api.registered.lock().expect("lock") = Some((name, listening, body));
     ([("Lambda-Extension-Identifier", "test-extension-id")], "{}")
 }
 
@@ -50,7 +57,7 @@ async fn next_event(State(api): State<Arc<Api>>, headers: HeaderMap) -> impl Int
         *served += 1;
         *served
     };
-    if served == 1 {
+    if served <= INVOKES {
         return (StatusCode::OK, r#"{"eventType":"INVOKE"}"#.to_owned());
     }
     api.shut_down.notified().await;
@@ -125,7 +132,7 @@ async fn it_listens_before_registering_serves_and_drains_on_shutdown() {
         api.registered.lock().expect("lock").is_some()
     })
     .await;
-    let (name, listening) = api
+    let (name, listening, body) = api
         .registered
         .lock()
         .expect("lock")
@@ -136,18 +143,34 @@ async fn it_listens_before_registering_serves_and_drains_on_shutdown() {
         listening,
         "the listener was open before the extension registered"
     );
-    // The function's code, between events.
-    let conninfo = format!("host=127.0.0.1 port={port} user=postgres dbname=postgres");
-    let (client, connection) = tokio_postgres::connect(&conninfo, tokio_postgres::NoTls)
-        .await
-        .expect("the function connects");
-    tokio::spawn(connection);
-    let row = client
-        .query_one("select 'from lambda'", &[])
-        .await
-        .expect("query");
-    assert_eq!(row.get::<_, &str>(0), "from lambda");
-    drop(client);
+    let events: serde_json::Value = serde_json::from_str(&body).expect("a JSON body");
+    assert_eq!(events["events"], serde_json::json!(["INVOKE", "SHUTDOWN"]));
+    // The function's code: a connection per invocation, as Lambda handlers often make.
+    wait_for("the INVOKE events are handed out", || {
+        *api.events_served.lock().expect("lock") > INVOKES
+    })
+    .await;
+    for _ in 0..INVOKES {
+        let conninfo = format!("host=127.0.0.1 port={port} user=postgres dbname=postgres");
+        let (client, connection) = tokio_postgres::connect(&conninfo, tokio_postgres::NoTls)
+            .await
+            .expect("the function connects");
+        let connection = tokio::spawn(connection);
+        let row = client
+            .query_one("select 'from lambda'", &[])
+            .await
+            .expect("query");
+        assert_eq!(row.get::<_, &str>(0), "from lambda");
+        // The invocation ends: its connection is closed before the next one comes.
+        drop(client);
+        let _ = connection.await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        emulator.logins(),
+        1,
+        "one IAM login: the pool is kept across invocations"
+    );
     api.shut_down.notify_one();
     let status = child.exit_within(Duration::from_secs(5)).await;
     assert_eq!(status.code(), Some(0), "exits 0 within SHUTDOWN's deadline");
