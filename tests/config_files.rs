@@ -51,6 +51,7 @@ fn every_file_in_config_is_checked_here() {
             "ecs-task-definition.json",
             "iam-policy.json",
             "prometheus.yml",
+            "rds-iam-sidecar.service",
             "sidecar.toml"
         ],
         "a new file in config/ needs a test here"
@@ -222,4 +223,44 @@ fn prometheus_scrapes_the_admin_endpoint() {
         .as_str()
         .expect("a target");
     assert_eq!(target, rds_iam_sidecar::settings::DEFAULT_ADMIN_LISTEN);
+}
+
+#[test]
+fn the_systemd_unit_runs_the_app_under_exec_with_real_settings() {
+    let text = read("rds-iam-sidecar.service");
+    let mut section = String::new();
+    let mut keys: Vec<(String, String, String)> = Vec::new();
+    for line in text.lines().map(str::trim) {
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        if let Some(name) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
+            section = name.to_owned();
+            continue;
+        }
+        let (key, value) = line.split_once('=').expect("key=value");
+        keys.push((section.clone(), key.to_owned(), value.to_owned()));
+    }
+    let get = |section: &str, key: &str| {
+        keys.iter()
+            .filter(|(s, k, _)| s == section && k == key)
+            .map(|(_, _, v)| v.clone())
+            .collect::<Vec<_>>()
+    };
+    let start = get("Service", "ExecStart");
+    assert_eq!(start.len(), 1);
+    let words: Vec<&str> = start[0].split_whitespace().collect();
+    assert!(words[0].ends_with("rds-iam-sidecar") && words[1] == "exec" && words.contains(&"--"));
+    // The flags before `--` and the variables parse as the binary would take them.
+    let before: Vec<&str> = words[2..].iter().take_while(|w| **w != "--").copied().collect();
+    let args = std::iter::once("rds-iam-sidecar").chain(["exec"]).chain(before).chain(["--", "true"]);
+    let cli = Cli::try_parse_from(args).expect("ExecStart's flags parse");
+    let variables = flag_variables();
+    for assignment in get("Service", "Environment") {
+        let (name, _) = assignment.split_once('=').expect("NAME=value");
+        assert!(variables.contains(name), "{name} is not a setting's variable");
+    }
+    drop(cli);
+    assert_eq!(get("Service", "KillMode"), ["mixed"], "SIGTERM to the sidecar first");
+    assert_eq!(get("Install", "WantedBy"), ["multi-user.target"]);
 }
