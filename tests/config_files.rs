@@ -252,15 +252,29 @@ fn the_systemd_unit_runs_the_app_under_exec_with_real_settings() {
     let words: Vec<&str> = start[0].split_whitespace().collect();
     assert!(words[0].ends_with("rds-iam-sidecar") && words[1] == "exec" && words.contains(&"--"));
     // The flags before `--` and the variables parse as the binary would take them.
-    let before: Vec<&str> = words[2..].iter().take_while(|w| **w != "--").copied().collect();
-    let args = std::iter::once("rds-iam-sidecar").chain(["exec"]).chain(before).chain(["--", "true"]);
+    let before: Vec<&str> = words[2..]
+        .iter()
+        .take_while(|w| **w != "--")
+        .copied()
+        .collect();
+    let args = std::iter::once("rds-iam-sidecar")
+        .chain(["exec"])
+        .chain(before)
+        .chain(["--", "true"]);
     let cli = Cli::try_parse_from(args).expect("ExecStart's flags parse");
     let variables = flag_variables();
     for assignment in get("Service", "Environment") {
         let (name, _) = assignment.split_once('=').expect("NAME=value");
-        assert!(variables.contains(name), "{name} is not a setting's variable");
+        assert!(
+            variables.contains(name),
+            "{name} is not a setting's variable"
+        );
     }
     drop(cli);
-    assert_eq!(get("Service", "KillMode"), ["mixed"], "SIGTERM to the sidecar first");
+    assert_eq!(
+        get("Service", "KillMode"),
+        ["mixed"],
+        "SIGTERM to the sidecar first"
+    );
     assert_eq!(get("Install", "WantedBy"), ["multi-user.target"]);
 }

@@ -169,3 +169,59 @@ async fn as_pid_1_it_reaps_the_orphans_the_command_leaves() {
     );
     assert_eq!(output.status.code(), Some(0));
 }
+
+#[tokio::test]
+async fn a_bad_setting_exits_2_without_starting_the_command() {
+    let pki = TestPki::new();
+    let home = tempfile::tempdir().expect("tempdir");
+    let marker = home.path().join("ran");
+    let script = format!("touch {}", marker.display());
+    let command = exec_command(
+        "127.0.0.1:1",
+        &pki,
+        home.path(),
+        &["--pool-size", "0"],
+        &script,
+    );
+    let output = finished(command).await;
+    assert_eq!(output.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("pool-size"));
+    assert!(!marker.exists(), "the command never ran");
+}
+
+#[tokio::test]
+async fn after_sigterm_the_commands_transaction_still_finishes() {
+    if !std::process::Command::new("psql")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success())
+    {
+        eprintln!("SKIPPED: psql not installed");
+        return;
+    }
+    let pki = TestPki::new();
+    let emulator = support::emulator_for_cluster(&pki).await;
+    let home = tempfile::tempdir().expect("tempdir");
+    let (started, out) = (home.path().join("started"), home.path().join("out"));
+    // The app's shutdown: on SIGTERM it finishes a transaction, then exits.
+    let script = format!(
+        "trap 'psql -XAt -U postgres -d postgres -c \"begin\" -c \"select pg_sleep(0.5)\" \
+         -c \"select 42\" -c \"commit\" > {out}; exit 0' TERM; touch {started}; \
+         while true; do sleep 0.1; done",
+        out = out.display(),
+        started = started.display()
+    );
+    let mut command = exec_command(&emulator.addr.to_string(), &pki, home.path(), &[], &script);
+    command.stdout(Stdio::null()).stderr(Stdio::null());
+    let mut child = KillOnDrop(command.spawn().expect("spawn exec"));
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while !started.exists() {
+        assert!(std::time::Instant::now() < deadline, "the command started");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    child.signal("TERM");
+    let status = child.exit_within(Duration::from_secs(30)).await;
+    assert_eq!(status.code(), Some(0));
+    let written = std::fs::read_to_string(&out).expect("the transaction's output");
+    assert!(written.lines().any(|l| l == "42"), "{written}");
+}
