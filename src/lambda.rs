@@ -10,12 +10,7 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use http_body_util::{BodyExt, Full, Limited};
-use hyper::Request;
-use hyper::body::Bytes;
-use hyper_util::rt::TokioIo;
-use tokio::net::TcpStream;
-
+use crate::ops::admin_client::exchange;
 use crate::ops::logging;
 use crate::settings::{RunArgs, Settings};
 
@@ -23,8 +18,6 @@ use crate::settings::{RunArgs, Settings};
 const API: &str = "/2020-01-01/extension";
 /// Left of SHUTDOWN's deadline for the process to exit after the drain.
 const EXIT_MARGIN: Duration = Duration::from_millis(200);
-/// The longest answer read from the API.
-const MAX_ANSWER: usize = 1 << 20;
 
 /// Whether this process was started by Lambda as an external extension.
 pub fn started_as_extension(program: &str, runtime_api: Option<&str>) -> bool {
@@ -192,7 +185,7 @@ struct Answer {
     body: String,
 }
 
-/// One HTTP/1.1 request to the Extensions API (plain HTTP on the sandbox's loopback).
+/// One request to the Extensions API (plain HTTP on the sandbox's loopback).
 async fn call(
     api: &str,
     method: &str,
@@ -200,49 +193,17 @@ async fn call(
     headers: &[(&str, &str)],
     body: &str,
 ) -> Result<Answer, String> {
-    let stream = TcpStream::connect(api)
-        .await
-        .map_err(|e| format!("cannot reach the Lambda Extensions API at {api}: {e}"))?;
-    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .map_err(|e| format!("talking to {api}: {e}"))?;
-    let mut request = Request::builder()
-        .method(method)
-        .uri(path)
-        .header(hyper::header::HOST, api);
-    for (name, value) in headers {
-        request = request.header(*name, *value);
-    }
-    let request = request
-        .body(Full::new(Bytes::from(body.to_owned())))
-        .map_err(|e| format!("'{method} {path}' is not a valid request: {e}"))?;
-    let answer = async {
-        let response = sender
-            .send_request(request)
-            .await
-            .map_err(|e| format!("sending to {api}: {e}"))?;
-        let status = response.status().as_u16();
-        let id = response
-            .headers()
-            .get("Lambda-Extension-Identifier")
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned);
-        let body = Limited::new(response.into_body(), MAX_ANSWER)
-            .collect()
-            .await
-            .map_err(|e| format!("reading from {api}: {e}"))?
-            .to_bytes();
-        Ok(Answer {
-            status,
-            id,
-            body: String::from_utf8_lossy(&body).into_owned(),
-        })
-    };
-    tokio::pin!(answer, connection);
-    tokio::select! {
-        answer = &mut answer => answer,
-        _ = &mut connection => answer.await,
-    }
+    let what = "the Lambda Extensions API";
+    let (response, headers) = exchange(what, api, method, path, headers, body).await?;
+    let id = headers
+        .get("Lambda-Extension-Identifier")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    Ok(Answer {
+        status: response.status,
+        id,
+        body: response.body,
+    })
 }
 
 #[cfg(test)]

@@ -1,10 +1,11 @@
 //! The client side of the admin endpoint, for the `healthcheck`, `wait` and `shutdown`
 //! subcommands: one HTTP/1.1 request to a loopback address, no TLS, no redirects, on hyper's
 //! connection-level client (already in the binary for the AWS SDK), so the image needs no curl.
+//! The Lambda Extensions API client sends its requests through the same [`exchange`].
 
 use std::time::Duration;
 
-use http_body_util::{BodyExt, Empty, Limited};
+use http_body_util::{BodyExt, Full, Limited};
 use hyper::Request;
 use hyper::body::Bytes;
 use hyper_util::rt::TokioIo;
@@ -36,24 +37,40 @@ pub async fn request(
             "'{admin}' is not an admin address like http://127.0.0.1:9090"
         ));
     }
-    tokio::time::timeout(timeout, exchange(authority, method, path))
+    let exchanged = exchange("the admin endpoint", authority, method, path, &[], "");
+    tokio::time::timeout(timeout, exchanged)
         .await
         .map_err(|_| format!("the admin endpoint {authority} did not answer within {timeout:?}"))?
+        .map(|(response, _)| response)
 }
 
-async fn exchange(authority: &str, method: &str, path: &str) -> Result<Response, String> {
+/// One HTTP/1.1 request to `authority` (named `what` in errors) with extra `headers` and a
+/// text `body`; the answer and its headers. Shared by the admin subcommands and the Lambda
+/// Extensions API client.
+pub(crate) async fn exchange(
+    what: &str,
+    authority: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> Result<(Response, hyper::HeaderMap), String> {
     let stream = TcpStream::connect(authority)
         .await
-        .map_err(|e| format!("cannot connect to the admin endpoint {authority}: {e}"))?;
+        .map_err(|e| format!("cannot connect to {what} {authority}: {e}"))?;
     let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
         .map_err(|e| format!("talking to {authority}: {e}"))?;
-    let request = Request::builder()
+    let mut request = Request::builder()
         .method(method)
         .uri(path)
         .header(hyper::header::HOST, authority)
-        .header(hyper::header::USER_AGENT, "rds-iam-sidecar")
-        .body(Empty::<Bytes>::new())
+        .header(hyper::header::USER_AGENT, "rds-iam-sidecar");
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let request = request
+        .body(Full::new(Bytes::from(body.to_owned())))
         .map_err(|e| format!("'{method} {path}' is not a valid request: {e}"))?;
     let answer = async {
         let response = sender
@@ -61,15 +78,14 @@ async fn exchange(authority: &str, method: &str, path: &str) -> Result<Response,
             .await
             .map_err(|e| format!("sending to {authority}: {e}"))?;
         let status = response.status().as_u16();
+        let headers = response.headers().clone();
         let body = Limited::new(response.into_body(), MAX_RESPONSE)
             .collect()
             .await
             .map_err(|e| format!("reading from {authority}: {e}"))?
             .to_bytes();
-        Ok(Response {
-            status,
-            body: String::from_utf8_lossy(&body).into_owned(),
-        })
+        let body = String::from_utf8_lossy(&body).into_owned();
+        Ok((Response { status, body }, headers))
     };
     // The connection is driven here, not spawned, so nothing outlives the request. Once it
     // ends, the answer is complete or failed: either way it no longer waits.
