@@ -517,17 +517,9 @@ async fn at_the_open_file_limit_new_clients_get_53300_and_the_admin_endpoint_ans
     let mut next = tokio::net::TcpStream::connect(("127.0.0.1", port))
         .await
         .expect("connect");
-    let (tag, body) = tokio::time::timeout(Duration::from_secs(2), wire::read_message(&mut next))
-        .await
-        .expect("refused at once, not left waiting")
-        .expect("an ErrorResponse");
-    assert_eq!(tag, b'E');
-    assert_eq!(
-        wire::parse_error_fields(&body)
-            .get(&'C')
-            .map(String::as_str),
-        Some("53300")
-    );
+    let refused = "refused at once, not left waiting";
+    let fields = wire::error_within(&mut next, Duration::from_secs(2), refused).await;
+    assert_eq!(fields.get(&'C').map(String::as_str), Some("53300"));
     let livez = request(
         &format!("127.0.0.1:{admin_port}"),
         "GET",

@@ -238,14 +238,7 @@ async fn a_client_that_never_answers_the_sasl_request_is_closed_after_the_login_
         .expect("SASL request");
     assert_eq!((tag, &body[..4]), (b'R', &10u32.to_be_bytes()[..]));
     // Silence: the place under --max-client-connections is given back, with a reason.
-    let (tag, body) = tokio::time::timeout(
-        Duration::from_secs(3),
-        support::wire::read_message(&mut raw),
-    )
-    .await
-    .expect("bounded by --client-login-timeout")
-    .expect("an ErrorResponse");
-    assert_eq!(tag, b'E');
-    let fields = support::wire::parse_error_fields(&body);
+    let bound = "bounded by --client-login-timeout";
+    let fields = support::wire::error_within(&mut raw, Duration::from_secs(3), bound).await;
     assert_eq!(fields.get(&'C').map(String::as_str), Some("08P01"));
 }

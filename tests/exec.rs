@@ -88,6 +88,21 @@ async fn the_command_reaches_the_database_and_its_exit_code_is_the_processs() {
     assert_eq!(output.status.code(), Some(137));
 }
 
+/// Spawns `command` (output discarded) and waits until its script touched `marker`.
+async fn started_command(
+    mut command: std::process::Command,
+    marker: &std::path::Path,
+) -> KillOnDrop {
+    command.stdout(Stdio::null()).stderr(Stdio::null());
+    let child = KillOnDrop(command.spawn().expect("spawn exec"));
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while !marker.exists() {
+        assert!(std::time::Instant::now() < deadline, "the command started");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    child
+}
+
 #[tokio::test]
 async fn signals_are_passed_to_the_command_and_its_answer_is_the_exit_code() {
     let pki = TestPki::new();
@@ -98,14 +113,8 @@ async fn signals_are_passed_to_the_command_and_its_answer_is_the_exit_code() {
         "trap 'exit 3' TERM; touch {}; while true; do sleep 0.1; done",
         ready.display()
     );
-    let mut command = exec_command(&emulator.addr.to_string(), &pki, home.path(), &[], &script);
-    command.stdout(Stdio::null()).stderr(Stdio::null());
-    let mut child = KillOnDrop(command.spawn().expect("spawn exec"));
-    let deadline = std::time::Instant::now() + Duration::from_secs(15);
-    while !ready.exists() {
-        assert!(std::time::Instant::now() < deadline, "the command started");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let command = exec_command(&emulator.addr.to_string(), &pki, home.path(), &[], &script);
+    let mut child = started_command(command, &ready).await;
     child.signal("TERM");
     let status = child.exit_within(Duration::from_secs(30)).await;
     assert_eq!(status.code(), Some(3), "the command's answer to SIGTERM");
@@ -211,14 +220,8 @@ async fn after_sigterm_the_commands_transaction_still_finishes() {
         out = out.display(),
         started = started.display()
     );
-    let mut command = exec_command(&emulator.addr.to_string(), &pki, home.path(), &[], &script);
-    command.stdout(Stdio::null()).stderr(Stdio::null());
-    let mut child = KillOnDrop(command.spawn().expect("spawn exec"));
-    let deadline = std::time::Instant::now() + Duration::from_secs(15);
-    while !started.exists() {
-        assert!(std::time::Instant::now() < deadline, "the command started");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let command = exec_command(&emulator.addr.to_string(), &pki, home.path(), &[], &script);
+    let mut child = started_command(command, &started).await;
     child.signal("TERM");
     let status = child.exit_within(Duration::from_secs(30)).await;
     assert_eq!(status.code(), Some(0));

@@ -128,13 +128,7 @@ async fn a_reset_inside_a_transaction_is_spoken_and_others_are_served() {
             .unwrap_or_else(|e| panic!("{e}"));
         relay.reset();
         // The client, idle inside its transaction, is told at once.
-        let (tag, body) =
-            tokio::time::timeout(Duration::from_secs(5), wire::read_message(&mut raw))
-                .await
-                .expect("told at once")
-                .expect("an ErrorResponse, not a bare EOF");
-        assert_eq!(tag, b'E', "{mode:?}");
-        let fields = wire::parse_error_fields(&body);
+        let fields = wire::error_within(&mut raw, Duration::from_secs(5), "told at once").await;
         assert_eq!(
             fields.get(&'C').map(String::as_str),
             Some("08006"),

@@ -71,13 +71,7 @@ async fn a_message_too_short_to_be_one_gets_08p01() {
         .unwrap_or_else(|e| panic!("{e}"));
         // A Query whose length (2) cannot even hold itself.
         raw.write_all(&[b'Q', 0, 0, 0, 2]).await.expect("write");
-        let (tag, body) =
-            tokio::time::timeout(Duration::from_secs(5), wire::read_message(&mut raw))
-                .await
-                .expect("answered at once")
-                .expect("an ErrorResponse");
-        assert_eq!(tag, b'E', "{mode:?}");
-        let fields = wire::parse_error_fields(&body);
+        let fields = wire::error_within(&mut raw, Duration::from_secs(5), "answered at once").await;
         assert_eq!(
             fields.get(&'C').map(String::as_str),
             Some("08P01"),
@@ -113,21 +107,12 @@ async fn silent_sockets_count_against_the_limit_and_are_closed_after_the_login_t
     let mut fourth = TcpStream::connect(stack.sidecar.addr())
         .await
         .expect("connect");
-    let (tag, body) = tokio::time::timeout(Duration::from_secs(2), wire::read_message(&mut fourth))
-        .await
-        .expect("refused at once")
-        .expect("an ErrorResponse");
-    assert_eq!(tag, b'E');
-    let fields = wire::parse_error_fields(&body);
+    let fields = wire::error_within(&mut fourth, Duration::from_secs(2), "refused at once").await;
     assert_eq!(fields.get(&'C').map(String::as_str), Some("53300"));
     // The silent ones are told and closed after --client-login-timeout.
     for socket in &mut silent {
-        let (tag, body) = tokio::time::timeout(Duration::from_secs(3), wire::read_message(socket))
-            .await
-            .expect("closed after the login timeout")
-            .expect("an ErrorResponse");
-        assert_eq!(tag, b'E');
-        let fields = wire::parse_error_fields(&body);
+        let limit = Duration::from_secs(3);
+        let fields = wire::error_within(socket, limit, "closed after the login timeout").await;
         assert_eq!(fields.get(&'C').map(String::as_str), Some("08P01"));
         assert!(
             fields

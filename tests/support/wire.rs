@@ -325,6 +325,21 @@ pub async fn login<S: AsyncRead + AsyncWrite + Unpin>(
     }
 }
 
+/// The next message, which must be an ErrorResponse arriving within `limit` (`what` names the
+/// bound in the failure); its fields by code letter.
+pub async fn error_within<S: AsyncRead + Unpin>(
+    stream: &mut S,
+    limit: std::time::Duration,
+    what: &str,
+) -> BTreeMap<char, String> {
+    let (tag, body) = tokio::time::timeout(limit, read_message(stream))
+        .await
+        .unwrap_or_else(|_| panic!("no answer within {limit:?}: {what}"))
+        .unwrap_or_else(|e| panic!("an ErrorResponse, not a bare close ({what}): {e}"));
+    assert_eq!(tag, b'E', "an ErrorResponse ({what})");
+    parse_error_fields(&body)
+}
+
 /// Runs a simple query and returns the text values of all data rows (NULL → None).
 pub async fn simple_query<S: AsyncRead + AsyncWrite + Unpin>(
     stream: &mut S,
