@@ -8,6 +8,9 @@ use std::fmt;
 pub mod sqlstate {
     /// Cannot reach the upstream, TLS failure, no credentials.
     pub const CONNECTION_FAILURE: &str = "08001";
+    /// The upstream refused to establish the connection for now (logins throttled): class 08,
+    /// which drivers treat as transient (JDBC's SQLTransientConnectionException).
+    pub const CONNECTION_REJECTED: &str = "08004";
     /// An established connection was lost.
     pub const CONNECTION_FAILURE_LOST: &str = "08006";
     /// The client broke the protocol.

@@ -68,6 +68,7 @@ impl Health {
             let (idle, open, waiting) = endpoint.pools.totals();
             let metrics = endpoint.pools.connector().metrics();
             metrics.upstream_connections(idle, open.saturating_sub(idle), waiting);
+            crate::ops::metrics::login_rate(endpoint.pools.login_rate());
         }
     }
 

@@ -19,6 +19,8 @@ pub const CLIENT_CONNECTIONS_ACCEPTED: &str = "rds_iam_sidecar_client_connection
 pub const CLIENT_CONNECTIONS_REFUSED: &str = "rds_iam_sidecar_client_connections_refused_total";
 pub const UPSTREAM_CONNECTIONS: &str = "rds_iam_sidecar_upstream_connections";
 pub const UPSTREAM_LOGINS: &str = "rds_iam_sidecar_upstream_logins_total";
+pub const UPSTREAM_LOGIN_BACKOFF: &str = "rds_iam_sidecar_upstream_login_backoff_seconds";
+pub const UPSTREAM_LOGIN_RATE: &str = "rds_iam_sidecar_upstream_login_rate_limit";
 pub const UPSTREAM_LOGIN_SECONDS: &str = "rds_iam_sidecar_upstream_login_duration_seconds";
 pub const POOL_WAIT_SECONDS: &str = "rds_iam_sidecar_pool_wait_duration_seconds";
 pub const POOL_WAITING_CLIENTS: &str = "rds_iam_sidecar_pool_waiting_clients";
@@ -118,7 +120,15 @@ fn describe_all() {
     );
     describe_counter!(
         UPSTREAM_LOGINS,
-        "Upstream logins by result: ok, auth_rejected, timeout, network, tls, credentials, server_error, other"
+        "Upstream login attempts by result: ok, throttled (RDS Proxy's or AWS's throttling; retried after a backoff), auth_rejected, timeout, network, tls, credentials, server_error, other"
+    );
+    describe_gauge!(
+        UPSTREAM_LOGIN_BACKOFF,
+        "The backoff before the latest throttled upstream login's next attempt, 0 once a login succeeds"
+    );
+    describe_gauge!(
+        UPSTREAM_LOGIN_RATE,
+        "New upstream logins per second the process allows now: --max-connect-rate, halved while logins are throttled, climbing back after"
     );
     describe_histogram!(
         UPSTREAM_LOGIN_SECONDS,
@@ -243,6 +253,11 @@ impl Drop for ClientGauge {
     }
 }
 
+/// The login rate the process allows now (shared by every endpoint).
+pub fn login_rate(per_second: f64) {
+    gauge!(UPSTREAM_LOGIN_RATE).set(per_second);
+}
+
 /// A credential fetch (credentials are shared by every endpoint); `expiry` of the credentials
 /// now in use, when they have one.
 pub fn credential_refresh(ok: bool, expiry: Option<SystemTime>) {
@@ -306,6 +321,12 @@ impl UpstreamMetrics {
             .increment(1);
         histogram!(UPSTREAM_LOGIN_SECONDS, UPSTREAM_LABEL => self.upstream.clone())
             .record(took.as_secs_f64());
+    }
+
+    /// The backoff a throttled login waits before its next attempt (zero after a success).
+    pub fn login_backoff(&self, backoff: Duration) {
+        gauge!(UPSTREAM_LOGIN_BACKOFF, UPSTREAM_LABEL => self.upstream.clone())
+            .set(backoff.as_secs_f64());
     }
 
     pub fn pool_wait(&self, waited: Duration) {

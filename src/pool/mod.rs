@@ -3,11 +3,13 @@
 //! connections exist per pool (idle + leased + being opened); a client waits up to
 //! `--pool-timeout` for one. Idle connections are checked before reuse and retired after
 //! `--idle-timeout` or their (jittered) `--max-lifetime`; `--min-idle` are kept open. New logins
-//! across all pools pass one [`RateLimiter`].
+//! across all pools pass one [`RateLimiter`], which slows down while the upstream throttles them;
+//! a throttled login is tried again after a backoff (`opening.rs`).
 
 pub mod key;
 mod keyed;
 mod lease;
+mod opening;
 pub mod rate;
 pub mod reset;
 mod settings;
@@ -18,7 +20,7 @@ use std::task::Poll;
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, ReadBuf};
-use tokio::time::{Instant, sleep_until, timeout_at};
+use tokio::time::{Instant, timeout_at};
 use tracing::{debug, info, warn};
 
 use crate::upstream::error::ConnectError;
@@ -28,7 +30,7 @@ use keyed::Handoff;
 pub use keyed::{Parameters, Pool, PooledConnection};
 pub use lease::Lease;
 pub use rate::RateLimiter;
-pub use settings::{PoolMode, PoolSettings};
+pub use settings::{DEFAULT_WARM_UP_SPREAD, PoolMode, PoolSettings};
 
 /// How long an idle connection may take to answer the empty query that proves it alive.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
@@ -74,6 +76,11 @@ impl Pools {
 
     pub fn connector(&self) -> &Arc<Connector> {
         &self.connector
+    }
+
+    /// New logins per second allowed now (the process's, shared by every endpoint).
+    pub fn login_rate(&self) -> f64 {
+        self.limiter.rate()
     }
 
     /// The pool for a key, created on first use.
@@ -211,42 +218,6 @@ impl Pools {
         reset::probe(&mut connection.server, PROBE_TIMEOUT).await
     }
 
-    /// Opens one connection for `pool`, after the rate limit allows it.
-    async fn open(
-        &self,
-        pool: &Pool,
-        deadline: Instant,
-    ) -> Result<PooledConnection, CheckoutError> {
-        let allowed_at = self.limiter.reserve();
-        if allowed_at > deadline {
-            sleep_until(deadline).await;
-            return Err(CheckoutError::Timeout {
-                pool: pool.key.to_string(),
-                waited: self.settings.timeout,
-                size: self.settings.size,
-            });
-        }
-        sleep_until(allowed_at).await;
-        let started = Instant::now();
-        let server = self
-            .connector
-            .connect(&pool.key.user, &pool.key.startup_parameters())
-            .await?;
-        info!(
-            pool = %pool.key,
-            login_ms = format_args!("{:.1}", started.elapsed().as_secs_f64() * 1000.0),
-            "opened upstream connection"
-        );
-        pool.learn_parameters(&server.parameters);
-        let now = Instant::now();
-        Ok(PooledConnection {
-            server,
-            created: now,
-            lifetime: jittered(self.settings.max_lifetime),
-            idle_since: now,
-        })
-    }
-
     /// Retires idle connections past their idle timeout or lifetime, or closed by the server,
     /// and opens connections up to `--min-idle`; runs until `stop` says so.
     pub async fn maintain(self: Arc<Self>, mut stop: tokio::sync::watch::Receiver<bool>) {
@@ -310,9 +281,9 @@ impl Pools {
             let pools = self.clone();
             let pool = pool.clone();
             tokio::spawn(async move {
-                // Jitter, so that many sidecars starting together spread their logins.
-                let jitter = Duration::from_millis(rand::random::<u64>() % 1000);
-                tokio::time::sleep(jitter).await;
+                // Spread, so that a fleet starting together, or refilling after the proxy
+                // dropped every connection at once, does not log in in the same second.
+                tokio::time::sleep(opening::spread_over(pools.settings.warm_up_spread)).await;
                 let deadline = Instant::now() + pools.settings.timeout;
                 match pools.open(&pool, deadline).await {
                     Ok(connection) => pool.give_back(connection),
@@ -324,12 +295,6 @@ impl Pools {
             });
         }
     }
-}
-
-/// max_lifetime ± 10 %.
-fn jittered(lifetime: Duration) -> Duration {
-    let factor = 0.9 + rand::random::<f64>() * 0.2;
-    lifetime.mul_f64(factor)
 }
 
 /// An idle connection must have nothing to read: data or EOF means the server closed it (or

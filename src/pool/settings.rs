@@ -14,6 +14,10 @@ pub enum PoolMode {
     Transaction,
 }
 
+/// The default of `--warm-up-spread`: at the default `--max-connect-rate` (20/s), the 100
+/// logins of a fleet of 25 tasks with `--min-idle 4`.
+pub const DEFAULT_WARM_UP_SPREAD: Duration = Duration::from_secs(5);
+
 /// Pool limits and lifetimes.
 #[derive(Debug, Clone)]
 pub struct PoolSettings {
@@ -34,6 +38,9 @@ pub struct PoolSettings {
     /// A connection idle longer than this is proven alive with an empty query before a client
     /// gets it (a hung proxy still accepts bytes and answers TCP keepalives).
     pub probe_after: Duration,
+    /// `--min-idle` connections (at start, and after the upstream dropped them) are opened at
+    /// random moments over this window, so that a fleet does not log in all at once.
+    pub warm_up_spread: Duration,
 }
 
 impl Default for PoolSettings {
@@ -47,6 +54,7 @@ impl Default for PoolSettings {
             max_lifetime: Duration::from_secs(3600),
             reset_query: Some("DISCARD ALL".to_owned()),
             probe_after: Duration::from_secs(5),
+            warm_up_spread: DEFAULT_WARM_UP_SPREAD,
         }
     }
 }

@@ -185,6 +185,17 @@ pub struct EndpointArgs {
     )]
     pub warm_pools: Vec<String>,
 
+    /// Open the --min-idle connections (at start, and after the upstream dropped them) at
+    /// random moments over this window, so a fleet does not log in at once; 0 for all at
+    /// once [default: 5s].
+    #[arg(long, env = "RDS_IAM_SIDECAR_WARM_UP_SPREAD", value_name = "DURATION")]
+    #[serde(
+        default,
+        deserialize_with = "text",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub warm_up_spread: Option<String>,
+
     /// Most client connections at once, counted from the moment they are accepted (logging in
     /// or logged in); more get 53300 at once [default: 1000].
     #[arg(long, env = "RDS_IAM_SIDECAR_MAX_CLIENT_CONNECTIONS", value_name = "N")]

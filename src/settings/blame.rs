@@ -49,6 +49,22 @@ impl Blame<'_> {
         }
     }
 
+    /// A duration from zero up to `most`.
+    pub(super) fn bounded_duration(
+        &self,
+        flag: &str,
+        text: Option<&str>,
+        default: Duration,
+        most: Duration,
+    ) -> Result<Duration, ConfigError> {
+        let value = self.duration(flag, text, default)?;
+        if value > most {
+            let most = humantime::format_duration(most);
+            return Err(self.error(flag, format!("must be at most {most}")));
+        }
+        Ok(value)
+    }
+
     pub(super) fn positive_duration(
         &self,
         flag: &str,

@@ -20,6 +20,9 @@ use crate::upstream::{
     DEFAULT_DEAD_AFTER, Endpoint, MAX_DEAD_AFTER, MIN_DEAD_AFTER, UpstreamAuth, UpstreamSettings,
 };
 
+/// The longest `--warm-up-spread`: beyond it, warm pools are not warm when the app starts.
+const MAX_WARM_UP_SPREAD: Duration = Duration::from_secs(600);
+
 /// Everything one endpoint's engine takes, each part its own piece.
 #[derive(Debug, Clone)]
 pub struct EndpointSettings {
@@ -307,5 +310,11 @@ fn pool_settings(
         )?,
         reset_query,
         probe_after: defaults.probe_after,
+        warm_up_spread: blame.bounded_duration(
+            "--warm-up-spread",
+            args.warm_up_spread.as_deref(),
+            defaults.warm_up_spread,
+            MAX_WARM_UP_SPREAD,
+        )?,
     })
 }

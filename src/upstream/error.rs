@@ -41,6 +41,20 @@ pub enum ConnectError {
     /// The server's ErrorResponse to the login (28000 / 28P01).
     #[error("upstream rejected the login: {}", .0.message)]
     AuthRejected(PgError),
+    /// Logins are throttled: RDS Proxy's "The IAM authentication failed because of too many
+    /// competing requests", or AWS throttling the credentials fetch. Not a credentials
+    /// problem: the pool backs off and tries again within the client's wait
+    /// ([`crate::pool`]); this is what is left when the wait runs out first.
+    #[error(
+        "{by} throttled the login ({attempts} {attempt_word} in {waited:.1?}): {message}",
+        attempt_word = if *attempts == 1 { "attempt" } else { "attempts" }
+    )]
+    Throttled {
+        by: ThrottledBy,
+        message: String,
+        attempts: u32,
+        waited: Duration,
+    },
     /// Any other ErrorResponse during login (a missing database, too many connections, ...).
     #[error("upstream refused the connection: {}", .0.message)]
     Server(PgError),
@@ -55,6 +69,38 @@ pub enum ConnectError {
     Protocol(String),
     #[error("upstream connection lost during login: {0}")]
     Io(#[from] std::io::Error),
+}
+
+/// Who throttled a login.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ThrottledBy {
+    /// The endpoint (RDS Proxy's IAM authentication).
+    Upstream,
+    /// The AWS credentials source (STS, the ECS agent, IMDS).
+    Credentials,
+}
+
+impl std::fmt::Display for ThrottledBy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Upstream => "the upstream",
+            Self::Credentials => "the AWS credentials source",
+        })
+    }
+}
+
+/// Whether a server's or AWS's message says "throttled": RDS Proxy's "too many competing
+/// requests", STS's "Throttling: Rate exceeded", the SDK's "TooManyRequests".
+pub fn says_throttled(message: &str) -> bool {
+    let lower = message.to_ascii_lowercase();
+    [
+        "too many competing requests",
+        "throttl",
+        "rate exceeded",
+        "toomanyrequests",
+    ]
+    .iter()
+    .any(|needle| lower.contains(needle))
 }
 
 /// The stage of a [`ConnectError::Timeout`] spent waiting for AWS credentials.
@@ -88,7 +134,41 @@ impl ConnectError {
             Self::TlsRefused { .. } | Self::Tls { .. } => "tls",
             Self::Credentials(_) | Self::Sign(_) => "credentials",
             Self::Server(_) => "server_error",
+            Self::Throttled { .. } => "throttled",
             _ => "other",
+        }
+    }
+
+    /// This login attempt was throttled, by the upstream or by the credentials source: worth
+    /// retrying after a backoff, never with freshly fetched credentials.
+    pub fn throttled_by(&self) -> Option<ThrottledBy> {
+        match self {
+            Self::Throttled { by, .. } => Some(*by),
+            Self::Credentials(error) if says_throttled(&error.reason) => {
+                Some(ThrottledBy::Credentials)
+            }
+            _ => None,
+        }
+    }
+
+    /// What a throttled attempt comes to once the client's wait has run out: `attempts` made
+    /// over `waited`, the last answer's message kept.
+    pub fn into_throttled(self, attempts: u32, waited: Duration) -> Self {
+        let by = self.throttled_by();
+        match (self, by) {
+            (Self::Throttled { by, message, .. }, _) => Self::Throttled {
+                by,
+                message,
+                attempts,
+                waited,
+            },
+            (Self::Credentials(error), Some(by)) => Self::Throttled {
+                by,
+                message: error.reason,
+                attempts,
+                waited,
+            },
+            (other, _) => other,
         }
     }
 
@@ -147,11 +227,33 @@ impl ConnectError {
                 error.hint = Some(auth_rejected_hint(ctx));
                 error
             }
+            Self::Throttled { by, .. } => PgError::fatal(
+                sqlstate::CONNECTION_REJECTED,
+                format!("{prefix}: {self}"),
+            )
+            .with_hint(throttled_hint(*by)),
             Self::Server(server) => PgError {
                 severity: Severity::Fatal,
                 ..server.clone()
             },
         }
+    }
+}
+
+/// What to change when logins stay throttled for longer than a client waits.
+fn throttled_hint(by: ThrottledBy) -> String {
+    match by {
+        ThrottledBy::Upstream => "too many new IAM connections per second reach this database \
+            from all its clients (AWS asks for under ~200/s); this is not a credentials or \
+            permissions problem, and the sidecar already backs off and slows its own logins. \
+            Spread what the fleet does together: --warm-up-spread, a lower --max-connect-rate on \
+            every task, pooled connections kept longer (--min-idle, --idle-timeout), deploys in \
+            smaller batches; --pool-timeout lets clients wait longer"
+            .to_owned(),
+        ThrottledBy::Credentials => "AWS throttled the credentials requests of this task; \
+            the sidecar caches credentials and backs off, so this is the account's STS or \
+            metadata request rate: spread task starts, or raise --pool-timeout to wait longer"
+            .to_owned(),
     }
 }
 

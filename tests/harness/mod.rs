@@ -140,7 +140,7 @@ fn told_plain_postgres(endpoint: &mut EndpointSettings) {
 }
 
 /// The sidecar in front of `emulator`, its settings adjusted by `adjust`.
-async fn stack_behind(
+pub async fn stack_behind(
     pki: TestPki,
     emulator: Emulator,
     adjust: impl FnOnce(&mut Settings),

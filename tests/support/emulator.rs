@@ -13,6 +13,8 @@
 //!   …") and relays successful sessions byte for byte to a real PostgreSQL on loopback, sending
 //!   it the client's startup parameters (PostgreSQL trusts loopback), without PostgreSQL's
 //!   BackendKeyData, and watches each session for what pins it ([`super::proxy_session`]);
+//! - throttles IAM logins above a rate shared by all connections, with RDS Proxy's message
+//!   ([`super::login_throttle`]);
 //! - ignores CancelRequest, as RDS Proxy does (it issued no keys);
 //! - counts connections, logins, rejections, ignored cancels and pinned sessions so tests can
 //!   prove pooling, retries and that the sidecar never pins.
@@ -27,7 +29,7 @@ use std::io;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
@@ -36,6 +38,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_rustls::TlsAcceptor;
 
+use super::login_throttle::{LoginSecond, LoginThrottle, THROTTLED_MESSAGE};
 use super::proxy_session::{PinCounters, relay, relay_login};
 use super::sigv4::{Expectation, verify_token};
 use super::wire;
@@ -92,6 +95,9 @@ pub struct EmulatorOptions {
     /// Behave as a plain PostgreSQL behind the proxy's TLS and IAM front: any startup
     /// parameter, BackendKeyData passed on, cancels forwarded.
     pub plain_postgres: bool,
+    /// Logins per second let through, across all connections; more are refused with RDS
+    /// Proxy's throttling message. `None`: no limit.
+    pub login_rate_limit: Option<u32>,
 }
 
 impl Default for EmulatorOptions {
@@ -105,6 +111,7 @@ impl Default for EmulatorOptions {
             keys: KeyMap::default(),
             auth: EmulatorAuth::Iam,
             plain_postgres: false,
+            login_rate_limit: None,
         }
     }
 }
@@ -120,6 +127,8 @@ pub struct LoginRecord {
     pub session_token: Option<String>,
     /// Whether the client came over TLS.
     pub tls: bool,
+    /// When the password arrived.
+    pub at: Instant,
 }
 
 impl LoginRecord {
@@ -169,7 +178,7 @@ struct Shared {
     rejected: AtomicU64,
     cancels: AtomicU64,
     tls_failures: AtomicU64,
-    throttle: AtomicU64,
+    throttle: LoginThrottle,
     rejections: Mutex<Vec<String>>,
     accepted: Mutex<Vec<LoginRecord>>,
     kill: watch::Sender<u64>,
@@ -211,7 +220,7 @@ impl Emulator {
             rejected: AtomicU64::new(0),
             cancels: AtomicU64::new(0),
             tls_failures: AtomicU64::new(0),
-            throttle: AtomicU64::new(0),
+            throttle: LoginThrottle::new(opts.login_rate_limit),
             rejections: Mutex::new(Vec::new()),
             accepted: Mutex::new(Vec::new()),
             kill: watch::channel(0).0,
@@ -322,7 +331,12 @@ impl Emulator {
     /// Refuses the next `n` otherwise valid logins the way RDS Proxy does when IAM
     /// authentication is throttled ("too many competing requests").
     pub fn throttle_next_logins(&self, n: u64) {
-        self.shared.throttle.store(n, Ordering::SeqCst);
+        self.shared.throttle.throttle_next(n);
+    }
+
+    /// Logins let through and throttled in each second since the emulator started.
+    pub fn login_seconds(&self) -> Vec<LoginSecond> {
+        self.shared.throttle.per_second()
     }
 
     /// Makes every relayed session open now stop moving bytes, with its sockets left open (a
@@ -499,6 +513,7 @@ async fn login<S: AsyncRead + AsyncWrite + Unpin>(
         access_key_id: None,
         session_token: None,
         tls,
+        at: Instant::now(),
     };
     if let Err((msg, reason)) = check_password(shared, &user, &wire::first_cstr(&body), &mut record)
     {
@@ -546,14 +561,8 @@ fn check_password(
     password: &str,
     record: &mut LoginRecord,
 ) -> Result<(), (String, String)> {
-    let throttled = shared
-        .throttle
-        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
-        .is_ok();
-    if throttled {
-        let msg = "The IAM authentication failed because of too many competing requests. \
-                   Try again later.";
-        return Err((msg.to_owned(), "throttled".to_owned()));
+    if shared.throttle.check() {
+        return Err((THROTTLED_MESSAGE.to_owned(), "throttled".to_owned()));
     }
     match &shared.auth {
         EmulatorAuth::Iam => {

@@ -1,0 +1,142 @@
+//! Opening one upstream connection for a pool: paced by the process's login rate, and when a
+//! login is throttled (RDS Proxy's "too many competing requests", or AWS throttling the
+//! credentials fetch), tried again after an exponential backoff with full jitter for as long
+//! as the client waits (`--pool-timeout`), the rate halved meanwhile. A throttled login is
+//! never retried with freshly fetched credentials and never told to the client as a rejected
+//! one: the client waits while the storm passes, or gets 08004 saying it was throttled.
+
+use std::time::Duration;
+
+use tokio::time::{Instant, sleep, sleep_until};
+use tracing::{info, warn};
+
+use super::{CheckoutError, Pool, PooledConnection, Pools};
+use crate::upstream::error::ConnectError;
+
+/// The first retry waits up to this long; each later one up to twice as long as the one
+/// before, up to [`BACKOFF_CAP`].
+const BACKOFF_BASE: Duration = Duration::from_millis(100);
+const BACKOFF_CAP: Duration = Duration::from_secs(10);
+
+impl Pools {
+    /// Opens one connection for `pool` before `deadline`: after the login rate allows it, and
+    /// again after a backoff for as long as logins are throttled.
+    pub(super) async fn open(
+        &self,
+        pool: &Pool,
+        deadline: Instant,
+    ) -> Result<PooledConnection, CheckoutError> {
+        let started = Instant::now();
+        let mut attempts = 0;
+        loop {
+            self.wait_for_rate(pool, deadline).await?;
+            attempts += 1;
+            let error = match self.login(pool).await {
+                Ok(connection) => {
+                    self.connector.metrics().login_backoff(Duration::ZERO);
+                    return Ok(connection);
+                }
+                Err(error) => error,
+            };
+            if error.throttled_by().is_none() {
+                return Err(error.into());
+            }
+            self.limiter.throttled();
+            let backoff = full_jitter(attempts);
+            self.connector.metrics().login_backoff(backoff);
+            if Instant::now() + backoff >= deadline {
+                let error = error.into_throttled(attempts, started.elapsed());
+                warn!(pool = %pool.key, %error, "login throttled until the client's wait ran out");
+                return Err(error.into());
+            }
+            warn!(
+                pool = %pool.key,
+                attempts,
+                backoff_ms = backoff.as_millis() as u64,
+                rate = format_args!("{:.1}", self.limiter.rate()),
+                "upstream login throttled; trying again after a backoff at a lower login rate"
+            );
+            sleep(backoff).await;
+        }
+    }
+
+    /// Waits until the login rate allows one more login, or fails with the pool's timeout when
+    /// that would be after `deadline`.
+    async fn wait_for_rate(&self, pool: &Pool, deadline: Instant) -> Result<(), CheckoutError> {
+        let allowed_at = self.limiter.reserve();
+        if allowed_at > deadline {
+            sleep_until(deadline).await;
+            return Err(CheckoutError::Timeout {
+                pool: pool.key.to_string(),
+                waited: self.settings.timeout,
+                size: self.settings.size,
+            });
+        }
+        sleep_until(allowed_at).await;
+        Ok(())
+    }
+
+    /// One login for `pool`.
+    async fn login(&self, pool: &Pool) -> Result<PooledConnection, ConnectError> {
+        let started = Instant::now();
+        let server = self
+            .connector
+            .connect(&pool.key.user, &pool.key.startup_parameters())
+            .await?;
+        info!(
+            pool = %pool.key,
+            login_ms = format_args!("{:.1}", started.elapsed().as_secs_f64() * 1000.0),
+            "opened upstream connection"
+        );
+        pool.learn_parameters(&server.parameters);
+        let now = Instant::now();
+        Ok(PooledConnection {
+            server,
+            created: now,
+            lifetime: jittered(self.settings.max_lifetime),
+            idle_since: now,
+        })
+    }
+}
+
+/// The wait before retry number `attempt` (from 1): anywhere from zero up to
+/// `BACKOFF_BASE × 2^(attempt-1)`, capped ("full jitter": retries of a fleet spread over the
+/// whole window instead of arriving together).
+pub fn full_jitter(attempt: u32) -> Duration {
+    let ceiling = BACKOFF_BASE
+        .saturating_mul(1 << attempt.saturating_sub(1).min(16))
+        .min(BACKOFF_CAP);
+    ceiling.mul_f64(rand::random::<f64>())
+}
+
+/// A random point in `[0, window)`: when one of a fleet's synchronised actions runs.
+pub fn spread_over(window: Duration) -> Duration {
+    window.mul_f64(rand::random::<f64>())
+}
+
+/// max_lifetime ± 10 %.
+fn jittered(lifetime: Duration) -> Duration {
+    let factor = 0.9 + rand::random::<f64>() * 0.2;
+    lifetime.mul_f64(factor)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_its_ceiling_up_to_the_cap_with_full_jitter() {
+        let most = |attempt| (0..2000).map(|_| full_jitter(attempt)).max();
+        let least = |attempt| (0..2000).map(|_| full_jitter(attempt)).min();
+        for (attempt, ceiling) in [(1, 100), (2, 200), (3, 400), (8, 10_000), (40, 10_000)] {
+            let ceiling = Duration::from_millis(ceiling);
+            let highest = most(attempt).unwrap_or_default();
+            assert!(highest <= ceiling, "attempt {attempt}: {highest:?}");
+            assert!(
+                highest >= ceiling.mul_f64(0.9),
+                "attempt {attempt}: {highest:?}"
+            );
+            assert!(least(attempt).unwrap_or_default() <= ceiling.mul_f64(0.1));
+        }
+    }
+}

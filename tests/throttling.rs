@@ -1,0 +1,201 @@
+//! Throttled IAM logins (RDS Proxy's "too many competing requests") are their own outcome:
+//! retried after a backoff without refetching credentials while the client waits, an 08004
+//! saying so when the wait runs out, counted in the metrics; and what a pool does together
+//! (warm-up, refill after the proxy dropped every connection) is spread over a window.
+
+mod harness;
+mod support;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use aws_credential_types::provider::{ProvideCredentials, future};
+use harness::{Stack, credentials, db_error, stack_behind, try_connect};
+use rds_iam_sidecar::iam::credentials::CredentialCache;
+use rds_iam_sidecar::pool::PoolKey;
+use rds_iam_sidecar::settings::Settings;
+use support::{DEFAULT_REGION, Emulator, TEST_AKID, TEST_SECRET, TestPki, emulator_options};
+
+/// The emulator for `host` (a name of its own per test: metrics are labelled by it), with at
+/// most `limit` logins per second, and the sidecar in front of it.
+async fn stack_for(
+    host: &str,
+    limit: Option<u32>,
+    adjust: impl FnOnce(&mut Settings),
+    credentials: Arc<CredentialCache>,
+) -> Stack {
+    let pki = TestPki::new();
+    let cluster = tokio::task::spawn_blocking(support::shared_cluster)
+        .await
+        .expect("shared cluster");
+    let mut options = emulator_options(&pki, host, DEFAULT_REGION, cluster.port);
+    options.login_rate_limit = limit;
+    let emulator = Emulator::start(options).await;
+    let config = harness::config_for_host(&emulator, &pki, host);
+    let with_host = |settings: &mut Settings| {
+        settings.endpoints[0] = config;
+        adjust(settings);
+    };
+    stack_behind(pki, emulator, with_host, credentials).await
+}
+
+/// The value of the metric sample `name` with `labels`, from this process's recorder.
+fn metric(name: &str, labels: &[(&str, &str)]) -> f64 {
+    let text = rds_iam_sidecar::ops::metrics::render().unwrap_or_default();
+    let scrape = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_owned())))
+        .expect("valid exposition");
+    harness::scrape::value(&scrape, name, labels).unwrap_or(0.0)
+}
+
+const LOGINS: &str = "rds_iam_sidecar_upstream_logins_total";
+const BACKOFF: &str = "rds_iam_sidecar_upstream_login_backoff_seconds";
+
+/// Static credentials that count how often they are fetched.
+#[derive(Debug, Default)]
+struct CountingCredentials {
+    fetches: Arc<AtomicUsize>,
+}
+
+impl ProvideCredentials for CountingCredentials {
+    fn provide_credentials<'a>(&'a self) -> future::ProvideCredentials<'a>
+    where
+        Self: 'a,
+    {
+        self.fetches.fetch_add(1, Ordering::SeqCst);
+        future::ProvideCredentials::ready(Ok(aws_credential_types::Credentials::new(
+            TEST_AKID,
+            TEST_SECRET,
+            None,
+            None,
+            "test",
+        )))
+    }
+}
+
+#[tokio::test]
+async fn a_login_throttled_twice_waits_and_gets_its_answer_without_refetching_credentials() {
+    let host = "throttled-twice.proxy-abc123.us-east-1.rds.amazonaws.com";
+    let fetches = Arc::new(AtomicUsize::new(0));
+    let provider = CountingCredentials {
+        fetches: fetches.clone(),
+    };
+    let stack = stack_for(host, None, |_| {}, Arc::new(CredentialCache::new(provider))).await;
+    stack.emulator.throttle_next_logins(2);
+    let client = try_connect(&stack, "postgres", "postgres")
+        .await
+        .expect("a throttled login is retried, not failed");
+    let rows = client.simple_query("select 41 + 1").await.expect("query");
+    let answer = rows.iter().find_map(|message| match message {
+        tokio_postgres::SimpleQueryMessage::Row(row) => row.get(0).map(str::to_owned),
+        _ => None,
+    });
+    assert_eq!(answer.as_deref(), Some("42"));
+    assert_eq!(stack.emulator.rejected(), 2, "two throttled attempts");
+    assert_eq!(stack.emulator.logins(), 1, "then one login");
+    assert_eq!(
+        fetches.load(Ordering::SeqCst),
+        1,
+        "throttling is not a credentials problem: nothing refetched"
+    );
+    let labels = |result| [("upstream", host), ("result", result)];
+    assert_eq!(metric(LOGINS, &labels("throttled")), 2.0);
+    assert_eq!(metric(LOGINS, &labels("ok")), 1.0);
+    assert_eq!(metric(LOGINS, &labels("auth_rejected")), 0.0);
+    assert_eq!(
+        metric(BACKOFF, &[("upstream", host)]),
+        0.0,
+        "no backoff once a login got through"
+    );
+}
+
+#[tokio::test]
+async fn a_login_throttled_past_the_clients_wait_gets_08004_saying_so() {
+    let host = "throttled-long.proxy-abc123.us-east-1.rds.amazonaws.com";
+    let wait = Duration::from_secs(3);
+    let stack = stack_for(
+        host,
+        None,
+        |settings| settings.endpoints[0].pool.timeout = wait,
+        credentials(TEST_AKID, TEST_SECRET),
+    )
+    .await;
+    stack.emulator.throttle_next_logins(u64::MAX);
+    let started = Instant::now();
+    let (code, message, hint) = try_connect(&stack, "postgres", "postgres")
+        .await
+        .err()
+        .map(|e| db_error(&e))
+        .expect("the login stays throttled");
+    let took = started.elapsed();
+    assert!(
+        took <= wait + Duration::from_secs(2),
+        "within the wait: {took:?}"
+    );
+    assert_eq!(code, "08004", "{message}");
+    assert!(
+        message.contains("throttled the login") && message.contains("too many competing requests"),
+        "{message}"
+    );
+    let hint = hint.unwrap_or_default();
+    assert!(
+        hint.contains("not a credentials or permissions problem")
+            && hint.contains("--warm-up-spread")
+            && hint.contains("--max-connect-rate"),
+        "{hint}"
+    );
+    assert!(
+        !hint.contains("rds_iam"),
+        "not the rejected-login hint: {hint}"
+    );
+    let throttled = metric(LOGINS, &[("upstream", host), ("result", "throttled")]);
+    // Backoffs of up to 0.1, 0.2, 0.4, 0.8 s ... within 3 s: several attempts, not hundreds.
+    assert!((3.0..=40.0).contains(&throttled), "{throttled} attempts");
+    assert_eq!(throttled as u64, stack.emulator.rejected());
+    assert!(metric(BACKOFF, &[("upstream", host)]) > 0.0);
+}
+
+#[tokio::test]
+async fn a_warm_pool_opens_over_the_spread_window() {
+    let host = "warm-spread.proxy-abc123.us-east-1.rds.amazonaws.com";
+    let window = Duration::from_secs(2);
+    let stack = stack_for(
+        host,
+        None,
+        |settings| {
+            let endpoint = &mut settings.endpoints[0];
+            endpoint.pool.min_idle = 8;
+            endpoint.pool.warm_up_spread = window;
+            endpoint.warm_pools =
+                vec![PoolKey::parse_spec("postgres@postgres", None).expect("spec")];
+        },
+        credentials(TEST_AKID, TEST_SECRET),
+    )
+    .await;
+    let deadline = Instant::now() + window + Duration::from_secs(5);
+    while stack.emulator.logins() < 8 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let times: Vec<Instant> = stack
+        .emulator
+        .accepted_logins()
+        .iter()
+        .map(|l| l.at)
+        .collect();
+    assert_eq!(times.len(), 8, "the warm pool opened");
+    let (first, last) = (
+        times.iter().min().copied().expect("a login"),
+        times.iter().max().copied().expect("a login"),
+    );
+    // Eight uniform points in 2 s all within 0.5 s of each other: p < 0.001.
+    assert!(
+        last - first >= Duration::from_millis(500),
+        "spread over the window: {:?}",
+        last - first
+    );
+    assert!(
+        last - first <= window + Duration::from_secs(1),
+        "{:?}",
+        last - first
+    );
+}
