@@ -14,8 +14,10 @@ use super::{CheckoutError, Pool, PooledConnection, Pools};
 use crate::upstream::error::ConnectError;
 
 /// The first retry waits up to this long; each later one up to twice as long as the one
-/// before, up to [`BACKOFF_CAP`].
-const BACKOFF_BASE: Duration = Duration::from_millis(100);
+/// before, up to [`BACKOFF_CAP`]. Half a second, as the AWS SDKs wait after a throttling
+/// error (100 ms made 8 sidecars sharing a proxy limited to 10 logins/s send 20 attempts a
+/// second: `tests/fleet.rs`).
+const BACKOFF_BASE: Duration = Duration::from_millis(500);
 const BACKOFF_CAP: Duration = Duration::from_secs(10);
 
 impl Pools {
@@ -128,7 +130,7 @@ mod tests {
     fn backoff_doubles_its_ceiling_up_to_the_cap_with_full_jitter() {
         let most = |attempt| (0..2000).map(|_| full_jitter(attempt)).max();
         let least = |attempt| (0..2000).map(|_| full_jitter(attempt)).min();
-        for (attempt, ceiling) in [(1, 100), (2, 200), (3, 400), (8, 10_000), (40, 10_000)] {
+        for (attempt, ceiling) in [(1, 500), (2, 1000), (3, 2000), (6, 10_000), (40, 10_000)] {
             let ceiling = Duration::from_millis(ceiling);
             let highest = most(attempt).unwrap_or_default();
             assert!(highest <= ceiling, "attempt {attempt}: {highest:?}");
