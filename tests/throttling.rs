@@ -153,6 +153,65 @@ async fn a_login_throttled_past_the_clients_wait_gets_08004_saying_so() {
     assert!((2.0..=20.0).contains(&throttled), "{throttled} attempts");
     assert_eq!(throttled as u64, stack.emulator.rejected());
     assert!(metric(BACKOFF, &[("upstream", host)]) > 0.0);
+    let rate = metric("rds_iam_sidecar_upstream_login_rate_limit", &[]);
+    assert!(
+        rate > 0.0 && rate < 20.0,
+        "the process's login rate went down from --max-connect-rate 20: {rate}"
+    );
+}
+
+/// Throttles the first credentials request as STS does, then hands out the test key.
+#[derive(Debug, Default)]
+struct ThrottledOnce {
+    calls: Arc<AtomicUsize>,
+}
+
+impl ProvideCredentials for ThrottledOnce {
+    fn provide_credentials<'a>(&'a self) -> future::ProvideCredentials<'a>
+    where
+        Self: 'a,
+    {
+        if self.calls.fetch_add(1, Ordering::SeqCst) == 0 {
+            let error = aws_credential_types::provider::error::CredentialsError::provider_error(
+                "Throttling: Rate exceeded",
+            );
+            return future::ProvideCredentials::ready(Err(error));
+        }
+        future::ProvideCredentials::ready(Ok(aws_credential_types::Credentials::new(
+            TEST_AKID,
+            TEST_SECRET,
+            None,
+            None,
+            "test",
+        )))
+    }
+}
+
+#[tokio::test]
+async fn a_throttled_credentials_request_is_waited_out_not_told_to_the_client() {
+    let host = "sts-throttled.proxy-abc123.us-east-1.rds.amazonaws.com";
+    let calls = Arc::new(AtomicUsize::new(0));
+    let provider = ThrottledOnce {
+        calls: calls.clone(),
+    };
+    let stack = stack_for(host, None, |_| {}, Arc::new(CredentialCache::new(provider))).await;
+    let client = try_connect(&stack, "postgres", "postgres")
+        .await
+        .expect("the login waits out the throttled credentials request");
+    client.simple_query("select 1").await.expect("query");
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        2,
+        "asked again once, not hammered"
+    );
+    assert_eq!(
+        stack.emulator.connections(),
+        1,
+        "nothing dialled without credentials"
+    );
+    let labels = |result| [("upstream", host), ("result", result)];
+    assert!(metric(LOGINS, &labels("throttled")) >= 1.0);
+    assert_eq!(metric(LOGINS, &labels("credentials")), 0.0);
 }
 
 #[tokio::test]

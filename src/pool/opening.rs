@@ -44,6 +44,7 @@ impl Pools {
                 return Err(error.into());
             }
             self.limiter.throttled();
+            crate::ops::metrics::login_rate(self.limiter.rate());
             let backoff = full_jitter(attempts);
             self.connector.metrics().login_backoff(backoff);
             if Instant::now() + backoff >= deadline {

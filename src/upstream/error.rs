@@ -127,6 +127,9 @@ pub struct HintContext<'a> {
 impl ConnectError {
     /// The `result` label of the upstream logins metric for this failure.
     pub fn metric_label(&self) -> &'static str {
+        if self.throttled_by().is_some() {
+            return "throttled";
+        }
         match self {
             Self::AuthRejected(_) | Self::IamNotEnabled { .. } => "auth_rejected",
             Self::Timeout { .. } => "timeout",
@@ -134,7 +137,6 @@ impl ConnectError {
             Self::TlsRefused { .. } | Self::Tls { .. } => "tls",
             Self::Credentials(_) | Self::Sign(_) => "credentials",
             Self::Server(_) => "server_error",
-            Self::Throttled { .. } => "throttled",
             _ => "other",
         }
     }

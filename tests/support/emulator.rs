@@ -38,6 +38,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_rustls::TlsAcceptor;
 
+use super::live_sockets::LiveSockets;
 use super::login_throttle::{LoginSecond, LoginThrottle, THROTTLED_MESSAGE};
 use super::proxy_session::{PinCounters, relay, relay_login};
 use super::sigv4::{Expectation, verify_token};
@@ -98,6 +99,8 @@ pub struct EmulatorOptions {
     /// Logins per second let through, across all connections; more are refused with RDS
     /// Proxy's throttling message. `None`: no limit.
     pub login_rate_limit: Option<u32>,
+    /// The port to listen on (127.0.0.1); 0 for any free one.
+    pub listen_port: u16,
 }
 
 impl Default for EmulatorOptions {
@@ -112,6 +115,7 @@ impl Default for EmulatorOptions {
             auth: EmulatorAuth::Iam,
             plain_postgres: false,
             login_rate_limit: None,
+            listen_port: 0,
         }
     }
 }
@@ -182,6 +186,7 @@ struct Shared {
     rejections: Mutex<Vec<String>>,
     accepted: Mutex<Vec<LoginRecord>>,
     kill: watch::Sender<u64>,
+    live: Arc<LiveSockets>,
     stall: watch::Sender<u64>,
 }
 
@@ -199,7 +204,7 @@ impl Emulator {
             .expect("emulator certificate and key must match");
             TlsAcceptor::from(Arc::new(config))
         });
-        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, opts.listen_port))
             .await
             .expect("bind emulator listener on 127.0.0.1");
         let addr = listener.local_addr().expect("emulator listener address");
@@ -224,6 +229,7 @@ impl Emulator {
             rejections: Mutex::new(Vec::new()),
             accepted: Mutex::new(Vec::new()),
             kill: watch::channel(0).0,
+            live: Arc::default(),
             stall: watch::channel(0).0,
         });
         let accept_task = tokio::spawn(accept_loop(listener, Arc::clone(&shared)));
@@ -339,6 +345,11 @@ impl Emulator {
         self.shared.throttle.per_second()
     }
 
+    /// Whole seconds since the emulator started (the index into [`Self::login_seconds`]).
+    pub fn second_now(&self) -> usize {
+        self.shared.throttle.second_now()
+    }
+
     /// Makes every relayed session open now stop moving bytes, with its sockets left open (a
     /// hung proxy: `kill -STOP`). Sessions opened later are served normally.
     pub fn stall_connections(&self) {
@@ -348,6 +359,7 @@ impl Emulator {
     /// Abruptly closes every open connection (as a proxy restart or idle timeout would).
     /// The listener keeps accepting new connections.
     pub fn kill_connections(&self) {
+        self.shared.live.shutdown_all();
         self.shared.kill.send_modify(|generation| *generation += 1);
     }
 }
@@ -396,6 +408,7 @@ async fn handle_connection(shared: Arc<Shared>, tcp: TcpStream) {
     shared.active.fetch_add(1, Ordering::SeqCst);
     let _guard = ActiveGuard(Arc::clone(&shared));
     let mut kill = shared.kill.subscribe();
+    let _live = shared.live.register(&tcp);
     let _ = tcp.set_nodelay(true);
     tokio::select! {
         _ = serve(&shared, tcp) => {}

@@ -99,6 +99,11 @@ impl LoginThrottle {
             .clone()
     }
 
+    /// Whole seconds since the emulator started.
+    pub fn second_now(&self) -> usize {
+        self.started.elapsed().as_secs() as usize
+    }
+
     /// The limit in logins per second, if any.
     pub fn limit(&self) -> Option<u32> {
         self.limit

@@ -9,6 +9,7 @@
 pub mod certs;
 pub mod emulator;
 pub mod fault_relay;
+pub mod live_sockets;
 pub mod login_throttle;
 pub mod pg;
 pub mod proxy_session;
