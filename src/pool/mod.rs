@@ -47,6 +47,19 @@ pub enum CheckoutError {
         waited: Duration,
         size: usize,
     },
+    /// The next login the rate allows would start after the client's wait ends.
+    #[error(
+        "no upstream login for pool {pool} could start within the client's wait: new logins are \
+         paced at {rate:.1}/s ({})",
+        if *reduced { format!("--max-connect-rate {max}, lowered while the upstream throttles logins") }
+        else { format!("--max-connect-rate {max}") }
+    )]
+    LoginRate {
+        pool: String,
+        rate: f64,
+        max: f64,
+        reduced: bool,
+    },
     #[error(transparent)]
     Connect(#[from] ConnectError),
 }
@@ -181,7 +194,7 @@ impl Pools {
                     pool.forget_one();
                 }
                 Handoff::Room => {
-                    return match self.open(pool, deadline).await {
+                    return match self.open(pool, deadline, opening::Demand::Client).await {
                         Ok(connection) => Ok(Lease::new(pool, connection)),
                         Err(error) => {
                             pool.forget_one();
@@ -269,6 +282,10 @@ impl Pools {
     }
 
     fn top_up(self: &Arc<Self>, pool: &Arc<Pool>) {
+        // While logins are throttled, spares wait: the proxy's logins go to clients first.
+        if self.limiter.is_reduced() {
+            return;
+        }
         let wanted = {
             let mut state = pool.lock();
             let idle = state.idle.len();
@@ -285,7 +302,7 @@ impl Pools {
                 // dropped every connection at once, does not log in in the same second.
                 tokio::time::sleep(opening::spread_over(pools.settings.warm_up_spread)).await;
                 let deadline = Instant::now() + pools.settings.timeout;
-                match pools.open(&pool, deadline).await {
+                match pools.open(&pool, deadline, opening::Demand::Spare).await {
                     Ok(connection) => pool.give_back(connection),
                     Err(error) => {
                         warn!(pool = %pool.key, %error, "opening an idle upstream connection failed");

@@ -8,7 +8,7 @@
 use std::time::Duration;
 
 use tokio::time::{Instant, sleep, sleep_until};
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use super::{CheckoutError, Pool, PooledConnection, Pools};
 use crate::upstream::error::ConnectError;
@@ -20,13 +20,26 @@ use crate::upstream::error::ConnectError;
 const BACKOFF_BASE: Duration = Duration::from_millis(500);
 const BACKOFF_CAP: Duration = Duration::from_secs(10);
 
+/// Who waits for a login.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Demand {
+    /// A client: retried while throttled, until the client's wait ends.
+    Client,
+    /// A spare for `--min-idle`: given up at the first throttle (the pool tries again at a
+    /// later upkeep, once the rate has recovered), so that the proxy's scarce logins go to
+    /// clients. In `benches/fleet.sh` with the proxy at 10 logins/s, warm-ups retrying like
+    /// clients took the logins that clients were waiting for.
+    Spare,
+}
+
 impl Pools {
     /// Opens one connection for `pool` before `deadline`: after the login rate allows it, and
-    /// again after a backoff for as long as logins are throttled.
+    /// for a client again after a backoff for as long as logins are throttled.
     pub(super) async fn open(
         &self,
         pool: &Pool,
         deadline: Instant,
+        demand: Demand,
     ) -> Result<PooledConnection, CheckoutError> {
         let started = Instant::now();
         let mut attempts = 0;
@@ -45,6 +58,10 @@ impl Pools {
             }
             self.limiter.throttled();
             crate::ops::metrics::login_rate(self.limiter.rate());
+            if demand == Demand::Spare {
+                debug!(pool = %pool.key, "a spare connection's login was throttled; left for later");
+                return Err(error.into());
+            }
             let backoff = full_jitter(attempts);
             self.connector.metrics().login_backoff(backoff);
             if Instant::now() + backoff >= deadline {
@@ -63,18 +80,17 @@ impl Pools {
         }
     }
 
-    /// Waits until the login rate allows one more login, or fails with the pool's timeout when
-    /// that would be after `deadline`.
+    /// Waits until the login rate allows one more login, or fails at once when that would be
+    /// after `deadline` (nothing reserved: the slot stays for a login that can use it).
     async fn wait_for_rate(&self, pool: &Pool, deadline: Instant) -> Result<(), CheckoutError> {
-        let allowed_at = self.limiter.reserve();
-        if allowed_at > deadline {
-            sleep_until(deadline).await;
-            return Err(CheckoutError::Timeout {
+        let Some(allowed_at) = self.limiter.reserve_by(Some(deadline)) else {
+            return Err(CheckoutError::LoginRate {
                 pool: pool.key.to_string(),
-                waited: self.settings.timeout,
-                size: self.settings.size,
+                rate: self.limiter.rate(),
+                max: self.limiter.max_rate(),
+                reduced: self.limiter.is_reduced(),
             });
-        }
+        };
         sleep_until(allowed_at).await;
         Ok(())
     }

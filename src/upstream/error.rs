@@ -243,7 +243,7 @@ impl ConnectError {
 }
 
 /// What to change when logins stay throttled for longer than a client waits.
-fn throttled_hint(by: ThrottledBy) -> String {
+pub fn throttled_hint(by: ThrottledBy) -> String {
     match by {
         ThrottledBy::Upstream => "too many new IAM connections per second reach this database \
             from all its clients (AWS asks for under ~200/s); this is not a credentials or \
