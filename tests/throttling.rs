@@ -258,3 +258,81 @@ async fn a_warm_pool_opens_over_the_spread_window() {
         last - first
     );
 }
+
+#[tokio::test]
+async fn while_throttled_spare_connections_wait_and_a_clients_login_goes_first() {
+    let host = "spares-wait.proxy-abc123.us-east-1.rds.amazonaws.com";
+    let stack = stack_for(
+        host,
+        None,
+        |settings| {
+            let endpoint = &mut settings.endpoints[0];
+            endpoint.pool.min_idle = 4;
+            endpoint.pool.warm_up_spread = Duration::from_millis(300);
+            endpoint.warm_pools =
+                vec![PoolKey::parse_spec("postgres@postgres", None).expect("spec")];
+        },
+        credentials(TEST_AKID, TEST_SECRET),
+    )
+    .await;
+    // Started before the warm-up's first login (it waits a random part of 300 ms).
+    stack.emulator.throttle_next_logins(4);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(
+        stack.emulator.rejected(),
+        4,
+        "the four spares were throttled"
+    );
+    assert_eq!(
+        stack.emulator.logins(),
+        0,
+        "and not retried while the rate is lowered"
+    );
+    let client = try_connect(&stack, "postgres", "postgres")
+        .await
+        .expect("a client's login is not held back");
+    client.simple_query("select 1").await.expect("query");
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    assert_eq!(
+        stack.emulator.logins(),
+        1,
+        "only the client's login: the spares wait for the rate to recover"
+    );
+    assert_eq!(stack.emulator.rejected(), 4);
+}
+
+#[tokio::test]
+async fn a_login_the_rate_cannot_start_within_the_wait_names_the_rate() {
+    let host = "rate-bound.proxy-abc123.us-east-1.rds.amazonaws.com";
+    let stack = stack_for(
+        host,
+        None,
+        |settings| {
+            settings.max_connect_rate = 1;
+            settings.endpoints[0].pool.timeout = Duration::from_millis(500);
+        },
+        credentials(TEST_AKID, TEST_SECRET),
+    )
+    .await;
+    let first = try_connect(&stack, "postgres", "postgres")
+        .await
+        .expect("the first login uses the one-second burst");
+    let started = Instant::now();
+    let (code, message, hint) = try_connect(&stack, "postgres", "template1")
+        .await
+        .err()
+        .map(|e| db_error(&e))
+        .expect("a second pool's login must wait a second, longer than the client's wait");
+    assert!(
+        started.elapsed() < Duration::from_millis(400),
+        "at once, not after the wait"
+    );
+    assert_eq!(code, "53300", "{message}");
+    assert!(message.contains("--max-connect-rate 1"), "{message}");
+    assert!(hint.unwrap_or_default().contains("--max-connect-rate"));
+    first
+        .simple_query("select 1")
+        .await
+        .expect("the first client is served");
+    assert_eq!(stack.emulator.logins(), 1);
+}
