@@ -18,7 +18,6 @@ use crate::pool::{CheckoutError, Lease, Parameters, Pool, PoolKey, PoolMode};
 use crate::protocol::messages;
 use crate::protocol::startup::StartupRequest;
 use crate::stream::ClientStream;
-use crate::upstream::error::{ThrottledBy, throttled_hint};
 
 use super::negotiate::first_packets;
 use super::session::{Held, Session};
@@ -371,29 +370,11 @@ impl StartupParameters {
     }
 }
 
+/// The ErrorResponse for a client that got no upstream connection, its hint naming `user`.
 pub(super) fn checkout_error_to_pg(
     error: &CheckoutError,
     context: &Frontend,
     user: &str,
 ) -> PgError {
-    match error {
-        CheckoutError::Timeout { .. } => PgError::fatal(
-            sqlstate::TOO_MANY_CONNECTIONS,
-            format!("rds-iam-sidecar: {error}"),
-        )
-        .with_hint(
-            "raise --pool-size or --pool-timeout, or make clients hold connections for less time",
-        ),
-        CheckoutError::LoginRate { reduced: true, .. } => PgError::fatal(
-            sqlstate::CONNECTION_REJECTED,
-            format!("rds-iam-sidecar: {error}"),
-        )
-        .with_hint(throttled_hint(ThrottledBy::Upstream)),
-        CheckoutError::LoginRate { .. } => PgError::fatal(
-            sqlstate::TOO_MANY_CONNECTIONS,
-            format!("rds-iam-sidecar: {error}"),
-        )
-        .with_hint("raise --max-connect-rate or --pool-timeout, or keep more connections pooled (--min-idle)"),
-        CheckoutError::Connect(error) => error.to_pg_error(&context.connector().hint_context(user)),
-    }
+    error.to_pg_error(&context.connector().hint_context(user))
 }

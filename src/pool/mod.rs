@@ -6,6 +6,7 @@
 //! across all pools pass one [`RateLimiter`], which slows down while the upstream throttles them;
 //! a throttled login is tried again after a backoff (`opening.rs`).
 
+mod error;
 pub mod key;
 mod keyed;
 mod lease;
@@ -23,8 +24,8 @@ use tokio::io::{AsyncRead, ReadBuf};
 use tokio::time::{Instant, timeout_at};
 use tracing::{debug, info, warn};
 
-use crate::upstream::error::ConnectError;
 use crate::upstream::{Connector, ServerConnection};
+pub use error::CheckoutError;
 pub use key::PoolKey;
 use keyed::Handoff;
 pub use keyed::{Parameters, Pool, PooledConnection};
@@ -34,35 +35,6 @@ pub use settings::{DEFAULT_WARM_UP_SPREAD, PoolMode, PoolSettings};
 
 /// How long an idle connection may take to answer the empty query that proves it alive.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
-
-/// Why no connection could be had.
-#[derive(Debug, thiserror::Error)]
-pub enum CheckoutError {
-    #[error(
-        "no upstream connection of pool {pool} became free within {waited:?} (--pool-size {size} \
-         reached)"
-    )]
-    Timeout {
-        pool: String,
-        waited: Duration,
-        size: usize,
-    },
-    /// The next login the rate allows would start after the client's wait ends.
-    #[error(
-        "no upstream login for pool {pool} could start within the client's wait: new logins are \
-         paced at {rate:.1}/s ({})",
-        if *reduced { format!("--max-connect-rate {max}, lowered while the upstream throttles logins") }
-        else { format!("--max-connect-rate {max}") }
-    )]
-    LoginRate {
-        pool: String,
-        rate: f64,
-        max: f64,
-        reduced: bool,
-    },
-    #[error(transparent)]
-    Connect(#[from] ConnectError),
-}
 
 /// All pools of one endpoint, the connector behind them and the login rate limit that every
 /// endpoint of the process shares.

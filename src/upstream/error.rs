@@ -125,6 +125,23 @@ pub struct HintContext<'a> {
 }
 
 impl ConnectError {
+    /// The server's ErrorResponse to a login: throttled (by its text), rejected (28000 /
+    /// 28P01), or refused for another reason.
+    pub fn refused_login(error: PgError) -> Self {
+        if says_throttled(&error.message) {
+            Self::Throttled {
+                by: ThrottledBy::Upstream,
+                message: error.message,
+                attempts: 1,
+                waited: Duration::ZERO,
+            }
+        } else if error.is_auth_failure() {
+            Self::AuthRejected(error)
+        } else {
+            Self::Server(error)
+        }
+    }
+
     /// The `result` label of the upstream logins metric for this failure.
     pub fn metric_label(&self) -> &'static str {
         if self.throttled_by().is_some() {

@@ -3,8 +3,6 @@
 //! password mode) — then ParameterStatus and BackendKeyData up to the first ReadyForQuery.
 //! Built on postgres-protocol's frontend encoders and backend parser.
 
-use std::time::Duration;
-
 use bytes::BytesMut;
 use fallible_iterator::FallibleIterator;
 use postgres_protocol::authentication::md5_hash;
@@ -12,7 +10,7 @@ use postgres_protocol::authentication::sasl::{ChannelBinding, SCRAM_SHA_256, Scr
 use postgres_protocol::message::{backend, frontend};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
-use super::error::{self, ConnectError};
+use super::error::ConnectError;
 use crate::protocol::server::{ReadError, ServerReader, error_response};
 use crate::secret::Secret;
 
@@ -75,19 +73,7 @@ where
             }
             backend::Message::NoticeResponse(_) => {}
             backend::Message::ErrorResponse(body) => {
-                let error = error_response(&body)?;
-                return Err(if error::says_throttled(&error.message) {
-                    ConnectError::Throttled {
-                        by: error::ThrottledBy::Upstream,
-                        message: error.message,
-                        attempts: 1,
-                        waited: Duration::ZERO,
-                    }
-                } else if error.is_auth_failure() {
-                    ConnectError::AuthRejected(error)
-                } else {
-                    ConnectError::Server(error)
-                });
+                return Err(ConnectError::refused_login(error_response(&body)?));
             }
             backend::Message::ReadyForQuery(_) => {
                 outcome.pending = reader.into_rest();
