@@ -79,8 +79,10 @@ PY
 fleet() {
     local label=$1 binary=$2 port
     shift 2
-    local ports=() pids=()
-    read -ra ports <<<"$(listen_ports "$SIDECARS")"
+    local ports=() pids=() found
+    found=$(listen_ports "$SIDECARS") || die "no free listen ports from ${BASE_PORT:-20000}"
+    read -ra ports <<<"$found"
+    ((${#ports[@]} == SIDECARS)) || die "found ${#ports[@]} listen ports, not $SIDECARS"
     start_emulator
     log "$label: $SIDECARS sidecars and their clients start at once"
     python3 "$REPO/benches/fleet_clients.py" "$RUN_SECONDS" "$RESTART_AT" "$EMULATOR_PID" \
@@ -99,7 +101,7 @@ fleet() {
         PIDS+=($!)
     done
     wait "$clients" || die "$label: the clients failed: $(tail -3 "$TMP/$label.clients")"
-    kill -TERM "$EMULATOR_PID"
+    kill -TERM "$EMULATOR_PID" 2>/dev/null || die "$label: the emulator died: $(tail -3 "$TMP/emulator.err")"
     wait "$EMULATOR_PID" 2>/dev/null || true
     cp "$TMP/emulator.out" "$TMP/$label.logins"
     kill "${pids[@]}" 2>/dev/null || true

@@ -42,16 +42,12 @@ fn parse_args() -> Result<Args, String> {
         let value = words
             .next()
             .ok_or_else(|| format!("{flag} needs a value"))?;
-        let number = || {
-            value
-                .parse::<u32>()
-                .map_err(|e| format!("{flag} {value}: {e}"))
-        };
+        let bad = |e: std::num::ParseIntError| format!("{flag} {value}: {e}");
         match flag.as_str() {
-            "--backend-port" => args.backend_port = number()? as u16,
-            "--port" => args.port = number()? as u16,
+            "--backend-port" => args.backend_port = value.parse().map_err(bad)?,
+            "--port" => args.port = value.parse().map_err(bad)?,
             "--ca-out" => args.ca_out = value.clone(),
-            "--login-rate" => args.login_rate = Some(number()?),
+            "--login-rate" => args.login_rate = Some(value.parse().map_err(bad)?),
             other => return Err(format!("unknown flag {other}")),
         }
     }

@@ -57,6 +57,9 @@ pub(super) fn login_causes(error: &ConnectError, config: &UpstreamSettings, user
         ConnectError::AuthRejected(server) => {
             rejected_causes(&server.message.to_ascii_lowercase(), &config.auth, &target)
         }
+        ConnectError::Throttled { message, .. } => {
+            rejected_causes(&message.to_ascii_lowercase(), &config.auth, &target)
+        }
         ConnectError::IamNotEnabled { .. } if target.kind == EndpointKind::Proxy => (
             vec![
                 "the proxy does not require IAM authentication, so it asked for the user's \

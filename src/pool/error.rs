@@ -38,6 +38,15 @@ pub enum CheckoutError {
 }
 
 impl CheckoutError {
+    /// The login was throttled, or could not start because throttling lowered the rate.
+    pub fn is_throttled(&self) -> bool {
+        match self {
+            Self::LoginRate { reduced, .. } => *reduced,
+            Self::Connect(error) => error.throttled_by().is_some(),
+            Self::Timeout { .. } => false,
+        }
+    }
+
     /// The ErrorResponse a client gets for this failure.
     pub fn to_pg_error(&self, ctx: &HintContext<'_>) -> PgError {
         let message = format!("rds-iam-sidecar: {self}");

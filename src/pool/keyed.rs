@@ -30,6 +30,9 @@ pub(super) struct PoolState {
     pub(super) idle: Vec<PooledConnection>,
     /// Idle + leased + being opened.
     pub(super) open: usize,
+    /// Spare connections being opened for `--min-idle` (counted in `open`, not yet idle), so
+    /// that the next upkeep does not start them again.
+    pub(super) opening_spares: usize,
     /// Clients waiting for a connection, first come first served.
     pub(super) waiters: VecDeque<oneshot::Sender<Handoff>>,
 }
@@ -61,6 +64,7 @@ impl Pool {
             state: Mutex::new(PoolState {
                 idle: Vec::new(),
                 open: 0,
+                opening_spares: 0,
                 waiters: VecDeque::new(),
             }),
             known_parameters: Mutex::new(None),

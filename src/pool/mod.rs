@@ -260,10 +260,11 @@ impl Pools {
         }
         let wanted = {
             let mut state = pool.lock();
-            let idle = state.idle.len();
+            let have = state.idle.len() + state.opening_spares;
             let room = self.settings.size.saturating_sub(state.open);
-            let wanted = self.settings.min_idle.saturating_sub(idle).min(room);
+            let wanted = self.settings.min_idle.saturating_sub(have).min(room);
             state.open += wanted;
+            state.opening_spares += wanted;
             wanted
         };
         for _ in 0..wanted {
@@ -273,13 +274,27 @@ impl Pools {
                 // Spread, so that a fleet starting together, or refilling after the proxy
                 // dropped every connection at once, does not log in in the same second.
                 tokio::time::sleep(opening::spread_over(pools.settings.warm_up_spread)).await;
-                let deadline = Instant::now() + pools.settings.timeout;
-                match pools.open(&pool, deadline, opening::Demand::Spare).await {
-                    Ok(connection) => pool.give_back(connection),
-                    Err(error) => {
+                let opened = if pools.limiter.is_reduced() {
+                    None
+                } else {
+                    let deadline = Instant::now() + pools.settings.timeout;
+                    Some(pools.open(&pool, deadline, opening::Demand::Spare).await)
+                };
+                pool.lock().opening_spares -= 1;
+                match opened {
+                    Some(Ok(connection)) => pool.give_back(connection),
+                    // Throttled, or no login free now: the next upkeep tries again.
+                    Some(Err(error))
+                        if error.is_throttled()
+                            || matches!(error, CheckoutError::LoginRate { .. }) =>
+                    {
+                        pool.forget_one()
+                    }
+                    Some(Err(error)) => {
                         warn!(pool = %pool.key, %error, "opening an idle upstream connection failed");
                         pool.forget_one();
                     }
+                    None => pool.forget_one(),
                 }
             });
         }

@@ -11,7 +11,7 @@ use tokio::time::{Instant, sleep, sleep_until};
 use tracing::{debug, info, warn};
 
 use super::{CheckoutError, Pool, PooledConnection, Pools};
-use crate::upstream::error::ConnectError;
+use crate::upstream::error::{ConnectError, ThrottledBy};
 
 /// The first retry waits up to this long; each later one up to twice as long as the one
 /// before, up to [`BACKOFF_CAP`]. Half a second, as the AWS SDKs wait after a throttling
@@ -19,6 +19,8 @@ use crate::upstream::error::ConnectError;
 /// second: `tests/fleet.rs`).
 const BACKOFF_BASE: Duration = Duration::from_millis(500);
 const BACKOFF_CAP: Duration = Duration::from_secs(10);
+/// No attempt starts with less of the client's wait left than this.
+const LAST_ATTEMPT: Duration = Duration::from_millis(250);
 
 /// Who waits for a login.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -43,8 +45,22 @@ impl Pools {
     ) -> Result<PooledConnection, CheckoutError> {
         let started = Instant::now();
         let mut attempts = 0;
+        // A spare starts only if the rate has a login free now: it must not book the slots
+        // that clients will need.
+        let rate_deadline = match demand {
+            Demand::Client => deadline,
+            Demand::Spare => Instant::now(),
+        };
+        let mut throttled: Option<ConnectError> = None;
         loop {
-            self.wait_for_rate(pool, deadline).await?;
+            if let Err(error) = self.wait_for_rate(pool, rate_deadline).await {
+                // After throttled attempts, the lowered rate is the throttling's doing: say so
+                // with the upstream's own words.
+                return Err(match throttled {
+                    Some(last) => last.into_throttled(attempts, started.elapsed()).into(),
+                    None => error,
+                });
+            }
             attempts += 1;
             let error = match self.login(pool).await {
                 Ok(connection) => {
@@ -53,31 +69,58 @@ impl Pools {
                 }
                 Err(error) => error,
             };
-            if error.throttled_by().is_none() {
-                return Err(error.into());
+            match self.backoff_after(pool, &error, attempts, deadline, demand) {
+                Some(backoff) => {
+                    throttled = Some(error);
+                    sleep(backoff).await;
+                }
+                None if error.throttled_by().is_some() && demand == Demand::Client => {
+                    let error = error.into_throttled(attempts, started.elapsed());
+                    warn!(pool = %pool.key, %error, "login throttled until the client's wait ran out");
+                    return Err(error.into());
+                }
+                None => return Err(error.into()),
             }
+        }
+    }
+
+    /// After a failed attempt: the backoff before the next one, or `None` to give up (not
+    /// throttled; a spare; or the client's wait nearly over).
+    fn backoff_after(
+        &self,
+        pool: &Pool,
+        error: &ConnectError,
+        attempts: u32,
+        deadline: Instant,
+        demand: Demand,
+    ) -> Option<Duration> {
+        let by = error.throttled_by()?;
+        // Only the upstream's throttling lowers the login rate: a throttled credentials
+        // source is waited out by the backoff (and the cache's own pause).
+        if by == ThrottledBy::Upstream {
             self.limiter.throttled();
             crate::ops::metrics::login_rate(self.limiter.rate());
-            if demand == Demand::Spare {
-                debug!(pool = %pool.key, "a spare connection's login was throttled; left for later");
-                return Err(error.into());
-            }
-            let backoff = full_jitter(attempts);
-            self.connector.metrics().login_backoff(backoff);
-            if Instant::now() + backoff >= deadline {
-                let error = error.into_throttled(attempts, started.elapsed());
-                warn!(pool = %pool.key, %error, "login throttled until the client's wait ran out");
-                return Err(error.into());
-            }
-            warn!(
-                pool = %pool.key,
-                attempts,
-                backoff_ms = backoff.as_millis() as u64,
-                rate = format_args!("{:.1}", self.limiter.rate()),
-                "upstream login throttled; trying again after a backoff at a lower login rate"
-            );
-            sleep(backoff).await;
         }
+        if demand == Demand::Spare {
+            debug!(pool = %pool.key, "a spare connection's login was throttled; left for later");
+            return None;
+        }
+        // Clamped to leave the next attempt its share of the wait, rather than giving up on a
+        // long draw with time left.
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left < LAST_ATTEMPT {
+            return None;
+        }
+        let backoff = full_jitter(attempts).min(left - LAST_ATTEMPT);
+        self.connector.metrics().login_backoff(backoff);
+        warn!(
+            pool = %pool.key,
+            attempts,
+            backoff_ms = backoff.as_millis() as u64,
+            rate = format_args!("{:.1}", self.limiter.rate()),
+            "upstream login throttled; trying again after a backoff at a lower login rate"
+        );
+        Some(backoff)
     }
 
     /// Waits until the login rate allows one more login, or fails at once when that would be

@@ -2,8 +2,9 @@
 //! token bucket whose rate adapts to throttling, additive increase and multiplicative decrease
 //! (AIMD, as TCP does for congestion). AWS throttles IAM authentication per database, and a
 //! fleet that starts or reconnects together must not keep a throttled proxy throttled: each
-//! throttled login halves the rate (once per second at most, so one storm counts once), and
-//! the rate climbs back to `--max-connect-rate` over [`RECOVERY`] of quiet.
+//! throttled login halves the rate (once per [`DECREASE_EVERY`] at most, so one volley of
+//! throttled answers counts once), and the rate climbs back to `--max-connect-rate` over
+//! [`RECOVERY`] of quiet.
 
 use std::sync::Mutex;
 use std::time::Duration;
@@ -62,8 +63,9 @@ impl RateLimiter {
         self.reserve_by(None).unwrap_or_else(Instant::now)
     }
 
-    /// Reserves one login if it may start by `deadline`, and returns when; `None` (and nothing
-    /// reserved) when it could only start later.
+    /// Reserves one login if it may start by `deadline` (a deadline already past: only if it
+    /// may start now), and returns when; `None` (and nothing reserved) when it could only
+    /// start later.
     pub fn reserve_by(&self, deadline: Option<Instant>) -> Option<Instant> {
         let mut state = self.lock();
         let now = Instant::now();
@@ -73,7 +75,7 @@ impl RateLimiter {
         } else {
             now + Duration::from_secs_f64((1.0 - state.tokens) / state.rate)
         };
-        if deadline.is_some_and(|deadline| at > deadline) {
+        if deadline.is_some_and(|deadline| at > deadline.max(now)) {
             return None;
         }
         state.tokens -= 1.0;

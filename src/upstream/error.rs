@@ -194,16 +194,19 @@ impl ConnectError {
     /// The way to the upstream is broken (DNS, network, TLS, credentials, signing), as opposed
     /// to this one login being refused (user, database, password).
     pub fn is_path_failure(&self) -> bool {
-        matches!(
-            self,
-            Self::Resolve { .. }
-                | Self::Connect { .. }
-                | Self::Timeout { .. }
-                | Self::TlsRefused { .. }
-                | Self::Tls { .. }
-                | Self::Credentials(_)
-                | Self::Sign(_)
-        )
+        // Throttling says nothing about the path (and must not fail readiness, which would
+        // invite restarts and more logins).
+        self.throttled_by().is_none()
+            && matches!(
+                self,
+                Self::Resolve { .. }
+                    | Self::Connect { .. }
+                    | Self::Timeout { .. }
+                    | Self::TlsRefused { .. }
+                    | Self::Tls { .. }
+                    | Self::Credentials(_)
+                    | Self::Sign(_)
+            )
     }
 
     /// The ErrorResponse a client gets for this failure.
