@@ -36,7 +36,7 @@ impl<'a, W: AsyncWrite + Unpin> ToClient<'a, W> {
     pub(super) fn new(
         client: W,
         state: &'a SyncState,
-        parameters: &'a mut Vec<(String, String)>,
+        parameters: &'a mut std::sync::Arc<Vec<(String, String)>>,
         plan: &'a Plan,
         prepared: Option<&'a Mutex<HashSet<String>>>,
         detach: Detach,

@@ -129,7 +129,7 @@ pub struct Period<'a> {
     /// What both directions know of the protocol's sync points.
     pub state: &'a SyncState,
     /// The server connection's ParameterStatus values, updated as they change.
-    pub parameters: &'a mut Vec<(String, String)>,
+    pub parameters: &'a mut std::sync::Arc<Vec<(String, String)>>,
     /// Bytes the client already sent: they go upstream first.
     pub first: &'a [u8],
     /// Bytes the server already sent: they go to the client first.
@@ -236,7 +236,7 @@ where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let state = SyncState::default();
-    let mut parameters = Vec::new();
+    let mut parameters = std::sync::Arc::new(Vec::new());
     let mut client_side = ClientSide::default();
     let period = Period {
         state: &state,

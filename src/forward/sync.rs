@@ -269,7 +269,7 @@ impl FrameVisitor for Upward<'_> {
 /// CommandComplete tags show.
 pub(super) struct Downward<'a> {
     pub(super) state: &'a SyncState,
-    pub(super) parameters: &'a mut Vec<(String, String)>,
+    pub(super) parameters: &'a mut std::sync::Arc<Vec<(String, String)>>,
     pub(super) last_tag: u8,
     pub(super) transactions: u64,
     /// Session mode: note the session state the client leaves.
@@ -300,7 +300,7 @@ impl FrameVisitor for Downward<'_> {
             }
             PARAMETER_STATUS => {
                 if let Some((name, value)) = parameter_status(body) {
-                    set_parameter(self.parameters, name, value);
+                    set_parameter(std::sync::Arc::make_mut(self.parameters), name, value);
                 }
                 // From a kept SET (application_name, TimeZone...), or from elsewhere.
                 if self.track_session && !self.state.recorded_set_pending() {

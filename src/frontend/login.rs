@@ -244,7 +244,7 @@ impl Start {
         match self {
             Self::Attached(lease, _) => (
                 Serving::connection(lease.backend_key()),
-                lease.parameters().into(),
+                lease.shared_parameters(),
             ),
             Self::Greeted(parameters) => (Serving::Nothing, parameters.clone()),
         }

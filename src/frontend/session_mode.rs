@@ -200,7 +200,7 @@ impl Session {
                 return outcome;
             }
             // The client goes on: at its next message, with another connection.
-            let greeted: Parameters = lease.parameters().into();
+            let greeted: Parameters = lease.shared_parameters();
             drop(lease);
             if let Some(ending) = self.answer_cancelled().await {
                 return ending;

@@ -46,7 +46,10 @@ pub(super) enum Handoff {
 }
 
 /// A ParameterStatus set, shared.
-pub type Parameters = Arc<[(String, String)]>;
+/// One `Arc` per distinct set: every connection of a pool, and every client greeted from it,
+/// shares its pool's (a PostgreSQL 15 set is 13 pairs, 26 strings: ~1.5 KiB each connection
+/// held on its own); a connection whose set changes (a SET) gets its own copy.
+pub type Parameters = Arc<Vec<(String, String)>>;
 
 /// The connections of one key.
 pub struct Pool {
@@ -79,11 +82,20 @@ impl Pool {
             .clone()
     }
 
-    pub(super) fn learn_parameters(&self, parameters: &[(String, String)]) {
-        *self
+    /// Records the ParameterStatus set of a connection just opened, and returns the pool's
+    /// shared copy of it (the one already known when equal).
+    pub(super) fn learn_parameters(&self, parameters: Parameters) -> Parameters {
+        let mut known = self
             .known_parameters
             .lock()
-            .unwrap_or_else(|p| p.into_inner()) = Some(parameters.into());
+            .unwrap_or_else(|p| p.into_inner());
+        match &*known {
+            Some(shared) if **shared == *parameters => shared.clone(),
+            _ => {
+                *known = Some(parameters.clone());
+                parameters
+            }
+        }
     }
 
     /// An idle connection that has not expired, without waiting or opening one.
@@ -155,5 +167,44 @@ impl Pool {
             }
         }
         state.idle.push(connection);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn set(time_zone: &str) -> Parameters {
+        Arc::new(vec![
+            ("client_encoding".to_owned(), "UTF8".to_owned()),
+            ("TimeZone".to_owned(), time_zone.to_owned()),
+        ])
+    }
+
+    #[test]
+    fn connections_with_the_same_parameters_share_one_copy_and_a_change_copies() {
+        let pool = Pool::new(PoolKey::new("app", "db", Vec::new()));
+        let first = pool.learn_parameters(set("UTC"));
+        let second = pool.learn_parameters(set("UTC"));
+        assert!(
+            Arc::ptr_eq(&first, &second),
+            "equal sets share the pool's copy"
+        );
+        let mut changed = second.clone();
+        crate::forward::set_parameter(
+            Arc::make_mut(&mut changed),
+            "TimeZone".to_owned(),
+            "Europe/Paris".to_owned(),
+        );
+        assert_eq!(
+            first[1].1, "UTC",
+            "a SET on one connection leaves the shared copy"
+        );
+        let other = pool.learn_parameters(set("Asia/Tokyo"));
+        assert!(!Arc::ptr_eq(&first, &other));
+        assert_eq!(
+            pool.known_parameters().map(|p| p[1].1.clone()).as_deref(),
+            Some("Asia/Tokyo")
+        );
     }
 }

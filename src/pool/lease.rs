@@ -39,6 +39,13 @@ impl Lease {
     }
 
     /// The connection's ParameterStatus set.
+    /// The connection's ParameterStatus set, shared.
+    pub fn shared_parameters(&self) -> super::Parameters {
+        self.connection
+            .as_ref()
+            .map_or_else(Default::default, |c| c.server.parameters.clone())
+    }
+
     pub fn parameters(&self) -> &[(String, String)] {
         self.connection
             .as_ref()

@@ -141,7 +141,7 @@ impl Pools {
     /// One login for `pool`.
     async fn login(&self, pool: &Pool) -> Result<PooledConnection, ConnectError> {
         let started = Instant::now();
-        let server = self
+        let mut server = self
             .connector
             .connect(&pool.key.user, &pool.key.startup_parameters())
             .await?;
@@ -150,7 +150,7 @@ impl Pools {
             login_ms = format_args!("{:.1}", started.elapsed().as_secs_f64() * 1000.0),
             "opened upstream connection"
         );
-        pool.learn_parameters(&server.parameters);
+        server.parameters = pool.learn_parameters(server.parameters);
         let now = Instant::now();
         Ok(PooledConnection {
             server,

@@ -118,7 +118,7 @@ async fn send_and_wait(
             }
             backend::Message::ParameterStatus(body) => {
                 set_parameter(
-                    &mut server.parameters,
+                    std::sync::Arc::make_mut(&mut server.parameters),
                     body.name()?.to_owned(),
                     body.value()?.to_owned(),
                 );

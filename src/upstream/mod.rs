@@ -39,8 +39,9 @@ pub use settings::{
 #[derive(Debug)]
 pub struct ServerConnection {
     pub stream: UpstreamStream,
-    /// ParameterStatus values from login, in order.
-    pub parameters: Vec<(String, String)>,
+    /// ParameterStatus values from login, in order (shared with the pool's other
+    /// connections while equal).
+    pub parameters: std::sync::Arc<Vec<(String, String)>>,
     /// The server's cancel key (pid, secret).
     pub backend_key: Option<(i32, i32)>,
     /// Bytes already read past ReadyForQuery, to hand to the client first.
@@ -258,7 +259,7 @@ impl Connector {
             .map_err(|_| self.timeout_error("logging in to"))??;
         Ok(ServerConnection {
             stream,
-            parameters: outcome.parameters,
+            parameters: std::sync::Arc::new(outcome.parameters),
             backend_key: outcome.backend_key,
             pending: outcome.pending,
             prepared: Default::default(),
