@@ -70,6 +70,7 @@ async fn main() -> Result<(), Box<dyn Error>> {
     );
     options.login_rate_limit = args.login_rate;
     options.listen_port = args.port;
+    options.instant_kill = true;
     let emulator = Emulator::start(options).await;
     println!("LISTENING {}", emulator.addr.port());
     let mut restart = signal(SignalKind::user_defined1())?;
