@@ -3,7 +3,7 @@
 use std::time::SystemTime;
 
 use super::configuration::{EndpointKind, endpoint_kind};
-use crate::upstream::error::ConnectError;
+use crate::upstream::error::{ConnectError, says_throttled};
 use crate::upstream::{UpstreamAuth, UpstreamSettings};
 
 /// The likely causes, most likely first, and what to do about them.
@@ -93,10 +93,7 @@ pub(super) fn login_causes(error: &ConnectError, config: &UpstreamSettings, user
 
 /// The server refused the login (`message` in lower case).
 fn rejected_causes(message: &str, auth: &UpstreamAuth, target: &Target) -> Causes {
-    if message.contains("throttl")
-        || message.contains("rate exceeded")
-        || message.contains("too many competing requests")
-    {
+    if says_throttled(message) {
         return (
             vec![
                 "IAM authentication is being throttled (too many new connections per second \

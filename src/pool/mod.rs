@@ -31,7 +31,7 @@ use keyed::Handoff;
 pub use keyed::{Parameters, Pool, PooledConnection};
 pub use lease::Lease;
 pub use rate::RateLimiter;
-pub use settings::{DEFAULT_WARM_UP_SPREAD, PoolMode, PoolSettings};
+pub use settings::{PoolMode, PoolSettings};
 
 /// How long an idle connection may take to answer the empty query that proves it alive.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
