@@ -51,10 +51,12 @@ fn metric(name: &str, labels: &[(&str, &str)]) -> f64 {
 const LOGINS: &str = "rds_iam_sidecar_upstream_logins_total";
 const BACKOFF: &str = "rds_iam_sidecar_upstream_login_backoff_seconds";
 
-/// Static credentials that count how often they are fetched.
+/// The test key, counting how often it is fetched; the first `throttled` requests are
+/// answered as STS answers when it throttles.
 #[derive(Debug, Default)]
 struct CountingCredentials {
     fetches: Arc<AtomicUsize>,
+    throttled: usize,
 }
 
 impl ProvideCredentials for CountingCredentials {
@@ -62,7 +64,12 @@ impl ProvideCredentials for CountingCredentials {
     where
         Self: 'a,
     {
-        self.fetches.fetch_add(1, Ordering::SeqCst);
+        if self.fetches.fetch_add(1, Ordering::SeqCst) < self.throttled {
+            let error = aws_credential_types::provider::error::CredentialsError::provider_error(
+                "Throttling: Rate exceeded",
+            );
+            return future::ProvideCredentials::ready(Err(error));
+        }
         future::ProvideCredentials::ready(Ok(aws_credential_types::Credentials::new(
             TEST_AKID,
             TEST_SECRET,
@@ -79,6 +86,7 @@ async fn a_login_throttled_twice_waits_and_gets_its_answer_without_refetching_cr
     let fetches = Arc::new(AtomicUsize::new(0));
     let provider = CountingCredentials {
         fetches: fetches.clone(),
+        throttled: 0,
     };
     let stack = stack_for(host, None, |_| {}, Arc::new(CredentialCache::new(provider))).await;
     stack.emulator.throttle_next_logins(2);
@@ -160,39 +168,13 @@ async fn a_login_throttled_past_the_clients_wait_gets_08004_saying_so() {
     );
 }
 
-/// Throttles the first credentials request as STS does, then hands out the test key.
-#[derive(Debug, Default)]
-struct ThrottledOnce {
-    calls: Arc<AtomicUsize>,
-}
-
-impl ProvideCredentials for ThrottledOnce {
-    fn provide_credentials<'a>(&'a self) -> future::ProvideCredentials<'a>
-    where
-        Self: 'a,
-    {
-        if self.calls.fetch_add(1, Ordering::SeqCst) == 0 {
-            let error = aws_credential_types::provider::error::CredentialsError::provider_error(
-                "Throttling: Rate exceeded",
-            );
-            return future::ProvideCredentials::ready(Err(error));
-        }
-        future::ProvideCredentials::ready(Ok(aws_credential_types::Credentials::new(
-            TEST_AKID,
-            TEST_SECRET,
-            None,
-            None,
-            "test",
-        )))
-    }
-}
-
 #[tokio::test]
 async fn a_throttled_credentials_request_is_waited_out_not_told_to_the_client() {
     let host = "sts-throttled.proxy-abc123.us-east-1.rds.amazonaws.com";
     let calls = Arc::new(AtomicUsize::new(0));
-    let provider = ThrottledOnce {
-        calls: calls.clone(),
+    let provider = CountingCredentials {
+        fetches: calls.clone(),
+        throttled: 1,
     };
     let stack = stack_for(host, None, |_| {}, Arc::new(CredentialCache::new(provider))).await;
     let client = try_connect(&stack, "postgres", "postgres")
