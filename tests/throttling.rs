@@ -80,15 +80,22 @@ impl ProvideCredentials for CountingCredentials {
     }
 }
 
-#[tokio::test]
-async fn a_login_throttled_twice_waits_and_gets_its_answer_without_refetching_credentials() {
-    let host = "throttled-twice.proxy-abc123.us-east-1.rds.amazonaws.com";
+/// [`stack_for`] with credentials that count their fetches (the first `throttled` answered
+/// as throttled), and the count.
+async fn stack_counting_fetches(host: &str, throttled: usize) -> (Stack, Arc<AtomicUsize>) {
     let fetches = Arc::new(AtomicUsize::new(0));
     let provider = CountingCredentials {
         fetches: fetches.clone(),
-        throttled: 0,
+        throttled,
     };
-    let stack = stack_for(host, None, |_| {}, Arc::new(CredentialCache::new(provider))).await;
+    let credentials = Arc::new(CredentialCache::new(provider));
+    (stack_for(host, None, |_| {}, credentials).await, fetches)
+}
+
+#[tokio::test]
+async fn a_login_throttled_twice_waits_and_gets_its_answer_without_refetching_credentials() {
+    let host = "throttled-twice.proxy-abc123.us-east-1.rds.amazonaws.com";
+    let (stack, fetches) = stack_counting_fetches(host, 0).await;
     stack.emulator.throttle_next_logins(2);
     let client = try_connect(&stack, "postgres", "postgres")
         .await
@@ -171,12 +178,7 @@ async fn a_login_throttled_past_the_clients_wait_gets_08004_saying_so() {
 #[tokio::test]
 async fn a_throttled_credentials_request_is_waited_out_not_told_to_the_client() {
     let host = "sts-throttled.proxy-abc123.us-east-1.rds.amazonaws.com";
-    let calls = Arc::new(AtomicUsize::new(0));
-    let provider = CountingCredentials {
-        fetches: calls.clone(),
-        throttled: 1,
-    };
-    let stack = stack_for(host, None, |_| {}, Arc::new(CredentialCache::new(provider))).await;
+    let (stack, calls) = stack_counting_fetches(host, 1).await;
     let client = try_connect(&stack, "postgres", "postgres")
         .await
         .expect("the login waits out the throttled credentials request");
