@@ -19,6 +19,19 @@ use rds_iam_sidecar::settings::cli::{
 use rds_iam_sidecar::settings::duration::parse_duration;
 use rds_iam_sidecar::settings::{Settings, process_env};
 
+/// glibc's malloc, with tokio's cache-line-aligned blocks in jemalloc (`ops/allocator.rs`).
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+#[global_allocator]
+static ALLOCATOR: rds_iam_sidecar::ops::allocator::Split = rds_iam_sidecar::ops::allocator::Split;
+
+/// jemalloc reads its settings from this symbol before `main`.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+#[allow(non_upper_case_globals)]
+#[unsafe(export_name = "_rjem_malloc_conf")]
+static malloc_conf: Option<&'static std::ffi::c_char> =
+    // SAFETY: a reference to the first byte of a static, NUL-terminated string.
+    Some(unsafe { &*rds_iam_sidecar::ops::allocator::MALLOC_CONF.as_ptr() });
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let program = std::env::args().next().unwrap_or_default();

@@ -3,8 +3,9 @@
 //! arenas large and fragmented: a burst of logins leaves the freed login buffers between the
 //! idle clients' allocations, and after the clients are gone the process keeps its peak RSS for
 //! good, which on Fargate or Lambda is memory the app does not get. `malloc_trim(0)` hands the
-//! free pages of every arena back to the kernel (`MADV_DONTNEED`), so this task calls it once a
-//! burst is over: at least [`BURST`] clients came or left since the last trim, and the last
+//! free pages of every arena back to the kernel (`MADV_DONTNEED`), and jemalloc's purge does
+//! the same for the blocks it serves (`allocator.rs`), so this task calls both once a burst
+//! is over: at least [`BURST`] clients came or left since the last trim, and the last
 //! few seconds were quiet (so a steady stream of connections is never trimmed after each one).
 //! It costs a few milliseconds of one thread, only after a burst; builds on other C libraries
 //! (musl) or other systems skip it, their allocators return memory on their own terms.
@@ -16,6 +17,7 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
+use crate::ops::allocator::give_back_free_pages;
 use crate::ops::shutdown::Shutdown;
 
 /// How often the client count is looked at.
@@ -39,7 +41,12 @@ pub async fn give_back_after_bursts(shutdown: Arc<Shutdown>, mut stop: watch::Re
         let (peak, now) = (shutdown.peak_clients(), shutdown.clients());
         let burst = accepted - at_trim >= BURST || peak.saturating_sub(now) >= BURST;
         // On a blocking thread: the trim holds the allocator's locks while it walks the heap.
-        if quiet && burst && tokio::task::spawn_blocking(trim).await.unwrap_or(false) {
+        if quiet
+            && burst
+            && tokio::task::spawn_blocking(give_back_free_pages)
+                .await
+                .unwrap_or(false)
+        {
             tracing::debug!(
                 peak,
                 now,
@@ -49,17 +56,4 @@ pub async fn give_back_after_bursts(shutdown: Arc<Shutdown>, mut stop: watch::Re
             at_trim = accepted;
         }
     }
-}
-
-/// Returns free allocator pages to the kernel; false where there is no such call.
-fn trim() -> bool {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    {
-        // SAFETY: malloc_trim only walks the allocator's own free lists under its locks; it
-        // takes no pointer from us.
-        unsafe { libc::malloc_trim(0) };
-        true
-    }
-    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
-    false
 }

@@ -5,6 +5,7 @@
 
 pub mod admin;
 pub mod admin_client;
+pub mod allocator;
 pub mod health;
 pub mod limits;
 pub mod logging;
