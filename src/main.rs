@@ -17,7 +17,7 @@ use rds_iam_sidecar::settings::cli::{
     WaitArgs,
 };
 use rds_iam_sidecar::settings::duration::parse_duration;
-use rds_iam_sidecar::settings::{Settings, process_env};
+use rds_iam_sidecar::settings::{Settings, process_env, worker_threads};
 
 /// glibc's malloc, with tokio's cache-line-aligned blocks in jemalloc (`ops/allocator.rs`).
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
@@ -44,15 +44,18 @@ fn main() -> ExitCode {
             Command::Run(Box::new(cli.run))
         }
     });
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(runtime) => runtime,
-        Err(e) => {
+    let threads = match &command {
+        Command::Run(args) | Command::LambdaExtension(args) => worker_threads(args),
+        Command::Exec(args) => worker_threads(&args.run),
+        _ => Ok(1),
+    };
+    let runtime = match threads.map(runtime) {
+        Ok(Ok(runtime)) => runtime,
+        Ok(Err(e)) => {
             eprintln!("rds-iam-sidecar: cannot start the async runtime: {e}");
             return ExitCode::FAILURE;
         }
+        Err(e) => return usage_error(e),
     };
     match command {
         Command::Run(args) => runtime.block_on(run(*args)),
@@ -66,6 +69,22 @@ fn main() -> ExitCode {
             finish(runtime.block_on(rds_iam_sidecar::lambda::run(*args)))
         }
     }
+}
+
+/// The async runtime `--worker-threads` asks for: one thread is one event loop (tokio's
+/// current-thread runtime, where no task ever wakes another thread); more is tokio's
+/// work-stealing pool. One thread took 8–25 % less CPU per transaction than two (the default
+/// of earlier releases on 2 cores), measured with pgbench in each pool mode
+/// (docs/ARCHITECTURE.md).
+fn runtime(threads: usize) -> std::io::Result<tokio::runtime::Runtime> {
+    let mut builder = if threads == 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut builder = tokio::runtime::Builder::new_multi_thread();
+        builder.worker_threads(threads);
+        builder
+    };
+    builder.enable_all().build()
 }
 
 /// A mode's outcome: its exit code, or a start-up error (exit 2).

@@ -87,6 +87,11 @@ fn configuration_errors_exit_2_with_one_line_naming_the_setting() {
             "--allow-unauthenticated-clients",
         ),
         (
+            vec!["--upstream", proxy, "--worker-threads", "0"],
+            vec![],
+            "--worker-threads (RDS_IAM_SIDECAR_WORKER_THREADS)",
+        ),
+        (
             vec!["--upstream", proxy, "--client-auth", "scram-sha-256"],
             vec![],
             "RDS_IAM_SIDECAR_CLIENT_PASSWORD",

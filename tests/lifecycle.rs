@@ -64,8 +64,9 @@ async fn client(
     Ok((client, tokio::spawn(connection)))
 }
 
-/// SIGTERM in `pool_mode`, with `--exit-code-on-signal exit_code`.
-async fn sigterm_lets_the_transaction_commit(pool_mode: &str, exit_code: u8) {
+/// SIGTERM in `pool_mode`, with `--exit-code-on-signal exit_code`, on `threads` runtime
+/// threads (1: one event loop; more: tokio's work-stealing pool).
+async fn sigterm_lets_the_transaction_commit(pool_mode: &str, exit_code: u8, threads: u8) {
     let pki = TestPki::new();
     let emulator = support::emulator_for_cluster(&pki).await;
     let cluster = shared_cluster();
@@ -85,6 +86,8 @@ async fn sigterm_lets_the_transaction_commit(pool_mode: &str, exit_code: u8) {
             "off",
             "--exit-code-on-signal",
             &exit_code.to_string(),
+            "--worker-threads",
+            &threads.to_string(),
         ],
     );
     wait_for_port(port, &mut sidecar.0).await;
@@ -138,13 +141,13 @@ async fn sigterm_lets_the_transaction_commit(pool_mode: &str, exit_code: u8) {
 
 #[tokio::test]
 async fn sigterm_in_session_mode_lets_the_transaction_commit() {
-    sigterm_lets_the_transaction_commit("session", 0).await;
+    sigterm_lets_the_transaction_commit("session", 0, 1).await;
 }
 
 #[tokio::test]
 async fn sigterm_in_transaction_mode_lets_the_transaction_commit() {
-    // A clean drain exits with --exit-code-on-signal.
-    sigterm_lets_the_transaction_commit("transaction", 3).await;
+    // A clean drain exits with --exit-code-on-signal; two threads: the work-stealing runtime.
+    sigterm_lets_the_transaction_commit("transaction", 3, 2).await;
 }
 
 #[tokio::test]

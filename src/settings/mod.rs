@@ -13,6 +13,7 @@ pub mod endpoint;
 pub mod file;
 mod frontend;
 mod layers;
+pub mod process_args;
 mod values;
 
 use std::fmt;
@@ -36,6 +37,10 @@ pub const PASSWORD_ENV: &str = "RDS_IAM_SIDECAR_PASSWORD";
 pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9090";
 const DEFAULT_LISTEN: &str = "127.0.0.1:5432";
 const DEFAULT_MAX_CONNECT_RATE: u32 = 20;
+/// One event loop: the least CPU per transaction (docs/ARCHITECTURE.md, issue 16).
+const DEFAULT_WORKER_THREADS: usize = 1;
+/// More threads than this is a typo, not a host.
+const MAX_WORKER_THREADS: usize = 256;
 /// RDS Proxy closes client connections idle this long (IdleClientTimeout default).
 pub const RDS_PROXY_IDLE_CLIENT_TIMEOUT: Duration = Duration::from_secs(1800);
 
@@ -168,6 +173,26 @@ impl Settings {
             endpoints.push(endpoint);
         }
         process_settings(process, endpoints)
+    }
+}
+
+/// The threads of the runtime, which exist before [`Settings::from_args`] runs: the flag or
+/// its variable, else the file's `worker-threads`, else 1.
+pub fn worker_threads(args: &RunArgs) -> Result<usize, ConfigError> {
+    let chosen = match (args.process.worker_threads, &args.config) {
+        (Some(n), _) => Some(n),
+        (None, Some(path)) => {
+            let file = FileSettings::load(path).map_err(|e| ConfigError::new("--config", e))?;
+            file.process.worker_threads
+        }
+        (None, None) => None,
+    };
+    match chosen.unwrap_or(DEFAULT_WORKER_THREADS) {
+        n @ 1..=MAX_WORKER_THREADS => Ok(n),
+        n => Err(ConfigError::new(
+            "--worker-threads",
+            format!("{n} is not between 1 and {MAX_WORKER_THREADS}"),
+        )),
     }
 }
 

@@ -325,3 +325,22 @@ mod several_endpoints {
         assert_eq!(settings.endpoints[1].listen[0].port(), 5433);
     }
 }
+
+#[test]
+fn worker_threads_come_from_the_flag_else_the_file_else_one() {
+    assert_eq!(worker_threads(&args("db:5432")), Ok(1));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("sidecar.toml");
+    std::fs::write(&path, "worker-threads = 3\n").expect("write");
+    let mut from_file = args("db:5432");
+    from_file.config = Some(path);
+    assert_eq!(worker_threads(&from_file), Ok(3));
+    from_file.process.worker_threads = Some(2);
+    assert_eq!(worker_threads(&from_file), Ok(2));
+    from_file.process.worker_threads = Some(0);
+    let error = worker_threads(&from_file).expect_err("0 threads");
+    assert_eq!(
+        error.setting,
+        "--worker-threads (RDS_IAM_SIDECAR_WORKER_THREADS)"
+    );
+}
