@@ -448,6 +448,16 @@ for target in "${TARGETS[@]}"; do
     printf '  %-13s %10s %10s %12s %10s\n' "$target" "${CPU[$target,simple]:--}" \
         "${CPU[$target,prepared]:--}" "${CPU[$target,connect]:--}" "${CPU[$target,single]:--}"
 done
+# Issue 16's measure: the sidecar's CPU per transaction over PgBouncer's in the same pool mode.
+echo "  sidecar / PgBouncer, same pool mode (target: <= 0.80 in every column):"
+for pair in "sidecar-sess pgb-sess" "sidecar-tx pgb-tx"; do
+    read -r ours theirs <<<"$pair"
+    printf '  %-13s %10s %10s %12s %10s\n' "${ours#sidecar-}" \
+        "$(ratio "${CPU[$ours,simple]:-}" "${CPU[$theirs,simple]:-}")" \
+        "$(ratio "${CPU[$ours,prepared]:-}" "${CPU[$theirs,prepared]:-}")" \
+        "$(ratio "${CPU[$ours,connect]:-}" "${CPU[$theirs,connect]:-}")" \
+        "$(ratio "${CPU[$ours,single]:-}" "${CPU[$theirs,single]:-}")"
+done
 
 echo
 echo "streaming, one client, $((COPY_BYTES / 1000000)) MB each way (MB/s, best of $STREAM_RUNS; ratio to direct TLS):"

@@ -12,6 +12,7 @@
 pub mod buffers;
 pub mod closer;
 mod downward;
+mod halves;
 pub mod prepared;
 pub mod replay;
 pub mod session_state;
@@ -166,8 +167,9 @@ where
         Pump::Rewriting(rewrite) => Some(rewrite.prepared),
         Pump::PassThrough(_) => None,
     };
-    let (mut client_read, client_write) = tokio::io::split(client);
-    let (mut server_read, server_write) = tokio::io::split(server);
+    let (client, server) = (std::sync::Mutex::new(client), std::sync::Mutex::new(server));
+    let (mut client_read, client_write) = halves::halves(&client);
+    let (mut server_read, server_write) = halves::halves(&server);
     let mut down = ToClient::new(client_write, state, parameters, &plan, prepared, detach);
     let mut up = ToServer::new(server_write, pump, state, &plan);
     if let Err(outcome) = down.send_pending(pending).await {
