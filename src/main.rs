@@ -73,7 +73,7 @@ fn main() -> ExitCode {
 
 /// The async runtime `--worker-threads` asks for: one thread is one event loop (tokio's
 /// current-thread runtime, where no task ever wakes another thread); more is tokio's
-/// work-stealing pool. One thread took 8–25 % less CPU per transaction than two (the default
+/// work-stealing pool. One thread took 7–22 % less CPU per transaction than two (the default
 /// of earlier releases on 2 cores), measured with pgbench in each pool mode
 /// (docs/ARCHITECTURE.md).
 fn runtime(threads: usize) -> std::io::Result<tokio::runtime::Runtime> {
