@@ -8,7 +8,7 @@ use std::sync::Mutex;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 
-use super::buffers::Buffer;
+use super::buffers::{Buffer, OutVec};
 use super::prepared::{Plan, ServerRewriter};
 use super::sync::Downward;
 use super::{Detach, Outcome, SyncState, ToServer, Traffic, write_flushed};
@@ -24,7 +24,7 @@ pub(super) struct ToClient<'a, W> {
     prepared: Option<&'a Mutex<HashSet<String>>>,
     rewriter: ServerRewriter,
     /// Transaction mode: the rewritten bytes of one chunk.
-    out: Vec<u8>,
+    out: OutVec,
     detach: Detach,
     /// A write to the client is under way (it may stop half-way if the period is dropped).
     writing: bool,
@@ -54,7 +54,7 @@ impl<'a, W: AsyncWrite + Unpin> ToClient<'a, W> {
             plan,
             prepared,
             rewriter: ServerRewriter::default(),
-            out: Vec::with_capacity(if prepared.is_some() { 2048 } else { 0 }),
+            out: OutVec::take(if prepared.is_some() { 2048 } else { 0 }),
             detach,
             writing: false,
             sent: 0,

@@ -6,7 +6,7 @@ use std::sync::atomic::Ordering;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 
-use super::buffers::Buffer;
+use super::buffers::{Buffer, OutVec};
 use super::prepared::Plan;
 use super::sync::Upward;
 use super::{ClientSide, Outcome, Pump, Rewrite, SyncState, write_flushed};
@@ -19,7 +19,7 @@ pub(super) struct ToServer<'a, W> {
     state: &'a SyncState,
     plan: &'a Plan,
     /// Transaction mode: the rewritten bytes of one chunk.
-    out: Vec<u8>,
+    out: OutVec,
     /// Bytes sent upstream.
     pub(super) sent: u64,
 }
@@ -37,7 +37,7 @@ impl<'a, W: AsyncWrite + Unpin> ToServer<'a, W> {
             pump,
             state,
             plan,
-            out: Vec::with_capacity(capacity),
+            out: OutVec::take(capacity),
             sent: 0,
         }
     }

@@ -45,6 +45,22 @@ pub(super) enum Handoff {
     Room,
 }
 
+/// What a checkout gets: a connection (at once from the idle list, unboxed, or from a
+/// waiter's handoff) or room to open one.
+pub(super) enum Step {
+    Connection(PooledConnection),
+    Room,
+}
+
+impl From<Handoff> for Step {
+    fn from(handoff: Handoff) -> Self {
+        match handoff {
+            Handoff::Connection(connection) => Step::Connection(*connection),
+            Handoff::Room => Step::Room,
+        }
+    }
+}
+
 /// A ParameterStatus set, shared.
 /// One `Arc` per distinct set: every connection of a pool, and every client greeted from it,
 /// shares its pool's (a PostgreSQL 15 set is 13 pairs, 26 strings: ~1.5 KiB each connection
@@ -117,7 +133,8 @@ impl Pool {
 
     /// An idle connection that has not expired, else room for a new one while the pool has
     /// fewer than `size`, else a place in the queue of waiters.
-    pub(super) fn take_or_queue(&self, size: usize) -> Result<Handoff, oneshot::Receiver<Handoff>> {
+    /// Not boxed when taken at once: one allocation fewer per transaction in transaction mode.
+    pub(super) fn take_or_queue(&self, size: usize) -> Result<Step, oneshot::Receiver<Handoff>> {
         let mut state = self.lock();
         let now = Instant::now();
         while let Some(candidate) = state.idle.pop() {
@@ -125,11 +142,11 @@ impl Pool {
                 state.open -= 1;
                 continue;
             }
-            return Ok(Handoff::Connection(Box::new(candidate)));
+            return Ok(Step::Connection(candidate));
         }
         if state.open < size {
             state.open += 1;
-            return Ok(Handoff::Room);
+            return Ok(Step::Room);
         }
         let (sender, receiver) = oneshot::channel();
         state.waiters.push_back(sender);

@@ -27,7 +27,7 @@ use tracing::{debug, info, warn};
 use crate::upstream::{Connector, ServerConnection};
 pub use error::CheckoutError;
 pub use key::PoolKey;
-use keyed::Handoff;
+use keyed::Step;
 pub use keyed::{Parameters, Pool, PooledConnection};
 pub use lease::Lease;
 pub use rate::RateLimiter;
@@ -143,9 +143,9 @@ impl Pools {
         loop {
             let step = pool.take_or_queue(self.settings.size);
             let action = match step {
-                Ok(handoff) => handoff,
+                Ok(step) => step,
                 Err(receiver) => match timeout_at(deadline, receiver).await {
-                    Ok(Ok(handoff)) => handoff,
+                    Ok(Ok(handoff)) => Step::from(handoff),
                     // The pool went away: look again.
                     Ok(Err(_)) => continue,
                     Err(_) => {
@@ -158,14 +158,14 @@ impl Pools {
                 },
             };
             match action {
-                Handoff::Connection(mut connection) => {
+                Step::Connection(mut connection) => {
                     if is_alive(&mut connection.server) && self.proven(&mut connection).await {
-                        return Ok(Lease::new(pool, *connection));
+                        return Ok(Lease::new(pool, connection));
                     }
                     debug!(pool = %pool.key, "idle upstream connection was closed or did not answer; replacing it");
                     pool.forget_one();
                 }
-                Handoff::Room => {
+                Step::Room => {
                     return match self.open(pool, deadline, opening::Demand::Client).await {
                         Ok(connection) => Ok(Lease::new(pool, connection)),
                         Err(error) => {
