@@ -61,8 +61,9 @@ impl Drop for Buffer {
 /// Free output vectors, kept with their capacity.
 static FREE_VECS: Mutex<Vec<Vec<u8>>> = Mutex::new(Vec::new());
 
-/// A vector kept for reuse only up to this capacity (a large COPY batch is not kept).
-const MAX_KEPT_CAPACITY: usize = 64 * 1024;
+/// A vector kept for reuse only up to this capacity: a typical batch needs 1–2 KiB, and a
+/// vector grown by a large result is not kept (the free list holds at most 512 KiB).
+const MAX_KEPT_CAPACITY: usize = 8 * 1024;
 
 /// A byte vector that goes back to a free list, emptied, when dropped.
 #[derive(Debug, Default)]
