@@ -10,8 +10,8 @@
 //! idle client cost 1.68 KiB of RSS, with 3.1 MB of the heap's 4.3 MB of holes left by freed
 //! login boxes (traced with an `LD_PRELOAD` log of every allocation). jemalloc keeps each size
 //! class in pages of its own, so the aligned blocks pack 16 to a page away from the rest:
-//! 0.95 KiB per client after the same burst, 0.78 when clients come one after the other (0.92
-//! with glibc alone), for ~1 MiB more at start (`benches/memory.sh`).
+//! 0.92–0.96 KiB per client after the same burst, 0.79 when clients come one after the other (0.92
+//! with glibc alone), for ~1.3 MiB more at start (`benches/memory.sh`).
 //!
 //! Why not jemalloc for everything: it cost session-mode clients more memory (17.95 vs 16.77
 //! KiB each in a burst, measured 2026-11-29) and no less CPU per transaction; mimalloc cost
