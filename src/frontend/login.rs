@@ -58,7 +58,7 @@ async fn refuse_too_many(stream: &mut ClientStream, context: &Frontend, client: 
     );
     warn!(
         conn = client.conn,
-        peer = client.peer_text(),
+        peer = %client.peer(),
         "client refused: --max-client-connections reached"
     );
     context.metrics.client_refused("max_clients");
@@ -172,25 +172,25 @@ fn hold(
     cancel_key: &CancelKeyGuard,
     client: Client,
 ) -> Option<Box<Held>> {
-    let (conn, peer) = (client.conn, client.peer_text());
+    let (conn, peer) = (client.conn, client.peer());
     match (start, context.pools.settings.mode) {
         (Start::Attached(lease, waited), PoolMode::Session) => {
             let wait_ms = waited.as_secs_f64() * 1000.0;
-            info!(conn, peer, pool = %pool.key, wait_ms = format_args!("{wait_ms:.1}"), "client connected");
+            info!(conn, %peer, pool = %pool.key, wait_ms = format_args!("{wait_ms:.1}"), "client connected");
             Some(Box::new(Held::Connection(*lease)))
         }
         (Start::Attached(lease, _), PoolMode::Transaction) => {
-            info!(conn, peer, pool = %pool.key, "client connected");
+            info!(conn, %peer, pool = %pool.key, "client connected");
             cancel_key.set_serving(Serving::Nothing);
             lease.release();
             None
         }
         (Start::Greeted(_), PoolMode::Session) => {
-            info!(conn, peer, pool = %pool.key, "client connected; it gets an upstream connection at its first message");
+            info!(conn, %peer, pool = %pool.key, "client connected; it gets an upstream connection at its first message");
             Some(Box::new(Held::Greeted(greeted)))
         }
         (Start::Greeted(_), PoolMode::Transaction) => {
-            info!(conn, peer, pool = %pool.key, "client connected");
+            info!(conn, %peer, pool = %pool.key, "client connected");
             None
         }
     }
