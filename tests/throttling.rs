@@ -100,11 +100,7 @@ async fn a_login_throttled_twice_waits_and_gets_its_answer_without_refetching_cr
     let client = try_connect(&stack, "postgres", "postgres")
         .await
         .expect("a throttled login is retried, not failed");
-    let rows = client.simple_query("select 41 + 1").await.expect("query");
-    let answer = rows.iter().find_map(|message| match message {
-        tokio_postgres::SimpleQueryMessage::Row(row) => row.get(0).map(str::to_owned),
-        _ => None,
-    });
+    let answer = first_value(&client, "select 41 + 1").await;
     assert_eq!(answer.as_deref(), Some("42"));
     assert_eq!(stack.emulator.rejected(), 2, "two throttled attempts");
     assert_eq!(stack.emulator.logins(), 1, "then one login");
@@ -325,4 +321,72 @@ async fn a_login_the_rate_cannot_start_within_the_wait_names_the_rate() {
         .await
         .expect("the other client is served");
     assert_eq!(stack.emulator.logins(), 1);
+}
+
+/// The first column of the first row of `sql`'s answer.
+async fn first_value(client: &tokio_postgres::Client, sql: &str) -> Option<String> {
+    let rows = client.simple_query(sql).await.ok()?;
+    rows.iter().find_map(|message| match message {
+        tokio_postgres::SimpleQueryMessage::Row(row) => row.get(0).map(str::to_owned),
+        _ => None,
+    })
+}
+
+#[tokio::test]
+async fn a_client_in_a_login_backoff_takes_a_connection_given_back_meanwhile() {
+    let host = "backoff-freed.proxy-abc123.us-east-1.rds.amazonaws.com";
+    let stack = stack_for(
+        host,
+        None,
+        |settings| {
+            let pool = &mut settings.endpoints[0].pool;
+            pool.mode = rds_iam_sidecar::pool::PoolMode::Session;
+            pool.size = 2;
+            pool.timeout = Duration::from_secs(20);
+        },
+        credentials(TEST_AKID, TEST_SECRET),
+    )
+    .await;
+    let first = try_connect(&stack, "postgres", "postgres")
+        .await
+        .expect("first client");
+    let first_backend = first_value(&first, "select pg_backend_pid()").await;
+    assert!(first_backend.is_some());
+    // From now on every login is throttled: the second client can only be served by the
+    // first one's connection.
+    stack.emulator.throttle_next_logins(u64::MAX);
+    let second = {
+        let stack_conn = harness::conn_string(&stack, "postgres", "postgres");
+        tokio::spawn(async move {
+            let (client, connection) =
+                tokio_postgres::connect(&stack_conn, tokio_postgres::NoTls).await?;
+            tokio::spawn(connection);
+            let backend = first_value(&client, "select pg_backend_pid()").await;
+            Ok::<_, tokio_postgres::Error>((client, backend))
+        })
+    };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while stack.emulator.rejected() < 2 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        stack.emulator.rejected() >= 2,
+        "the second client's login was throttled and is in a backoff"
+    );
+    let left = Instant::now();
+    drop(first);
+    let (_second, backend) = tokio::time::timeout(Duration::from_secs(10), second)
+        .await
+        .expect("served within the wait, not at its end")
+        .expect("task")
+        .expect("the second client is served");
+    let took = left.elapsed();
+    assert_eq!(
+        backend, first_backend,
+        "the connection the first client gave back"
+    );
+    // Its backoff was at most 0.5, 1 or 2 s; without taking the freed connection it kept
+    // trying to log in for the whole 20 s wait.
+    assert!(took < Duration::from_millis(1500), "{took:?}");
+    assert_eq!(stack.emulator.logins(), 1, "no second login");
 }

@@ -5,8 +5,8 @@ use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::sync::oneshot;
-use tokio::time::Instant;
+use tokio::sync::{Notify, oneshot};
+use tokio::time::{Instant, sleep_until};
 
 use super::PoolKey;
 use crate::upstream::ServerConnection;
@@ -35,6 +35,9 @@ pub(super) struct PoolState {
     pub(super) opening_spares: usize,
     /// Clients waiting for a connection, first come first served.
     pub(super) waiters: VecDeque<oneshot::Sender<Handoff>>,
+    /// Clients holding room while they wait to log in (a backoff after a throttled login, or
+    /// the login rate): a connection given back meanwhile wakes them ([`Pool::freed_before`]).
+    pub(super) waiting_to_open: usize,
 }
 
 /// What a waiting client is handed.
@@ -74,6 +77,8 @@ pub struct Pool {
     /// The ParameterStatus set of the latest connection opened: what a client is greeted
     /// with when it logs in while no connection is free (`None` until one login succeeded).
     known_parameters: Mutex<Option<Parameters>>,
+    /// Woken when a connection goes to the idle list while `waiting_to_open` > 0.
+    freed: Notify,
 }
 
 impl Pool {
@@ -85,8 +90,10 @@ impl Pool {
                 open: 0,
                 opening_spares: 0,
                 waiters: VecDeque::new(),
+                waiting_to_open: 0,
             }),
             known_parameters: Mutex::new(None),
+            freed: Notify::new(),
         }
     }
 
@@ -184,6 +191,51 @@ impl Pool {
             }
         }
         state.idle.push(connection);
+        // Read under the lock already held: no cost per transaction when nobody waits.
+        let wake = state.waiting_to_open > 0;
+        drop(state);
+        if wake {
+            self.freed.notify_waiters();
+        }
+    }
+
+    /// For a client that holds room to open a connection but has to wait first (a backoff
+    /// after a throttled login, or the login rate): a connection given back meanwhile, else
+    /// `None` at `until`. Without it, a client in a backoff during a login storm kept trying
+    /// to log in while a connection sat idle in its pool. The caller still holds its room.
+    pub(super) async fn freed_before(&self, until: Instant) -> Option<PooledConnection> {
+        let _waiting = WaitingToOpen::new(self);
+        loop {
+            let freed = self.freed.notified();
+            tokio::pin!(freed);
+            // Registered before looking, so that a connection given back after the look
+            // wakes this wait.
+            freed.as_mut().enable();
+            if let Some(connection) = self.take_idle() {
+                return Some(connection);
+            }
+            tokio::select! {
+                () = sleep_until(until) => return None,
+                () = &mut freed => {}
+            }
+        }
+    }
+}
+
+/// Counts a client in [`PoolState::waiting_to_open`] for as long as it lives (also when its
+/// wait is dropped).
+struct WaitingToOpen<'a>(&'a Pool);
+
+impl<'a> WaitingToOpen<'a> {
+    fn new(pool: &'a Pool) -> Self {
+        pool.lock().waiting_to_open += 1;
+        Self(pool)
+    }
+}
+
+impl Drop for WaitingToOpen<'_> {
+    fn drop(&mut self) {
+        self.0.lock().waiting_to_open -= 1;
     }
 }
 

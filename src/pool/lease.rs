@@ -38,7 +38,6 @@ impl Lease {
         self.connection.as_ref().and_then(|c| c.server.backend_key)
     }
 
-    /// The connection's ParameterStatus set.
     /// The connection's ParameterStatus set, shared.
     pub fn shared_parameters(&self) -> super::Parameters {
         self.connection

@@ -14,6 +14,7 @@ mod opening;
 pub mod rate;
 pub mod reset;
 mod settings;
+mod slot;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -30,8 +31,10 @@ pub use key::PoolKey;
 use keyed::Step;
 pub use keyed::{Parameters, Pool, PooledConnection};
 pub use lease::Lease;
+use opening::Opened;
 pub use rate::RateLimiter;
 pub use settings::{PoolMode, PoolSettings};
+use slot::{Queued, Slot};
 
 /// How long an idle connection may take to answer the empty query that proves it alive.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
@@ -141,40 +144,45 @@ impl Pools {
     pub async fn checkout(self: &Arc<Self>, pool: &Arc<Pool>) -> Result<Lease, CheckoutError> {
         let deadline = Instant::now() + self.settings.timeout;
         loop {
-            let step = pool.take_or_queue(self.settings.size);
-            let action = match step {
+            let step = match pool.take_or_queue(self.settings.size) {
                 Ok(step) => step,
-                Err(receiver) => match timeout_at(deadline, receiver).await {
-                    Ok(Ok(handoff)) => Step::from(handoff),
-                    // The pool went away: look again.
-                    Ok(Err(_)) => continue,
-                    Err(_) => {
-                        return Err(CheckoutError::Timeout {
-                            pool: pool.key.to_string(),
-                            waited: self.settings.timeout,
-                            size: self.settings.size,
-                        });
+                Err(receiver) => {
+                    let mut queued = Queued::new(pool, receiver);
+                    match timeout_at(deadline, queued.handoff()).await {
+                        Ok(Some(step)) => step,
+                        // The pool went away: look again.
+                        Ok(None) => continue,
+                        Err(_) => return Err(self.timed_out(pool)),
                     }
+                }
+            };
+            // From here this checkout owns one of the pool's `open`, also if it is dropped.
+            let slot = Slot::held(pool);
+            let mut connection = match step {
+                Step::Connection(connection) => connection,
+                Step::Room => match self.open(pool, deadline, opening::Demand::Client).await {
+                    Ok(Opened::LoggedIn(connection)) => return Ok(slot.lease(connection)),
+                    Ok(Opened::Freed(connection)) => {
+                        // The slot now stands for the freed connection; the room held for
+                        // this client's own login goes.
+                        pool.forget_one();
+                        connection
+                    }
+                    Err(error) => return Err(error),
                 },
             };
-            match action {
-                Step::Connection(mut connection) => {
-                    if is_alive(&mut connection.server) && self.proven(&mut connection).await {
-                        return Ok(Lease::new(pool, connection));
-                    }
-                    debug!(pool = %pool.key, "idle upstream connection was closed or did not answer; replacing it");
-                    pool.forget_one();
-                }
-                Step::Room => {
-                    return match self.open(pool, deadline, opening::Demand::Client).await {
-                        Ok(connection) => Ok(Lease::new(pool, connection)),
-                        Err(error) => {
-                            pool.forget_one();
-                            Err(error)
-                        }
-                    };
-                }
+            if is_alive(&mut connection.server) && self.proven(&mut connection).await {
+                return Ok(slot.lease(connection));
             }
+            debug!(pool = %pool.key, "idle upstream connection was closed or did not answer; replacing it");
+        }
+    }
+
+    fn timed_out(&self, pool: &Pool) -> CheckoutError {
+        CheckoutError::Timeout {
+            pool: pool.key.to_string(),
+            waited: self.settings.timeout,
+            size: self.settings.size,
         }
     }
 
@@ -282,7 +290,12 @@ impl Pools {
                 };
                 pool.lock().opening_spares -= 1;
                 match opened {
-                    Some(Ok(connection)) => pool.give_back(connection),
+                    Some(Ok(Opened::LoggedIn(connection))) => pool.give_back(connection),
+                    // Not for a spare (it does not wait for one); were it, the room goes.
+                    Some(Ok(Opened::Freed(connection))) => {
+                        pool.give_back(connection);
+                        pool.forget_one();
+                    }
                     // Throttled, or no login free now: the next upkeep tries again.
                     Some(Err(error))
                         if error.is_throttled()

@@ -7,7 +7,7 @@
 
 use std::time::Duration;
 
-use tokio::time::{Instant, sleep, sleep_until};
+use tokio::time::{Instant, sleep_until};
 use tracing::{debug, info, warn};
 
 use super::{CheckoutError, Pool, PooledConnection, Pools};
@@ -21,6 +21,15 @@ const BACKOFF_BASE: Duration = Duration::from_millis(500);
 const BACKOFF_CAP: Duration = Duration::from_secs(10);
 /// No attempt starts with less of the client's wait left than this.
 const LAST_ATTEMPT: Duration = Duration::from_millis(250);
+
+/// What opening got.
+pub(super) enum Opened {
+    /// A new connection, logged in.
+    LoggedIn(PooledConnection),
+    /// A connection another client gave back while this one waited to log in. The room the
+    /// opener held is still counted: the caller gives it up.
+    Freed(PooledConnection),
+}
 
 /// Who waits for a login.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -42,7 +51,7 @@ impl Pools {
         pool: &Pool,
         deadline: Instant,
         demand: Demand,
-    ) -> Result<PooledConnection, CheckoutError> {
+    ) -> Result<Opened, CheckoutError> {
         let started = Instant::now();
         let mut attempts = 0;
         // A spare starts only if the rate has a login free now: it must not book the slots
@@ -53,26 +62,34 @@ impl Pools {
         };
         let mut throttled: Option<ConnectError> = None;
         loop {
-            if let Err(error) = self.wait_for_rate(pool, rate_deadline).await {
+            let allowed_at = match self.reserve_rate(pool, rate_deadline) {
+                Ok(allowed_at) => allowed_at,
                 // After throttled attempts, the lowered rate is the throttling's doing: say so
                 // with the upstream's own words.
-                return Err(match throttled {
-                    Some(last) => last.into_throttled(attempts, started.elapsed()).into(),
-                    None => error,
-                });
+                Err(error) => {
+                    return Err(match throttled {
+                        Some(last) => last.into_throttled(attempts, started.elapsed()).into(),
+                        None => error,
+                    });
+                }
+            };
+            if let Some(freed) = wait_until(pool, allowed_at, demand).await {
+                return Ok(Opened::Freed(freed));
             }
             attempts += 1;
             let error = match self.login(pool).await {
                 Ok(connection) => {
                     self.connector.metrics().login_backoff(Duration::ZERO);
-                    return Ok(connection);
+                    return Ok(Opened::LoggedIn(connection));
                 }
                 Err(error) => error,
             };
             match self.backoff_after(pool, &error, attempts, deadline, demand) {
                 Some(backoff) => {
                     throttled = Some(error);
-                    sleep(backoff).await;
+                    if let Some(freed) = wait_until(pool, Instant::now() + backoff, demand).await {
+                        return Ok(Opened::Freed(freed));
+                    }
                 }
                 None if error.throttled_by().is_some() && demand == Demand::Client => {
                     let error = error.into_throttled(attempts, started.elapsed());
@@ -123,19 +140,17 @@ impl Pools {
         Some(backoff)
     }
 
-    /// Waits until the login rate allows one more login, or fails at once when that would be
-    /// after `deadline` (nothing reserved: the slot stays for a login that can use it).
-    async fn wait_for_rate(&self, pool: &Pool, deadline: Instant) -> Result<(), CheckoutError> {
-        let Some(allowed_at) = self.limiter.reserve_by(Some(deadline)) else {
-            return Err(CheckoutError::LoginRate {
+    /// When the login rate allows one more login (reserved), or an error at once when that
+    /// would be after `deadline` (nothing reserved: the slot stays for a login that can use it).
+    fn reserve_rate(&self, pool: &Pool, deadline: Instant) -> Result<Instant, CheckoutError> {
+        self.limiter
+            .reserve_by(Some(deadline))
+            .ok_or_else(|| CheckoutError::LoginRate {
                 pool: pool.key.to_string(),
                 rate: self.limiter.rate(),
                 max: self.limiter.max_rate(),
                 reduced: self.limiter.is_reduced(),
-            });
-        };
-        sleep_until(allowed_at).await;
-        Ok(())
+            })
     }
 
     /// One login for `pool`.
@@ -158,6 +173,21 @@ impl Pools {
             lifetime: jittered(self.settings.max_lifetime),
             idle_since: now,
         })
+    }
+}
+
+/// Waits until `until` before a login. A client takes a connection given back meanwhile
+/// instead (a spare does not: it would only put it back).
+async fn wait_until(pool: &Pool, until: Instant, demand: Demand) -> Option<PooledConnection> {
+    if until <= Instant::now() {
+        return None;
+    }
+    match demand {
+        Demand::Client => pool.freed_before(until).await,
+        Demand::Spare => {
+            sleep_until(until).await;
+            None
+        }
     }
 }
 
