@@ -100,8 +100,9 @@ rss_kib() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status"; }
 # 1. Build
 # ---------------------------------------------------------------------------------------------
 if [[ ${SKIP_BUILD:-0} != 1 ]]; then
-    log "building the sidecar (cargo build --release --locked)"
-    (cd "$REPO" && cargo build --release --locked) || die "cargo build failed"
+    log "building the sidecar (cargo build --release --locked, and the benchmark's floor)"
+    (cd "$REPO" && cargo build --release --locked --bin rds-iam-sidecar --example copy_forwarder) ||
+        die "cargo build failed"
 fi
 [[ -x $SIDECAR ]] || die "$SIDECAR not found (build it, or unset SKIP_BUILD)"
 

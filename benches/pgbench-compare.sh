@@ -11,6 +11,10 @@
 #                     local hop too, sslmode=require): what client TLS costs
 #       pgb-sess      PgBouncer, pool_mode=session      (plain local hop, server_tls_sslmode=require)
 #       pgb-tx        PgBouncer, pool_mode=transaction  (plain local hop, server_tls_sslmode=require)
+#       floor         examples/copy_forwarder: copies bytes to a plaintext connection of its own
+#                     per client (no TLS, no pool, no protocol). Its CPU per transaction is what
+#                     the kernel charges any forwarding pooler here: the floor under issue 16's
+#                     ratios (not run with -C: it opens an upstream connection per client)
 #     in three ways: -M simple, -M prepared, and -C -M simple (a new connection per transaction).
 #     The sidecar logs in with --auth password and --tls-mode verify-full against a self-signed
 #     certificate; both poolers keep at most 8 upstream connections.
@@ -145,6 +149,21 @@ else
     log "pgbouncer not on PATH: PgBouncer skipped"
 fi
 
+# The floor: a forwarder that only copies bytes (plaintext upstream, one per client).
+FLOOR=$REPO/target/release/examples/copy_forwarder
+if [[ -x $FLOOR ]]; then
+    PORT[floor]=$(free_port)
+    SSLMODE[floor]=disable
+    "$FLOOR" "${PORT[floor]}" "$PG_PORT" >"$TMP/floor.log" 2>&1 &
+    PID[floor]=$!
+    PIDS+=("$!")
+    wait_sql floor "${PORT[floor]}" disable
+    TARGETS+=(floor)
+    log "floor (copy_forwarder) listening on ${PORT[floor]} (pid ${PID[floor]})"
+else
+    log "$FLOOR not built: the floor row is skipped"
+fi
+
 # ---------------------------------------------------------------------------------------------
 # 5. pgbench
 # ---------------------------------------------------------------------------------------------
@@ -243,6 +262,7 @@ log "pgbench -S: $CLIENTS clients, $THREADS threads, ${DURATION}s per run, ${#TA
 for ((round = 1; round <= ROUNDS; round++)); do
     for kind in "${KINDS[@]}"; do
         for target in "${TARGETS[@]}"; do
+            [[ $target == floor && $kind == connect ]] && continue
             run_pgbench "$target" "$kind" "$round"
         done
     done
@@ -458,6 +478,14 @@ for pair in "sidecar-sess pgb-sess" "sidecar-tx pgb-tx"; do
         "$(ratio "${CPU[$ours,connect]:-}" "${CPU[$theirs,connect]:-}")" \
         "$(ratio "${CPU[$ours,single]:-}" "${CPU[$theirs,single]:-}")"
 done
+if [[ -n ${PORT[floor]:-} ]]; then
+    # No pooler that forwards over these sockets goes below this line: the kernel's share.
+    echo "  floor / PgBouncer session (the kernel's share; a pooler cannot go below it):"
+    printf '  %-13s %10s %10s %12s %10s\n' floor \
+        "$(ratio "${CPU[floor,simple]:-}" "${CPU[pgb-sess,simple]:-}")" \
+        "$(ratio "${CPU[floor,prepared]:-}" "${CPU[pgb-sess,prepared]:-}")" - \
+        "$(ratio "${CPU[floor,single]:-}" "${CPU[pgb-sess,single]:-}")"
+fi
 
 echo
 echo "streaming, one client, $((COPY_BYTES / 1000000)) MB each way (MB/s, best of $STREAM_RUNS; ratio to direct TLS):"
