@@ -77,7 +77,8 @@ pub struct Pool {
     /// The ParameterStatus set of the latest connection opened: what a client is greeted
     /// with when it logs in while no connection is free (`None` until one login succeeded).
     known_parameters: Mutex<Option<Parameters>>,
-    /// Woken when a connection goes to the idle list while `waiting_to_open` > 0.
+    /// Wakes one client waiting to open when a connection goes to the idle list while
+    /// `waiting_to_open` > 0.
     freed: Notify,
 }
 
@@ -195,7 +196,9 @@ impl Pool {
         let wake = state.waiting_to_open > 0;
         drop(state);
         if wake {
-            self.freed.notify_waiters();
+            // One waiter: only one can take the connection (a waiter dropped before it ran
+            // passes the wake on, tokio's `notify_one` guarantee).
+            self.freed.notify_one();
         }
     }
 
@@ -208,15 +211,17 @@ impl Pool {
         loop {
             let freed = self.freed.notified();
             tokio::pin!(freed);
-            // Registered before looking, so that a connection given back after the look
-            // wakes this wait.
+            // Queued for `notify_one` before looking, so that a connection given back after
+            // the look wakes this wait.
             freed.as_mut().enable();
             if let Some(connection) = self.take_idle() {
                 return Some(connection);
             }
             tokio::select! {
-                () = sleep_until(until) => return None,
+                // A connection freed as the wait ends is still taken.
+                biased;
                 () = &mut freed => {}
+                () = sleep_until(until) => return self.take_idle(),
             }
         }
     }

@@ -74,6 +74,9 @@ impl Pools {
                 }
             };
             if let Some(freed) = wait_until(pool, allowed_at, demand).await {
+                // The login reserved is not made: its place goes to the next one.
+                self.limiter.unreserve();
+                self.connector.metrics().login_backoff(Duration::ZERO);
                 return Ok(Opened::Freed(freed));
             }
             attempts += 1;
@@ -88,6 +91,7 @@ impl Pools {
                 Some(backoff) => {
                     throttled = Some(error);
                     if let Some(freed) = wait_until(pool, Instant::now() + backoff, demand).await {
+                        self.connector.metrics().login_backoff(Duration::ZERO);
                         return Ok(Opened::Freed(freed));
                     }
                 }

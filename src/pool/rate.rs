@@ -82,6 +82,14 @@ impl RateLimiter {
         Some(at)
     }
 
+    /// A login reserved and then not made (its client took a connection freed meanwhile):
+    /// the place goes back, so that it does not delay every later login by one interval.
+    pub fn unreserve(&self) {
+        let mut state = self.lock();
+        self.catch_up(&mut state, Instant::now());
+        state.tokens = (state.tokens + 1.0).min(state.rate.max(1.0));
+    }
+
     /// The rate is below `--max-connect-rate`: logins were throttled lately.
     pub fn is_reduced(&self) -> bool {
         self.rate() < self.max_rate
@@ -135,6 +143,22 @@ impl RateLimiter {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_place_given_back_goes_to_the_next_login() {
+        let limiter = RateLimiter::new(10);
+        let start = Instant::now();
+        for _ in 0..10 {
+            limiter.reserve();
+        }
+        assert_eq!(limiter.reserve() - start, Duration::from_millis(100));
+        limiter.unreserve();
+        assert_eq!(
+            limiter.reserve() - start,
+            Duration::from_millis(100),
+            "the place given back, not the one after it"
+        );
+    }
 
     #[tokio::test(start_paused = true)]
     async fn bursts_then_spaces_out() {
