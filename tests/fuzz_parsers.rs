@@ -249,7 +249,8 @@ fn framing() {
 fn rewrite(generator: &mut Generator, bytes: &[u8]) -> (Vec<u8>, u32, bool) {
     let mut rewriter = ClientRewriter::new();
     let mut statements = ClientStatements::default();
-    let prepared = std::sync::Mutex::new(std::collections::HashSet::new());
+    let prepared =
+        std::sync::Mutex::new(rds_iam_sidecar::forward::prepared::ServerStatements::default());
     let plan = Plan::default();
     let mut out = Vec::new();
     let mut sync_points = 0;

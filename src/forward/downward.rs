@@ -3,13 +3,12 @@
 //! in their place), tracks ReadyForQuery and ParameterStatus, and ends the period at the
 //! ReadyForQuery where [`Detach`] says the client may let go of the connection.
 
-use std::collections::HashSet;
 use std::sync::Mutex;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 
 use super::buffers::{Buffer, OutVec};
-use super::prepared::{Plan, ServerRewriter};
+use super::prepared::{Plan, ServerRewriter, ServerStatements};
 use super::sync::Downward;
 use super::{Detach, Outcome, SyncState, ToServer, Traffic, write_flushed};
 use crate::protocol::framing::{FrameScanner, READY_FOR_QUERY};
@@ -21,7 +20,7 @@ pub(super) struct ToClient<'a, W> {
     visitor: Downward<'a>,
     plan: &'a Plan,
     /// Transaction mode: the attached connection's prepared statements.
-    prepared: Option<&'a Mutex<HashSet<String>>>,
+    prepared: Option<&'a Mutex<ServerStatements>>,
     rewriter: ServerRewriter,
     /// Transaction mode: the rewritten bytes of one chunk.
     out: OutVec,
@@ -38,7 +37,7 @@ impl<'a, W: AsyncWrite + Unpin> ToClient<'a, W> {
         state: &'a SyncState,
         parameters: &'a mut std::sync::Arc<Vec<(String, String)>>,
         plan: &'a Plan,
-        prepared: Option<&'a Mutex<HashSet<String>>>,
+        prepared: Option<&'a Mutex<ServerStatements>>,
         detach: Detach,
     ) -> Self {
         Self {

@@ -113,7 +113,7 @@ pub struct Rewrite<'a> {
     pub client: &'a mut ClientRewriter,
     pub statements: &'a mut ClientStatements,
     /// The attached server connection's prepared statements.
-    pub prepared: &'a std::sync::Mutex<std::collections::HashSet<String>>,
+    pub prepared: &'a std::sync::Mutex<prepared::ServerStatements>,
 }
 
 /// How the client's bytes go upstream during an attached period.

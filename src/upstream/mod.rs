@@ -47,7 +47,7 @@ pub struct ServerConnection {
     /// Bytes already read past ReadyForQuery, to hand to the client first.
     pub pending: BytesMut,
     /// Server-side names of the prepared statements this connection holds (transaction mode).
-    pub prepared: std::sync::Mutex<std::collections::HashSet<String>>,
+    pub prepared: std::sync::Mutex<crate::forward::prepared::ServerStatements>,
     /// Startup parameters were applied after login (RDS Proxy refuses them in the startup
     /// packet): a reset query would undo them, so a connection with session state is closed.
     pub settings_after_login: bool,

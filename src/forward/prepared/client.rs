@@ -1,7 +1,6 @@
 //! The client side of statement renaming: [`ClientRewriter`] rewrites what the client sends
 //! and records in the [`Plan`] what the server will answer.
 
-use std::collections::HashSet;
 use std::sync::Mutex;
 
 use super::*;
@@ -49,7 +48,7 @@ impl ClientRewriter {
         &mut self,
         chunk: &[u8],
         statements: &mut ClientStatements,
-        prepared: &Mutex<HashSet<String>>,
+        prepared: &Mutex<ServerStatements>,
         plan: &Plan,
         out: &mut Vec<u8>,
     ) -> Result<UpwardReport, String> {
@@ -181,7 +180,7 @@ impl ClientRewriter {
 struct Output<'a> {
     statements: &'a mut ClientStatements,
     /// The attached connection's prepared statements (locked for one rewrite at a time).
-    prepared: &'a Mutex<HashSet<String>>,
+    prepared: &'a Mutex<ServerStatements>,
     plan: &'a Plan,
     out: &'a mut Vec<u8>,
     /// A Parse began a transaction.
@@ -192,7 +191,7 @@ struct Output<'a> {
 /// Each method returns `None` for a malformed message.
 struct Rewrite<'a> {
     statements: &'a mut ClientStatements,
-    prepared: &'a mut HashSet<String>,
+    prepared: &'a mut ServerStatements,
     plan: &'a Plan,
     out: &'a mut Vec<u8>,
     opened: &'a mut bool,
@@ -214,36 +213,53 @@ impl Rewrite<'_> {
         }
         let (query, types) = cstr(rest)?;
         let (client_name, statement) = Statement::renamed(name, query, types, rest);
-        let server = statement.server_name.clone();
-        if self.prepared.contains(&server) {
+        if self.prepared.contains(&statement.server_name) {
             self.plan.push(Expect::Synthetic(&PARSE_COMPLETE));
         } else {
-            self.out.extend_from_slice(&statement.parse);
-            self.prepared.insert(server.clone());
-            self.plan.push(Expect::ClientParse(server));
+            self.send_parse(&statement);
+            self.plan
+                .push(Expect::ClientParse(statement.server_name.clone()));
         }
         self.statements.insert(client_name, statement);
         Some(())
     }
 
+    /// Sends `statement`'s Parse, after a Close when the connection holds a stale one.
+    fn send_parse(&mut self, statement: &Statement) {
+        if self.prepared.prepare(&statement.server_name) {
+            self.out
+                .extend_from_slice(&close_statement(&statement.server_name));
+            self.plan
+                .push(Expect::InjectedClose(statement.server_name.clone()));
+        }
+        self.out.extend_from_slice(&statement.parse);
+    }
+
     fn bind(&mut self, body: &[u8]) -> Option<()> {
         let (portal, rest) = cstr(body)?;
         let (name, rest) = cstr(rest)?;
-        match self.ensure(name) {
-            Some(server) => {
+        let expect = match self.ensure(name) {
+            Some(statement) => {
                 let mut renamed = portal.to_vec();
                 renamed.push(0);
-                renamed.extend_from_slice(server.as_bytes());
+                renamed.extend_from_slice(statement.server_name.as_bytes());
                 renamed.push(0);
                 renamed.extend_from_slice(rest);
                 self.out.extend_from_slice(&message(b'B', &renamed));
+                Expect::UsesStatement {
+                    ends: b"2",
+                    statement,
+                }
             }
-            None => self.out.extend_from_slice(&message(b'B', body)),
-        }
-        self.plan.push(Expect::Forward {
-            ends: b"2",
-            sync: false,
-        });
+            None => {
+                self.out.extend_from_slice(&message(b'B', body));
+                Expect::Forward {
+                    ends: b"2",
+                    sync: false,
+                }
+            }
+        };
+        self.plan.push(expect);
         Some(())
     }
 
@@ -255,19 +271,26 @@ impl Rewrite<'_> {
         } else {
             None
         };
-        match renamed {
-            Some(server) => {
+        let expect = match renamed {
+            Some(statement) => {
                 let mut new_body = vec![b'S'];
-                new_body.extend_from_slice(server.as_bytes());
+                new_body.extend_from_slice(statement.server_name.as_bytes());
                 new_body.push(0);
                 self.out.extend_from_slice(&message(b'D', &new_body));
+                Expect::UsesStatement {
+                    ends: b"Tn",
+                    statement,
+                }
             }
-            None => self.out.extend_from_slice(&message(b'D', body)),
-        }
-        self.plan.push(Expect::Forward {
-            ends: b"Tn",
-            sync: false,
-        });
+            None => {
+                self.out.extend_from_slice(&message(b'D', body));
+                Expect::Forward {
+                    ends: b"Tn",
+                    sync: false,
+                }
+            }
+        };
+        self.plan.push(expect);
         Some(())
     }
 
@@ -289,21 +312,21 @@ impl Rewrite<'_> {
         Some(())
     }
 
-    /// The server name for a client statement, sending its Parse first if the connection
-    /// lacks it. `None` for the unnamed statement or a name the client never prepared.
-    fn ensure(&mut self, name: &[u8]) -> Option<String> {
+    /// A client statement, its Parse sent first if the connection lacks it. `None` for the
+    /// unnamed statement or a name the client never prepared.
+    fn ensure(&mut self, name: &[u8]) -> Option<Arc<Statement>> {
         if name.is_empty() {
             return None;
         }
         let statement = self
             .statements
-            .get(String::from_utf8_lossy(name).as_ref())?;
+            .get(String::from_utf8_lossy(name).as_ref())?
+            .clone();
         if !self.prepared.contains(&statement.server_name) {
-            self.out.extend_from_slice(&statement.parse);
-            self.prepared.insert(statement.server_name.clone());
+            self.send_parse(&statement);
             self.plan
                 .push(Expect::InjectedParse(statement.server_name.clone()));
         }
-        Some(statement.server_name.clone())
+        Some(statement)
     }
 }

@@ -7,7 +7,9 @@
 //! - remembers each client's Parse, and sends it again (its ParseComplete swallowed) before a
 //!   Bind or Describe on a connection that lacks the statement;
 //! - skips a Parse the connection already has, and a client's Close of a statement, answering
-//!   ParseComplete / CloseComplete itself at the right place in the response stream.
+//!   ParseComplete / CloseComplete itself at the right place in the response stream;
+//! - follows what the server does to its statements behind the rewriter's back
+//!   (`DEALLOCATE ALL`, a plan gone stale after a schema change: [`ServerStatements`]).
 //!
 //! [`ClientRewriter`] rewrites the client's messages and records, in a [`Plan`], what the
 //! server will answer; [`ServerRewriter`] walks the answers against that plan, dropping and
@@ -42,6 +44,14 @@ struct Statement {
 enum Expect {
     /// Answers pass to the client; the entry ends with one of these tags.
     Forward { ends: &'static [u8], sync: bool },
+    /// A Bind or Describe of a renamed statement: answers pass to the client, and an error
+    /// says what became of the server's statement.
+    UsesStatement {
+        ends: &'static [u8],
+        statement: Arc<Statement>,
+    },
+    /// A Close of a stale statement the sidecar added: swallow its CloseComplete.
+    InjectedClose(String),
     /// A Parse the sidecar added: swallow its ParseComplete.
     InjectedParse(String),
     /// A Parse of the client's, renamed: forward its ParseComplete.
@@ -217,9 +227,19 @@ fn gather_header(
 }
 
 mod client;
+mod held;
 mod server;
 #[cfg(test)]
 mod tests;
 
 pub use client::{ClientRewriter, UpwardReport};
+pub use held::ServerStatements;
 pub use server::ServerRewriter;
+
+/// A Close of the server statement `name`.
+fn close_statement(name: &str) -> Vec<u8> {
+    let mut body = vec![b'S'];
+    body.extend_from_slice(name.as_bytes());
+    body.push(0);
+    message(b'C', &body)
+}

@@ -1,10 +1,17 @@
 //! The server side of statement renaming: [`ServerRewriter`] walks the answers against the
-//! [`Plan`], dropping the ones the client must not see and inserting the sidecar's own.
+//! [`Plan`], dropping the ones the client must not see and inserting the sidecar's own, and
+//! reads the few answers that change what the connection holds (an error to a renamed
+//! statement's Bind, `DEALLOCATE ALL`, `DISCARD ALL`).
 
-use std::collections::HashSet;
 use std::sync::Mutex;
 
 use super::*;
+
+/// The bytes of an answer read while it passes: enough for an ErrorResponse's severity,
+/// SQLSTATE and the start of its message, or a CommandComplete tag.
+const LOOKED_AT: usize = 64;
+/// CommandComplete tags after which the server holds no prepared statement.
+const DROPS_ALL: [&[u8]; 2] = [b"DEALLOCATE ALL\0", b"DISCARD ALL\0"];
 
 /// Walks server → client messages against the [`Plan`] (transaction mode).
 #[derive(Debug, Default)]
@@ -13,6 +20,24 @@ pub struct ServerRewriter {
     /// Body bytes of the current message still to come, and whether it is being dropped.
     remaining: usize,
     dropping: bool,
+    /// The current message is read as it passes, for what it says about statements.
+    looking: Option<Look>,
+}
+
+/// A message read as it passes: why, and its first bytes.
+#[derive(Debug)]
+struct Look {
+    reason: LookFor,
+    bytes: [u8; LOOKED_AT],
+    len: usize,
+}
+
+#[derive(Debug)]
+enum LookFor {
+    /// An error answering a Bind or Describe of this renamed statement.
+    ErrorOf(Arc<Statement>),
+    /// A CommandComplete as long as one of [`DROPS_ALL`].
+    DroppedAll,
 }
 
 impl ServerRewriter {
@@ -21,45 +46,83 @@ impl ServerRewriter {
         &mut self,
         chunk: &[u8],
         plan: &Plan,
-        prepared: &Mutex<HashSet<String>>,
+        prepared: &Mutex<ServerStatements>,
         out: &mut Vec<u8>,
     ) -> Result<(), String> {
         let mut pos = 0;
         while pos < chunk.len() {
             if self.remaining > 0 {
                 let step = self.remaining.min(chunk.len() - pos);
+                let bytes = &chunk[pos..pos + step];
                 if !self.dropping {
-                    out.extend_from_slice(&chunk[pos..pos + step]);
+                    out.extend_from_slice(bytes);
                 }
                 self.remaining -= step;
                 pos += step;
+                self.look_at(bytes, prepared);
                 continue;
             }
             let Some((tag, body_len)) = gather_header(&mut self.header, chunk, &mut pos)? else {
                 break;
             };
-            let drop = self.on_message(tag, plan, prepared, out);
+            let drop = self.on_message(tag, body_len, plan, prepared, out);
             if !drop {
                 out.extend_from_slice(self.header.as_slice());
             }
             self.header.clear();
             self.remaining = body_len;
             self.dropping = drop;
+            // An empty body is complete already.
+            self.look_at(&[], prepared);
         }
         Ok(())
     }
 
+    /// Adds `bytes` of the current message to what is looked at; once the message is
+    /// complete, applies what it says to the connection's statements.
+    fn look_at(&mut self, bytes: &[u8], prepared: &Mutex<ServerStatements>) {
+        let Some(look) = self.looking.as_mut() else {
+            return;
+        };
+        let take = bytes.len().min(LOOKED_AT - look.len);
+        look.bytes[look.len..look.len + take].copy_from_slice(&bytes[..take]);
+        look.len += take;
+        if self.remaining > 0 {
+            return;
+        }
+        let Some(look) = self.looking.take() else {
+            return;
+        };
+        let seen = &look.bytes[..look.len];
+        let mut prepared = prepared.lock().unwrap_or_else(|p| p.into_inner());
+        match look.reason {
+            LookFor::DroppedAll if DROPS_ALL.contains(&seen) => prepared.clear(),
+            LookFor::DroppedAll => {}
+            LookFor::ErrorOf(statement) => match error_code(seen) {
+                // `cached plan must not change result type`: closed and prepared again.
+                Some(b"0A000") => prepared.mark_stale(&statement.server_name),
+                // The server lost it: prepared again at its next use.
+                Some(b"26000") => prepared.forget(&statement.server_name),
+                _ => {}
+            },
+        }
+    }
+
     /// Applies the plan to one server message; true to drop it.
     fn on_message(
-        &self,
+        &mut self,
         tag: u8,
+        body_len: usize,
         plan: &Plan,
-        prepared: &Mutex<HashSet<String>>,
+        prepared: &Mutex<ServerStatements>,
         out: &mut Vec<u8>,
     ) -> bool {
         // Asynchronous messages may come at any time.
         if matches!(tag, b'N' | b'A' | b'S') {
             return false;
+        }
+        if tag == b'C' && DROPS_ALL.iter().any(|t| t.len() == body_len) {
+            self.look(LookFor::DroppedAll);
         }
         let mut queue = plan.lock();
         while let Some(Expect::Synthetic(bytes)) = queue.front() {
@@ -67,7 +130,7 @@ impl ServerRewriter {
             queue.pop_front();
         }
         match (tag, queue.front()) {
-            (b'1', Some(Expect::InjectedParse(_))) => {
+            (b'1', Some(Expect::InjectedParse(_))) | (b'3', Some(Expect::InjectedClose(_))) => {
                 queue.pop_front();
                 true
             }
@@ -76,26 +139,58 @@ impl ServerRewriter {
                 false
             }
             (b'E', Some(Expect::Forward { ends, .. })) if *ends == b"Z" => false,
-            (b'E', _) => {
-                // An error in an extended-protocol batch: the server skips to the next Sync.
-                let mut prepared = prepared.lock().unwrap_or_else(|p| p.into_inner());
-                while let Some(front) = queue.front() {
-                    match front {
-                        Expect::Forward { sync: true, .. } => break,
-                        Expect::InjectedParse(name) | Expect::ClientParse(name) => {
-                            prepared.remove(name);
-                        }
-                        _ => {}
-                    }
-                    queue.pop_front();
+            (b'E', front) => {
+                if let Some(Expect::UsesStatement { statement, .. }) = front {
+                    let statement = statement.clone();
+                    self.look(LookFor::ErrorOf(statement));
                 }
+                skip_to_sync(&mut queue, prepared);
                 false
             }
-            (_, Some(Expect::Forward { ends, .. })) if ends.contains(&tag) => {
+            (_, Some(Expect::Forward { ends, .. } | Expect::UsesStatement { ends, .. }))
+                if ends.contains(&tag) =>
+            {
                 queue.pop_front();
                 false
             }
             _ => false,
         }
     }
+
+    fn look(&mut self, reason: LookFor) {
+        self.looking = Some(Look {
+            reason,
+            bytes: [0; LOOKED_AT],
+            len: 0,
+        });
+    }
+}
+
+/// An error in an extended-protocol batch: the server skips to the next Sync, so the Closes
+/// and Parses planned before it did not happen.
+fn skip_to_sync(queue: &mut VecDeque<Expect>, prepared: &Mutex<ServerStatements>) {
+    let mut prepared = prepared.lock().unwrap_or_else(|p| p.into_inner());
+    while let Some(front) = queue.front() {
+        match front {
+            Expect::Forward { sync: true, .. } => break,
+            Expect::InjectedClose(name) => prepared.close_skipped(name),
+            Expect::InjectedParse(name) | Expect::ClientParse(name) => prepared.forget(name),
+            _ => {}
+        }
+        queue.pop_front();
+    }
+}
+
+/// The SQLSTATE of an ErrorResponse body (fields of a type byte and a NUL-terminated value),
+/// if it is among the bytes seen.
+fn error_code(body: &[u8]) -> Option<&[u8]> {
+    let mut rest = body;
+    while let Some((&kind, after)) = rest.split_first() {
+        let (value, next) = cstr(after)?;
+        if kind == b'C' {
+            return Some(value);
+        }
+        rest = next;
+    }
+    None
 }

@@ -1,0 +1,107 @@
+//! The server statements one upstream connection holds in transaction mode
+//! ([`ServerStatements`]), kept with the connection so that any client attached to it knows
+//! which Parses it can skip. The server can lose or invalidate them behind the rewriter's back,
+//! and each way is followed here: `DEALLOCATE ALL` / `DISCARD ALL` from a client forgets them
+//! all; a Bind answered 26000 (the statement does not exist) forgets that one; a Bind answered
+//! 0A000 (`cached plan must not change result type`, after a schema change) marks it stale, to
+//! be closed and prepared again at its next use. Without this, one client's `DEALLOCATE ALL`
+//! (psycopg 3 sends one itself after a `ROLLBACK` or DDL) or an `ALTER TABLE` broke the shared
+//! statement for every client of the connection until it was retired.
+
+use std::collections::HashMap;
+
+/// Server-side names of one connection's prepared statements. One map, not a set per state:
+/// it is part of every pooled connection and of the pool's handoffs.
+#[derive(Debug, Default)]
+pub struct ServerStatements {
+    held: HashMap<String, Held>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Held {
+    Ready,
+    /// Still held by the server but unusable (its result type changed): closed before the
+    /// statement is prepared again.
+    Stale,
+}
+
+impl ServerStatements {
+    /// The connection holds `name`, usable.
+    pub fn contains(&self, name: &str) -> bool {
+        self.held.get(name) == Some(&Held::Ready)
+    }
+
+    /// `name` is being prepared; true when a stale statement of that name must be closed
+    /// first.
+    pub fn prepare(&mut self, name: &str) -> bool {
+        self.held.insert(name.to_owned(), Held::Ready) == Some(Held::Stale)
+    }
+
+    /// A Parse of `name` did not happen (its batch failed before it).
+    pub fn forget(&mut self, name: &str) {
+        if self.contains(name) {
+            self.held.remove(name);
+        }
+    }
+
+    /// A Close of stale `name` did not happen (its batch failed before it): still to close.
+    pub fn close_skipped(&mut self, name: &str) {
+        self.held.insert(name.to_owned(), Held::Stale);
+    }
+
+    /// The server says `name` must be prepared again (0A000).
+    pub fn mark_stale(&mut self, name: &str) {
+        if let Some(held) = self.held.get_mut(name) {
+            *held = Held::Stale;
+        }
+    }
+
+    /// The server dropped every prepared statement (`DEALLOCATE ALL`, `DISCARD ALL`, a reset).
+    pub fn clear(&mut self) {
+        self.held.clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_stale_statement_is_closed_once_before_it_is_prepared_again() {
+        let mut held = ServerStatements::default();
+        assert!(!held.prepare("s"), "nothing to close the first time");
+        held.mark_stale("s");
+        assert!(!held.contains("s"));
+        assert!(held.prepare("s"), "the stale one is closed first");
+        assert!(held.contains("s"));
+        assert!(!held.prepare("s"), "once");
+    }
+
+    #[test]
+    fn a_close_that_did_not_happen_is_still_owed_after_its_parse_is_forgotten() {
+        let mut held = ServerStatements::default();
+        held.prepare("s");
+        held.mark_stale("s");
+        assert!(held.prepare("s"), "Close and Parse sent");
+        // The batch failed before both: the Close is still owed.
+        held.close_skipped("s");
+        held.forget("s");
+        assert!(held.prepare("s"));
+    }
+
+    #[test]
+    fn only_a_held_statement_becomes_stale_and_clear_forgets_both_kinds() {
+        let mut held = ServerStatements::default();
+        held.mark_stale("never-prepared");
+        assert!(
+            !held.prepare("never-prepared"),
+            "nothing held, nothing to close"
+        );
+        held.prepare("a");
+        held.prepare("b");
+        held.mark_stale("b");
+        held.clear();
+        assert!(!held.contains("a"));
+        assert!(!held.prepare("b"), "the server dropped it: no Close");
+    }
+}

@@ -1,0 +1,108 @@
+//! Transaction mode's shared server statements when the server drops or invalidates them
+//! behind the sidecar's back, against a real PostgreSQL: one client's `DEALLOCATE ALL` or
+//! `DISCARD ALL` (psycopg 3 sends one itself after a ROLLBACK or DDL), and a schema change that
+//! changes a statement's result type. Each client sees what PostgreSQL would show it, and no
+//! client's statement stays broken for the others (found by a driver compatibility run with
+//! psycopg 3, asyncpg and pgJDBC: every later client got 26000 or 0A000 until the upstream
+//! connection was retired).
+
+mod harness;
+mod support;
+
+use harness::{Stack, connect, credentials, db_error, stack_with};
+use rds_iam_sidecar::pool::PoolMode;
+use support::{TEST_AKID, TEST_SECRET, unique_name};
+
+/// Transaction mode with one upstream connection: every client shares it.
+async fn one_connection() -> Stack {
+    stack_with(
+        |c| {
+            c.pool.mode = PoolMode::Transaction;
+            c.pool.size = 1;
+        },
+        credentials(TEST_AKID, TEST_SECRET),
+    )
+    .await
+}
+
+async fn add_100(
+    client: &tokio_postgres::Client,
+    statement: &tokio_postgres::Statement,
+    n: i32,
+) -> i32 {
+    client
+        .query_one(statement, &[&n])
+        .await
+        .expect("the prepared statement runs")
+        .get(0)
+}
+
+#[tokio::test]
+async fn another_clients_deallocate_all_or_discard_all_breaks_no_statement() {
+    let stack = one_connection().await;
+    let sql = "select $1::int4 + 100";
+    let first = connect(&stack).await;
+    let statement = first.prepare(sql).await.expect("prepare");
+    assert_eq!(add_100(&first, &statement, 1).await, 101);
+    for drop_all in ["DEALLOCATE ALL", "DISCARD ALL"] {
+        let other = connect(&stack).await;
+        other.batch_execute(drop_all).await.expect(drop_all);
+        let newcomer = connect(&stack).await;
+        let same_sql = newcomer.prepare(sql).await.expect("prepare after it");
+        assert_eq!(
+            add_100(&newcomer, &same_sql, 2).await,
+            102,
+            "a new client's statement after {drop_all}"
+        );
+        assert_eq!(
+            add_100(&first, &statement, 3).await,
+            103,
+            "the first client's statement after {drop_all}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_statement_whose_result_type_changed_is_prepared_again_for_whoever_asks() {
+    let stack = one_connection().await;
+    let table = unique_name("reshaped");
+    let admin = connect(&stack).await;
+    admin
+        .batch_execute(&format!(
+            "create table {table} (a int4); insert into {table} values (1)"
+        ))
+        .await
+        .expect("table");
+    let sql = format!("select * from {table}");
+    let first = connect(&stack).await;
+    let before = first.prepare(&sql).await.expect("prepare");
+    assert_eq!(first.query_one(&before, &[]).await.expect("run").len(), 1);
+
+    admin
+        .batch_execute(&format!("alter table {table} add column b int4 default 7"))
+        .await
+        .expect("alter");
+    // PostgreSQL's own answer to a statement prepared before the change.
+    let error = first
+        .query_one(&before, &[])
+        .await
+        .expect_err("the old plan is refused");
+    let (code, message, _) = db_error(&error);
+    assert_eq!(code, "0A000", "{message}");
+
+    // Preparing again, as drivers do on 0A000, gives the new shape; so does a new client.
+    let again = first.prepare(&sql).await.expect("prepare again");
+    let row = first.query_one(&again, &[]).await.expect("runs again");
+    assert_eq!((row.get::<_, i32>(0), row.get::<_, i32>(1)), (1, 7));
+    let newcomer = connect(&stack).await;
+    let fresh = newcomer.prepare(&sql).await.expect("prepare");
+    let row = newcomer
+        .query_one(&fresh, &[])
+        .await
+        .expect("a new client runs it");
+    assert_eq!(row.len(), 2);
+    admin
+        .batch_execute(&format!("drop table {table}"))
+        .await
+        .expect("drop");
+}
