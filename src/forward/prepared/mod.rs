@@ -231,6 +231,8 @@ mod held;
 mod server;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_dropped;
 
 pub use client::{ClientRewriter, UpwardReport};
 pub use held::ServerStatements;

@@ -32,12 +32,40 @@ struct Look {
     len: usize,
 }
 
+/// What a looked-at answer does to the connection's statements: how, and to which name.
+type Change<'a> = (fn(&mut ServerStatements, &str), &'a str);
+
+impl Look {
+    fn change(&self) -> Option<Change<'_>> {
+        let seen = &self.bytes[..self.len];
+        match &self.reason {
+            LookFor::DroppedAll if DROPS_ALL.contains(&seen) => Some((|held, _| held.clear(), "")),
+            LookFor::DroppedAll => None,
+            LookFor::ErrorOf(statement) => match error_code(seen) {
+                // `cached plan must not change result type`: closed and prepared again.
+                Some(b"0A000") => Some((ServerStatements::mark_stale, &statement.server_name)),
+                // The server lost it: prepared again at its next use.
+                Some(b"26000") => Some((ServerStatements::forget, &statement.server_name)),
+                _ => None,
+            },
+            // A Parse of a name the connection holds though the sidecar thought not: held,
+            // in a state unknown, so closed before the next Parse (one error, not one per use).
+            LookFor::ParseError(name) => match error_code(seen) {
+                Some(b"42P05") => Some((ServerStatements::close_skipped, name.as_str())),
+                _ => None,
+            },
+        }
+    }
+}
+
 #[derive(Debug)]
 enum LookFor {
     /// An error answering a Bind or Describe of this renamed statement.
     ErrorOf(Arc<Statement>),
     /// A CommandComplete as long as one of [`DROPS_ALL`].
     DroppedAll,
+    /// An error answering a Parse of this server name.
+    ParseError(String),
 }
 
 impl ServerRewriter {
@@ -59,7 +87,7 @@ impl ServerRewriter {
                 }
                 self.remaining -= step;
                 pos += step;
-                self.look_at(bytes, prepared);
+                self.look_at(bytes, plan, prepared);
                 continue;
             }
             let Some((tag, body_len)) = gather_header(&mut self.header, chunk, &mut pos)? else {
@@ -73,14 +101,14 @@ impl ServerRewriter {
             self.remaining = body_len;
             self.dropping = drop;
             // An empty body is complete already.
-            self.look_at(&[], prepared);
+            self.look_at(&[], plan, prepared);
         }
         Ok(())
     }
 
     /// Adds `bytes` of the current message to what is looked at; once the message is
     /// complete, applies what it says to the connection's statements.
-    fn look_at(&mut self, bytes: &[u8], prepared: &Mutex<ServerStatements>) {
+    fn look_at(&mut self, bytes: &[u8], plan: &Plan, prepared: &Mutex<ServerStatements>) {
         let Some(look) = self.looking.as_mut() else {
             return;
         };
@@ -93,18 +121,18 @@ impl ServerRewriter {
         let Some(look) = self.looking.take() else {
             return;
         };
-        let seen = &look.bytes[..look.len];
-        let mut prepared = prepared.lock().unwrap_or_else(|p| p.into_inner());
-        match look.reason {
-            LookFor::DroppedAll if DROPS_ALL.contains(&seen) => prepared.clear(),
-            LookFor::DroppedAll => {}
-            LookFor::ErrorOf(statement) => match error_code(seen) {
-                // `cached plan must not change result type`: closed and prepared again.
-                Some(b"0A000") => prepared.mark_stale(&statement.server_name),
-                // The server lost it: prepared again at its next use.
-                Some(b"26000") => prepared.forget(&statement.server_name),
-                _ => {}
-            },
+        let change = look.change();
+        if let Some((apply, name)) = change {
+            // The plan first, as everywhere: the Parses still queued were sent after the
+            // message this answers, so the server runs them after what it reports.
+            let queue = plan.lock();
+            let mut prepared = prepared.lock().unwrap_or_else(|p| p.into_inner());
+            apply(&mut prepared, name);
+            for queued in queue.iter() {
+                if let Expect::InjectedParse(queued) | Expect::ClientParse(queued) = queued {
+                    prepared.prepare(queued);
+                }
+            }
         }
     }
 
@@ -140,9 +168,16 @@ impl ServerRewriter {
             }
             (b'E', Some(Expect::Forward { ends, .. })) if *ends == b"Z" => false,
             (b'E', front) => {
-                if let Some(Expect::UsesStatement { statement, .. }) = front {
-                    let statement = statement.clone();
-                    self.look(LookFor::ErrorOf(statement));
+                match front {
+                    Some(Expect::UsesStatement { statement, .. }) => {
+                        let statement = statement.clone();
+                        self.look(LookFor::ErrorOf(statement));
+                    }
+                    Some(Expect::InjectedParse(name) | Expect::ClientParse(name)) => {
+                        let name = name.clone();
+                        self.look(LookFor::ParseError(name));
+                    }
+                    _ => {}
                 }
                 skip_to_sync(&mut queue, prepared);
                 false
