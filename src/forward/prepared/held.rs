@@ -4,7 +4,8 @@
 //! and each way is followed here: `DEALLOCATE ALL` / `DISCARD ALL` from a client forgets them
 //! all; a Bind answered 26000 (the statement does not exist) forgets that one; a Bind answered
 //! 0A000 (`cached plan must not change result type`, after a schema change) marks it stale, to
-//! be closed and prepared again at its next use. Without this, one client's `DEALLOCATE ALL`
+//! be closed and prepared again at its next use, and so does a Parse answered 42P05 (the server
+//! holds a name thought gone). Without this, one client's `DEALLOCATE ALL`
 //! (psycopg 3 sends one itself after a `ROLLBACK` or DDL) or an `ALTER TABLE` broke the shared
 //! statement for every client of the connection until it was retired.
 
@@ -37,7 +38,8 @@ impl ServerStatements {
         self.held.insert(name.to_owned(), Held::Ready) == Some(Held::Stale)
     }
 
-    /// A Parse of `name` did not happen (its batch failed before it).
+    /// A Parse of `name` did not happen (its batch failed before it), or the server lost it
+    /// (26000). A stale one stays stale: closing a statement that is gone is no error.
     pub fn forget(&mut self, name: &str) {
         if self.contains(name) {
             self.held.remove(name);
