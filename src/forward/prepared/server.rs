@@ -123,8 +123,9 @@ impl ServerRewriter {
         };
         let change = look.change();
         if let Some((apply, name)) = change {
-            // The plan first, as everywhere: the Parses still queued were sent after the
-            // message this answers, so the server runs them after what it reports.
+            // The Parses still queued were sent after the message this answers, so the server
+            // runs them after what it reports. (Plan, then statements, as `skip_to_sync`; the
+            // client side locks them the other way round, but one task runs both directions.)
             let queue = plan.lock();
             let mut prepared = prepared.lock().unwrap_or_else(|p| p.into_inner());
             apply(&mut prepared, name);
