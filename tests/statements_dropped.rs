@@ -60,6 +60,17 @@ async fn another_clients_deallocate_all_or_discard_all_breaks_no_statement() {
             "the first client's statement after {drop_all}"
         );
     }
+    // In one pipeline (tokio-postgres writes both before reading an answer): the statement
+    // runs after the server dropped it, so the sidecar must prepare it again first.
+    for _ in 0..3 {
+        let (dropped, row) = tokio::join!(
+            first.batch_execute("DEALLOCATE ALL"),
+            first.query_one(&statement, &[&4])
+        );
+        dropped.expect("DEALLOCATE ALL in the pipeline");
+        let value: i32 = row.expect("the statement after it in the pipeline").get(0);
+        assert_eq!(value, 104);
+    }
 }
 
 #[tokio::test]

@@ -81,7 +81,7 @@ impl ClientRewriter {
                 self.header.clear();
                 return Ok(report);
             }
-            self.begin(tag, body_len, &mut report, &mut to)?;
+            self.begin((tag, body_len), (chunk, &pos), &mut report, &mut to)?;
         }
         report.quiet = self.quiet && self.at_boundary();
         report.opened = to.opened;
@@ -107,8 +107,8 @@ impl ClientRewriter {
     /// server will answer) or starts collecting it for a rewrite.
     fn begin(
         &mut self,
-        tag: u8,
-        body_len: usize,
+        (tag, body_len): (u8, usize),
+        (chunk, pos): (&[u8], &usize),
         report: &mut UpwardReport,
         to: &mut Output,
     ) -> Result<(), String> {
@@ -116,6 +116,14 @@ impl ClientRewriter {
             b'Q' | b'S' | b'F' => {
                 report.sync_points += 1;
                 self.quiet = true;
+                if tag == b'Q' && query_may_drop_all(&chunk[*pos..], body_len) {
+                    // Forgotten when sent: the Parses after it in this pipeline must reach
+                    // the server, which will have dropped everything by then.
+                    to.prepared
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .clear();
+                }
                 to.plan.push(Expect::Forward {
                     ends: b"Z",
                     sync: tag == b'S',
@@ -203,6 +211,11 @@ impl Rewrite<'_> {
     fn parse(&mut self, body: &[u8]) -> Option<()> {
         let (name, rest) = cstr(body)?;
         *self.opened |= opens_transaction(rest);
+        if drops_all_statements(rest) {
+            // Forgotten when sent, not when run: a named Parse after it in this pipeline must
+            // reach the server, which will have dropped everything by then.
+            self.prepared.clear();
+        }
         if name.is_empty() {
             self.out.extend_from_slice(&message(b'P', body));
             self.plan.push(Expect::Forward {
@@ -329,4 +342,20 @@ impl Rewrite<'_> {
         }
         Some(statement)
     }
+}
+
+/// A Query whose text (its first bytes in `available`, of `len` in all) may be `DEALLOCATE
+/// ALL` or `DISCARD ALL`. Decided on the bytes of the chunk at hand, so that a rewriter keeps
+/// no state for it (it is part of every idle client): when too few of them came with the
+/// header to tell, a text that may still become one counts as one (the cost of a wrong guess
+/// is a Parse sent again).
+fn query_may_drop_all(available: &[u8], len: usize) -> bool {
+    const ENOUGH: usize = 64;
+    let seen = &available[..available.len().min(len)];
+    if seen.len() >= len.min(ENOUGH) {
+        return drops_all_statements(seen);
+    }
+    seen.iter()
+        .find(|b| !b.is_ascii_whitespace())
+        .is_none_or(|b| b.eq_ignore_ascii_case(&b'd'))
 }

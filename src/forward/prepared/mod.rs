@@ -238,6 +238,30 @@ pub use client::{ClientRewriter, UpwardReport};
 pub use held::ServerStatements;
 pub use server::ServerRewriter;
 
+/// A statement text that begins with `DEALLOCATE [PREPARE] ALL` or `DISCARD ALL` (any case and
+/// spacing; text after a NUL or `;` is not looked at). Most texts are ruled out by their first
+/// letter.
+fn drops_all_statements(text: &[u8]) -> bool {
+    let start = text.iter().position(|b| !b.is_ascii_whitespace());
+    if !start.is_some_and(|at| text[at].eq_ignore_ascii_case(&b'd')) {
+        return false;
+    }
+    let end = text
+        .iter()
+        .position(|b| *b == 0 || *b == b';')
+        .unwrap_or(text.len());
+    let mut words = text[..end]
+        .split(u8::is_ascii_whitespace)
+        .filter(|word| !word.is_empty());
+    let is = |word: Option<&[u8]>, expected: &[u8]| {
+        word.is_some_and(|w| w.eq_ignore_ascii_case(expected))
+    };
+    let (first, second, third) = (words.next(), words.next(), words.next());
+    (is(first, b"discard") && is(second, b"all"))
+        || (is(first, b"deallocate")
+            && (is(second, b"all") || (is(second, b"prepare") && is(third, b"all"))))
+}
+
 /// A Close of the server statement `name`.
 fn close_statement(name: &str) -> Vec<u8> {
     let mut body = vec![b'S'];

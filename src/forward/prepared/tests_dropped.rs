@@ -229,3 +229,62 @@ fn a_describe_of_a_stale_statement_marks_it_too() {
     conn.answer(&[error("0A000"), ready()].concat());
     assert_eq!(conn.send(&[bind("s1"), sync()].concat()), b"CPBS");
 }
+
+#[test]
+fn texts_that_drop_every_statement() {
+    for text in [
+        "DEALLOCATE ALL",
+        "deallocate all;",
+        "  Deallocate\n prepare  ALL",
+        "discard all",
+        "DISCARD ALL\0",
+    ] {
+        assert!(drops_all_statements(text.as_bytes()), "{text:?}");
+    }
+    for text in [
+        "DEALLOCATE s1",
+        "deallocate prepare s1",
+        "discard plans",
+        "select 'deallocate all'",
+        "delete from t",
+        "",
+        "d",
+    ] {
+        assert!(!drops_all_statements(text.as_bytes()), "{text:?}");
+    }
+}
+
+/// The client's extended-protocol Parse/Bind/Execute of `sql` in the unnamed statement.
+fn unnamed(sql: &str) -> Vec<u8> {
+    let execute = message(b'E', &[0, 0, 0, 0, 0]);
+    [parse("", sql), bind(""), execute].concat()
+}
+
+#[test]
+fn a_deallocate_all_earlier_in_the_pipeline_makes_a_held_statement_be_parsed_again() {
+    // psycopg 3's pipeline: DEALLOCATE ALL in the extended protocol, then a statement the
+    // connection holds. The server drops it before it gets there: the Parse must be sent.
+    let mut conn = Prepared::new();
+    let batch = [
+        unnamed("DEALLOCATE ALL"),
+        parse("s2", "select 1"),
+        bind("s2"),
+        sync(),
+    ]
+    .concat();
+    assert_eq!(conn.send(&batch), b"PBEPBS");
+    // The same with a simple Query ahead of the batch, its text split across chunks.
+    let mut conn = Prepared::new();
+    let query = query("  deallocate   all");
+    let mut out = Vec::new();
+    for byte in query.chunks(1) {
+        conn.client
+            .process(byte, &mut conn.statements, &conn.conn, &conn.plan, &mut out)
+            .expect("valid");
+    }
+    assert_eq!(out, query);
+    assert_eq!(
+        conn.send(&[parse("s2", "select 1"), bind("s2"), sync()].concat()),
+        b"PBS"
+    );
+}
