@@ -81,7 +81,7 @@ impl ClientRewriter {
                 self.header.clear();
                 return Ok(report);
             }
-            self.begin((tag, body_len), (chunk, &pos), &mut report, &mut to)?;
+            self.begin((tag, body_len), &chunk[pos..], &mut report, &mut to)?;
         }
         report.quiet = self.quiet && self.at_boundary();
         report.opened = to.opened;
@@ -105,10 +105,11 @@ impl ClientRewriter {
 
     /// Starts a message whose header was just read: passes it through (recording what the
     /// server will answer) or starts collecting it for a rewrite.
+    /// `following` is the rest of the chunk, where the body starts.
     fn begin(
         &mut self,
         (tag, body_len): (u8, usize),
-        (chunk, pos): (&[u8], &usize),
+        following: &[u8],
         report: &mut UpwardReport,
         to: &mut Output,
     ) -> Result<(), String> {
@@ -116,7 +117,7 @@ impl ClientRewriter {
             b'Q' | b'S' | b'F' => {
                 report.sync_points += 1;
                 self.quiet = true;
-                if tag == b'Q' && query_may_drop_all(&chunk[*pos..], body_len) {
+                if tag == b'Q' && query_may_drop_all(following, body_len) {
                     // Forgotten when sent: the Parses after it in this pipeline must reach
                     // the server, which will have dropped everything by then.
                     to.prepared
