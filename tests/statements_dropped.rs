@@ -117,3 +117,88 @@ async fn a_statement_whose_result_type_changed_is_prepared_again_for_whoever_ask
         .await
         .expect("drop");
 }
+
+/// After a migration, a statement the client prepared before it is run where the sidecar
+/// prepared it again (here: after another client's `DEALLOCATE ALL`). PostgreSQL itself would
+/// refuse the old statement; the sidecar must too, not send rows of the new shape (tokio-postgres,
+/// like asyncpg, reads them in binary with the description it cached: a float4 read as an int4).
+#[tokio::test]
+async fn a_statement_prepared_again_after_a_migration_is_refused_as_postgresql_refuses_it() {
+    let stack = one_connection().await;
+    let table = unique_name("retyped");
+    let admin = connect(&stack).await;
+    admin
+        .batch_execute(&format!(
+            "create table {table} (a int4); insert into {table} values (1)"
+        ))
+        .await
+        .expect("table");
+    let sql = format!("select * from {table}");
+    let first = connect(&stack).await;
+    let before = first.prepare(&sql).await.expect("prepare");
+    let unchanged = first
+        .prepare("select 41 + 1 as answer")
+        .await
+        .expect("prepare");
+    assert_eq!(
+        first
+            .query_one(&before, &[])
+            .await
+            .expect("run")
+            .get::<_, i32>(0),
+        1
+    );
+    admin
+        .batch_execute(&format!(
+            "alter table {table} alter column a type float4 using a + 0.5"
+        ))
+        .await
+        .expect("alter");
+
+    for round in 0..2 {
+        admin
+            .batch_execute("DEALLOCATE ALL")
+            .await
+            .expect("drop all");
+        let error = first
+            .query_one(&before, &[])
+            .await
+            .expect_err("a statement of the old shape is refused, not run");
+        let (code, message, hint) = db_error(&error);
+        assert_eq!(code, "0A000", "round {round}: {message}");
+        assert_eq!(message, "cached plan must not change result type");
+        assert!(hint.is_some_and(|h| h.contains("Prepare the statement again")));
+        // A statement whose shape did not change runs where it was prepared again.
+        let row = first.query_one(&unchanged, &[]).await.expect("unchanged");
+        assert_eq!(row.get::<_, i32>(0), 42, "round {round}");
+    }
+    // Inside a transaction the refusal aborts it, as PostgreSQL's own error does.
+    admin
+        .batch_execute("DEALLOCATE ALL")
+        .await
+        .expect("drop all");
+    first.batch_execute("begin").await.expect("begin");
+    let refused = first.query_one(&before, &[]).await.expect_err("refused");
+    assert_eq!(db_error(&refused).0, "0A000");
+    let aborted = first.query_one("select 1", &[]).await.expect_err("aborted");
+    assert_eq!(db_error(&aborted).0, "25P02");
+    first.batch_execute("rollback").await.expect("rollback");
+
+    // Prepared again, as drivers do on 0A000: the new type, read right.
+    let again = first.prepare(&sql).await.expect("prepare again");
+    let row = first.query_one(&again, &[]).await.expect("runs again");
+    assert_eq!(row.get::<_, f32>(0), 1.5);
+    admin
+        .batch_execute("DEALLOCATE ALL")
+        .await
+        .expect("drop all");
+    let row = first
+        .query_one(&again, &[])
+        .await
+        .expect("runs where prepared again");
+    assert_eq!(row.get::<_, f32>(0), 1.5);
+    admin
+        .batch_execute(&format!("drop table {table}"))
+        .await
+        .expect("drop");
+}

@@ -175,13 +175,10 @@ where
     if let Err(outcome) = down.send_pending(pending).await {
         return (outcome, down.traffic(&up));
     }
-    if let Err(outcome) = up.send_first(first).await {
-        return (outcome, down.traffic(&up));
-    }
     let mut outcome = tokio::select! {
         // Bytes already read are forwarded before a cancel is looked at.
         biased;
-        outcome = up.run(&mut client_read) => outcome,
+        outcome = up.run(&mut client_read, first) => outcome,
         outcome = down.run(&mut server_read) => outcome,
         () = cancel_requested(cancel, state) => Outcome::Cancelled,
     };

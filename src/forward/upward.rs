@@ -7,7 +7,7 @@ use std::sync::atomic::Ordering;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 
 use super::buffers::{Buffer, OutVec};
-use super::prepared::Plan;
+use super::prepared::{Plan, UpwardReport};
 use super::sync::Upward;
 use super::{ClientSide, Outcome, Pump, Rewrite, SyncState, write_flushed};
 
@@ -42,16 +42,19 @@ impl<'a, W: AsyncWrite + Unpin> ToServer<'a, W> {
         }
     }
 
-    /// Sends the bytes the client sent before the period started.
-    pub(super) async fn send_first(&mut self, first: &[u8]) -> Result<(), Outcome> {
-        if first.is_empty() {
-            return Ok(());
+    /// Sends the bytes the client sent before the period started (`first`), then forwards
+    /// until the client terminates, closes or fails, or a write upstream fails. Run beside
+    /// the other direction from the start: a rewrite may wait for the server's answers.
+    pub(super) async fn run<R: AsyncRead + Unpin>(
+        &mut self,
+        client: &mut R,
+        first: &[u8],
+    ) -> Outcome {
+        if !first.is_empty()
+            && let Err(outcome) = self.send(first).await
+        {
+            return outcome;
         }
-        self.send(first).await
-    }
-
-    /// Forwards until the client terminates, closes or fails, or a write upstream fails.
-    pub(super) async fn run<R: AsyncRead + Unpin>(&mut self, client: &mut R) -> Outcome {
         let mut buffer = Buffer::take();
         loop {
             let n = match client.read(&mut buffer).await {
@@ -72,13 +75,21 @@ impl<'a, W: AsyncWrite + Unpin> ToServer<'a, W> {
                 send_upward(chunk, client_side, self.state, &mut self.server).await?
             }
             Pump::Rewriting(rewrite) => {
-                self.out.clear();
-                let terminated =
-                    rewrite_chunk(chunk, rewrite, self.state, self.plan, &mut self.out)?;
-                write_flushed(&mut self.server, &self.out)
-                    .await
-                    .map_err(|_| Outcome::ServerError)?;
-                terminated
+                let mut rest = chunk;
+                loop {
+                    self.out.clear();
+                    let report =
+                        rewrite_chunk(rest, rewrite, self.state, self.plan, &mut self.out)?;
+                    write_flushed(&mut self.server, &self.out)
+                        .await
+                        .map_err(|_| Outcome::ServerError)?;
+                    let Some(consumed) = report.paused_at else {
+                        break report.terminated;
+                    };
+                    // A Bind waits for its statement's shape (the other direction reads it).
+                    self.plan.learnt().await;
+                    rest = &rest[consumed..];
+                }
             }
         };
         if terminated {
@@ -89,15 +100,15 @@ impl<'a, W: AsyncWrite + Unpin> ToServer<'a, W> {
     }
 }
 
-/// Rewrites one chunk from the client into `out` (transaction mode); true when the client
-/// terminated (`out` then holds what came before Terminate).
+/// Rewrites one chunk from the client into `out` (transaction mode): whether the client
+/// terminated (`out` then holds what came before Terminate) or the rewrite paused.
 fn rewrite_chunk(
     chunk: &[u8],
     rewrite: &mut Rewrite<'_>,
     state: &SyncState,
     plan: &Plan,
     out: &mut Vec<u8>,
-) -> Result<bool, Outcome> {
+) -> Result<UpwardReport, Outcome> {
     let report = rewrite
         .client
         .process(chunk, rewrite.statements, rewrite.prepared, plan, out)
@@ -111,7 +122,7 @@ fn rewrite_chunk(
     if report.opened {
         state.note_opened();
     }
-    Ok(report.terminated)
+    Ok(report)
 }
 
 /// Scans and forwards one chunk from the client (session mode); true when the client

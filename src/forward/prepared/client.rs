@@ -3,8 +3,9 @@
 
 use std::sync::Mutex;
 
+use super::outgoing::Outgoing;
+use super::rewrite::{Rewrite, Step};
 use super::*;
-use crate::forward::replay::opens_transaction;
 
 /// What the client side found in one chunk.
 #[derive(Debug, Default)]
@@ -17,6 +18,10 @@ pub struct UpwardReport {
     pub quiet: bool,
     /// A Parse in the chunk begins a transaction (`BEGIN` sent in one batch with more).
     pub opened: bool,
+    /// The rewrite paused after this many bytes of the chunk, at a Bind whose statement's
+    /// shape must be learnt first: send `out`, wait for [`Plan::learnt`], then process the
+    /// rest of the chunk (the Bind is resumed first).
+    pub paused_at: Option<usize>,
 }
 
 /// Rewrites client → server messages (transaction mode).
@@ -28,6 +33,8 @@ pub struct ClientRewriter {
     /// Body bytes of a passed-through message still to come.
     passing: usize,
     quiet: bool,
+    /// The Bind in `collecting` paused for its statement's shape: resumed at the next call.
+    paused: bool,
 }
 
 impl ClientRewriter {
@@ -60,6 +67,12 @@ impl ClientRewriter {
             opened: false,
         };
         let mut report = UpwardReport::default();
+        if self.paused {
+            self.paused = false;
+            if let Some((tag, body, _)) = self.collecting.take() {
+                self.rewrite(tag, &body, &mut to, true)?;
+            }
+        }
         let mut pos = 0;
         while pos < chunk.len() {
             if self.passing > 0 {
@@ -71,6 +84,10 @@ impl ClientRewriter {
             }
             if self.collecting.is_some() {
                 self.collect(chunk, &mut pos, &mut to)?;
+                if self.paused {
+                    report.paused_at = Some(pos);
+                    break;
+                }
                 continue;
             }
             let Some((tag, body_len)) = gather_header(&mut self.header, chunk, &mut pos)? else {
@@ -100,7 +117,11 @@ impl ClientRewriter {
             self.collecting = Some((tag, body, remaining - step));
             return Ok(());
         }
-        self.rewrite(tag, &body, to)
+        if let Step::Pause = self.rewrite(tag, &body, to, false)? {
+            self.collecting = Some((tag, body, 0));
+            self.paused = true;
+        }
+        Ok(())
     }
 
     /// Starts a message whose header was just read: passes it through (recording what the
@@ -138,7 +159,8 @@ impl ClientRewriter {
                 }
                 self.header.clear();
                 if body_len == 0 {
-                    return self.rewrite(tag, &[], to);
+                    // Too short for any of them: the rewrite reports it malformed.
+                    return self.rewrite(tag, &[], to, false).map(|_| ());
                 }
                 self.collecting =
                     Some((tag, Vec::with_capacity(body_len.min(64 * 1024)), body_len));
@@ -159,29 +181,33 @@ impl ClientRewriter {
         Ok(())
     }
 
-    /// Handles one complete Parse, Bind, Describe or Close.
-    fn rewrite(&mut self, tag: u8, body: &[u8], to: &mut Output) -> Result<(), String> {
+    /// Handles one complete Parse, Bind, Describe or Close; `resumed` for a Bind that paused
+    /// for its statement's shape.
+    fn rewrite(
+        &mut self,
+        tag: u8,
+        body: &[u8],
+        to: &mut Output,
+        resumed: bool,
+    ) -> Result<Step, String> {
         let malformed = || format!("malformed '{}' message", char::from(tag));
         let mut prepared = to.prepared.lock().unwrap_or_else(|p| p.into_inner());
-        let mut at = Rewrite {
+        let step = Rewrite {
             statements: to.statements,
-            prepared: &mut prepared,
-            plan: to.plan,
-            out: to.out,
+            to: Outgoing {
+                prepared: &mut prepared,
+                plan: to.plan,
+                out: to.out,
+            },
             opened: &mut to.opened,
-        };
-        match tag {
-            b'P' => at.parse(body).ok_or_else(malformed)?,
-            b'B' => at.bind(body).ok_or_else(malformed)?,
-            b'D' => at.describe(body).ok_or_else(malformed)?,
-            b'C' => at.close(body).ok_or_else(malformed)?,
-            _ => at.out.extend_from_slice(&message(tag, body)),
         }
+        .message(tag, body, resumed)
+        .ok_or_else(malformed)?;
         drop(prepared);
         if to.plan.leads_with_synthetic() {
             to.plan.wake.notify_one();
         }
-        Ok(())
+        Ok(step)
     }
 }
 
@@ -194,155 +220,6 @@ struct Output<'a> {
     out: &'a mut Vec<u8>,
     /// A Parse began a transaction.
     opened: bool,
-}
-
-/// One rewrite of a Parse, Bind, Describe or Close, with the connection's statements locked.
-/// Each method returns `None` for a malformed message.
-struct Rewrite<'a> {
-    statements: &'a mut ClientStatements,
-    prepared: &'a mut ServerStatements,
-    plan: &'a Plan,
-    out: &'a mut Vec<u8>,
-    opened: &'a mut bool,
-}
-
-impl Rewrite<'_> {
-    /// A named Parse becomes a Parse of the shared server statement, or a synthetic
-    /// ParseComplete when the connection already has it.
-    fn parse(&mut self, body: &[u8]) -> Option<()> {
-        let (name, rest) = cstr(body)?;
-        *self.opened |= opens_transaction(rest);
-        if drops_all_statements(rest) {
-            // Forgotten when sent, not when run: a named Parse after it in this pipeline must
-            // reach the server, which will have dropped everything by then.
-            self.prepared.clear();
-        }
-        if name.is_empty() {
-            self.out.extend_from_slice(&message(b'P', body));
-            self.plan.push(Expect::Forward {
-                ends: b"1",
-                sync: false,
-            });
-            return Some(());
-        }
-        let (query, types) = cstr(rest)?;
-        let (client_name, statement) = Statement::renamed(name, query, types, rest);
-        if self.prepared.contains(&statement.server_name) {
-            self.plan.push(Expect::Synthetic(&PARSE_COMPLETE));
-        } else {
-            self.send_parse(&statement);
-            self.plan
-                .push(Expect::ClientParse(statement.server_name.clone()));
-        }
-        self.statements.insert(client_name, statement);
-        Some(())
-    }
-
-    /// Sends `statement`'s Parse, after a Close when the connection holds a stale one.
-    fn send_parse(&mut self, statement: &Statement) {
-        if self.prepared.prepare(&statement.server_name) {
-            self.out
-                .extend_from_slice(&close_statement(&statement.server_name));
-            self.plan
-                .push(Expect::InjectedClose(statement.server_name.clone()));
-        }
-        self.out.extend_from_slice(&statement.parse);
-    }
-
-    fn bind(&mut self, body: &[u8]) -> Option<()> {
-        let (portal, rest) = cstr(body)?;
-        let (name, rest) = cstr(rest)?;
-        let expect = match self.ensure(name) {
-            Some(statement) => {
-                let mut renamed = portal.to_vec();
-                renamed.push(0);
-                renamed.extend_from_slice(statement.server_name.as_bytes());
-                renamed.push(0);
-                renamed.extend_from_slice(rest);
-                self.out.extend_from_slice(&message(b'B', &renamed));
-                Expect::UsesStatement {
-                    ends: b"2",
-                    statement,
-                }
-            }
-            None => {
-                self.out.extend_from_slice(&message(b'B', body));
-                Expect::Forward {
-                    ends: b"2",
-                    sync: false,
-                }
-            }
-        };
-        self.plan.push(expect);
-        Some(())
-    }
-
-    fn describe(&mut self, body: &[u8]) -> Option<()> {
-        let kind = *body.first()?;
-        let (name, _) = cstr(&body[1..])?;
-        let renamed = if kind == b'S' {
-            self.ensure(name)
-        } else {
-            None
-        };
-        let expect = match renamed {
-            Some(statement) => {
-                let mut new_body = vec![b'S'];
-                new_body.extend_from_slice(statement.server_name.as_bytes());
-                new_body.push(0);
-                self.out.extend_from_slice(&message(b'D', &new_body));
-                Expect::UsesStatement {
-                    ends: b"Tn",
-                    statement,
-                }
-            }
-            None => {
-                self.out.extend_from_slice(&message(b'D', body));
-                Expect::Forward {
-                    ends: b"Tn",
-                    sync: false,
-                }
-            }
-        };
-        self.plan.push(expect);
-        Some(())
-    }
-
-    fn close(&mut self, body: &[u8]) -> Option<()> {
-        let kind = *body.first()?;
-        let (name, _) = cstr(&body[1..])?;
-        if kind == b'S' && !name.is_empty() {
-            // The server statement may serve other clients: keep it, answer ourselves.
-            self.statements
-                .remove(String::from_utf8_lossy(name).as_ref());
-            self.plan.push(Expect::Synthetic(&CLOSE_COMPLETE));
-        } else {
-            self.out.extend_from_slice(&message(b'C', body));
-            self.plan.push(Expect::Forward {
-                ends: b"3",
-                sync: false,
-            });
-        }
-        Some(())
-    }
-
-    /// A client statement, its Parse sent first if the connection lacks it. `None` for the
-    /// unnamed statement or a name the client never prepared.
-    fn ensure(&mut self, name: &[u8]) -> Option<Arc<Statement>> {
-        if name.is_empty() {
-            return None;
-        }
-        let statement = self
-            .statements
-            .get(String::from_utf8_lossy(name).as_ref())?
-            .clone();
-        if !self.prepared.contains(&statement.server_name) {
-            self.send_parse(&statement);
-            self.plan
-                .push(Expect::InjectedParse(statement.server_name.clone()));
-        }
-        Some(statement)
-    }
 }
 
 /// A Query whose text (its first bytes in `available`, of `len` in all) may be `DEALLOCATE

@@ -7,9 +7,12 @@
 //! be closed and prepared again at its next use, and so does a Parse answered 42P05 (the server
 //! holds a name thought gone). Without this, one client's `DEALLOCATE ALL`
 //! (psycopg 3 sends one itself after a `ROLLBACK` or DDL) or an `ALTER TABLE` broke the shared
-//! statement for every client of the connection until it was retired.
+//! statement for every client of the connection until it was retired. Each statement also
+//! carries its result shape once a Describe's answer showed it ([`super::shape`]).
 
 use std::collections::HashMap;
+
+use super::shape::Shape;
 
 /// Server-side names of one connection's prepared statements. One map, not a set per state:
 /// it is part of every pooled connection and of the pool's handoffs.
@@ -20,7 +23,8 @@ pub struct ServerStatements {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Held {
-    Ready,
+    /// Usable, with its result shape (0 until a Describe's answer shows it).
+    Ready(Shape),
     /// Still held by the server but unusable (its result type changed): closed before the
     /// statement is prepared again.
     Stale,
@@ -29,13 +33,28 @@ enum Held {
 impl ServerStatements {
     /// The connection holds `name`, usable.
     pub fn contains(&self, name: &str) -> bool {
-        self.held.get(name) == Some(&Held::Ready)
+        matches!(self.held.get(name), Some(Held::Ready(_)))
     }
 
-    /// `name` is being prepared; true when a stale statement of that name must be closed
-    /// first.
+    /// The result shape of usable `name`, 0 when not known.
+    pub fn shape(&self, name: &str) -> Shape {
+        match self.held.get(name) {
+            Some(Held::Ready(shape)) => *shape,
+            _ => 0,
+        }
+    }
+
+    /// A Describe's answer showed the result shape of usable `name`.
+    pub fn learn(&mut self, name: &str, shape: Shape) {
+        if let Some(Held::Ready(known)) = self.held.get_mut(name) {
+            *known = shape;
+        }
+    }
+
+    /// `name` is being prepared (its shape unknown until described); true when a stale
+    /// statement of that name must be closed first.
     pub fn prepare(&mut self, name: &str) -> bool {
-        self.held.insert(name.to_owned(), Held::Ready) == Some(Held::Stale)
+        self.held.insert(name.to_owned(), Held::Ready(0)) == Some(Held::Stale)
     }
 
     /// A Parse of `name` did not happen (its batch failed before it), or the server lost it
@@ -105,5 +124,19 @@ mod tests {
         held.clear();
         assert!(!held.contains("a"));
         assert!(!held.prepare("b"), "the server dropped it: no Close");
+    }
+
+    #[test]
+    fn a_shape_is_known_only_for_a_usable_statement_until_it_is_prepared_again() {
+        let mut held = ServerStatements::default();
+        held.learn("s", 7);
+        assert_eq!(held.shape("s"), 0, "not held");
+        held.prepare("s");
+        held.learn("s", 7);
+        assert_eq!(held.shape("s"), 7);
+        held.mark_stale("s");
+        assert_eq!(held.shape("s"), 0);
+        held.prepare("s");
+        assert_eq!(held.shape("s"), 0, "a new plan's shape is learnt again");
     }
 }

@@ -9,7 +9,9 @@
 //! - skips a Parse the connection already has, and a client's Close of a statement, answering
 //!   ParseComplete / CloseComplete itself at the right place in the response stream;
 //! - follows what the server does to its statements behind the rewriter's back
-//!   (`DEALLOCATE ALL`, a plan gone stale after a schema change: [`ServerStatements`]).
+//!   (`DEALLOCATE ALL`, a plan gone stale after a schema change: [`ServerStatements`]);
+//! - refuses, with PostgreSQL's `0A000`, a Bind of a statement whose result shape changed since
+//!   the client was told it (a statement prepared again for it after a migration: [`guard`]).
 //!
 //! [`ClientRewriter`] rewrites the client's messages and records, in a [`Plan`], what the
 //! server will answer; [`ServerRewriter`] walks the answers against that plan, dropping and
@@ -18,6 +20,7 @@
 use std::collections::hash_map::DefaultHasher;
 use std::collections::{HashMap, VecDeque};
 use std::hash::{Hash, Hasher};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::Notify;
@@ -37,6 +40,14 @@ struct Statement {
     server_name: String,
     /// The Parse message with the server-side name, ready to send again.
     parse: Vec<u8>,
+    /// The result shape the client was told (a Describe's answer), 0 until then.
+    described: AtomicU64,
+}
+
+impl Statement {
+    fn described(&self) -> Shape {
+        self.described.load(Ordering::Relaxed)
+    }
 }
 
 /// What the server will answer to one message sent to it, in order.
@@ -58,6 +69,11 @@ enum Expect {
     ClientParse(String),
     /// Bytes the sidecar answers itself, at this place in the stream.
     Synthetic(&'static [u8]),
+    /// A Describe the sidecar added to learn the connection's shape of a client's statement:
+    /// swallow its answers, recording the shape (an error goes to the client, for its Bind).
+    Learn(Arc<Statement>),
+    /// A Bind the sidecar added (to refuse the client's): swallow its BindComplete.
+    InjectedBind,
 }
 
 /// The answers the server owes, shared by both directions of an attached period.
@@ -66,6 +82,8 @@ pub struct Plan {
     queue: Mutex<VecDeque<Expect>>,
     /// Wakes the server-to-client direction when answers of the sidecar's own lead the queue.
     pub wake: Notify,
+    /// Wakes the client-to-server direction, paused for a shape, once it is learnt.
+    learnt: Notify,
 }
 
 impl Plan {
@@ -93,30 +111,62 @@ impl Plan {
     fn leads_with_synthetic(&self) -> bool {
         matches!(self.lock().front(), Some(Expect::Synthetic(_)))
     }
+
+    /// Waits until no shape the sidecar asked for is still to come (answered, or skipped by
+    /// an error).
+    pub async fn learnt(&self) {
+        loop {
+            let learnt = self.learnt.notified();
+            if !self.lock().iter().any(|e| matches!(e, Expect::Learn(_))) {
+                return;
+            }
+            learnt.await;
+        }
+    }
 }
 
 /// A client's statements, across its transactions. Boxed, and only once the client names a
 /// statement: an idle client that never did holds one pointer, not an empty map's 48 bytes.
 #[derive(Debug, Default)]
-#[allow(clippy::box_collection)]
 pub struct ClientStatements {
-    statements: Option<Box<HashMap<String, Arc<Statement>>>>,
+    statements: Option<Box<Named>>,
+}
+
+#[derive(Debug, Default)]
+struct Named {
+    by_name: HashMap<String, Arc<Statement>>,
+    /// The statement the unnamed portal was bound from, so that the answer to a Describe of
+    /// that portal tells its shape.
+    bound: Option<Arc<Statement>>,
 }
 
 impl ClientStatements {
     fn insert(&mut self, name: String, statement: Arc<Statement>) {
         self.statements
             .get_or_insert_default()
+            .by_name
             .insert(name, statement);
     }
 
     fn get(&self, name: &str) -> Option<&Arc<Statement>> {
-        self.statements.as_ref()?.get(name)
+        self.statements.as_ref()?.by_name.get(name)
     }
 
     fn remove(&mut self, name: &str) {
         if let Some(statements) = self.statements.as_mut() {
-            statements.remove(name);
+            statements.by_name.remove(name);
+        }
+    }
+
+    /// The statement the unnamed portal was bound from, if one of the client's.
+    fn bound(&self) -> Option<Arc<Statement>> {
+        self.statements.as_ref()?.bound.clone()
+    }
+
+    /// The unnamed portal was bound from `statement` (`None`: not one of the client's).
+    fn set_bound(&mut self, statement: Option<&Arc<Statement>>) {
+        if let Some(statements) = self.statements.as_mut() {
+            statements.bound = statement.cloned();
         }
     }
 
@@ -160,6 +210,7 @@ impl Statement {
         let statement = Statement {
             server_name: server,
             parse: message(b'P', &renamed),
+            described: AtomicU64::new(0),
         };
         (
             String::from_utf8_lossy(name).into_owned(),
@@ -227,16 +278,23 @@ fn gather_header(
 }
 
 mod client;
+mod guard;
 mod held;
+mod outgoing;
+mod rewrite;
 mod server;
+mod shape;
 #[cfg(test)]
 mod tests;
 #[cfg(test)]
 mod tests_dropped;
+#[cfg(test)]
+mod tests_guard;
 
 pub use client::{ClientRewriter, UpwardReport};
 pub use held::ServerStatements;
 pub use server::ServerRewriter;
+use shape::Shape;
 
 /// A statement text that begins with `DEALLOCATE [PREPARE] ALL` or `DISCARD ALL` (any case and
 /// spacing; text after a NUL or `;` is not looked at). Most texts are ruled out by their first

@@ -1,10 +1,12 @@
 //! The server side of statement renaming: [`ServerRewriter`] walks the answers against the
 //! [`Plan`], dropping the ones the client must not see and inserting the sidecar's own, and
 //! reads the few answers that change what the connection holds (an error to a renamed
-//! statement's Bind, `DEALLOCATE ALL`, `DISCARD ALL`).
+//! statement's Bind, `DEALLOCATE ALL`, `DISCARD ALL`) or tell a statement's result shape (the
+//! answer to a Describe of one).
 
 use std::sync::Mutex;
 
+use super::shape::ShapeHasher;
 use super::*;
 
 /// The bytes of an answer read while it passes: enough for an ErrorResponse's severity,
@@ -22,6 +24,18 @@ pub struct ServerRewriter {
     dropping: bool,
     /// The current message is read as it passes, for what it says about statements.
     looking: Option<Look>,
+    /// The current message is a RowDescription of this statement, hashed as it passes.
+    shaping: Option<Shaping>,
+}
+
+/// A statement's RowDescription being hashed.
+#[derive(Debug)]
+struct Shaping {
+    hasher: ShapeHasher,
+    statement: Arc<Statement>,
+    /// The answer to the client's own Describe (the client is told this shape), or to one
+    /// the sidecar added (its plan entry is taken once the shape is recorded).
+    told: bool,
 }
 
 /// A message read as it passes: why, and its first bytes.
@@ -88,6 +102,7 @@ impl ServerRewriter {
                 self.remaining -= step;
                 pos += step;
                 self.look_at(bytes, plan, prepared);
+                self.shape_at(bytes, plan, prepared);
                 continue;
             }
             let Some((tag, body_len)) = gather_header(&mut self.header, chunk, &mut pos)? else {
@@ -102,8 +117,56 @@ impl ServerRewriter {
             self.dropping = drop;
             // An empty body is complete already.
             self.look_at(&[], plan, prepared);
+            self.shape_at(&[], plan, prepared);
         }
         Ok(())
+    }
+
+    /// Adds `bytes` of the current message to the shape being hashed; once the message is
+    /// complete, records the shape.
+    fn shape_at(&mut self, bytes: &[u8], plan: &Plan, prepared: &Mutex<ServerStatements>) {
+        let Some(shaping) = self.shaping.as_mut() else {
+            return;
+        };
+        shaping.hasher.feed(bytes);
+        if self.remaining > 0 {
+            return;
+        }
+        let Some(Shaping {
+            hasher,
+            statement,
+            told,
+        }) = self.shaping.take()
+        else {
+            return;
+        };
+        let shape = hasher.finish();
+        if told {
+            statement.described.store(shape, Ordering::Relaxed);
+        }
+        prepared
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .learn(&statement.server_name, shape);
+        if !told {
+            plan.lock().pop_front();
+            plan.learnt.notify_one();
+        }
+    }
+
+    /// Starts hashing a RowDescription (`T`), or records NoData (`n`) once its empty body is
+    /// complete.
+    fn shape(&mut self, tag: u8, statement: Arc<Statement>, told: bool) {
+        let hasher = if tag == b'n' {
+            ShapeHasher::no_data()
+        } else {
+            ShapeHasher::default()
+        };
+        self.shaping = Some(Shaping {
+            hasher,
+            statement,
+            told,
+        });
     }
 
     /// Adds `bytes` of the current message to what is looked at; once the message is
@@ -158,10 +221,46 @@ impl ServerRewriter {
             out.extend_from_slice(bytes);
             queue.pop_front();
         }
+        if tag == b'Z' {
+            // An error in a batch the server had not all read yet: what the client sent after
+            // it was skipped, never answered.
+            skip_to(
+                &mut queue,
+                prepared,
+                plan,
+                |e| matches!(e, Expect::Forward { ends, .. } if ends.contains(&b'Z')),
+            );
+        }
+        self.answer(tag, &mut queue, prepared, plan)
+    }
+
+    /// Walks the plan for a server message `tag` that is not asynchronous; true to drop it.
+    fn answer(
+        &mut self,
+        tag: u8,
+        queue: &mut VecDeque<Expect>,
+        prepared: &Mutex<ServerStatements>,
+        plan: &Plan,
+    ) -> bool {
         match (tag, queue.front()) {
-            (b'1', Some(Expect::InjectedParse(_))) | (b'3', Some(Expect::InjectedClose(_))) => {
+            (b'1', Some(Expect::InjectedParse(_)))
+            | (b'3', Some(Expect::InjectedClose(_)))
+            | (b'2', Some(Expect::InjectedBind)) => {
                 queue.pop_front();
                 true
+            }
+            (b't', Some(Expect::Learn(_))) => true,
+            (b'T' | b'n', Some(Expect::Learn(statement))) => {
+                // Taken from the plan once recorded, so the paused Bind sees the shape.
+                let statement = statement.clone();
+                self.shape(tag, statement, false);
+                true
+            }
+            (b'T' | b'n', Some(Expect::UsesStatement { ends, statement })) if *ends == b"Tn" => {
+                let statement = statement.clone();
+                self.shape(tag, statement, true);
+                queue.pop_front();
+                false
             }
             (b'1', Some(Expect::ClientParse(_))) => {
                 queue.pop_front();
@@ -170,7 +269,7 @@ impl ServerRewriter {
             (b'E', Some(Expect::Forward { ends, .. })) if *ends == b"Z" => false,
             (b'E', front) => {
                 match front {
-                    Some(Expect::UsesStatement { statement, .. }) => {
+                    Some(Expect::UsesStatement { statement, .. } | Expect::Learn(statement)) => {
                         let statement = statement.clone();
                         self.look(LookFor::ErrorOf(statement));
                     }
@@ -180,7 +279,9 @@ impl ServerRewriter {
                     }
                     _ => {}
                 }
-                skip_to_sync(&mut queue, prepared);
+                skip_to(queue, prepared, plan, |e| {
+                    matches!(e, Expect::Forward { sync: true, .. })
+                });
                 false
             }
             (_, Some(Expect::Forward { ends, .. } | Expect::UsesStatement { ends, .. }))
@@ -203,14 +304,21 @@ impl ServerRewriter {
 }
 
 /// An error in an extended-protocol batch: the server skips to the next Sync, so the Closes
-/// and Parses planned before it did not happen.
-fn skip_to_sync(queue: &mut VecDeque<Expect>, prepared: &Mutex<ServerStatements>) {
+/// and Parses planned before it (up to the entry `stop` finds) did not happen, and the shapes
+/// asked for will not come.
+fn skip_to(
+    queue: &mut VecDeque<Expect>,
+    prepared: &Mutex<ServerStatements>,
+    plan: &Plan,
+    stop: impl Fn(&Expect) -> bool,
+) {
     let mut prepared = prepared.lock().unwrap_or_else(|p| p.into_inner());
     while let Some(front) = queue.front() {
         match front {
-            Expect::Forward { sync: true, .. } => break,
+            front if stop(front) => break,
             Expect::InjectedClose(name) => prepared.close_skipped(name),
             Expect::InjectedParse(name) | Expect::ClientParse(name) => prepared.forget(name),
+            Expect::Learn(_) => plan.learnt.notify_one(),
             _ => {}
         }
         queue.pop_front();
