@@ -168,6 +168,9 @@ async fn a_statement_prepared_again_after_a_migration_is_refused_as_postgresql_r
         assert_eq!(code, "0A000", "round {round}: {message}");
         assert_eq!(message, "cached plan must not change result type");
         assert!(hint.is_some_and(|h| h.contains("Prepare the statement again")));
+        // What asyncpg and pgJDBC match before they prepare again by themselves.
+        let routine = error.as_db_error().and_then(|e| e.routine());
+        assert_eq!(routine, Some("RevalidateCachedQuery"));
         // A statement whose shape did not change runs where it was prepared again.
         let row = first.query_one(&unchanged, &[]).await.expect("unchanged");
         assert_eq!(row.get::<_, i32>(0), 42, "round {round}");

@@ -14,24 +14,52 @@
 //!    ([`Verdict::Learn`]: the client side pauses until the answer comes, one round trip per
 //!    statement and connection);
 //! 2. the same shape: the Bind runs; another: the Bind is replaced by the execution of a
-//!    prepared `DO` block raising PostgreSQL's own error ([`Verdict::Refuse`]), so that the
-//!    server aborts the transaction and skips to Sync exactly as it would for the Bind.
+//!    prepared `DO` block raising an error ([`Verdict::Refuse`]), so that the server aborts
+//!    the transaction and skips to Sync exactly as it would for the Bind; the client gets
+//!    [`REFUSAL_ERROR`] in its place, PostgreSQL's own error for the Bind down to its routine
+//!    (`RevalidateCachedQuery`), which asyncpg and pgJDBC look at before they prepare again by
+//!    themselves (with the `DO` block's own fields, they did not, and failed at every use).
 
 use std::sync::LazyLock;
+
+use tracing::info;
 
 use super::outgoing::Outgoing;
 use super::*;
 
 /// The server statement that raises the refusal.
 const REFUSAL_NAME: &str = "rdsiam_result_type_changed";
-/// What it runs: PostgreSQL's words for the error, with what the sidecar knows.
-const REFUSAL_SQL: &str = "DO $rdsiam$ BEGIN RAISE EXCEPTION USING \
-     ERRCODE = '0A000', \
-     MESSAGE = 'cached plan must not change result type', \
-     DETAIL = 'The result columns of this prepared statement changed since it was described \
-     (a schema change); rds-iam-sidecar prepared it again on another upstream connection.', \
-     HINT = 'Prepare the statement again (asyncpg and pgJDBC do so by themselves on this error).'; \
+/// What it runs (its error, in the server's log, says whose it is).
+const REFUSAL_SQL: &str = "DO $rdsiam$ BEGIN RAISE EXCEPTION USING ERRCODE = '0A000', \
+     MESSAGE = 'rds-iam-sidecar: cached plan must not change result type (a Bind refused)'; \
      END $rdsiam$";
+
+/// What the client gets for a refused Bind: PostgreSQL 15's ErrorResponse for it (severity,
+/// SQLSTATE, message, file, routine: drivers match the routine), with a detail and a hint.
+pub(super) static REFUSAL_ERROR: LazyLock<Vec<u8>> = LazyLock::new(|| {
+    let fields: [(u8, &str); 8] = [
+        (b'S', "ERROR"),
+        (b'V', "ERROR"),
+        (b'C', "0A000"),
+        (b'M', "cached plan must not change result type"),
+        (
+            b'D',
+            "The result columns of this prepared statement changed (a schema change) since \
+             it was described; rds-iam-sidecar prepared it again on another upstream connection.",
+        ),
+        (b'H', "Prepare the statement again."),
+        (b'F', "plancache.c"),
+        (b'R', "RevalidateCachedQuery"),
+    ];
+    let mut body = Vec::new();
+    for (kind, value) in fields {
+        body.push(kind);
+        body.extend_from_slice(value.as_bytes());
+        body.push(0);
+    }
+    body.push(0);
+    message(b'E', &body)
+});
 
 static REFUSAL: LazyLock<Statement> = LazyLock::new(|| {
     let mut body = REFUSAL_NAME.as_bytes().to_vec();
@@ -66,6 +94,10 @@ impl Outgoing<'_> {
             return Verdict::Run;
         }
         if resumed {
+            info!(
+                statement = %statement.server_name,
+                "refused a Bind: the statement's result columns changed since the client described it (0A000, as PostgreSQL answers)"
+            );
             self.refuse();
             return Verdict::Refuse;
         }
@@ -79,17 +111,14 @@ impl Outgoing<'_> {
         Verdict::Learn
     }
 
-    /// Runs the refusal in the Bind's place: its BindComplete swallowed, its error forwarded.
+    /// Runs the refusal in the Bind's place: its BindComplete swallowed, its error replaced by
+    /// [`REFUSAL_ERROR`].
     fn refuse(&mut self) {
         self.ensure_prepared(&REFUSAL);
         let mut bind = vec![0];
         bind.extend_from_slice(REFUSAL_NAME.as_bytes());
         bind.extend_from_slice(&[0, 0, 0, 0, 0, 0, 0]);
         self.send(&message(b'B', &bind), Expect::InjectedBind);
-        let answer = Expect::Forward {
-            ends: b"CIs",
-            sync: false,
-        };
-        self.send(&message(b'E', &[0, 0, 0, 0, 0]), answer);
+        self.send(&message(b'E', &[0, 0, 0, 0, 0]), Expect::Refusal);
     }
 }

@@ -74,6 +74,8 @@ enum Expect {
     Learn(Arc<Statement>),
     /// A Bind the sidecar added (to refuse the client's): swallow its BindComplete.
     InjectedBind,
+    /// The refusal's Execute: its error is replaced by [`guard::REFUSAL_ERROR`].
+    Refusal,
 }
 
 /// The answers the server owes, shared by both directions of an attached period.

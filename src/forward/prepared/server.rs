@@ -221,6 +221,13 @@ impl ServerRewriter {
             out.extend_from_slice(bytes);
             queue.pop_front();
         }
+        if tag == b'E' && matches!(queue.front(), Some(Expect::Refusal)) {
+            out.extend_from_slice(&guard::REFUSAL_ERROR);
+            skip_to(&mut queue, prepared, plan, |e| {
+                matches!(e, Expect::Forward { sync: true, .. })
+            });
+            return true;
+        }
         if tag == b'Z' {
             // An error in a batch the server had not all read yet: what the client sent after
             // it was skipped, never answered.

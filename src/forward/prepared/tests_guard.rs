@@ -201,7 +201,8 @@ fn a_bind_of_another_shape_is_refused_by_the_server_in_its_place() {
         ],
         "the refusal in the Bind's place, then the client's Execute and Sync"
     );
-    // The server runs the refusal and skips the client's Execute.
+    // The server runs the refusal and skips the client's Execute; the client gets
+    // PostgreSQL's own error for its Bind, down to the routine drivers look at.
     let seen = conn.answer(
         &[
             PARSE_COMPLETE.to_vec(),
@@ -211,7 +212,10 @@ fn a_bind_of_another_shape_is_refused_by_the_server_in_its_place() {
         ]
         .concat(),
     );
-    assert_eq!(seen, [error("0A000"), ready()].concat());
+    assert_eq!(seen, [guard::REFUSAL_ERROR.clone(), ready()].concat());
+    let text = String::from_utf8_lossy(&seen);
+    assert!(text.contains("C0A000\0Mcached plan must not change result type\0"));
+    assert!(text.contains("\0RRevalidateCachedQuery\0"), "{text}");
     assert!(conn.plan.is_empty());
     // The client prepares again and is told the new shape: it runs.
     let sent = conn.tags(
