@@ -151,31 +151,54 @@ async fn sigterm_in_transaction_mode_lets_the_transaction_commit() {
 }
 
 #[tokio::test]
-async fn grace_period_over_closes_what_is_left_and_exits_1() {
-    let pki = TestPki::new();
-    let emulator = support::emulator_for_cluster(&pki).await;
-    let home = tempfile::tempdir().expect("tempdir");
-    let (mut sidecar, port) = spawn_sidecar(
-        &emulator.addr.to_string(),
-        &pki,
-        home.path(),
-        &["--shutdown-grace", "1s", "--admin-listen", "off"],
-    );
-    wait_for_port(port, &mut sidecar.0).await;
-    let (stuck, stuck_connection) = client(port).await.expect("client");
-    stuck.batch_execute("begin").await.expect("begin");
+async fn grace_period_over_closes_what_is_left_with_57p01_and_exits_1() {
+    for pool_mode in ["session", "transaction"] {
+        let pki = TestPki::new();
+        let emulator = support::emulator_for_cluster(&pki).await;
+        let home = tempfile::tempdir().expect("tempdir");
+        let (mut sidecar, port) = spawn_sidecar(
+            &emulator.addr.to_string(),
+            &pki,
+            home.path(),
+            &[
+                "--shutdown-grace",
+                "1s",
+                "--admin-listen",
+                "off",
+                "--pool-mode",
+                pool_mode,
+            ],
+        );
+        wait_for_port(port, &mut sidecar.0).await;
+        let (idle_in_transaction, idle_connection) = client(port).await.expect("client");
+        idle_in_transaction
+            .batch_execute("begin")
+            .await
+            .expect("begin");
+        let (running, _running_connection) = client(port).await.expect("client");
+        let statement =
+            tokio::spawn(async move { running.simple_query("select pg_sleep(30)").await });
+        tokio::time::sleep(Duration::from_millis(300)).await;
 
-    sidecar.signal("TERM");
-    let status = sidecar.exit_within(Duration::from_secs(10)).await;
-    assert_eq!(status.code(), Some(1), "a forced end is not a clean exit");
-    let ended = tokio::time::timeout(Duration::from_secs(5), stuck_connection)
-        .await
-        .expect("the client sees the close")
-        .expect("connection task");
-    assert!(
-        ended.is_err(),
-        "the open transaction's connection was closed"
-    );
+        sidecar.signal("TERM");
+        let status = sidecar.exit_within(Duration::from_secs(10)).await;
+        assert_eq!(status.code(), Some(1), "a forced end is not a clean exit");
+        // Told why, as PostgreSQL's fast shutdown tells it, not just closed.
+        let ended = tokio::time::timeout(Duration::from_secs(5), idle_connection)
+            .await
+            .expect("the client sees the close")
+            .expect("connection task")
+            .expect_err("the open transaction's connection was closed");
+        let (code, message, _) = db_error(&ended);
+        assert_eq!(code, "57P01", "{pool_mode}: {message}");
+        let failed = statement
+            .await
+            .expect("statement task")
+            .expect_err("the running statement was ended");
+        let (code, _, hint) = db_error(&failed);
+        assert_eq!(code, "57P01", "{pool_mode}");
+        assert!(hint.is_some_and(|h| h.contains("may or may not have completed")));
+    }
 }
 
 /// Runs a subcommand of the binary against the admin endpoint; (exit code, stdout).

@@ -61,6 +61,9 @@ pub enum Outcome {
     /// The sidecar is shutting down and closed the session between transactions (set by the
     /// session, never by [`forward_attached`]).
     Shutdown,
+    /// The shutdown's grace period ended with the session still attached: the upstream
+    /// connection is closed whatever runs on it.
+    Terminated,
 }
 
 /// When an attached period ends by itself, always right after a ReadyForQuery that leaves
@@ -180,7 +183,7 @@ where
         biased;
         outcome = up.run(&mut client_read, first) => outcome,
         outcome = down.run(&mut server_read) => outcome,
-        () = cancel_requested(cancel, state) => Outcome::Cancelled,
+        outcome = cancel_requested(cancel, state) => outcome,
     };
     if outcome == Outcome::Cancelled && !down.client_at_boundary() {
         outcome = Outcome::CancelledMidAnswer;
@@ -198,11 +201,12 @@ where
     (outcome, traffic)
 }
 
-/// Resolves when a cancel asks to close the upstream connection while the client is owed an
-/// answer (for a marked request: the answer it was owed when the cancel came); a cancel for a
-/// connection with nothing running is dropped, as PostgreSQL drops one for an idle backend
-/// (idle in a transaction too).
-async fn cancel_requested(cancel: Option<&Closer>, state: &SyncState) {
+/// Resolves with [`Outcome::Cancelled`] when a cancel asks to close the upstream connection
+/// while the client is owed an answer (for a marked request: the answer it was owed when the
+/// cancel came), and with [`Outcome::Terminated`] when the shutdown's grace period ends; a
+/// cancel for a connection with nothing running is dropped, as PostgreSQL drops one for an
+/// idle backend (idle in a transaction too).
+async fn cancel_requested(cancel: Option<&Closer>, state: &SyncState) -> Outcome {
     let Some(closer) = cancel else {
         return std::future::pending().await;
     };
@@ -212,9 +216,10 @@ async fn cancel_requested(cancel: Option<&Closer>, state: &SyncState) {
         let still_running = match closer.closed().await {
             CloseAsk::Any => true,
             CloseAsk::UnlessAnsweredSince(mark) => state.answered() == mark,
+            CloseAsk::Terminate => return Outcome::Terminated,
         };
         if still_running && !state.owes_nothing() {
-            return;
+            return Outcome::Cancelled;
         }
     }
 }

@@ -194,9 +194,19 @@ impl CancelRegistry {
 
     /// Wakes every client's session (a shutdown drain: idle ones close themselves).
     pub fn wake_all(&self) {
+        self.each_closer(Closer::wake);
+    }
+
+    /// Ends every client's session now, telling the client 57P01 (the shutdown's grace
+    /// period is over).
+    pub fn terminate_all(&self) {
+        self.each_closer(Closer::terminate);
+    }
+
+    fn each_closer(&self, pull: fn(&Closer)) {
         let slots: Vec<Arc<ClientSlot>> = self.lock().values().cloned().collect();
         for slot in slots {
-            slot.closer.wake();
+            pull(&slot.closer);
         }
     }
 

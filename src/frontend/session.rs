@@ -84,8 +84,9 @@ impl Session {
 
 impl Session {
     /// Tells the client why its session ends when it would otherwise see only a closed socket:
-    /// the upstream connection was lost (FATAL 08006, a WARN line, a metric), or its own bytes
-    /// were not PostgreSQL messages (FATAL 08P01). Nothing is written when the client holds part
+    /// the upstream connection was lost (FATAL 08006, a WARN line, a metric), its own bytes
+    /// were not PostgreSQL messages (FATAL 08P01), or the shutdown's grace period ended under
+    /// it (FATAL 57P01). Nothing is written when the client holds part
     /// of a server message, nor after the server's own ErrorResponse.
     pub(super) async fn tell_ending(&mut self, outcome: Outcome, traffic: &Traffic) {
         let error = match outcome {
@@ -121,6 +122,7 @@ impl Session {
                 )
                 .with_hint(hint)
             }
+            Outcome::Terminated => crate::ops::shutdown::terminated_error(),
             Outcome::ClientProtocolError => PgError::fatal(
                 sqlstate::PROTOCOL_VIOLATION,
                 "rds-iam-sidecar: invalid message from the client (a length below 4, or a \

@@ -155,7 +155,10 @@ impl Session {
                 drop(lease);
                 self.answer_cancelled().await
             }
-            Outcome::ServerClosed | Outcome::ServerError | Outcome::ClientProtocolError => {
+            Outcome::ServerClosed
+            | Outcome::ServerError
+            | Outcome::ClientProtocolError
+            | Outcome::Terminated => {
                 drop(lease);
                 self.tell_ending(outcome, traffic).await;
                 Some(outcome)

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use tokio::sync::Notify;
 
 use crate::error::{PgError, Severity, sqlstate};
-use crate::forward::closer::Closer;
+use crate::forward::closer::{CloseAsk, Closer};
 
 /// Shared shutdown state.
 #[derive(Debug, Default)]
@@ -93,7 +93,10 @@ impl Shutdown {
                 return Poll::Ready(Woken::Ready(result));
             }
             // Registered before the drain flag is read, so a drain in between is not missed.
-            let _ = closer.poll_close(cx);
+            // The grace period's end closes a session idle inside a transaction too.
+            if let Poll::Ready(CloseAsk::Terminate) = closer.poll_close(cx) {
+                return Poll::Ready(Woken::Draining);
+            }
             if watch_drain && self.is_draining() {
                 return Poll::Ready(Woken::Draining);
             }
@@ -184,6 +187,24 @@ pub fn shutdown_error() -> PgError {
     )
     .with_detail("rds-iam-sidecar is shutting down")
     .with_hint("reconnect: a new sidecar (or this one after its restart) will serve you")
+}
+
+/// What a client still running a statement or transaction is told when the shutdown's grace
+/// period ends (PostgreSQL's words for a fast shutdown).
+pub fn terminated_error() -> PgError {
+    PgError::new(
+        Severity::Fatal,
+        sqlstate::ADMIN_SHUTDOWN,
+        "terminating connection due to administrator command",
+    )
+    .with_detail(
+        "rds-iam-sidecar is shutting down and its grace period (--shutdown-grace) ended before \
+         this session's statement or transaction did; its upstream connection was closed",
+    )
+    .with_hint(
+        "what ran may or may not have completed (an open transaction was rolled back): check \
+         before retrying on a new connection",
+    )
 }
 
 #[cfg(test)]

@@ -29,6 +29,9 @@ use crate::upstream::tls::TlsMode;
 use crate::upstream::{Authenticator, Connector, UpstreamAuth};
 use bind::{bind_admin, bind_endpoint};
 
+/// How long sessions get to tell 57P01 and close upstream once the grace period is over.
+const TERMINATE_WAIT: Duration = Duration::from_secs(2);
+
 /// Why the sidecar could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -132,6 +135,11 @@ impl RunningSidecar {
                 clients = left,
                 "shutdown grace period over: closing the remaining client connections"
             );
+            // Each told 57P01 where it stands between two messages, not just closed.
+            for frontend in &self.frontends {
+                frontend.cancels.terminate_all();
+            }
+            let _ = tokio::time::timeout(TERMINATE_WAIT, shutdown.all_clients_gone()).await;
         } else {
             info!("drained: no client connection left");
         }
