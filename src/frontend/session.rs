@@ -125,8 +125,8 @@ impl Session {
             Outcome::Terminated => crate::ops::shutdown::terminated_error(),
             Outcome::ClientProtocolError => PgError::fatal(
                 sqlstate::PROTOCOL_VIOLATION,
-                "rds-iam-sidecar: invalid message from the client (a length below 4, or a \
-                 message that cannot be read)",
+                "rds-iam-sidecar: invalid message from the client (a length below 4 or above \
+                 1 GiB, or a message that cannot be read)",
             ),
             _ => return,
         };

@@ -13,7 +13,12 @@ pub const PARAMETER_STATUS: u8 = b'S';
 /// A requested body larger than this is not captured (ParameterStatus values are short).
 pub const MAX_CAPTURE: usize = 64 * 1024;
 
-/// A length field smaller than the length itself: the stream is not PostgreSQL.
+/// The largest length field PostgreSQL sends or accepts (`PQ_LARGE_MESSAGE_LIMIT`, 1 GiB - 1):
+/// a message longer than that can only be garbage, or an attack on the server's memory.
+pub const MAX_MESSAGE_LENGTH: u32 = 0x3fff_ffff;
+
+/// A length field smaller than the length itself, or larger than [`MAX_MESSAGE_LENGTH`]: the
+/// stream is not PostgreSQL.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[error("invalid message length {length} for message type '{}'", char::from(*.tag))]
 pub struct FramingError {
@@ -146,7 +151,7 @@ impl FrameScanner {
 fn header_fields(header: &[u8]) -> Result<(u8, usize), FramingError> {
     let tag = header[0];
     let length = u32::from_be_bytes([header[1], header[2], header[3], header[4]]);
-    if length < 4 {
+    if !(4..=MAX_MESSAGE_LENGTH).contains(&length) {
         return Err(FramingError { tag, length });
     }
     Ok((tag, length as usize - 4))
@@ -256,6 +261,13 @@ mod tests {
             scanner
                 .scan(&[b'D', 0, 0, 0, 3, 0], &mut Recorder::default())
                 .is_err()
+        );
+        let mut scanner = FrameScanner::new();
+        assert!(
+            scanner
+                .scan(&[b'Q', 0x7f, 0xff, 0xff, 0xff, 0], &mut Recorder::default())
+                .is_err(),
+            "over PostgreSQL's 1 GiB"
         );
     }
 }

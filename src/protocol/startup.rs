@@ -92,6 +92,7 @@ pub async fn read_initial_packet<R: AsyncRead + Unpin>(
             if major != 3 {
                 return Err(StartupError::UnsupportedProtocol { major, minor });
             }
+            check_layout(&packet[8..])?;
             let startup = Startup::decode(&mut packet, &DecodeContext::default())
                 .map_err(|e| StartupError::Invalid(e.to_string()))?
                 .ok_or_else(|| StartupError::Invalid("truncated".to_owned()))?;
@@ -100,6 +101,24 @@ pub async fn read_initial_packet<R: AsyncRead + Unpin>(
                 minor: startup.protocol_number_minor,
                 parameters: startup.parameters.into_iter().collect(),
             }))
+        }
+    }
+}
+
+/// The parameters of a StartupMessage are name/value pairs of NUL-terminated strings, ended
+/// by one more NUL, as PostgreSQL checks them (pgwire takes a last pair without its
+/// terminator, and a missing user name was then blamed for it).
+fn check_layout(body: &[u8]) -> Result<(), StartupError> {
+    let invalid = || StartupError::Invalid("layout: expected terminator as last byte".to_owned());
+    let mut strings = body.split_inclusive(|b| *b == 0);
+    loop {
+        let name = strings.next().ok_or_else(invalid)?;
+        if name == [0] {
+            return strings.next().is_none().then_some(()).ok_or_else(invalid);
+        }
+        let value = strings.next().ok_or_else(invalid)?;
+        if name.last() != Some(&0) || value.last() != Some(&0) {
+            return Err(invalid());
         }
     }
 }
@@ -173,5 +192,29 @@ mod tests {
             parse(&[0, 0, 0, 8, 0, 2, 0, 0]).await,
             Err(StartupError::UnsupportedProtocol { major: 2, .. })
         ));
+    }
+
+    #[tokio::test]
+    async fn rejects_a_parameter_list_without_its_terminators() {
+        let whole = startup_bytes(0, &[("user", "app")]);
+        for cut in [1, 2] {
+            // The final NUL gone, then the value's as well (lengths adjusted).
+            let mut bytes = whole[..whole.len() - cut].to_vec();
+            let length = (bytes.len() as u32).to_be_bytes();
+            bytes[..4].copy_from_slice(&length);
+            let error = parse(&bytes).await.expect_err("invalid layout");
+            assert!(
+                error.to_string().contains("expected terminator"),
+                "{cut}: {error}"
+            );
+        }
+        let mut name_only = startup_bytes(0, &[]);
+        name_only.truncate(name_only.len() - 1);
+        name_only.extend_from_slice(b"user\0\0");
+        let length = (name_only.len() as u32).to_be_bytes();
+        name_only[..4].copy_from_slice(&length);
+        assert!(parse(&name_only).await.is_err(), "a name without a value");
+        let empty = startup_bytes(0, &[]);
+        assert!(parse(&empty).await.is_ok(), "no parameters at all");
     }
 }

@@ -25,7 +25,7 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::Notify;
 
-use crate::protocol::framing::message;
+use crate::protocol::framing::{MAX_MESSAGE_LENGTH, message};
 
 /// ParseComplete.
 const PARSE_COMPLETE: [u8; 5] = [b'1', 0, 0, 0, 4];
@@ -272,10 +272,11 @@ fn gather_header(
         return Ok(None);
     }
     let [tag, length @ ..] = header.bytes;
-    let length = u32::from_be_bytes(length) as usize;
-    if length < 4 {
+    let length = u32::from_be_bytes(length);
+    if !(4..=MAX_MESSAGE_LENGTH).contains(&length) {
         return Err(format!("invalid message length {length}"));
     }
+    let length = length as usize;
     Ok(Some((tag, length - 4)))
 }
 
