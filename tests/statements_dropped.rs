@@ -205,3 +205,34 @@ async fn a_statement_prepared_again_after_a_migration_is_refused_as_postgresql_r
         .await
         .expect("drop");
 }
+
+/// A client preparing a statement after a migration gets the new plan, as from PostgreSQL,
+/// although the connection holds the old one another client prepared before (skipping its
+/// Parse, the sidecar let the old plan answer the client's Describe with 0A000).
+#[tokio::test]
+async fn a_statement_prepared_after_a_migration_is_parsed_afresh() {
+    let stack = one_connection().await;
+    let table = unique_name("widened");
+    let admin = connect(&stack).await;
+    admin
+        .batch_execute(&format!(
+            "create table {table} (a int4); insert into {table} values (1)"
+        ))
+        .await
+        .expect("table");
+    let sql = format!("select * from {table}");
+    let before = connect(&stack).await;
+    before.prepare(&sql).await.expect("prepare before");
+    admin
+        .batch_execute(&format!("alter table {table} add column b int4 default 7"))
+        .await
+        .expect("alter");
+    let after = connect(&stack).await;
+    let statement = after.prepare(&sql).await.expect("prepared after: no 0A000");
+    let row = after.query_one(&statement, &[]).await.expect("runs");
+    assert_eq!((row.get::<_, i32>(0), row.get::<_, i32>(1)), (1, 7));
+    admin
+        .batch_execute(&format!("drop table {table}"))
+        .await
+        .expect("drop");
+}

@@ -6,8 +6,10 @@
 //!   collide;
 //! - remembers each client's Parse, and sends it again (its ParseComplete swallowed) before a
 //!   Bind or Describe on a connection that lacks the statement;
-//! - skips a Parse the connection already has, and a client's Close of a statement, answering
-//!   ParseComplete / CloseComplete itself at the right place in the response stream;
+//! - answers a client's Close of a statement itself (CloseComplete at the right place in the
+//!   response stream), and sends a client's Parse of a statement the connection holds after a
+//!   Close of its own (unlike PgBouncer, which skips it: the held plan may predate a schema
+//!   change, which PostgreSQL, parsing afresh for every session, never shows a client);
 //! - follows what the server does to its statements behind the rewriter's back
 //!   (`DEALLOCATE ALL`, a plan gone stale after a schema change: [`ServerStatements`]);
 //! - refuses, with PostgreSQL's `0A000`, a Bind of a statement whose result shape changed since
@@ -28,6 +30,7 @@ use tokio::sync::Notify;
 use crate::protocol::framing::{MAX_MESSAGE_LENGTH, message};
 
 /// ParseComplete.
+#[cfg(test)]
 const PARSE_COMPLETE: [u8; 5] = [b'1', 0, 0, 0, 4];
 /// CloseComplete.
 const CLOSE_COMPLETE: [u8; 5] = [b'3', 0, 0, 0, 4];

@@ -38,8 +38,11 @@ impl Rewrite<'_> {
         }
     }
 
-    /// A named Parse becomes a Parse of the shared server statement, or a synthetic
-    /// ParseComplete when the connection already has it.
+    /// A named Parse becomes a Parse of the shared server statement, after a Close where the
+    /// connection holds it: PostgreSQL parses afresh for every session, and a plan the
+    /// connection holds may predate a schema change (answering the Parse ourselves, as
+    /// PgBouncer does, a driver's next Describe then got 0A000 where PostgreSQL refuses
+    /// nothing: asyncpg surfaced it at prepare, pgJDBC inside transactions).
     fn parse(&mut self, body: &[u8]) -> Option<()> {
         let (name, rest) = cstr(body)?;
         *self.opened |= opens_transaction(rest);
@@ -58,14 +61,11 @@ impl Rewrite<'_> {
         }
         let (query, types) = cstr(rest)?;
         let (client_name, statement) = Statement::renamed(name, query, types, rest);
-        if self.to.prepared.contains(&statement.server_name) {
-            self.to.plan.push(Expect::Synthetic(&PARSE_COMPLETE));
-        } else {
-            self.to.send_parse(&statement);
-            self.to
-                .plan
-                .push(Expect::ClientParse(statement.server_name.clone()));
-        }
+        self.to.prepared.mark_stale(&statement.server_name);
+        self.to.send_parse(&statement);
+        self.to
+            .plan
+            .push(Expect::ClientParse(statement.server_name.clone()));
         self.statements.insert(client_name, statement);
         Some(())
     }

@@ -104,7 +104,7 @@ fn second_connection_gets_the_parse_again_and_its_parse_complete_is_swallowed() 
 }
 
 #[test]
-fn a_parse_the_connection_has_is_answered_locally_in_order() {
+fn a_parse_the_connection_has_is_parsed_afresh_after_a_swallowed_close() {
     let plan = Plan::default();
     let mut statements = ClientStatements::default();
     let conn = Mutex::new(ServerStatements::default());
@@ -129,7 +129,8 @@ fn a_parse_the_connection_has_is_answered_locally_in_order() {
             &mut to_client,
         )
         .expect("valid");
-    // Another client prepares the same SQL under another name: no Parse is sent.
+    // Another client prepares the same SQL under another name: parsed afresh, as PostgreSQL
+    // would for its session (the held plan may predate a schema change).
     let mut other = ClientStatements::default();
     out.clear();
     rewriter
@@ -143,12 +144,18 @@ fn a_parse_the_connection_has_is_answered_locally_in_order() {
         .expect("valid");
     assert_eq!(
         names_in(&out).iter().map(|(t, _)| *t).collect::<Vec<_>>(),
-        b"BS"
+        b"CPBS"
     );
     to_client.clear();
     server
         .process(
-            &[message(b'2', &[]), message(b'Z', b"I")].concat(),
+            &[
+                CLOSE_COMPLETE.to_vec(),
+                PARSE_COMPLETE.to_vec(),
+                message(b'2', &[]),
+                message(b'Z', b"I"),
+            ]
+            .concat(),
             &plan,
             &conn,
             &mut to_client,

@@ -226,8 +226,15 @@ fn a_bind_of_another_shape_is_refused_by_the_server_in_its_place() {
         ]
         .concat(),
     );
-    assert_eq!(sent, b"DS", "the connection holds it");
-    conn.answer(&[parameters(), rows(&["a", "b"]), ready()].concat());
+    assert_eq!(sent, b"CPDS", "parsed afresh");
+    let answers = [
+        CLOSE_COMPLETE.to_vec(),
+        PARSE_COMPLETE.to_vec(),
+        parameters(),
+        rows(&["a", "b"]),
+        ready(),
+    ];
+    conn.answer(&answers.concat());
     assert_eq!(conn.tags(&[bind("s1"), execute(), sync()].concat()), b"BES");
 }
 
