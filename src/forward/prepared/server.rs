@@ -149,7 +149,10 @@ impl ServerRewriter {
             .unwrap_or_else(|p| p.into_inner())
             .learn(&statement.server_name, shape);
         if !told {
-            plan.lock().pop_front();
+            let mut queue = plan.lock();
+            if matches!(queue.front(), Some(Expect::Learn(_))) {
+                queue.pop_front();
+            }
             plan.learnt.notify_one();
         }
     }
