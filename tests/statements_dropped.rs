@@ -25,6 +25,25 @@ async fn one_connection() -> Stack {
     .await
 }
 
+/// A new table named after `prefix`, with one column `a int4` holding 1.
+async fn one_row_table(admin: &tokio_postgres::Client, prefix: &str) -> String {
+    let table = unique_name(prefix);
+    admin
+        .batch_execute(&format!(
+            "create table {table} (a int4); insert into {table} values (1)"
+        ))
+        .await
+        .expect("table");
+    table
+}
+
+async fn drop_table(admin: &tokio_postgres::Client, table: &str) {
+    admin
+        .batch_execute(&format!("drop table {table}"))
+        .await
+        .expect("drop");
+}
+
 async fn add_100(
     client: &tokio_postgres::Client,
     statement: &tokio_postgres::Statement,
@@ -76,14 +95,8 @@ async fn another_clients_deallocate_all_or_discard_all_breaks_no_statement() {
 #[tokio::test]
 async fn a_statement_whose_result_type_changed_is_prepared_again_for_whoever_asks() {
     let stack = one_connection().await;
-    let table = unique_name("reshaped");
     let admin = connect(&stack).await;
-    admin
-        .batch_execute(&format!(
-            "create table {table} (a int4); insert into {table} values (1)"
-        ))
-        .await
-        .expect("table");
+    let table = one_row_table(&admin, "reshaped").await;
     let sql = format!("select * from {table}");
     let first = connect(&stack).await;
     let before = first.prepare(&sql).await.expect("prepare");
@@ -112,10 +125,7 @@ async fn a_statement_whose_result_type_changed_is_prepared_again_for_whoever_ask
         .await
         .expect("a new client runs it");
     assert_eq!(row.len(), 2);
-    admin
-        .batch_execute(&format!("drop table {table}"))
-        .await
-        .expect("drop");
+    drop_table(&admin, &table).await;
 }
 
 /// After a migration, a statement the client prepared before it is run where the sidecar
@@ -125,14 +135,8 @@ async fn a_statement_whose_result_type_changed_is_prepared_again_for_whoever_ask
 #[tokio::test]
 async fn a_statement_prepared_again_after_a_migration_is_refused_as_postgresql_refuses_it() {
     let stack = one_connection().await;
-    let table = unique_name("retyped");
     let admin = connect(&stack).await;
-    admin
-        .batch_execute(&format!(
-            "create table {table} (a int4); insert into {table} values (1)"
-        ))
-        .await
-        .expect("table");
+    let table = one_row_table(&admin, "retyped").await;
     let sql = format!("select * from {table}");
     let first = connect(&stack).await;
     let before = first.prepare(&sql).await.expect("prepare");
@@ -200,10 +204,7 @@ async fn a_statement_prepared_again_after_a_migration_is_refused_as_postgresql_r
         .await
         .expect("runs where prepared again");
     assert_eq!(row.get::<_, f32>(0), 1.5);
-    admin
-        .batch_execute(&format!("drop table {table}"))
-        .await
-        .expect("drop");
+    drop_table(&admin, &table).await;
 }
 
 /// A client preparing a statement after a migration gets the new plan, as from PostgreSQL,
@@ -212,14 +213,8 @@ async fn a_statement_prepared_again_after_a_migration_is_refused_as_postgresql_r
 #[tokio::test]
 async fn a_statement_prepared_after_a_migration_is_parsed_afresh() {
     let stack = one_connection().await;
-    let table = unique_name("widened");
     let admin = connect(&stack).await;
-    admin
-        .batch_execute(&format!(
-            "create table {table} (a int4); insert into {table} values (1)"
-        ))
-        .await
-        .expect("table");
+    let table = one_row_table(&admin, "widened").await;
     let sql = format!("select * from {table}");
     let before = connect(&stack).await;
     before.prepare(&sql).await.expect("prepare before");
@@ -231,8 +226,5 @@ async fn a_statement_prepared_after_a_migration_is_parsed_afresh() {
     let statement = after.prepare(&sql).await.expect("prepared after: no 0A000");
     let row = after.query_one(&statement, &[]).await.expect("runs");
     assert_eq!((row.get::<_, i32>(0), row.get::<_, i32>(1)), (1, 7));
-    admin
-        .batch_execute(&format!("drop table {table}"))
-        .await
-        .expect("drop");
+    drop_table(&admin, &table).await;
 }
