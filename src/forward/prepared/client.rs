@@ -3,6 +3,7 @@
 
 use std::sync::Mutex;
 
+use super::guard::Guard;
 use super::outgoing::Outgoing;
 use super::rewrite::{Rewrite, Step};
 use super::*;
@@ -70,7 +71,7 @@ impl ClientRewriter {
         if self.paused {
             self.paused = false;
             if let Some((tag, body, _)) = self.collecting.take() {
-                self.rewrite(tag, &body, &mut to, true)?;
+                self.rewrite(tag, &body, &mut to, Guard::Resumed)?;
             }
         }
         let mut pos = 0;
@@ -117,7 +118,14 @@ impl ClientRewriter {
             self.collecting = Some((tag, body, remaining - step));
             return Ok(());
         }
-        if let Step::Pause = self.rewrite(tag, &body, to, false)? {
+        // libpq (psycopg, node-postgres' native path) describes the portal in the same batch:
+        // the client reads the rows with the shape it is told then, so nothing is checked.
+        let guard = if tag == b'B' && describes_portal_next(&chunk[*pos..], &body) {
+            Guard::DescribedNext
+        } else {
+            Guard::Check
+        };
+        if let Step::Pause = self.rewrite(tag, &body, to, guard)? {
             self.collecting = Some((tag, body, 0));
             self.paused = true;
         }
@@ -160,7 +168,7 @@ impl ClientRewriter {
                 self.header.clear();
                 if body_len == 0 {
                     // Too short for any of them: the rewrite reports it malformed.
-                    return self.rewrite(tag, &[], to, false).map(|_| ());
+                    return self.rewrite(tag, &[], to, Guard::Check).map(|_| ());
                 }
                 self.collecting =
                     Some((tag, Vec::with_capacity(body_len.min(64 * 1024)), body_len));
@@ -181,14 +189,14 @@ impl ClientRewriter {
         Ok(())
     }
 
-    /// Handles one complete Parse, Bind, Describe or Close; `resumed` for a Bind that paused
-    /// for its statement's shape.
+    /// Handles one complete Parse, Bind, Describe or Close; `guard` says how a Bind is
+    /// checked.
     fn rewrite(
         &mut self,
         tag: u8,
         body: &[u8],
         to: &mut Output,
-        resumed: bool,
+        guard: Guard,
     ) -> Result<Step, String> {
         let malformed = || format!("malformed '{}' message", char::from(tag));
         let mut prepared = to.prepared.lock().unwrap_or_else(|p| p.into_inner());
@@ -201,7 +209,7 @@ impl ClientRewriter {
             },
             opened: &mut to.opened,
         }
-        .message(tag, body, resumed)
+        .message(tag, body, guard)
         .ok_or_else(malformed)?;
         drop(prepared);
         if to.plan.leads_with_synthetic() {
@@ -236,4 +244,20 @@ fn query_may_drop_all(available: &[u8], len: usize) -> bool {
     seen.iter()
         .find(|b| !b.is_ascii_whitespace())
         .is_none_or(|b| b.eq_ignore_ascii_case(&b'd'))
+}
+
+/// The bytes after a Bind (`next`) start with a complete Describe of the portal the Bind
+/// (`bind`, its body) creates.
+fn describes_portal_next(next: &[u8], bind: &[u8]) -> bool {
+    let Some((portal, _)) = cstr(bind) else {
+        return false;
+    };
+    let Some((&[b'D', l0, l1, l2, l3, b'P'], rest)) = next.split_first_chunk::<6>() else {
+        return false;
+    };
+    let body_len = (u32::from_be_bytes([l0, l1, l2, l3]) as usize).saturating_sub(4);
+    body_len == portal.len() + 2
+        && rest
+            .get(..portal.len() + 1)
+            .is_some_and(|name| name[..portal.len()] == *portal && name[portal.len()] == 0)
 }

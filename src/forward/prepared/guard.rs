@@ -73,6 +73,19 @@ static REFUSAL: LazyLock<Statement> = LazyLock::new(|| {
     }
 });
 
+/// How a Bind is checked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Guard {
+    /// Its shapes compared, pausing to learn the connection's.
+    Check,
+    /// Compared again after the pause: an unknown shape then means the server failed the
+    /// Describe and skips to Sync, so it runs (to be skipped too).
+    Resumed,
+    /// Not compared: the client describes the portal next in the same batch, and reads the
+    /// rows with the shape it is told then (libpq does, for every prepared query).
+    DescribedNext,
+}
+
 /// What becomes of a client's Bind of one of its statements.
 pub(super) enum Verdict {
     /// It runs (its statement's Parse sent first where the connection lacked it).
@@ -84,12 +97,12 @@ pub(super) enum Verdict {
 }
 
 impl Outgoing<'_> {
-    /// Decides a Bind of the client's `statement`; `resumed` once its shape was asked for (an
-    /// unknown shape then means the server failed the Describe and skips to Sync).
-    pub(super) fn guard(&mut self, statement: &Arc<Statement>, resumed: bool) -> Verdict {
+    /// Decides a Bind of the client's `statement`, checked as `guard` says.
+    pub(super) fn guard(&mut self, statement: &Arc<Statement>, guard: Guard) -> Verdict {
         let told = statement.described();
         let here = self.prepared.shape(&statement.server_name);
-        if told == 0 || here == told || (resumed && here == 0) {
+        let resumed = guard == Guard::Resumed;
+        if told == 0 || here == told || (resumed && here == 0) || guard == Guard::DescribedNext {
             self.ensure_prepared(statement);
             return Verdict::Run;
         }

@@ -1,7 +1,7 @@
 //! [`Rewrite`]: one complete Parse, Bind, Describe or Close of the client's, renamed for the
 //! attached connection (see [`super`]), with what the server will answer recorded in the plan.
 
-use super::guard::Verdict;
+use super::guard::{Guard, Verdict};
 use super::outgoing::Outgoing;
 use super::*;
 use crate::forward::replay::opens_transaction;
@@ -23,12 +23,11 @@ pub(super) struct Rewrite<'a> {
 }
 
 impl Rewrite<'_> {
-    /// Rewrites message `tag` with `body`; `resumed` for a Bind that paused for its
-    /// statement's shape.
-    pub(super) fn message(&mut self, tag: u8, body: &[u8], resumed: bool) -> Option<Step> {
+    /// Rewrites message `tag` with `body`; `guard` says how a Bind is checked.
+    pub(super) fn message(&mut self, tag: u8, body: &[u8], guard: Guard) -> Option<Step> {
         match tag {
             b'P' => self.parse(body).map(|()| Step::Done),
-            b'B' => self.bind(body, resumed),
+            b'B' => self.bind(body, guard),
             b'D' => self.describe(body).map(|()| Step::Done),
             b'C' => self.close(body).map(|()| Step::Done),
             _ => {
@@ -70,12 +69,12 @@ impl Rewrite<'_> {
         Some(())
     }
 
-    fn bind(&mut self, body: &[u8], resumed: bool) -> Option<Step> {
+    fn bind(&mut self, body: &[u8], guard: Guard) -> Option<Step> {
         let (portal, rest) = cstr(body)?;
         let (name, rest) = cstr(rest)?;
         let statement = self.client_statement(name);
         if let Some(statement) = &statement {
-            match self.to.guard(statement, resumed) {
+            match self.to.guard(statement, guard) {
                 Verdict::Run => {}
                 Verdict::Learn => return Some(Step::Pause),
                 Verdict::Refuse => {

@@ -360,3 +360,21 @@ fn a_refused_statement_used_again_is_prepared_afresh_before_it_is_refused_again(
     conn.answer(&[bind_complete(), error("0A000"), ready()].concat());
     assert!(conn.plan.is_empty());
 }
+
+#[test]
+fn a_bind_whose_portal_is_described_next_is_not_held_back() {
+    let mut conn = told_then_dropped(&["a"]);
+    // libpq's prepared query: the client reads the rows with the description it gets now.
+    let batch = [bind("s1"), describe_portal(), execute(), sync()].concat();
+    let (sent, paused) = conn.send(&batch);
+    let tags: Vec<u8> = sent.iter().map(|(t, _)| *t).collect();
+    assert_eq!((tags.as_slice(), paused), (&b"PBDES"[..], None));
+    // A Describe of another portal, or of the statement, is no such promise.
+    let mut conn = told_then_dropped(&["a"]);
+    let (_, paused) = conn.send(&[bind("s1"), describe_statement("s1"), sync()].concat());
+    assert!(paused.is_some());
+    let mut conn = told_then_dropped(&["a"]);
+    let other_portal = message(b'D', b"Pc1\0");
+    let (_, paused) = conn.send(&[bind("s1"), other_portal, sync()].concat());
+    assert!(paused.is_some());
+}
