@@ -1,7 +1,7 @@
 //! A client session's wake-up: the hot loop and the idle waits listen to it; a cancel done by
 //! closing the upstream connection, a shutdown drain, or the end of the drain's grace period
-//! pulls it. It lives here, below the
-//! frontend, because the hot loop must not import from the layer that drives it.
+//! pulls it. It lives here, below the frontend, because the hot loop must not import from the
+//! layer that drives it.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
