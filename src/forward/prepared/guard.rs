@@ -100,9 +100,17 @@ impl Outgoing<'_> {
     /// Decides a Bind of the client's `statement`, checked as `guard` says.
     pub(super) fn guard(&mut self, statement: &Arc<Statement>, guard: Guard) -> Verdict {
         let told = statement.described();
+        if told == 0 || guard == Guard::DescribedNext {
+            self.ensure_prepared(statement);
+            return Verdict::Run;
+        }
+        // One lookup per Bind: a known shape is a usable statement's, so nothing to prepare.
         let here = self.prepared.shape(&statement.server_name);
+        if here == told {
+            return Verdict::Run;
+        }
         let resumed = guard == Guard::Resumed;
-        if told == 0 || here == told || (resumed && here == 0) || guard == Guard::DescribedNext {
+        if resumed && here == 0 {
             self.ensure_prepared(statement);
             return Verdict::Run;
         }

@@ -231,15 +231,12 @@ impl ServerRewriter {
             });
             return true;
         }
-        if tag == b'Z' {
+        let ends_batch =
+            |e: &Expect| matches!(e, Expect::Forward { ends, .. } if ends.contains(&b'Z'));
+        if tag == b'Z' && queue.front().is_some_and(|front| !ends_batch(front)) {
             // An error in a batch the server had not all read yet: what the client sent after
             // it was skipped, never answered.
-            skip_to(
-                &mut queue,
-                prepared,
-                plan,
-                |e| matches!(e, Expect::Forward { ends, .. } if ends.contains(&b'Z')),
-            );
+            skip_to(&mut queue, prepared, plan, ends_batch);
         }
         self.answer(tag, &mut queue, prepared, plan)
     }
