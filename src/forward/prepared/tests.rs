@@ -21,6 +21,70 @@ pub(super) fn sync() -> Vec<u8> {
     message(b'S', &[])
 }
 
+/// One client and one connection.
+pub(super) struct Conn {
+    pub(super) plan: Plan,
+    pub(super) statements: ClientStatements,
+    pub(super) conn: Mutex<ServerStatements>,
+    pub(super) client: ClientRewriter,
+    pub(super) server: ServerRewriter,
+}
+
+impl Conn {
+    pub(super) fn new() -> Self {
+        Conn {
+            plan: Plan::default(),
+            statements: ClientStatements::default(),
+            conn: Mutex::new(ServerStatements::default()),
+            client: ClientRewriter::new(),
+            server: ServerRewriter::default(),
+        }
+    }
+
+    /// What the client's `bytes` became for the server (tags and names), and where the
+    /// rewrite paused, if it did.
+    pub(super) fn send(&mut self, bytes: &[u8]) -> (Vec<(u8, String)>, Option<usize>) {
+        let mut out = Vec::new();
+        let report = self
+            .client
+            .process(
+                bytes,
+                &mut self.statements,
+                &self.conn,
+                &self.plan,
+                &mut out,
+            )
+            .expect("valid");
+        (names_in(&out), report.paused_at)
+    }
+
+    /// The tags of what the client's `bytes` became (the rewrite must not pause).
+    pub(super) fn tags(&mut self, bytes: &[u8]) -> Vec<u8> {
+        let (sent, paused) = self.send(bytes);
+        assert_eq!(paused, None);
+        sent.iter().map(|(t, _)| *t).collect()
+    }
+
+    /// What the client gets of the server's `bytes`, fed one byte at a time (every message
+    /// split across chunks).
+    pub(super) fn answer(&mut self, bytes: &[u8]) -> Vec<u8> {
+        let mut to_client = Vec::new();
+        for byte in bytes.chunks(1) {
+            self.server
+                .process(byte, &self.plan, &self.conn, &mut to_client)
+                .expect("valid");
+        }
+        to_client
+    }
+
+    pub(super) fn learning(&self) -> bool {
+        self.plan
+            .lock()
+            .iter()
+            .any(|e| matches!(e, Expect::Learn(_)))
+    }
+}
+
 pub(super) fn names_in(bytes: &[u8]) -> Vec<(u8, String)> {
     let mut out = Vec::new();
     let mut pos = 0;

@@ -2,69 +2,8 @@
 //! connection's shape, runs when it is the same and is refused (0A000) when not; answers fed
 //! one byte at a time.
 
-use super::tests::{bind, names_in, parse, sync};
+use super::tests::{Conn, bind, parse, sync};
 use super::*;
-
-/// One client and one connection.
-struct Conn {
-    plan: Plan,
-    statements: ClientStatements,
-    conn: Mutex<ServerStatements>,
-    client: ClientRewriter,
-    server: ServerRewriter,
-}
-
-impl Conn {
-    fn new() -> Self {
-        Conn {
-            plan: Plan::default(),
-            statements: ClientStatements::default(),
-            conn: Mutex::new(ServerStatements::default()),
-            client: ClientRewriter::new(),
-            server: ServerRewriter::default(),
-        }
-    }
-
-    /// What the client's `bytes` became for the server (tags and names), and where the
-    /// rewrite paused, if it did.
-    fn send(&mut self, bytes: &[u8]) -> (Vec<(u8, String)>, Option<usize>) {
-        let mut out = Vec::new();
-        let report = self
-            .client
-            .process(
-                bytes,
-                &mut self.statements,
-                &self.conn,
-                &self.plan,
-                &mut out,
-            )
-            .expect("valid");
-        (names_in(&out), report.paused_at)
-    }
-
-    fn tags(&mut self, bytes: &[u8]) -> Vec<u8> {
-        let (sent, paused) = self.send(bytes);
-        assert_eq!(paused, None);
-        sent.iter().map(|(t, _)| *t).collect()
-    }
-
-    fn answer(&mut self, bytes: &[u8]) -> Vec<u8> {
-        let mut to_client = Vec::new();
-        for byte in bytes.chunks(1) {
-            self.server
-                .process(byte, &self.plan, &self.conn, &mut to_client)
-                .expect("valid");
-        }
-        to_client
-    }
-
-    fn learning(&self) -> bool {
-        self.plan
-            .lock()
-            .iter()
-            .any(|e| matches!(e, Expect::Learn(_)))
-    }
-}
 
 fn describe_statement(name: &str) -> Vec<u8> {
     let mut body = vec![b'S'];
