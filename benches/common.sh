@@ -101,7 +101,7 @@ rss_kib() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status"; }
 # ---------------------------------------------------------------------------------------------
 if [[ ${SKIP_BUILD:-0} != 1 ]]; then
     log "building the sidecar (cargo build --release --locked, and the benchmark's floor)"
-    (cd "$REPO" && cargo build --release --locked --bin rds-iam-sidecar --example copy_forwarder) ||
+    (cd "$REPO" && cargo build --release --locked --bin rds-iam-sidecar --example copy_forwarder --example tokio_floor) ||
         die "cargo build failed"
 fi
 [[ -x $SIDECAR ]] || die "$SIDECAR not found (build it, or unset SKIP_BUILD)"

@@ -15,6 +15,10 @@
 #                     per client (no TLS, no pool, no protocol). Its CPU per transaction is what
 #                     the kernel charges any forwarding pooler here: the floor under issue 16's
 #                     ratios (not run with -C: it opens an upstream connection per client)
+#       floor-tokio   examples/tokio_floor: the same with the sidecar's runtime (current-thread
+#                     tokio, a task per client), plaintext upstream
+#       floor-rustls  examples/tokio_floor --tls: and with tokio-rustls to the upstream (verify-full,
+#                     as the sidecar): the sidecar's stack with none of the sidecar in it
 #     in three ways: -M simple, -M prepared, and -C -M simple (a new connection per transaction).
 #     The sidecar logs in with --auth password and --tls-mode verify-full against a self-signed
 #     certificate; both poolers keep at most 8 upstream connections.
@@ -166,6 +170,25 @@ if [[ -x $FLOOR ]]; then
 else
     log "$FLOOR not built: the floor row is skipped"
 fi
+# The sidecar's stack with none of the sidecar in it (examples/tokio_floor.rs): tokio alone
+# (plaintext upstream), and tokio with tokio-rustls (TLS upstream, verify-full like the sidecar).
+STACK_FLOOR=$REPO/target/release/examples/tokio_floor
+if [[ -x $STACK_FLOOR ]]; then
+    for name in floor-tokio floor-rustls; do
+        PORT[$name]=$(free_port)
+        SSLMODE[$name]=disable
+        tls=()
+        [[ $name == floor-rustls ]] && tls=(--tls "$TMP/server.crt")
+        "$STACK_FLOOR" "${PORT[$name]}" "$PG_PORT" "${tls[@]}" >"$TMP/$name.log" 2>&1 &
+        PID[$name]=$!
+        PIDS+=("$!")
+        wait_sql "$name" "${PORT[$name]}" disable
+        TARGETS+=("$name")
+        log "$name (tokio_floor) listening on ${PORT[$name]} (pid ${PID[$name]})"
+    done
+else
+    log "$STACK_FLOOR not built: the floor-tokio and floor-rustls rows are skipped"
+fi
 
 # ---------------------------------------------------------------------------------------------
 # 5. pgbench
@@ -265,7 +288,7 @@ log "pgbench -S: $CLIENTS clients, $THREADS threads, ${DURATION}s per run, ${#TA
 for ((round = 1; round <= ROUNDS; round++)); do
     for kind in "${KINDS[@]}"; do
         for target in "${TARGETS[@]}"; do
-            [[ $target == floor && $kind == connect ]] && continue
+            [[ $target == floor* && $kind == connect ]] && continue
             run_pgbench "$target" "$kind" "$round"
         done
     done
@@ -481,14 +504,17 @@ for pair in "sidecar-sess pgb-sess" "sidecar-tx pgb-tx"; do
         "$(ratio "${CPU[$ours,connect]:-}" "${CPU[$theirs,connect]:-}")" \
         "$(ratio "${CPU[$ours,single]:-}" "${CPU[$theirs,single]:-}")"
 done
-if [[ -n ${PORT[floor]:-} ]]; then
-    # No pooler that forwards over these sockets goes below this line: the kernel's share.
-    echo "  floor / PgBouncer session (the kernel's share; a pooler cannot go below it):"
-    printf '  %-13s %10s %10s %12s %10s\n' floor \
-        "$(ratio "${CPU[floor,simple]:-}" "${CPU[pgb-sess,simple]:-}")" \
-        "$(ratio "${CPU[floor,prepared]:-}" "${CPU[pgb-sess,prepared]:-}")" - \
-        "$(ratio "${CPU[floor,single]:-}" "${CPU[pgb-sess,single]:-}")"
-fi
+# No pooler that forwards over these sockets goes below `floor`: the kernel's share. Nor can
+# the sidecar go below `floor-rustls` without leaving tokio and tokio-rustls.
+echo "  floors / PgBouncer session (floor: the kernel's share; floor-tokio: + tokio;"
+echo "  floor-rustls: + tokio-rustls upstream, the sidecar's stack with no pooler in it):"
+for floor in floor floor-tokio floor-rustls; do
+    [[ -n ${PORT[$floor]:-} ]] || continue
+    printf '  %-13s %10s %10s %12s %10s\n' "$floor" \
+        "$(ratio "${CPU[$floor,simple]:-}" "${CPU[pgb-sess,simple]:-}")" \
+        "$(ratio "${CPU[$floor,prepared]:-}" "${CPU[pgb-sess,prepared]:-}")" - \
+        "$(ratio "${CPU[$floor,single]:-}" "${CPU[pgb-sess,single]:-}")"
+done
 
 echo
 echo "streaming, one client, $((COPY_BYTES / 1000000)) MB each way (MB/s, best of $STREAM_RUNS; ratio to direct TLS):"
