@@ -244,9 +244,11 @@ fn framing() {
     assert_both_outcomes("framing", &tally);
 }
 
-/// Feeds `bytes` to a fresh rewriter in the generator's chunks; the output, the sync points
-/// counted, and whether every chunk was accepted.
-fn rewrite(generator: &mut Generator, bytes: &[u8]) -> (Vec<u8>, u32, bool) {
+/// Feeds `bytes` to a fresh rewriter in the generator's chunks (with `copy_in`, the server in
+/// copy-in mode for every other chunk, so that CopyDone and CopyFail forget the Syncs before
+/// them); the output, the sync points counted less those forgotten, and whether every chunk
+/// was accepted.
+fn rewrite(generator: &mut Generator, bytes: &[u8], copy_in: bool) -> (Vec<u8>, u32, bool) {
     let mut rewriter = ClientRewriter::new();
     let mut statements = ClientStatements::default();
     let prepared =
@@ -254,10 +256,12 @@ fn rewrite(generator: &mut Generator, bytes: &[u8]) -> (Vec<u8>, u32, bool) {
     let plan = Plan::default();
     let mut out = Vec::new();
     let mut sync_points = 0;
-    for chunk in generator.chunks(bytes) {
-        match rewriter.process(chunk, &mut statements, &prepared, &plan, &mut out) {
+    for (i, chunk) in generator.chunks(bytes).into_iter().enumerate() {
+        let in_copy = copy_in && i % 2 == 1;
+        match rewriter.process(chunk, &mut statements, &prepared, &plan, &mut out, in_copy) {
             Ok(report) => {
                 sync_points += report.sync_points;
+                sync_points -= report.ignored_syncs;
                 if report.terminated {
                     break;
                 }
@@ -272,12 +276,12 @@ fn rewrite(generator: &mut Generator, bytes: &[u8]) -> (Vec<u8>, u32, bool) {
 fn transaction_mode_rewriter() {
     let tally = run("transaction-mode rewriter", |generator| {
         let stream = generator.message_stream();
-        let (_, _, accepted) = rewrite(generator, &stream);
+        let (_, _, accepted) = rewrite(generator, &stream, true);
         // Well-formed input: accepted, rewritten into well-framed messages, every sync point
         // before Terminate counted.
         let messages = generator.well_formed_messages();
         let bytes = framed(&messages);
-        let (out, sync_points, ok) = rewrite(generator, &bytes);
+        let (out, sync_points, ok) = rewrite(generator, &bytes, false);
         assert!(ok, "well-formed input rejected");
         let until_terminate = messages.iter().take_while(|(tag, _)| *tag != b'X');
         let expected = until_terminate

@@ -11,12 +11,12 @@ use std::time::{Duration, Instant};
 
 use harness::{
     Stack, connect, credentials, db_error, plain_stack_with, stack_with, stack_with_settings,
-    try_connect,
+    table_made_apart, try_connect,
 };
 use rds_iam_sidecar::frontend::cancel::CancelMode;
 use rds_iam_sidecar::pool::{PoolKey, PoolMode};
 use rds_iam_sidecar::settings::EndpointSettings;
-use support::{TEST_AKID, TEST_SECRET, shared_cluster, unique_name};
+use support::{TEST_AKID, TEST_SECRET, shared_cluster};
 
 async fn pooled(adjust: impl FnOnce(&mut EndpointSettings)) -> Stack {
     stack_with(adjust, credentials(TEST_AKID, TEST_SECRET)).await
@@ -140,13 +140,7 @@ async fn eventually_same_pid(client: &tokio_postgres::Client, pid: i32) {
 #[tokio::test]
 async fn an_abandoned_transaction_is_never_handed_on() {
     let stack = pooled(|c| c.pool.size = 1).await;
-    let table = unique_name("abandoned");
-    let setup = connect(&stack).await;
-    setup
-        .batch_execute(&format!("create table {table} (x int)"))
-        .await
-        .expect("create");
-    drop(setup);
+    let table = table_made_apart(&stack, "abandoned", "x int").await;
 
     let first = connect(&stack).await;
     let pid = backend_pid(&first).await;

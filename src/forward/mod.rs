@@ -102,6 +102,8 @@ pub struct ClientSide {
     held: Vec<u8>,
     /// What the client built on its upstream connection that can be built again.
     pub replay: replay::SessionReplay,
+    /// Syncs since the client's last Execute, Query or FunctionCall ([`sync::Upward`]).
+    syncs_after_execute: u32,
 }
 
 impl ClientSide {

@@ -13,6 +13,8 @@ use crate::protocol::framing::{
 
 /// CommandComplete.
 const COMMAND_COMPLETE: u8 = b'C';
+/// CopyInResponse.
+const COPY_IN_RESPONSE: u8 = b'G';
 
 /// What both directions of one client session know about its protocol state.
 #[derive(Debug)]
@@ -35,6 +37,9 @@ pub struct SyncState {
     /// [`ABORTED`], [`OPENED`], and above them the count of kept `SET` statements whose
     /// CommandComplete has not come yet (one byte, so that the whole state stays 8 bytes).
     flags: AtomicU8,
+    /// The server is in copy-in mode (a CopyInResponse came, no ReadyForQuery since): it
+    /// ignores the Syncs it reads until the client's CopyDone or CopyFail.
+    copy_in: AtomicBool,
 }
 
 /// The client's transaction failed with no upstream connection left (a cancel closed it): the
@@ -58,6 +63,7 @@ impl Default for SyncState {
             status: AtomicU8::new(b'I'),
             changed: AtomicU8::new(0),
             flags: AtomicU8::new(0),
+            copy_in: AtomicBool::new(false),
         }
     }
 }
@@ -184,6 +190,22 @@ impl SyncState {
         self.changed.fetch_or(change.bit(), Ordering::AcqRel);
     }
 
+    /// The server is in copy-in mode.
+    pub(super) fn copy_in(&self) -> bool {
+        self.copy_in.load(Ordering::Acquire)
+    }
+
+    /// The client ended a COPY it began with the extended protocol: the `ignored` Syncs it
+    /// sent after the Execute reached the server in copy-in mode, and get no ReadyForQuery
+    /// (libpq and tokio-postgres send one right after the Execute and one after CopyDone).
+    pub(super) fn forget_ignored_syncs(&self, ignored: u32) {
+        let _ = self
+            .expected_ready
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                Some(n.saturating_sub(ignored))
+            });
+    }
+
     /// One owed ReadyForQuery was answered by the sidecar itself, with `status`.
     pub fn answered_locally(&self, status: u8) {
         self.note_answered();
@@ -198,6 +220,8 @@ pub(super) struct Upward<'a> {
     pub(super) terminate_at: Option<isize>,
     /// What the client built that can be built again on another connection.
     pub(super) replay: &'a mut SessionReplay,
+    /// Syncs since the client's last Execute, Query or FunctionCall (kept across chunks).
+    pub(super) syncs_after_execute: &'a mut u32,
 }
 
 impl FrameVisitor for Upward<'_> {
@@ -210,10 +234,26 @@ impl FrameVisitor for Upward<'_> {
             b'Q' | b'S' | b'F' => {
                 self.state.expected_ready.fetch_add(1, Ordering::AcqRel);
                 self.quiet = true;
+                *self.syncs_after_execute = if tag == b'S' {
+                    self.syncs_after_execute.saturating_add(1)
+                } else {
+                    0
+                };
             }
             b'X' => self.terminate_at = Some(start),
-            // COPY data, done, fail: inside a Query already counted.
-            b'd' | b'c' | b'f' => {}
+            b'E' => {
+                self.quiet = false;
+                *self.syncs_after_execute = 0;
+            }
+            // COPY data: inside a Query or an Execute already counted.
+            b'd' => {}
+            // CopyDone, CopyFail: the Syncs sent since the COPY's Execute were ignored.
+            b'c' | b'f' => {
+                let ignored = std::mem::take(self.syncs_after_execute);
+                if ignored > 0 && self.state.copy_in() {
+                    self.state.forget_ignored_syncs(ignored);
+                }
+            }
             // Parse, Bind, Describe, Execute, Close, Flush and anything else: unsynced work.
             _ => self.quiet = false,
         }
@@ -279,6 +319,9 @@ pub(super) struct Downward<'a> {
 impl FrameVisitor for Downward<'_> {
     fn header(&mut self, tag: u8, _body_len: usize, _start: isize) -> bool {
         self.last_tag = tag;
+        if tag == COPY_IN_RESPONSE {
+            self.state.copy_in.store(true, Ordering::Release);
+        }
         tag == READY_FOR_QUERY
             || tag == PARAMETER_STATUS
             || (tag == COMMAND_COMPLETE && self.track_session)
@@ -290,6 +333,7 @@ impl FrameVisitor for Downward<'_> {
                 self.state
                     .flags
                     .fetch_and(!(OPENED | KEPT_DONE), Ordering::AcqRel);
+                self.state.copy_in.store(false, Ordering::Release);
                 if let Some(status) = body.first() {
                     self.state.status.store(*status, Ordering::Release);
                     if *status == b'I' {

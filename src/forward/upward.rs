@@ -111,11 +111,19 @@ fn rewrite_chunk(
 ) -> Result<UpwardReport, Outcome> {
     let report = rewrite
         .client
-        .process(chunk, rewrite.statements, rewrite.prepared, plan, out)
+        .process(
+            chunk,
+            rewrite.statements,
+            rewrite.prepared,
+            plan,
+            out,
+            state.copy_in(),
+        )
         .map_err(|_| Outcome::ClientProtocolError)?;
     state
         .expected_ready
         .fetch_add(report.sync_points, Ordering::AcqRel);
+    state.forget_ignored_syncs(report.ignored_syncs);
     if !report.terminated {
         state.client_quiet.store(report.quiet, Ordering::Release);
     }
@@ -138,6 +146,7 @@ async fn send_upward<W: AsyncWrite + Unpin>(
         quiet: state.client_quiet.load(Ordering::Acquire),
         terminate_at: None,
         replay: &mut client_side.replay,
+        syncs_after_execute: &mut client_side.syncs_after_execute,
     };
     if client_side.scanner.scan(chunk, &mut up).is_err() {
         return Err(Outcome::ClientProtocolError);
@@ -165,18 +174,65 @@ async fn send_upward<W: AsyncWrite + Unpin>(
         up.quiet && client_side.scanner.at_boundary(),
         Ordering::Release,
     );
-    // Hold back the start of a header that is not complete yet: it might be Terminate.
-    let tail = client_side.scanner.partial_header_len().min(chunk.len());
-    if (!held.is_empty() && write_flushed(server, &held).await.is_err())
+    // Hold back the start of a header that is not complete yet: it might be Terminate. Its
+    // bytes may span the held ones and this chunk (a header over three reads or more).
+    let partial = client_side.scanner.partial_header_len();
+    let tail = partial.min(chunk.len());
+    let still_held = (partial - tail).min(held.len());
+    let mut held = held;
+    let ready = held.len() - still_held;
+    if (ready > 0 && write_flushed(server, &held[..ready]).await.is_err())
         || write_flushed(server, &chunk[..chunk.len() - tail])
             .await
             .is_err()
     {
         return Err(Outcome::ServerError);
     }
-    let mut held = held;
-    held.clear();
+    held.drain(..ready);
     held.extend_from_slice(&chunk[chunk.len() - tail..]);
     client_side.held = held;
     Ok(false)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::framing::message;
+
+    /// A Terminate whose header comes over three reads never reaches the server, nor do its
+    /// first bytes (they would start the next client's stream on a pooled connection).
+    #[tokio::test]
+    async fn a_terminate_split_over_three_reads_stays_back() {
+        let state = SyncState::default();
+        let mut side = ClientSide::default();
+        let mut upstream = Vec::new();
+        let query = message(b'Q', b"select 1\0");
+        let terminate = [b'X', 0, 0, 0, 4];
+        let chunks = [
+            [&query[..], &terminate[..2]].concat(),
+            terminate[2..4].to_vec(),
+        ];
+        for chunk in chunks {
+            let sent = send_upward(&chunk, &mut side, &state, &mut upstream).await;
+            assert_eq!(sent, Ok(false));
+        }
+        let sent = send_upward(&terminate[4..], &mut side, &state, &mut upstream).await;
+        assert_eq!(sent, Ok(true));
+        assert_eq!(upstream, query);
+    }
+
+    /// A header over three reads that is not Terminate goes on whole once complete.
+    #[tokio::test]
+    async fn a_query_header_split_over_three_reads_goes_on_whole() {
+        let state = SyncState::default();
+        let mut side = ClientSide::default();
+        let mut upstream = Vec::new();
+        let query = message(b'Q', b"select 1\0");
+        for chunk in [&query[..2], &query[2..4], &query[4..]] {
+            let sent = send_upward(chunk, &mut side, &state, &mut upstream).await;
+            assert_eq!(sent, Ok(false));
+        }
+        assert_eq!(upstream, query);
+        assert_eq!(state.owed(), 1);
+    }
 }

@@ -277,6 +277,19 @@ pub async fn backend_pid(client: &Client) -> String {
         .expect("pid")
 }
 
+/// A new table named from `prefix` with `columns`, made by a client of its own that then
+/// leaves: DDL may have made a temporary table, and a session-mode connection left with one is
+/// closed, not pooled, behind RDS Proxy.
+pub async fn table_made_apart(stack: &Stack, prefix: &str, columns: &str) -> String {
+    let table = crate::support::unique_name(prefix);
+    connect(stack)
+        .await
+        .batch_execute(&format!("create table {table} ({columns})"))
+        .await
+        .expect("create");
+    table
+}
+
 /// The SQLSTATE and message of a failed connect or query.
 pub fn db_error(error: &tokio_postgres::Error) -> (String, String, Option<String>) {
     match error.as_db_error() {

@@ -23,6 +23,9 @@ pub struct UpwardReport {
     /// shape must be learnt first: send `out`, wait for [`Plan::learnt`], then process the
     /// rest of the chunk (the Bind is resumed first).
     pub paused_at: Option<usize>,
+    /// Sync points sent earlier that the server ignored, in copy-in mode: the client ended a
+    /// COPY it began with an Execute followed by a Sync (counted in an earlier chunk).
+    pub ignored_syncs: u32,
 }
 
 /// Rewrites client → server messages (transaction mode).
@@ -36,6 +39,8 @@ pub struct ClientRewriter {
     quiet: bool,
     /// The Bind in `collecting` paused for its statement's shape: resumed at the next call.
     paused: bool,
+    /// Syncs since the client's last Execute, Query or FunctionCall.
+    syncs_after_execute: u32,
 }
 
 impl ClientRewriter {
@@ -51,7 +56,8 @@ impl ClientRewriter {
     }
 
     /// Turns one chunk from the client into bytes for the server (`out`), recording the
-    /// answers to expect in `plan`.
+    /// answers to expect in `plan`; `server_in_copy`: the server is in copy-in mode (it sent
+    /// CopyInResponse and no ReadyForQuery since).
     pub fn process(
         &mut self,
         chunk: &[u8],
@@ -59,6 +65,7 @@ impl ClientRewriter {
         prepared: &Mutex<ServerStatements>,
         plan: &Plan,
         out: &mut Vec<u8>,
+        server_in_copy: bool,
     ) -> Result<UpwardReport, String> {
         let mut to = Output {
             statements,
@@ -66,6 +73,7 @@ impl ClientRewriter {
             plan,
             out,
             opened: false,
+            server_in_copy,
         };
         let mut report = UpwardReport::default();
         if self.paused {
@@ -145,21 +153,17 @@ impl ClientRewriter {
         match tag {
             b'Q' | b'S' | b'F' => {
                 report.sync_points += 1;
-                self.quiet = true;
-                if tag == b'Q' && query_may_drop_all(following, body_len) {
-                    // Forgotten when sent: the Parses after it in this pipeline must reach
-                    // the server, which will have dropped everything by then.
-                    to.prepared
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .clear();
-                }
-                to.plan.push(Expect::Forward {
-                    ends: b"Z",
-                    sync: tag == b'S',
-                });
+                self.sync_point(tag, (following, body_len), to);
             }
-            b'd' | b'c' | b'f' => {}
+            b'd' => {}
+            // CopyDone, CopyFail: the Syncs sent since the COPY's Execute were ignored, and
+            // nothing was planned after them (CopyData plans nothing).
+            b'c' | b'f' => {
+                let ignored = std::mem::take(&mut self.syncs_after_execute);
+                if ignored > 0 && to.server_in_copy {
+                    report.ignored_syncs += to.plan.forget_trailing_syncs(ignored);
+                }
+            }
             b'P' | b'B' | b'D' | b'C' => {
                 self.quiet = false;
                 if body_len > MAX_COLLECTED {
@@ -176,6 +180,7 @@ impl ClientRewriter {
             }
             b'E' => {
                 self.quiet = false;
+                self.syncs_after_execute = 0;
                 to.plan.push(Expect::Forward {
                     ends: b"CIs",
                     sync: false,
@@ -187,6 +192,29 @@ impl ClientRewriter {
         self.header.clear();
         self.passing = body_len;
         Ok(())
+    }
+
+    /// A Query, Sync or FunctionCall (`tag`), whose body starts with `following` (of
+    /// `body_len` bytes in all): the server answers it with one ReadyForQuery.
+    fn sync_point(&mut self, tag: u8, (following, body_len): (&[u8], usize), to: &mut Output) {
+        self.quiet = true;
+        self.syncs_after_execute = if tag == b'S' {
+            self.syncs_after_execute.saturating_add(1)
+        } else {
+            0
+        };
+        if tag == b'Q' && query_may_drop_all(following, body_len) {
+            // Forgotten when sent: the Parses after it in this pipeline must reach the server,
+            // which will have dropped everything by then.
+            to.prepared
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clear();
+        }
+        to.plan.push(Expect::Forward {
+            ends: b"Z",
+            sync: tag == b'S',
+        });
     }
 
     /// Handles one complete Parse, Bind, Describe or Close; `guard` says how a Bind is
@@ -228,6 +256,8 @@ struct Output<'a> {
     out: &'a mut Vec<u8>,
     /// A Parse began a transaction.
     opened: bool,
+    /// The server is in copy-in mode.
+    server_in_copy: bool,
 }
 
 /// A Query whose text (its first bytes in `available`, of `len` in all) may be `DEALLOCATE

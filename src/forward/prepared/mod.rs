@@ -113,6 +113,20 @@ impl Plan {
         self.lock().push_back(expect);
     }
 
+    /// Forgets up to `ignored` Sync entries at the tail (Syncs the server ignored in copy-in
+    /// mode); returns how many it forgot.
+    fn forget_trailing_syncs(&self, ignored: u32) -> u32 {
+        let mut queue = self.lock();
+        let mut forgotten = 0;
+        while forgotten < ignored
+            && matches!(queue.back(), Some(Expect::Forward { sync: true, .. }))
+        {
+            queue.pop_back();
+            forgotten += 1;
+        }
+        forgotten
+    }
+
     fn leads_with_synthetic(&self) -> bool {
         matches!(self.lock().front(), Some(Expect::Synthetic(_)))
     }

@@ -53,6 +53,7 @@ impl Conn {
                 &self.conn,
                 &self.plan,
                 &mut out,
+                false,
             )
             .expect("valid");
         (names_in(&out), report.paused_at)
@@ -120,7 +121,7 @@ fn second_connection_gets_the_parse_again_and_its_parse_complete_is_swallowed() 
     let mut out = Vec::new();
     let batch = [parse("s1", "select 1"), bind("s1"), sync()].concat();
     rewriter
-        .process(&batch, &mut statements, &first_conn, &plan, &mut out)
+        .process(&batch, &mut statements, &first_conn, &plan, &mut out, false)
         .expect("valid");
     let sent = names_in(&out);
     assert_eq!(sent[0].0, b'P');
@@ -152,6 +153,7 @@ fn second_connection_gets_the_parse_again_and_its_parse_complete_is_swallowed() 
             &second_conn,
             &plan,
             &mut out,
+            false,
         )
         .expect("valid");
     let sent = names_in(&out);
@@ -181,6 +183,7 @@ fn a_parse_the_connection_has_is_parsed_afresh_after_a_swallowed_close() {
             &conn,
             &plan,
             &mut out,
+            false,
         )
         .expect("valid");
     let mut server = ServerRewriter::default();
@@ -204,6 +207,7 @@ fn a_parse_the_connection_has_is_parsed_afresh_after_a_swallowed_close() {
             &conn,
             &plan,
             &mut out,
+            false,
         )
         .expect("valid");
     assert_eq!(
@@ -234,4 +238,38 @@ fn same_name_different_sql_gets_different_server_statements() {
         server_name(b"select 1", b"\0\0"),
         server_name(b"select 1", b"\0\0")
     );
+}
+
+/// COPY FROM STDIN begun with Bind, Execute and Sync, then CopyData, CopyDone and Sync: the
+/// server ignored the first Sync (copy-in mode), so its entry goes once the COPY ends, and the
+/// one ReadyForQuery leaves nothing planned. Not while the server is outside copy-in mode: a
+/// stray CopyDone forgets nothing.
+#[test]
+fn a_sync_sent_in_copy_in_mode_expects_no_answer() {
+    for server_in_copy in [true, false] {
+        let mut conn = Conn::new();
+        let execute = message(b'E', &[0, 0, 0, 0, 0]);
+        conn.tags(&[parse("", "copy t from stdin"), bind(""), execute, sync()].concat());
+        let copy_in = message(b'G', &[0, 0, 1, 0, 0]);
+        conn.answer(&[PARSE_COMPLETE.to_vec(), message(b'2', &[]), copy_in].concat());
+        let mut out = Vec::new();
+        let copy_end = [message(b'd', b"1\n"), message(b'c', &[]), sync()].concat();
+        let report = conn
+            .client
+            .process(
+                &copy_end,
+                &mut conn.statements,
+                &conn.conn,
+                &conn.plan,
+                &mut out,
+                server_in_copy,
+            )
+            .expect("valid");
+        assert_eq!(out, copy_end, "forwarded unchanged");
+        assert_eq!(report.sync_points, 1);
+        assert_eq!(report.ignored_syncs, u32::from(server_in_copy));
+        let done = [message(b'C', b"COPY 1\0"), message(b'Z', b"I")].concat();
+        assert_eq!(conn.answer(&done), done);
+        assert_eq!(conn.plan.is_empty(), server_in_copy);
+    }
 }

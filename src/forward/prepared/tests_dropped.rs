@@ -236,7 +236,14 @@ fn a_deallocate_all_earlier_in_the_pipeline_makes_a_held_statement_be_parsed_aga
     let mut out = Vec::new();
     for byte in query.chunks(1) {
         conn.client
-            .process(byte, &mut conn.statements, &conn.conn, &conn.plan, &mut out)
+            .process(
+                byte,
+                &mut conn.statements,
+                &conn.conn,
+                &conn.plan,
+                &mut out,
+                false,
+            )
             .expect("valid");
     }
     assert_eq!(out, query);
