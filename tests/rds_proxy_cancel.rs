@@ -158,6 +158,22 @@ async fn cancel_without_server_keys_in_session_mode() {
     cancel_ends_the_session(&client, "listen").await;
 }
 
+/// A `SET` inside a transaction is undone by its ROLLBACK: the sidecar cannot know it held
+/// (nor, inside one, that it will), so it does not build it again after a cancel closed the
+/// connection; the client is told its setting went with the connection.
+#[tokio::test]
+async fn a_set_inside_a_transaction_is_not_built_again() {
+    let stack = proxy_stack(|_| {}).await;
+    let client = connect(&stack).await;
+    client.batch_execute("begin").await.expect("begin");
+    client
+        .batch_execute("SET search_path = nowhere")
+        .await
+        .expect("set");
+    client.batch_execute("rollback").await.expect("rollback");
+    cancel_ends_the_session(&client, "setting").await;
+}
+
 #[tokio::test]
 async fn psql_ctrl_c_cancels_through_the_sidecar() {
     if Command::new("psql").arg("--version").output().is_err() {

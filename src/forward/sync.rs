@@ -291,8 +291,12 @@ impl FrameVisitor for Upward<'_> {
                 self.state.note(SessionChange::Other);
             }
         } else if is_plain_set(text) {
-            // Kept to set again on another connection; too many, and it is plain state.
-            if !(self.replay.add_setting(text) && self.state.expect_recorded_set()) {
+            // Kept to set again on another connection; too many, and it is plain state. Not
+            // inside a transaction: a ROLLBACK would undo it on the server, not in the replay.
+            let kept = !self.state.inside_transaction()
+                && self.replay.add_setting(text)
+                && self.state.expect_recorded_set();
+            if !kept {
                 self.state.note(SessionChange::Setting);
             }
         }
