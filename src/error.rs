@@ -20,6 +20,8 @@ pub mod sqlstate {
     pub const INVALID_PASSWORD: &str = "28P01";
     /// Too many clients / pool exhausted.
     pub const TOO_MANY_CONNECTIONS: &str = "53300";
+    /// A message over one of the sidecar's own limits.
+    pub const PROGRAM_LIMIT_EXCEEDED: &str = "54000";
     /// The sidecar is shutting down.
     pub const ADMIN_SHUTDOWN: &str = "57P01";
     /// A query was cancelled.

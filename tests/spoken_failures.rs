@@ -1,7 +1,8 @@
 //! Every lost connection is spoken, every fault bounded: an upstream connection lost under a
 //! client gives it `FATAL 08006` naming the endpoint and what was running (and a metric), in
 //! both pooling modes; bytes that are not PostgreSQL messages after login give `FATAL 08P01`
-//! before the close, never a bare EOF; silent sockets count against the client limit and are
+//! before the close, never a bare EOF, and a Bind over transaction mode's limit `FATAL 54000`;
+//! silent sockets count against the client limit and are
 //! closed after the login timeout; a pooled connection to a hung proxy is never handed out.
 
 mod harness;
@@ -9,7 +10,7 @@ mod support;
 
 use std::time::Duration;
 
-use harness::{connect, stack_with};
+use harness::{connect, plain_stack_with, stack_with};
 use rds_iam_sidecar::pool::PoolMode;
 use rds_iam_sidecar::settings::EndpointSettings;
 use support::{TEST_AKID, TEST_SECRET, wire};
@@ -82,6 +83,24 @@ async fn a_message_too_short_to_be_one_gets_08p01() {
         let _ = raw.read_to_end(&mut rest).await;
         assert!(rest.is_empty(), "then the connection closes");
     }
+}
+
+/// Transaction mode reads a Bind whole to rename its statement, up to 64 MiB: a larger one
+/// gets `FATAL 54000` saying so and what to do, not a protocol violation. (Session mode renames
+/// nothing and forwards it; the stand-in proxy here reads messages of at most 16 MiB.)
+#[tokio::test]
+async fn a_bind_over_the_transaction_mode_limit_gets_54000() {
+    let large = vec![7u8; 65 * 1024 * 1024];
+    let transaction = plain_stack_with(|c| c.pool.mode = PoolMode::Transaction).await;
+    let client = connect(&transaction).await;
+    let error = client
+        .query_one("select length($1::bytea)", &[&large])
+        .await
+        .expect_err("over the limit");
+    let db = error.as_db_error().expect("an ErrorResponse");
+    assert_eq!((db.code().code(), db.severity()), ("54000", "FATAL"));
+    assert!(db.message().contains("64 MiB"), "{}", db.message());
+    assert!(db.hint().is_some_and(|h| h.contains("--pool-mode session")));
 }
 
 #[tokio::test]

@@ -45,6 +45,9 @@ pub enum Outcome {
     /// The client sent bytes that are not PostgreSQL messages (a length below 4, a message
     /// the transaction-mode rewriter cannot read).
     ClientProtocolError,
+    /// Transaction mode: the client sent a Parse, Bind, Describe or Close over the rewriter's
+    /// limit (each is read whole to rename its statement).
+    ClientMessageTooLarge,
     /// The server closed its side.
     ServerClosed,
     /// Reading from or writing to the server failed, or it broke the framing.

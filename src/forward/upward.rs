@@ -7,7 +7,7 @@ use std::sync::atomic::Ordering;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 
 use super::buffers::{Buffer, OutVec};
-use super::prepared::{Plan, UpwardReport};
+use super::prepared::{Plan, Unrewritable, UpwardReport};
 use super::sync::Upward;
 use super::{ClientSide, Outcome, Pump, Rewrite, SyncState, write_flushed};
 
@@ -119,7 +119,10 @@ fn rewrite_chunk(
             out,
             state.copy_in(),
         )
-        .map_err(|_| Outcome::ClientProtocolError)?;
+        .map_err(|error| match error {
+            Unrewritable::TooLarge => Outcome::ClientMessageTooLarge,
+            Unrewritable::Malformed(_) => Outcome::ClientProtocolError,
+        })?;
     state
         .expected_ready
         .fetch_add(report.sync_points, Ordering::AcqRel);

@@ -128,6 +128,15 @@ impl Session {
                 "rds-iam-sidecar: invalid message from the client (a length below 4 or above \
                  1 GiB, or a message that cannot be read)",
             ),
+            Outcome::ClientMessageTooLarge => PgError::fatal(
+                sqlstate::PROGRAM_LIMIT_EXCEEDED,
+                "rds-iam-sidecar: a Parse, Bind, Describe or Close message over 64 MiB in \
+                 transaction mode (each is read whole to rename its prepared statement)",
+            )
+            .with_hint(
+                "send values that large with --pool-mode session, or in smaller pieces; \
+                 nothing of this message reached the database",
+            ),
             _ => return,
         };
         if traffic.client_at_boundary {

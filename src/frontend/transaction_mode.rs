@@ -158,6 +158,7 @@ impl Session {
             Outcome::ServerClosed
             | Outcome::ServerError
             | Outcome::ClientProtocolError
+            | Outcome::ClientMessageTooLarge
             | Outcome::Terminated => {
                 drop(lease);
                 self.tell_ending(outcome, traffic).await;

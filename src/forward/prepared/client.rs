@@ -28,6 +28,22 @@ pub struct UpwardReport {
     pub ignored_syncs: u32,
 }
 
+/// Why a chunk from the client could not be rewritten.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Unrewritable {
+    /// A Parse, Bind, Describe or Close longer than [`MAX_COLLECTED`]: each is read whole to
+    /// rename its statement.
+    TooLarge,
+    /// Not a readable PostgreSQL message.
+    Malformed(String),
+}
+
+impl From<String> for Unrewritable {
+    fn from(reason: String) -> Self {
+        Self::Malformed(reason)
+    }
+}
+
 /// Rewrites client → server messages (transaction mode).
 #[derive(Debug, Default)]
 pub struct ClientRewriter {
@@ -66,7 +82,7 @@ impl ClientRewriter {
         plan: &Plan,
         out: &mut Vec<u8>,
         server_in_copy: bool,
-    ) -> Result<UpwardReport, String> {
+    ) -> Result<UpwardReport, Unrewritable> {
         let mut to = Output {
             statements,
             prepared,
@@ -149,7 +165,7 @@ impl ClientRewriter {
         following: &[u8],
         report: &mut UpwardReport,
         to: &mut Output,
-    ) -> Result<(), String> {
+    ) -> Result<(), Unrewritable> {
         match tag {
             b'Q' | b'S' | b'F' => {
                 report.sync_points += 1;
@@ -167,12 +183,13 @@ impl ClientRewriter {
             b'P' | b'B' | b'D' | b'C' => {
                 self.quiet = false;
                 if body_len > MAX_COLLECTED {
-                    return Err(format!("message of {body_len} bytes is too large"));
+                    return Err(Unrewritable::TooLarge);
                 }
                 self.header.clear();
                 if body_len == 0 {
                     // Too short for any of them: the rewrite reports it malformed.
-                    return self.rewrite(tag, &[], to, Guard::Check).map(|_| ());
+                    self.rewrite(tag, &[], to, Guard::Check)?;
+                    return Ok(());
                 }
                 self.collecting =
                     Some((tag, Vec::with_capacity(body_len.min(64 * 1024)), body_len));

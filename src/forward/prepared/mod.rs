@@ -311,7 +311,7 @@ mod tests_dropped;
 #[cfg(test)]
 mod tests_guard;
 
-pub use client::{ClientRewriter, UpwardReport};
+pub use client::{ClientRewriter, Unrewritable, UpwardReport};
 pub use held::ServerStatements;
 pub use server::ServerRewriter;
 use shape::Shape;
