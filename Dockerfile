@@ -48,12 +48,14 @@ EXPOSE 5432
 # RDS_IAM_SIDECAR_ADMIN_LISTEN says otherwise (0.0.0.0:9090 for a Prometheus outside the task).
 EXPOSE 9090
 
-# No shell and no curl in this image: the binary checks itself. `healthcheck` asks the admin
-# endpoint's /readyz (it reads RDS_IAM_SIDECAR_ADMIN_LISTEN like the sidecar does) and exits
-# 0 or 1 with the reason on one line. ECS ignores this and uses the task definition's
+# No shell and no curl in this image: the binary checks itself. `healthcheck --live` asks the
+# admin endpoint's /livez (it reads RDS_IAM_SIDECAR_ADMIN_LISTEN like the sidecar does) and
+# exits 0 or 1 with the reason on one line, within 4 s (below the check's own timeout). Liveness,
+# not readiness: an orchestrator replaces a container whose check fails, and an upstream outage
+# would fail every sidecar's readiness at once. ECS ignores this and uses the task definition's
 # healthCheck (see config/ecs-task-definition.json), which runs the same command.
 HEALTHCHECK --interval=10s --timeout=5s --start-period=10s --retries=3 \
-    CMD ["/usr/local/bin/rds-iam-sidecar", "healthcheck"]
+    CMD ["/usr/local/bin/rds-iam-sidecar", "healthcheck", "--live", "--timeout", "4s"]
 
 ENTRYPOINT ["/usr/local/bin/rds-iam-sidecar"]
 # Arguments given to `docker run` replace `run`; they may be `run` flags directly

@@ -155,7 +155,16 @@ fn ecs_task_definition_uses_real_flags_ports_and_health_check() {
     assert_eq!(command[0], "CMD");
     assert!(command[1].ends_with("/rds-iam-sidecar"));
     let parsed = Cli::try_parse_from(&command[1..]).expect("the health check command parses");
-    assert!(matches!(parsed.command, Some(Command::Healthcheck(_))));
+    let Some(Command::Healthcheck(check)) = parsed.command else {
+        panic!("the health check runs `healthcheck`");
+    };
+    // Liveness: ECS replaces a task whose check fails, and an upstream outage fails every
+    // task's readiness at once. Its own timeout leaves room to print the reason.
+    assert!(check.live, "the health check asks /livez");
+    let own_timeout =
+        humantime::parse_duration(check.timeout.as_deref().unwrap_or("5s")).expect("a duration");
+    let ecs_timeout = sidecar["healthCheck"]["timeout"].as_u64().expect("timeout");
+    assert!(own_timeout.as_secs() < ecs_timeout);
     let dockerfile =
         std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("Dockerfile"))
             .expect("Dockerfile");
@@ -166,8 +175,9 @@ fn ecs_task_definition_uses_real_flags_ports_and_health_check() {
         )),
         "the image puts the binary where the health check runs it"
     );
+    let quoted: Vec<String> = command[1..].iter().map(|c| format!("\"{c}\"")).collect();
     assert!(
-        dockerfile.contains(&format!("CMD [\"{}\", \"healthcheck\"]", command[1])),
+        dockerfile.contains(&format!("CMD [{}]", quoted.join(", "))),
         "the image's HEALTHCHECK runs the same command"
     );
 

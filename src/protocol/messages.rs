@@ -5,7 +5,7 @@
 
 use bytes::BytesMut;
 use pgwire::messages::Message;
-use pgwire::messages::response::{ErrorResponse, NoticeResponse, ReadyForQuery, TransactionStatus};
+use pgwire::messages::response::{ErrorResponse, ReadyForQuery, TransactionStatus};
 use pgwire::messages::startup::{
     Authentication, BackendKeyData, NegotiateProtocolVersion, ParameterStatus, SecretKey,
 };
@@ -67,20 +67,6 @@ pub fn bind_complete(buf: &mut BytesMut) {
 pub fn negotiate_protocol_version(buf: &mut BytesMut, newest_minor: i32, unsupported: Vec<String>) {
     encode(
         &NegotiateProtocolVersion::new(newest_minor, unsupported),
-        buf,
-    );
-}
-
-/// A NoticeResponse with severity WARNING.
-pub fn warning(buf: &mut BytesMut, code: &str, message: &str, hint: &str) {
-    encode(
-        &NoticeResponse::new(vec![
-            (b'S', "WARNING".to_owned()),
-            (b'V', "WARNING".to_owned()),
-            (b'C', code.to_owned()),
-            (b'M', message.to_owned()),
-            (b'H', hint.to_owned()),
-        ]),
         buf,
     );
 }

@@ -86,7 +86,7 @@ pub struct EndpointArgs {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub unix_socket: Option<PathBuf>,
 
-    /// AWS region for signing [default: from the endpoint name, then AWS_REGION].
+    /// AWS region for signing [default: from the endpoint name, then AWS_REGION, then AWS_DEFAULT_REGION].
     #[arg(long, env = "RDS_IAM_SIDECAR_REGION")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub region: Option<String>,

@@ -127,7 +127,7 @@ pub struct TokenArgs {
     /// Database user name.
     #[arg(long, alias = "username")]
     pub user: String,
-    /// AWS region [default: from the host name, then AWS_REGION].
+    /// AWS region [default: from the host name, then AWS_REGION, then AWS_DEFAULT_REGION].
     #[arg(long, env = "RDS_IAM_SIDECAR_REGION")]
     pub region: Option<String>,
 }

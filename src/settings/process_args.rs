@@ -51,7 +51,7 @@ pub struct ProcessArgs {
     )]
     pub shutdown_grace: Option<String>,
 
-    /// Exit code after a clean drain started by a signal [default: 0].
+    /// Exit code after a clean drain started by a signal or /quitquitquit [default: 0].
     #[arg(long, env = "RDS_IAM_SIDECAR_EXIT_CODE_ON_SIGNAL", value_name = "CODE")]
     #[serde(
         default,

@@ -31,7 +31,7 @@ use tokio_rustls::client::TlsStream;
 pub enum TlsMode {
     /// Chain to a trusted root and the certificate names the upstream host (default).
     VerifyFull,
-    /// Chain to a trusted root; the host name is not checked.
+    /// Chain to a `--ca-file` root only (required); the host name is not checked.
     VerifyCa,
     /// TLS without any certificate check (like libpq's sslmode=require).
     Require,
