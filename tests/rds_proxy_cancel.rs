@@ -158,6 +158,40 @@ async fn cancel_without_server_keys_in_session_mode() {
     cancel_ends_the_session(&client, "listen").await;
 }
 
+/// A named statement that failed to prepare (asyncpg names every statement; tokio-postgres
+/// too) is kept by the replay as it was sent; building the session again passes over it, so
+/// the client goes on after a cancel with its other statements and settings.
+#[tokio::test]
+async fn a_statement_that_failed_to_prepare_does_not_end_the_session_at_a_cancel() {
+    let stack = proxy_stack(|_| {}).await;
+    let client = connect(&stack).await;
+    client
+        .prepare("select * from no_such_table")
+        .await
+        .expect_err("no such table");
+    let statement = client
+        .prepare("select $1::int4 + 1")
+        .await
+        .expect("prepare");
+    client
+        .batch_execute("SET extra_float_digits = 2")
+        .await
+        .expect("set");
+    assert_eq!(cancel_sleep(&client).await, "57014");
+    let two: i32 = client
+        .query_one(&statement, &[&1i32])
+        .await
+        .expect("the statement prepared before the cancel")
+        .get(0);
+    assert_eq!(two, 2);
+    assert_eq!(
+        simple_value(&client, "show extra_float_digits")
+            .await
+            .as_deref(),
+        Some("2")
+    );
+}
+
 /// A `SET` inside a transaction is undone by its ROLLBACK: the sidecar cannot know it held
 /// (nor, inside one, that it will), so it does not build it again after a cancel closed the
 /// connection; the client is told its setting went with the connection.

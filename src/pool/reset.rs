@@ -70,25 +70,34 @@ pub async fn close_statements<'a>(
 }
 
 /// Builds a client's session again on a fresh connection: its `SET` statements (`settings`,
-/// each a simple query) and its named statements (`parses`, Parse messages), then Sync.
+/// each a simple query), which must all succeed, and its named statements (`parses`, Parse
+/// messages), each with a Sync of its own. A Parse that fails is passed over: the replay keeps
+/// what the client sent, so it is most likely one that failed for the client too (a typo
+/// asyncpg named), which the client knows does not exist.
 pub async fn replay<'a>(
     server: &mut ServerConnection,
     settings: impl Iterator<Item = &'a [u8]>,
     parses: impl Iterator<Item = &'a [u8]>,
 ) -> Result<(), ResetError> {
     let mut out = BytesMut::new();
-    let mut ready = 1;
+    let mut strict = 0;
     for text in settings {
         let text = std::str::from_utf8(text)
             .map_err(|_| ResetError::Failed("a kept SET is not UTF-8".to_owned()))?;
         frontend::query(text, &mut out)?;
-        ready += 1;
+        strict += 1;
     }
+    let mut ready = strict;
     for parse in parses {
         out.extend_from_slice(parse);
+        frontend::sync(&mut out);
+        ready += 1;
     }
-    frontend::sync(&mut out);
-    tokio::time::timeout(RESET_TIMEOUT, send_and_wait(server, &out, ready))
+    if ready == 0 {
+        return Ok(());
+    }
+    let answers = Answers { ready, strict };
+    tokio::time::timeout(RESET_TIMEOUT, send_and_check(server, &out, answers))
         .await
         .map_err(|_| ResetError::Timeout)?
 }
@@ -104,17 +113,43 @@ async fn run(server: &mut ServerConnection, query: &str) -> Result<(), ResetErro
 async fn send_and_wait(
     server: &mut ServerConnection,
     out: &[u8],
-    mut ready: usize,
+    ready: usize,
+) -> Result<(), ResetError> {
+    let answers = Answers {
+        ready,
+        strict: ready,
+    };
+    send_and_check(server, out, answers).await
+}
+
+/// How many ReadyForQuery messages a batch the sidecar sent gets (`ready`), and how many of
+/// the first must come without an error (`strict`; the others may carry one).
+struct Answers {
+    ready: usize,
+    strict: usize,
+}
+
+/// Sends `out` and reads the answers up to its last ReadyForQuery, each `I`, with no error in
+/// the first `answers.strict`.
+async fn send_and_check(
+    server: &mut ServerConnection,
+    out: &[u8],
+    answers: Answers,
 ) -> Result<(), ResetError> {
     server.stream.write_all(out).await?;
     server.stream.flush().await?;
     let mut reader = ServerReader::new(MAX_MESSAGE);
+    let (mut ready, mut answered) = (answers.ready, 0);
     let mut failure = None;
     loop {
         match reader.next(&mut server.stream).await? {
             backend::Message::ErrorResponse(body) => {
                 let error = error_response(&body)?;
-                failure = Some(format!("{} {}", error.code, error.message));
+                if answered < answers.strict {
+                    failure = Some(format!("{} {}", error.code, error.message));
+                } else {
+                    tracing::debug!(code = %error.code, "a kept statement failed to prepare again; passed over");
+                }
             }
             backend::Message::ParameterStatus(body) => {
                 set_parameter(
@@ -125,6 +160,7 @@ async fn send_and_wait(
             }
             backend::Message::ReadyForQuery(body) => {
                 ready -= 1;
+                answered += 1;
                 if ready > 0 && failure.is_none() && body.status() == b'I' {
                     continue;
                 }
