@@ -154,9 +154,11 @@ pub struct ClientStatements {
 #[derive(Debug, Default)]
 struct Named {
     by_name: HashMap<String, Arc<Statement>>,
-    /// The statement the unnamed portal was bound from, so that the answer to a Describe of
-    /// that portal tells its shape.
-    bound: Option<Arc<Statement>>,
+    /// The portal of the latest Bind (empty: the unnamed one) and the client statement it was
+    /// bound from, so that the answer to a Describe of that portal tells the statement's
+    /// shape. One portal: drivers describe a portal right after binding it (pgJDBC's named
+    /// portals with a fetch size too).
+    bound: Option<(Box<[u8]>, Arc<Statement>)>,
 }
 
 impl ClientStatements {
@@ -177,15 +179,16 @@ impl ClientStatements {
         }
     }
 
-    /// The statement the unnamed portal was bound from, if one of the client's.
-    fn bound(&self) -> Option<Arc<Statement>> {
-        self.statements.as_ref()?.bound.clone()
+    /// The statement `portal` was bound from, if one of the client's and the latest Bind's.
+    fn bound(&self, portal: &[u8]) -> Option<Arc<Statement>> {
+        let (bound_portal, statement) = self.statements.as_ref()?.bound.as_ref()?;
+        (**bound_portal == *portal).then(|| statement.clone())
     }
 
-    /// The unnamed portal was bound from `statement` (`None`: not one of the client's).
-    fn set_bound(&mut self, statement: Option<&Arc<Statement>>) {
+    /// `portal` was bound from `statement` (`None`: not one of the client's).
+    fn set_bound(&mut self, portal: &[u8], statement: Option<&Arc<Statement>>) {
         if let Some(statements) = self.statements.as_mut() {
-            statements.bound = statement.cloned();
+            statements.bound = statement.map(|statement| (portal.into(), statement.clone()));
         }
     }
 

@@ -78,14 +78,12 @@ impl Rewrite<'_> {
                 Verdict::Run => {}
                 Verdict::Learn => return Some(Step::Pause),
                 Verdict::Refuse => {
-                    self.statements.set_bound(None);
+                    self.statements.set_bound(portal, None);
                     return Some(Step::Done);
                 }
             }
         }
-        if portal.is_empty() {
-            self.statements.set_bound(statement.as_ref());
-        }
+        self.statements.set_bound(portal, statement.as_ref());
         let Some(statement) = statement else {
             let answer = Expect::Forward {
                 ends: b"2",
@@ -110,10 +108,10 @@ impl Rewrite<'_> {
     fn describe(&mut self, body: &[u8]) -> Option<()> {
         let kind = *body.first()?;
         let (name, _) = cstr(&body[1..])?;
-        // A statement's answer, or the unnamed portal's, tells the shape of the statement.
+        // A statement's answer, or that of the portal bound last, tells the statement's shape.
         let described = match kind {
             b'S' => self.ensure(name),
-            b'P' if name.is_empty() => self.statements.bound(),
+            b'P' => self.statements.bound(name),
             _ => None,
         };
         let Some(statement) = described else {

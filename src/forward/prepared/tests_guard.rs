@@ -177,37 +177,49 @@ fn a_bind_of_another_shape_is_refused_by_the_server_in_its_place() {
     assert_eq!(conn.tags(&[bind("s1"), execute(), sync()].concat()), b"BES");
 }
 
+/// A Bind of `statement` to `portal`.
+fn bind_portal(portal: &str, statement: &str) -> Vec<u8> {
+    let mut body = portal.as_bytes().to_vec();
+    body.push(0);
+    body.extend_from_slice(&bind(statement)[6..]);
+    message(b'B', &body)
+}
+
+/// The unnamed portal's, and a named one's (pgJDBC with a fetch size reads through `C_n`).
 #[test]
-fn a_describe_of_the_unnamed_portal_tells_the_shape_of_the_statement_bound_to_it() {
-    let mut conn = Conn::new();
-    let sent = conn.tags(
-        &[
-            parse("s1", "select * from t"),
-            bind("s1"),
-            describe_portal(),
-            execute(),
-            sync(),
+fn a_describe_of_a_portal_tells_the_shape_of_the_statement_bound_to_it() {
+    for portal in ["", "c1"] {
+        let mut conn = Conn::new();
+        let describe = message(b'D', format!("P{portal}\0").as_bytes());
+        let sent = conn.tags(
+            &[
+                parse("s1", "select * from t"),
+                bind_portal(portal, "s1"),
+                describe,
+                execute(),
+                sync(),
+            ]
+            .concat(),
+        );
+        assert_eq!(sent, b"PBDES", "never described: nothing to wait for");
+        let answers = [
+            PARSE_COMPLETE.to_vec(),
+            bind_complete(),
+            rows(&["a"]),
+            row_and_complete(),
+            ready(),
         ]
-        .concat(),
-    );
-    assert_eq!(sent, b"PBDES", "never described: nothing to wait for");
-    let answers = [
-        PARSE_COMPLETE.to_vec(),
-        bind_complete(),
-        rows(&["a"]),
-        row_and_complete(),
-        ready(),
-    ]
-    .concat();
-    assert_eq!(conn.answer(&answers), answers);
-    conn.conn.lock().unwrap().clear();
-    let (sent, paused) = conn.send(&[bind("s1"), execute(), sync()].concat());
-    assert_eq!(
-        sent.len(),
-        3,
-        "the portal's description was the client's: {sent:?}"
-    );
-    assert!(paused.is_some());
+        .concat();
+        assert_eq!(conn.answer(&answers), answers);
+        conn.conn.lock().unwrap().clear();
+        let (sent, paused) = conn.send(&[bind_portal(portal, "s1"), execute(), sync()].concat());
+        assert_eq!(
+            sent.len(),
+            3,
+            "portal {portal:?}: its description was the client's: {sent:?}"
+        );
+        assert!(paused.is_some(), "portal {portal:?}");
+    }
 }
 
 #[test]
