@@ -4,7 +4,8 @@
 //! (`25P02`, ReadyForQuery `E`) until ROLLBACK or COMMIT, in the simple and the extended
 //! protocol; a session-mode client's SETs and named statements are built again on its next
 //! connection, while other session state ends its session (FATAL); a client with two queries in
-//! flight gets FATAL (one answer cannot stand for two).
+//! flight gets FATAL (one answer cannot stand for two); a statement waiting for a connection of
+//! a full pool is answered 57014 without running.
 
 mod harness;
 mod support;
@@ -156,6 +157,40 @@ async fn cancel_without_server_keys_in_session_mode() {
         .await
         .expect("listen");
     cancel_ends_the_session(&client, "listen").await;
+}
+
+/// A statement waiting for a connection of a full pool (transaction mode) is cancelled without
+/// waiting out `--pool-timeout`: ERROR 57014 at once, the statement never runs, and the client
+/// goes on.
+#[tokio::test]
+async fn a_statement_waiting_for_a_connection_is_cancelled_before_it_runs() {
+    let stack = proxy_stack(|c| {
+        c.pool.mode = PoolMode::Transaction;
+        c.pool.size = 1;
+        c.pool.timeout = Duration::from_secs(20);
+    })
+    .await;
+    let table = harness::table_made_apart(&stack, "waiting", "x int").await;
+    let holder = connect(&stack).await;
+    holder.batch_execute("begin").await.expect("begin");
+    let client = connect(&stack).await;
+    let token = client.cancel_token();
+    let insert = format!("insert into {table} values (1)");
+    let waiting = client.simple_query(&insert);
+    let cancel = async {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        token.cancel_query(NoTls).await.expect("send cancel");
+        Instant::now()
+    };
+    let (result, sent) = tokio::join!(waiting, cancel);
+    assert!(sent.elapsed() < Duration::from_secs(2), "answered at once");
+    let error = result.expect_err("cancelled");
+    let db = error.as_db_error().expect("an ErrorResponse");
+    assert_eq!((db.code().code(), db.severity()), ("57014", "ERROR"));
+    assert!(db.detail().is_some_and(|d| d.contains("never ran")));
+    holder.batch_execute("commit").await.expect("commit");
+    let count = simple_value(&client, &format!("select count(*) from {table}")).await;
+    assert_eq!(count.as_deref(), Some("0"), "the insert never ran");
 }
 
 /// A named statement that failed to prepare (asyncpg names every statement; tokio-postgres

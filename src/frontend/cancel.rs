@@ -41,6 +41,8 @@ pub enum Serving {
     /// No upstream connection (transaction mode, between transactions).
     #[default]
     Nothing,
+    /// No upstream connection yet: the client's statement waits for one (its pool is full).
+    Waiting,
     /// An upstream connection whose server sent this key.
     Key(ServerKey),
     /// An upstream connection without a key (RDS Proxy sends none): a cancel is emulated.

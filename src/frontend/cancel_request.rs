@@ -1,5 +1,5 @@
 //! A CancelRequest from a client: find the client its key names and cancel what that client
-//! runs upstream, by forwarding the request to the server key of its upstream connection, or,
+//! runs upstream (or stop its wait for an upstream connection), by forwarding the request to the server key of its upstream connection, or,
 //! where there is no key (RDS Proxy) or forwarding fails or `--cancel-mode close` asks, by
 //! closing that connection (the session then answers 57014). A forwarded cancel whose statement
 //! has not ended after `--cancel-grace` (a hung server, a path that lost the answer) is followed
@@ -29,6 +29,14 @@ pub(super) async fn handle_cancel(context: &Frontend, pid: i32, secret: &[u8]) {
         Serving::Nothing => {
             debug!("cancel request for a client between transactions; nothing to cancel");
             context.metrics.cancel_request("not_running");
+            return;
+        }
+        Serving::Waiting => {
+            info!(
+                "cancel request for a statement waiting for an upstream connection; it will not run"
+            );
+            context.metrics.cancel_request("waiting");
+            target.close();
             return;
         }
         Serving::Keyless => {

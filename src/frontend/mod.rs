@@ -17,6 +17,7 @@ mod session;
 mod session_mode;
 mod transaction_mode;
 mod verifiers;
+mod waiting;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

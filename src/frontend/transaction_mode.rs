@@ -14,6 +14,7 @@ use crate::pool::Lease;
 use super::cancel::Serving;
 use super::login::checkout_error_to_pg;
 use super::session::{Session, closer};
+use super::waiting::Waited;
 use super::{send_error, send_shutdown_error};
 
 /// Terminate.
@@ -96,9 +97,14 @@ impl Session {
 
     async fn attached_transaction(&mut self, first: &[u8]) -> Option<Outcome> {
         let started = Instant::now();
-        let mut lease = match self.context.pools.checkout(&self.pool).await {
+        let checkout = match self.checkout_unless_cancelled(first).await {
+            Waited::Checkout(checkout) => checkout,
+            Waited::Stopped(ending) => return ending,
+        };
+        let mut lease = match checkout {
             Ok(lease) => lease,
             Err(error) => {
+                self.cancel_key.set_serving(Serving::Nothing);
                 let pg = checkout_error_to_pg(&error, &self.context, &self.pool.key.user);
                 warn!(conn = self.conn, %error, sqlstate = %pg.code, pool = %self.pool.key, "no upstream connection for a transaction");
                 send_error(&mut self.stream, &pg).await;

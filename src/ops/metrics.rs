@@ -174,7 +174,7 @@ fn describe_logins_and_traffic() {
     );
     describe_counter!(
         CANCEL_REQUESTS,
-        "Cancel requests by result: forwarded, emulated (the upstream connection closed, no server key or forwarding failed), closed (--cancel-mode close), not_running, unknown_key; unanswered counts forwarded ones whose statement still ran, its server silent, after --cancel-grace (the connection was then closed)"
+        "Cancel requests by result: forwarded, emulated (the upstream connection closed, no server key or forwarding failed), closed (--cancel-mode close), waiting (a statement waiting for a pooled connection, answered without running), not_running, unknown_key; unanswered counts forwarded ones whose statement still ran, its server silent, after --cancel-grace (the connection was then closed)"
     );
     describe_counter!(
         CLIENT_AUTH_FAILURES,
