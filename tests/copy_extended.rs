@@ -1,8 +1,10 @@
-//! COPY FROM STDIN started with the extended protocol (tokio-postgres `copy_in`, libpq's
-//! `PQexecParams`): the client sends Sync right after the Execute and again after CopyDone or
-//! CopyFail, and PostgreSQL ignores the first (it is in copy-in mode then), so two sync points
-//! get one ReadyForQuery. The connection must still go back to the pool, in both modes, and
-//! the answers to what the client sends next must stay in step.
+//! COPY FROM STDIN at its edges. Started with the extended protocol (tokio-postgres `copy_in`,
+//! libpq's `PQexecParams`), the client sends Sync right after the Execute and again after
+//! CopyDone or CopyFail, and PostgreSQL ignores the first (it is in copy-in mode then), so two
+//! sync points get one ReadyForQuery. A COPY that fails mid-stream is answered (error and
+//! ReadyForQuery) while the client still sends data, which PostgreSQL then ignores. Either way
+//! the connection must go back to the pool, in both modes, and the answers to what the client
+//! sends next must stay in step.
 
 mod harness;
 mod support;
@@ -14,7 +16,9 @@ use bytes::Bytes;
 use futures_util::SinkExt;
 use harness::{Stack, backend_pid, connect, credentials, stack_with, table_made_apart};
 use rds_iam_sidecar::pool::PoolMode;
-use support::{TEST_AKID, TEST_SECRET};
+use support::{TEST_AKID, TEST_SECRET, wire};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
 
 /// One upstream connection, and a short wait for it: a connection kept by a client that
 /// finished its COPY shows as another client's 53300.
@@ -96,4 +100,80 @@ async fn transaction_mode_extended_copy_leaves_the_connection_shareable() {
 #[tokio::test]
 async fn session_mode_extended_copy_leaves_the_connection_poolable() {
     copy_then_more(PoolMode::Session).await;
+}
+
+/// Logs in with raw messages (transaction mode answers from the pool's parameters).
+async fn raw_client(stack: &Stack) -> TcpStream {
+    let mut raw = TcpStream::connect(stack.sidecar.addr())
+        .await
+        .expect("connect");
+    let startup = wire::startup_message(&[("user", "postgres"), ("database", "postgres")]);
+    raw.write_all(&startup).await.expect("startup");
+    read_until(&mut raw, b'Z').await;
+    raw
+}
+
+/// The tags of the messages up to the first with `tag`, or up to the close.
+async fn read_until(raw: &mut TcpStream, tag: u8) -> Vec<u8> {
+    let mut tags = Vec::new();
+    while let Ok((got, _)) = wire::read_message(raw).await {
+        tags.push(got);
+        if got == tag {
+            break;
+        }
+    }
+    tags
+}
+
+/// A simple-protocol COPY fails at its first row; the client learns it (ErrorResponse and
+/// ReadyForQuery) and only then sends the rest of its data (one message cut in two writes)
+/// and CopyDone, as libpq, pgJDBC and pg-copy-streams do. Transaction mode released the
+/// connection at that ReadyForQuery: the late messages must not keep it, so a second client
+/// is served on the pool's one connection, and the first goes on. Cut in its header, the late
+/// CopyData takes the connection (it might be a statement) and gives it back once whole; cut in
+/// its body, it is dropped without one.
+#[tokio::test]
+async fn transaction_mode_late_copy_data_after_a_failed_copy_holds_no_connection() {
+    for cut in [3, 7] {
+        late_copy_data_cut_at(cut).await;
+    }
+}
+
+async fn late_copy_data_cut_at(cut: usize) {
+    let stack = one_connection(PoolMode::Transaction).await;
+    let table = table_made_apart(&stack, "copy_late", "id int").await;
+    let mut raw = raw_client(&stack).await;
+    let copy = wire::query_message(&format!("copy {table} from stdin"));
+    raw.write_all(&copy).await.expect("copy");
+    read_until(&mut raw, b'G').await;
+    raw.write_all(&wire::message(b'd', b"not a number\n"))
+        .await
+        .expect("bad row");
+    assert_eq!(read_until(&mut raw, b'Z').await, b"EZ", "the COPY failed");
+    let late = wire::message(b'd', b"1\n2\n3\n");
+    for part in [&late[..cut], &late[cut..]] {
+        raw.write_all(part).await.expect("late data");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    raw.write_all(&wire::message(b'c', &[]))
+        .await
+        .expect("late CopyDone");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // A client of the same pool (the same startup parameters).
+    let mut second = raw_client(&stack).await;
+    let counted = wire::query_message(&format!("select count(*) from {table}"));
+    second.write_all(&counted).await.expect("query");
+    assert_eq!(
+        read_until(&mut second, b'Z').await,
+        b"TDCZ",
+        "served on the one connection, not 53300 after the pool timeout"
+    );
+    raw.write_all(&wire::query_message("select 1"))
+        .await
+        .expect("query");
+    assert_eq!(
+        read_until(&mut raw, b'Z').await,
+        b"TDCZ",
+        "the first client goes on"
+    );
 }

@@ -111,6 +111,10 @@ impl<'a, W: AsyncWrite + Unpin> ToClient<'a, W> {
                     if let Err(outcome) = self.send_synthetic().await {
                         return outcome;
                     }
+                    // Or the client sent what the server will not answer, and it is idle.
+                    if self.may_detach() {
+                        return Outcome::Released;
+                    }
                     continue;
                 }
             };
@@ -166,15 +170,23 @@ impl<'a, W: AsyncWrite + Unpin> ToClient<'a, W> {
             }
             None => self.scan_and_write(bytes).await?,
         }
+        if self.may_detach() {
+            return Err(Outcome::Released);
+        }
+        Ok(())
+    }
+
+    /// The period may end here, as [`Detach`] says: after a ReadyForQuery (or before the
+    /// server said anything: the connection came idle), with both streams at a message
+    /// boundary.
+    fn may_detach(&self) -> bool {
         let state = self.visitor.state;
         let detach = match self.detach {
             Detach::Never => false,
             Detach::WhenQuiet => state.owes_nothing(),
             Detach::WhenIdle => state.is_idle() && self.plan.is_empty(),
         };
-        if detach && self.visitor.last_tag == READY_FOR_QUERY && self.scanner.at_boundary() {
-            return Err(Outcome::Released);
-        }
-        Ok(())
+        let after_ready = matches!(self.visitor.last_tag, READY_FOR_QUERY | 0);
+        detach && after_ready && self.scanner.at_boundary()
     }
 }

@@ -252,6 +252,8 @@ impl FrameVisitor for Upward<'_> {
                 let ignored = std::mem::take(self.syncs_after_execute);
                 if ignored > 0 && self.state.copy_in() {
                     self.state.forget_ignored_syncs(ignored);
+                    // The COPY's Execute is answered at the client's next Sync.
+                    self.quiet = false;
                 }
             }
             // Parse, Bind, Describe, Execute, Close, Flush and anything else: unsynced work.

@@ -83,6 +83,11 @@ impl<'a, W: AsyncWrite + Unpin> ToServer<'a, W> {
                     write_flushed(&mut self.server, &self.out)
                         .await
                         .map_err(|_| Outcome::ServerError)?;
+                    if report.sync_points == 0 && self.state.is_idle() {
+                        // Nothing the server will answer (COPY messages after a failed COPY,
+                        // which it ignores): the other direction may release the connection.
+                        self.plan.wake.notify_one();
+                    }
                     let Some(consumed) = report.paused_at else {
                         break report.terminated;
                     };

@@ -5,6 +5,8 @@ use std::time::Instant;
 
 use tracing::warn;
 
+use tokio::io::AsyncReadExt;
+
 use crate::forward::buffers::Buffer;
 use crate::forward::{Detach, Outcome, Period, Pump, Rewrite, Traffic, forward_attached};
 use crate::ops::metrics::ClientState;
@@ -67,6 +69,11 @@ impl Session {
     /// One attached period from the client's first bytes `first` until the connection is
     /// released; `Some(outcome)` when the session ends.
     async fn transaction(&mut self, first: &[u8]) -> Option<Outcome> {
+        let first = match self.skip_late_copy(first).await {
+            Ok([]) => return None,
+            Ok(rest) => rest,
+            Err(ending) => return Some(ending),
+        };
         if self.rewriter.at_boundary() && first.starts_with(&TERMINATE) {
             return Some(Outcome::ClientTerminated);
         }
@@ -86,6 +93,31 @@ impl Session {
             return self.attached(&rest).await;
         }
         self.attached(first).await
+    }
+
+    /// What follows the COPY messages (CopyData, CopyDone, CopyFail) at the start of `first`:
+    /// a client whose COPY failed sends the rest of its data after the error and ReadyForQuery
+    /// released the connection (libpq, pgJDBC and pg-copy-streams do), and PostgreSQL ignores
+    /// such messages outside copy mode. So does the sidecar, without taking a connection for
+    /// them; the rest of one cut at the end of `first` is read from the client and dropped.
+    async fn skip_late_copy<'a>(&mut self, first: &'a [u8]) -> Result<&'a [u8], Outcome> {
+        if !self.rewriter.at_boundary() {
+            return Ok(first);
+        }
+        let (whole, mut to_come) = late_copy_prefix(first);
+        if to_come == 0 {
+            return Ok(&first[whole..]);
+        }
+        let mut scratch = Buffer::take();
+        while to_come > 0 {
+            let want = to_come.min(scratch.len());
+            match self.stream.read(&mut scratch[..want]).await {
+                Ok(0) => return Err(Outcome::ClientClosed),
+                Ok(n) => to_come -= n,
+                Err(_) => return Err(Outcome::ClientError),
+            }
+        }
+        Ok(&[])
     }
 
     async fn attached(&mut self, first: &[u8]) -> Option<Outcome> {
@@ -172,5 +204,47 @@ impl Session {
             }
             Outcome::ClientError | Outcome::CancelledMidAnswer | Outcome::Shutdown => Some(outcome),
         }
+    }
+}
+
+/// How many bytes at the start of `bytes` are COPY messages (CopyData, CopyDone, CopyFail),
+/// and how many of the last one are still to come when `bytes` ends inside it. A header cut at
+/// the end is left for the rewriter (and whatever follows the COPY messages).
+fn late_copy_prefix(bytes: &[u8]) -> (usize, usize) {
+    let mut at = 0;
+    while let Some(&[tag, l0, l1, l2, l3]) = bytes.get(at..).and_then(|b| b.first_chunk::<5>()) {
+        let length = u32::from_be_bytes([l0, l1, l2, l3]) as usize;
+        if !matches!(tag, b'd' | b'c' | b'f') || length < 4 {
+            break;
+        }
+        let end = at + 1 + length;
+        if end > bytes.len() {
+            return (bytes.len(), end - bytes.len());
+        }
+        at = end;
+    }
+    (at, 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::late_copy_prefix;
+    use crate::protocol::framing::message;
+
+    #[test]
+    fn late_copy_messages_are_told_apart_from_what_follows() {
+        let data = message(b'd', b"1\tx\n");
+        let done = message(b'c', &[]);
+        let query = message(b'Q', b"select 1\0");
+        let copy = [data.clone(), done.clone()].concat();
+        assert_eq!(late_copy_prefix(&query), (0, 0));
+        assert_eq!(late_copy_prefix(&copy), (copy.len(), 0));
+        let both = [copy.clone(), query.clone()].concat();
+        assert_eq!(late_copy_prefix(&both), (copy.len(), 0));
+        // Cut inside a CopyData: the rest is still to come.
+        assert_eq!(late_copy_prefix(&data[..7]), (7, data.len() - 7));
+        // Cut inside a header: left as it is.
+        assert_eq!(late_copy_prefix(&data[..3]), (0, 0));
+        assert_eq!(late_copy_prefix(&[b'd', 0, 0, 0, 2]), (0, 0));
     }
 }

@@ -178,6 +178,8 @@ impl ClientRewriter {
                 let ignored = std::mem::take(&mut self.syncs_after_execute);
                 if ignored > 0 && to.server_in_copy {
                     report.ignored_syncs += to.plan.forget_trailing_syncs(ignored);
+                    // The COPY's Execute is answered at the client's next Sync.
+                    self.quiet = false;
                 }
             }
             b'P' | b'B' | b'D' | b'C' => {
