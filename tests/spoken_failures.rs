@@ -103,6 +103,36 @@ async fn a_bind_over_the_transaction_mode_limit_gets_54000() {
     assert!(db.hint().is_some_and(|h| h.contains("--pool-mode session")));
 }
 
+/// The client is still sending its large Bind when the sidecar refuses it, and reads only once
+/// all of it is written (as libpq does): the sidecar reads on for a while after its FATAL, so
+/// that the client's writes succeed and it reads the error, not a reset connection (a socket
+/// closed with unread bytes is reset, and the reset drops the error).
+#[tokio::test]
+async fn a_client_still_sending_its_large_bind_reads_the_54000() {
+    let stack = plain_stack_with(|c| c.pool.mode = PoolMode::Transaction).await;
+    for _ in 0..3 {
+        let mut raw = TcpStream::connect(stack.sidecar.addr())
+            .await
+            .expect("connect");
+        wire::login(
+            &mut raw,
+            &[("user", "postgres"), ("database", "postgres")],
+            "x",
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+        // A Bind header saying 65 MiB, then 16 MiB of it.
+        let header = [&[b'B'][..], &(65u32 << 20).to_be_bytes()].concat();
+        raw.write_all(&header).await.expect("header");
+        let piece = vec![0u8; 64 * 1024];
+        for _ in 0..256 {
+            raw.write_all(&piece).await.expect("the sidecar reads on");
+        }
+        let fields = wire::error_within(&mut raw, Duration::from_secs(5), "the refusal").await;
+        assert_eq!(fields.get(&'C').map(String::as_str), Some("54000"));
+    }
+}
+
 #[tokio::test]
 async fn silent_sockets_count_against_the_limit_and_are_closed_after_the_login_timeout() {
     let stack = stack_with(

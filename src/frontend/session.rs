@@ -4,9 +4,11 @@
 use std::sync::Arc;
 use std::time::Instant;
 
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tracing::{info, warn};
 
 use crate::error::{PgError, sqlstate};
+use crate::forward::buffers::Buffer;
 use crate::forward::closer::Closer;
 use crate::forward::prepared::{ClientRewriter, ClientStatements};
 use crate::forward::{Outcome, Traffic};
@@ -16,6 +18,9 @@ use crate::pool::{Lease, Parameters, Pool};
 use crate::stream::ClientStream;
 
 use super::{Admitted, send_error};
+
+/// How long a client whose message was refused may go on sending before its connection closes.
+const LINGER: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// One logged-in client after the greeting: all that an idle client holds.
 pub(super) struct Session {
@@ -142,6 +147,19 @@ impl Session {
         if traffic.client_at_boundary {
             send_error(&mut self.stream, &error).await;
         }
+        if outcome == Outcome::ClientMessageTooLarge {
+            self.linger().await;
+        }
+    }
+
+    /// Closes the sending side and reads what the client still sends (the rest of its large
+    /// message) for up to [`LINGER`]: a socket closed with unread bytes resets the connection,
+    /// and the client would see that instead of the error just sent.
+    async fn linger(&mut self) {
+        let _ = self.stream.shutdown().await;
+        let mut scratch = Buffer::take();
+        let drain = async { while let Ok(1..) = self.stream.read(&mut scratch).await {} };
+        let _ = tokio::time::timeout(LINGER, drain).await;
     }
 
     /// What the client was doing when its upstream connection went: the metric label.
