@@ -11,7 +11,7 @@ use super::buffers::{Buffer, OutVec};
 use super::prepared::{Plan, ServerRewriter, ServerStatements};
 use super::sync::Downward;
 use super::{Detach, Outcome, SyncState, ToServer, Traffic, write_flushed};
-use crate::protocol::framing::{FrameScanner, READY_FOR_QUERY};
+use crate::protocol::framing::FrameScanner;
 
 /// The server → client half of an attached period.
 pub(super) struct ToClient<'a, W> {
@@ -47,6 +47,7 @@ impl<'a, W: AsyncWrite + Unpin> ToClient<'a, W> {
                 state,
                 parameters,
                 last_tag: 0,
+                at_ready: true,
                 transactions: 0,
                 track_session: prepared.is_none(),
             },
@@ -176,9 +177,9 @@ impl<'a, W: AsyncWrite + Unpin> ToClient<'a, W> {
         Ok(())
     }
 
-    /// The period may end here, as [`Detach`] says: after a ReadyForQuery (or before the
-    /// server said anything: the connection came idle), with both streams at a message
-    /// boundary.
+    /// The period may end here, as [`Detach`] says: after a ReadyForQuery and nothing but
+    /// asynchronous messages since (or before the server said anything: the connection came
+    /// idle), with both streams at a message boundary.
     fn may_detach(&self) -> bool {
         let state = self.visitor.state;
         let detach = match self.detach {
@@ -186,7 +187,6 @@ impl<'a, W: AsyncWrite + Unpin> ToClient<'a, W> {
             Detach::WhenQuiet => state.owes_nothing(),
             Detach::WhenIdle => state.is_idle() && self.plan.is_empty(),
         };
-        let after_ready = matches!(self.visitor.last_tag, READY_FOR_QUERY | 0);
-        detach && after_ready && self.scanner.at_boundary()
+        detach && self.visitor.at_ready && self.scanner.at_boundary()
     }
 }

@@ -11,6 +11,7 @@
 
 pub mod buffers;
 pub mod closer;
+mod copy_state;
 mod downward;
 mod halves;
 pub mod prepared;

@@ -4,6 +4,7 @@
 
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, Ordering};
 
+use super::copy_state::CopyState;
 use super::replay::{SessionReplay, is_plain_set, opens_transaction};
 use super::session_state::{SessionChange, change_in_text, change_of_tag};
 use crate::protocol::framing::{
@@ -15,6 +16,8 @@ use crate::protocol::framing::{
 const COMMAND_COMPLETE: u8 = b'C';
 /// CopyInResponse.
 const COPY_IN_RESPONSE: u8 = b'G';
+/// ErrorResponse.
+const ERROR_RESPONSE: u8 = b'E';
 
 /// What both directions of one client session know about its protocol state.
 #[derive(Debug)]
@@ -37,9 +40,8 @@ pub struct SyncState {
     /// [`ABORTED`], [`OPENED`], and above them the count of kept `SET` statements whose
     /// CommandComplete has not come yet (one byte, so that the whole state stays 8 bytes).
     flags: AtomicU8,
-    /// The server is in copy-in mode (a CopyInResponse came, no ReadyForQuery since): it
-    /// ignores the Syncs it reads until the client's CopyDone or CopyFail.
-    copy_in: AtomicBool,
+    /// A COPY FROM STDIN in progress, for the count of sync points.
+    pub(super) copy: CopyState,
 }
 
 /// The client's transaction failed with no upstream connection left (a cancel closed it): the
@@ -63,7 +65,7 @@ impl Default for SyncState {
             status: AtomicU8::new(b'I'),
             changed: AtomicU8::new(0),
             flags: AtomicU8::new(0),
-            copy_in: AtomicBool::new(false),
+            copy: CopyState::default(),
         }
     }
 }
@@ -72,7 +74,7 @@ impl SyncState {
     /// The upstream connection owes the client nothing and is outside a transaction: it can
     /// serve someone else.
     pub fn is_idle(&self) -> bool {
-        self.owes_nothing() && self.status() == TransactionStatus::Idle
+        self.owes_nothing() && self.status() == TransactionStatus::Idle && !self.copy.uncertain()
     }
 
     /// Every sync point of the client was answered and it sent nothing unsynced since.
@@ -190,20 +192,21 @@ impl SyncState {
         self.changed.fetch_or(change.bit(), Ordering::AcqRel);
     }
 
-    /// The server is in copy-in mode.
-    pub(super) fn copy_in(&self) -> bool {
-        self.copy_in.load(Ordering::Acquire)
-    }
-
     /// The client ended a COPY it began with the extended protocol: the `ignored` Syncs it
     /// sent after the Execute reached the server in copy-in mode, and get no ReadyForQuery
-    /// (libpq and tokio-postgres send one right after the Execute and one after CopyDone).
+    /// (libpq and tokio-postgres send one right after the Execute and one after CopyDone;
+    /// [`CopyState`] says when that may not hold).
     pub(super) fn forget_ignored_syncs(&self, ignored: u32) {
         let _ = self
             .expected_ready
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
                 Some(n.saturating_sub(ignored))
             });
+    }
+
+    /// The upstream connection was closed (a cancel): what was uncertain about it went too.
+    pub fn connection_replaced(&self) {
+        self.copy.replaced();
     }
 
     /// One owed ReadyForQuery was answered by the sidecar itself, with `status`.
@@ -250,7 +253,7 @@ impl FrameVisitor for Upward<'_> {
             // CopyDone, CopyFail: the Syncs sent since the COPY's Execute were ignored.
             b'c' | b'f' => {
                 let ignored = std::mem::take(self.syncs_after_execute);
-                if ignored > 0 && self.state.copy_in() {
+                if ignored > 0 && self.state.copy.client_ended() {
                     self.state.forget_ignored_syncs(ignored);
                     // The COPY's Execute is answered at the client's next Sync.
                     self.quiet = false;
@@ -317,6 +320,9 @@ pub(super) struct Downward<'a> {
     pub(super) state: &'a SyncState,
     pub(super) parameters: &'a mut std::sync::Arc<Vec<(String, String)>>,
     pub(super) last_tag: u8,
+    /// Nothing but asynchronous messages (notices, notifications, parameter changes) since the
+    /// last ReadyForQuery, or since the period began (the connection came idle).
+    pub(super) at_ready: bool,
     pub(super) transactions: u64,
     /// Session mode: note the session state the client leaves.
     pub(super) track_session: bool,
@@ -325,8 +331,13 @@ pub(super) struct Downward<'a> {
 impl FrameVisitor for Downward<'_> {
     fn header(&mut self, tag: u8, _body_len: usize, _start: isize) -> bool {
         self.last_tag = tag;
-        if tag == COPY_IN_RESPONSE {
-            self.state.copy_in.store(true, Ordering::Release);
+        match tag {
+            COPY_IN_RESPONSE => self.state.copy.began(),
+            ERROR_RESPONSE => self.state.copy.error(),
+            _ => {}
+        }
+        if !matches!(tag, b'N' | b'A' | PARAMETER_STATUS) {
+            self.at_ready = tag == READY_FOR_QUERY;
         }
         tag == READY_FOR_QUERY
             || tag == PARAMETER_STATUS
@@ -339,7 +350,7 @@ impl FrameVisitor for Downward<'_> {
                 self.state
                     .flags
                     .fetch_and(!(OPENED | KEPT_DONE), Ordering::AcqRel);
-                self.state.copy_in.store(false, Ordering::Release);
+                self.state.copy.ended();
                 if let Some(status) = body.first() {
                     self.state.status.store(*status, Ordering::Release);
                     if *status == b'I' {

@@ -80,12 +80,21 @@ impl<'a, W: AsyncWrite + Unpin> ToServer<'a, W> {
                     self.out.clear();
                     let report =
                         rewrite_chunk(rest, rewrite, self.state, self.plan, &mut self.out)?;
+                    // Not quiet while the bytes are on their way: the other direction must not
+                    // release the connection with part of them sent.
+                    self.state.client_quiet.store(false, Ordering::Release);
                     write_flushed(&mut self.server, &self.out)
                         .await
                         .map_err(|_| Outcome::ServerError)?;
-                    if report.sync_points == 0 && self.state.is_idle() {
-                        // Nothing the server will answer (COPY messages after a failed COPY,
-                        // which it ignores): the other direction may release the connection.
+                    if !report.terminated {
+                        self.state
+                            .client_quiet
+                            .store(report.quiet, Ordering::Release);
+                    }
+                    if self.state.is_idle() {
+                        // Nothing is owed (COPY messages after a failed COPY, which the server
+                        // ignores; or its answers came during the write): the other direction
+                        // may release the connection.
                         self.plan.wake.notify_one();
                     }
                     let Some(consumed) = report.paused_at else {
@@ -106,7 +115,8 @@ impl<'a, W: AsyncWrite + Unpin> ToServer<'a, W> {
 }
 
 /// Rewrites one chunk from the client into `out` (transaction mode): whether the client
-/// terminated (`out` then holds what came before Terminate) or the rewrite paused.
+/// terminated (`out` then holds what came before Terminate) or the rewrite paused, and
+/// whether it is quiet after it (stored by the caller once `out` is sent).
 fn rewrite_chunk(
     chunk: &[u8],
     rewrite: &mut Rewrite<'_>,
@@ -122,7 +132,7 @@ fn rewrite_chunk(
             rewrite.prepared,
             plan,
             out,
-            state.copy_in(),
+            state.copy.server_in_copy(),
         )
         .map_err(|error| match error {
             Unrewritable::TooLarge => Outcome::ClientMessageTooLarge,
@@ -131,9 +141,9 @@ fn rewrite_chunk(
     state
         .expected_ready
         .fetch_add(report.sync_points, Ordering::AcqRel);
-    state.forget_ignored_syncs(report.ignored_syncs);
-    if !report.terminated {
-        state.client_quiet.store(report.quiet, Ordering::Release);
+    if report.ignored_syncs > 0 {
+        state.copy.client_ended();
+        state.forget_ignored_syncs(report.ignored_syncs);
     }
     if report.opened {
         state.note_opened();

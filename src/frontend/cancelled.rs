@@ -24,6 +24,7 @@ impl Session {
     /// the one PostgreSQL would give and stays (in a failed transaction if it was inside one);
     /// `Some(outcome)` when the session ends instead.
     pub(super) async fn answer_cancelled(&mut self) -> Option<Outcome> {
+        self.cancel_key.state().connection_replaced();
         if !self.cancel_key.state().awaiting_one_answer() {
             // Several answers owed, or unsynced messages: what it is owed cannot be told.
             self.cancelled_fatal().await;
