@@ -17,7 +17,7 @@ use harness::{Stack, backend_pid, connect, db_error, simple_value, stack_with};
 use rds_iam_sidecar::pool::PoolMode;
 use rds_iam_sidecar::settings::EndpointSettings;
 use support::{TEST_AKID, TEST_SECRET};
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::{Client, NoTls, Statement};
 
 async fn proxy_stack(adjust: impl FnOnce(&mut EndpointSettings)) -> Stack {
     stack_with(adjust, harness::credentials(TEST_AKID, TEST_SECRET)).await
@@ -51,6 +51,23 @@ async fn cancelled_sleep(client: &Client) -> tokio_postgres::Error {
 /// The SQLSTATE a cancelled `select pg_sleep(10)` ended with.
 async fn cancel_sleep(client: &Client) -> String {
     db_error(&cancelled_sleep(client).await).0
+}
+
+/// After a cancel, the client's `statement` (prepared before it) still runs and its
+/// `extra_float_digits` is `digits`: both were built again on the new connection.
+async fn session_was_built_again(client: &Client, statement: &Statement, digits: &str) {
+    let two: i32 = client
+        .query_one(statement, &[&1i32])
+        .await
+        .expect("the statement prepared before the cancel")
+        .get(0);
+    assert_eq!(two, 2);
+    assert_eq!(
+        simple_value(client, "show extra_float_digits")
+            .await
+            .as_deref(),
+        Some(digits)
+    );
 }
 
 /// A cancelled `select pg_sleep(10)` ends the session: FATAL 57014 whose detail names `lost`.
@@ -130,18 +147,7 @@ async fn cancel_without_server_keys_in_session_mode() {
         .await
         .expect("set");
     assert_eq!(cancel_sleep(&client).await, "57014");
-    let two: i32 = client
-        .query_one(&statement, &[&1i32])
-        .await
-        .expect("the statement prepared before the cancel")
-        .get(0);
-    assert_eq!(two, 2);
-    assert_eq!(
-        simple_value(&client, "show extra_float_digits")
-            .await
-            .as_deref(),
-        Some("3")
-    );
+    session_was_built_again(&client, &statement, "3").await;
     assert_eq!(
         simple_value(&client, "show application_name")
             .await
@@ -213,18 +219,7 @@ async fn a_statement_that_failed_to_prepare_does_not_end_the_session_at_a_cancel
         .await
         .expect("set");
     assert_eq!(cancel_sleep(&client).await, "57014");
-    let two: i32 = client
-        .query_one(&statement, &[&1i32])
-        .await
-        .expect("the statement prepared before the cancel")
-        .get(0);
-    assert_eq!(two, 2);
-    assert_eq!(
-        simple_value(&client, "show extra_float_digits")
-            .await
-            .as_deref(),
-        Some("2")
-    );
+    session_was_built_again(&client, &statement, "2").await;
 }
 
 /// A `SET` inside a transaction is undone by its ROLLBACK: the sidecar cannot know it held

@@ -52,6 +52,21 @@ async fn an_upstream_lost_mid_statement_is_spoken_in_transaction_mode() {
     lost_mid_statement(|c| c.pool.mode = PoolMode::Transaction).await;
 }
 
+/// A client logged in through the sidecar with raw messages.
+async fn raw_login(stack: &harness::Stack) -> TcpStream {
+    let mut raw = TcpStream::connect(stack.sidecar.addr())
+        .await
+        .expect("connect");
+    wire::login(
+        &mut raw,
+        &[("user", "postgres"), ("database", "postgres")],
+        "x",
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+    raw
+}
+
 #[tokio::test]
 async fn a_message_too_short_to_be_one_gets_08p01() {
     for mode in [PoolMode::Session, PoolMode::Transaction] {
@@ -60,16 +75,7 @@ async fn a_message_too_short_to_be_one_gets_08p01() {
             harness::credentials(TEST_AKID, TEST_SECRET),
         )
         .await;
-        let mut raw = TcpStream::connect(stack.sidecar.addr())
-            .await
-            .expect("connect");
-        wire::login(
-            &mut raw,
-            &[("user", "postgres"), ("database", "postgres")],
-            "x",
-        )
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+        let mut raw = raw_login(&stack).await;
         // A Query whose length (2) cannot even hold itself.
         raw.write_all(&[b'Q', 0, 0, 0, 2]).await.expect("write");
         let fields = wire::error_within(&mut raw, Duration::from_secs(5), "answered at once").await;
@@ -111,16 +117,7 @@ async fn a_bind_over_the_transaction_mode_limit_gets_54000() {
 async fn a_client_still_sending_its_large_bind_reads_the_54000() {
     let stack = plain_stack_with(|c| c.pool.mode = PoolMode::Transaction).await;
     for _ in 0..3 {
-        let mut raw = TcpStream::connect(stack.sidecar.addr())
-            .await
-            .expect("connect");
-        wire::login(
-            &mut raw,
-            &[("user", "postgres"), ("database", "postgres")],
-            "x",
-        )
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+        let mut raw = raw_login(&stack).await;
         // A Bind header saying 65 MiB, then 16 MiB of it.
         let header = [&[b'B'][..], &(65u32 << 20).to_be_bytes()].concat();
         raw.write_all(&header).await.expect("header");
