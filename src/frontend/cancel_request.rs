@@ -1,7 +1,8 @@
 //! A CancelRequest from a client: find the client its key names and cancel what that client
-//! runs upstream (or stop its wait for an upstream connection), by forwarding the request to the server key of its upstream connection, or,
-//! where there is no key (RDS Proxy) or forwarding fails or `--cancel-mode close` asks, by
-//! closing that connection (the session then answers 57014). A forwarded cancel whose statement
+//! runs upstream (or stop its wait for an upstream connection), by forwarding the request to
+//! the server key of its upstream connection, or, where there is no key (RDS Proxy) or
+//! forwarding fails or `--cancel-mode close` asks, by closing that connection (the session
+//! then answers 57014). A forwarded cancel whose statement
 //! has not ended after `--cancel-grace` (a hung server, a path that lost the answer) is followed
 //! by the close.
 

@@ -139,7 +139,7 @@ async fn send_and_check(
     server.stream.write_all(out).await?;
     server.stream.flush().await?;
     let mut reader = ServerReader::new(MAX_MESSAGE);
-    let (mut ready, mut answered) = (answers.ready, 0);
+    let mut answered = 0;
     let mut failure = None;
     loop {
         match reader.next(&mut server.stream).await? {
@@ -159,9 +159,8 @@ async fn send_and_check(
                 );
             }
             backend::Message::ReadyForQuery(body) => {
-                ready -= 1;
                 answered += 1;
-                if ready > 0 && failure.is_none() && body.status() == b'I' {
+                if answered < answers.ready && failure.is_none() && body.status() == b'I' {
                     continue;
                 }
                 return match (failure, body.status()) {
