@@ -76,11 +76,20 @@ async fn client(
     errors
 }
 
-/// Waits (up to 40 s) until the emulator relays every sidecar's warm pool; whether it did.
-async fn all_warm(emulator: &Emulator) -> bool {
+/// Waits (up to 40 s) until the emulator relays every sidecar's warm pool, and every pool is
+/// whole with nothing opening or in use; whether it did. (A client's own connection can make
+/// the emulator's count whole while a spare is still to come, which would then log in during
+/// the restart measured next; a pool's count alone still holds dead connections until its
+/// upkeep retires them.)
+async fn all_warm(sidecars: &[RunningSidecar], emulator: &Emulator) -> bool {
+    let settled = |sidecar: &RunningSidecar| {
+        sidecar
+            .pool_counts("postgres", "postgres")
+            .is_some_and(|(idle, open)| idle >= WARM && open == idle)
+    };
     let deadline = tokio::time::Instant::now() + Duration::from_secs(40);
     while tokio::time::Instant::now() < deadline {
-        if emulator.active() >= (SIDECARS * WARM) as u64 {
+        if emulator.active() >= (SIDECARS * WARM) as u64 && sidecars.iter().all(settled) {
             return true;
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
@@ -118,7 +127,7 @@ async fn a_fleet_starting_and_reconnecting_together_stays_near_the_proxys_login_
         .map(|s| tokio::spawn(client(s.addr(), gate.clone(), stopped.clone())))
         .collect();
     // Spread over 4 s, later if throttling lowered the rate (spares wait for it to recover).
-    let warmed = all_warm(&emulator).await;
+    let warmed = all_warm(&sidecars, &emulator).await;
     let warm_up = emulator.login_seconds();
     assert!(
         warmed,
@@ -134,10 +143,10 @@ async fn a_fleet_starting_and_reconnecting_together_stays_near_the_proxys_login_
         emulator.kill_connections();
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    // The clients run on while the pools refill: after the next upkeep (5 s), spread over
-    // 4 s, later if throttling lowered the rate.
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    let refilled = all_warm(&emulator).await;
+    // The clients run on while the pools refill: after the next upkeep (every 5 s) has
+    // retired the dead connections, spread over 4 s, later if throttling lowered the rate.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let refilled = all_warm(&sidecars, &emulator).await;
     let refilled_sessions = emulator.active();
     let _ = stop.send(true);
     let mut errors = Vec::new();

@@ -25,6 +25,12 @@ async fn stack_for(
     adjust: impl FnOnce(&mut Settings),
     credentials: Arc<CredentialCache>,
 ) -> Stack {
+    let (pki, emulator) = emulator_for(host, limit).await;
+    sidecar_in_front(pki, emulator, host, adjust, credentials).await
+}
+
+/// The emulator for `host`, with at most `limit` logins per second, not yet dialled.
+async fn emulator_for(host: &str, limit: Option<u32>) -> (TestPki, Emulator) {
     let pki = TestPki::new();
     let cluster = tokio::task::spawn_blocking(support::shared_cluster)
         .await
@@ -32,6 +38,17 @@ async fn stack_for(
     let mut options = emulator_options(&pki, host, DEFAULT_REGION, cluster.port);
     options.login_rate_limit = limit;
     let emulator = Emulator::start(options).await;
+    (pki, emulator)
+}
+
+/// The sidecar in front of `emulator`, which answers for `host`.
+async fn sidecar_in_front(
+    pki: TestPki,
+    emulator: Emulator,
+    host: &str,
+    adjust: impl FnOnce(&mut Settings),
+    credentials: Arc<CredentialCache>,
+) -> Stack {
     let config = harness::config_for_host(&emulator, &pki, host);
     let with_host = |settings: &mut Settings| {
         settings.endpoints[0] = config;
@@ -242,9 +259,13 @@ async fn a_warm_pool_opens_over_the_spread_window() {
 #[tokio::test]
 async fn while_throttled_spare_connections_wait_and_a_clients_login_goes_first() {
     let host = "spares-wait.proxy-abc123.us-east-1.rds.amazonaws.com";
-    let stack = stack_for(
+    let (pki, emulator) = emulator_for(host, None).await;
+    // Armed before the sidecar starts: its warm-up's first login may come at once.
+    emulator.throttle_next_logins(1);
+    let stack = sidecar_in_front(
+        pki,
+        emulator,
         host,
-        None,
         |settings| {
             let endpoint = &mut settings.endpoints[0];
             endpoint.pool.min_idle = 4;
@@ -257,8 +278,6 @@ async fn while_throttled_spare_connections_wait_and_a_clients_login_goes_first()
         credentials(TEST_AKID, TEST_SECRET),
     )
     .await;
-    // Started before the warm-up's first login (it waits a random part of 300 ms).
-    stack.emulator.throttle_next_logins(1);
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert_eq!(
         stack.emulator.rejected(),
