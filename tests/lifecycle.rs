@@ -1,7 +1,7 @@
 //! The binary's life in a container: the admin endpoint (readiness that follows the upstream,
 //! Prometheus metrics after real traffic), the `healthcheck`, `wait` and `shutdown`
-//! subcommands, and graceful shutdown on SIGTERM (transactions finish, idle and new clients
-//! get 57P01, exit 0 within the grace period).
+//! subcommands, and graceful shutdown on SIGTERM (transactions finish; idle and new clients,
+//! and statements waiting for a busy pool, get 57P01; exit 0 within the grace period).
 
 mod harness;
 mod support;
@@ -88,15 +88,21 @@ async fn sigterm_lets_the_transaction_commit(pool_mode: &str, exit_code: u8, thr
             &exit_code.to_string(),
             "--worker-threads",
             &threads.to_string(),
+            "--pool-size",
+            "1",
         ],
     );
     wait_for_port(port, &mut sidecar.0).await;
 
     let (busy, _busy_connection) = client(port).await.expect("busy client");
     let (_idle, idle_connection) = client(port).await.expect("idle client");
+    let (waiting, _waiting_connection) = client(port).await.expect("waiting client");
     busy.batch_execute(&format!("begin; insert into {table} values (1)"))
         .await
         .expect("transaction starts");
+    // Waits for the pool's one connection, which the transaction holds.
+    let waiting = tokio::spawn(async move { waiting.simple_query("select 1").await.map(drop) });
+    tokio::time::sleep(Duration::from_millis(300)).await;
 
     let signalled = Instant::now();
     sidecar.signal("TERM");
@@ -108,6 +114,14 @@ async fn sigterm_lets_the_transaction_commit(pool_mode: &str, exit_code: u8, thr
         .expect("connection task");
     let error = ended.expect_err("closed with an error");
     assert_eq!(db_error(&error).0, "57P01", "{error}");
+
+    // So is the statement waiting for the busy pool: it never ran.
+    let refused = tokio::time::timeout(Duration::from_secs(10), waiting)
+        .await
+        .expect("the waiting statement is refused promptly")
+        .expect("waiting task")
+        .expect_err("refused");
+    assert_eq!(db_error(&refused).0, "57P01", "{refused}");
 
     // New clients are refused with 57P01 while the transaction runs.
     let Err(refused) = client(port).await else {

@@ -170,8 +170,19 @@ async fn cancel_without_server_keys_in_session_mode() {
 /// goes on.
 #[tokio::test]
 async fn a_statement_waiting_for_a_connection_is_cancelled_before_it_runs() {
+    waiting_statement_cancelled(PoolMode::Transaction).await;
+}
+
+/// So is a session-mode client's first statement, greeted from the pool's parameters and
+/// waiting for its connection.
+#[tokio::test]
+async fn a_first_statement_waiting_for_a_session_connection_is_cancelled_before_it_runs() {
+    waiting_statement_cancelled(PoolMode::Session).await;
+}
+
+async fn waiting_statement_cancelled(mode: PoolMode) {
     let stack = proxy_stack(|c| {
-        c.pool.mode = PoolMode::Transaction;
+        c.pool.mode = mode;
         c.pool.size = 1;
         c.pool.timeout = Duration::from_secs(20);
     })
@@ -195,6 +206,8 @@ async fn a_statement_waiting_for_a_connection_is_cancelled_before_it_runs() {
     assert_eq!((db.code().code(), db.severity()), ("57014", "ERROR"));
     assert!(db.detail().is_some_and(|d| d.contains("never ran")));
     holder.batch_execute("commit").await.expect("commit");
+    // Session mode: the holder keeps the pool's one connection until it leaves.
+    drop(holder);
     let count = simple_value(&client, &format!("select count(*) from {table}")).await;
     assert_eq!(count.as_deref(), Some("0"), "the insert never ran");
 }

@@ -25,6 +25,7 @@ use crate::upstream::ServerConnection;
 use super::cancel::Serving;
 use super::login::checkout_error_to_pg;
 use super::session::{Held, Session, closer};
+use super::waiting::Waited;
 use super::{send_error, send_shutdown_error};
 
 /// What ended an idle wait in session mode.
@@ -43,17 +44,10 @@ impl Session {
     pub(super) async fn run_held(&mut self, held: Box<Held>) -> Outcome {
         match *held {
             Held::Connection(lease) => self.run_session_mode(lease, None).await,
-            Held::Greeted(parameters) => {
-                let first = match self.next_bytes().await {
-                    Ok(first) => first,
-                    Err(outcome) => return outcome,
-                };
-                let lease = match self.attach(&parameters, None).await {
-                    Ok(lease) => lease,
-                    Err(outcome) => return outcome,
-                };
-                self.run_session_mode(lease, Some(first)).await
-            }
+            Held::Greeted(parameters) => match self.attach_at_next_bytes(&parameters, None).await {
+                Ok((lease, first)) => self.run_session_mode(lease, Some(first)).await,
+                Err(outcome) => outcome,
+            },
         }
     }
 
@@ -114,16 +108,34 @@ impl Session {
         }
     }
 
-    /// A connection for a client greeted without one, or whose connection a cancel closed
-    /// (`--pool-timeout`, then 53300 naming the pool). What `kept` holds of the client's
-    /// session is built again on it first; ParameterStatus for every value that differs from
-    /// what the client last saw (`greeted`) goes to the client.
+    /// The client's next bytes and a connection for them (greeted without one, or a cancel
+    /// closed it); a statement cancelled while it waits is answered 57014, and the next waits.
+    async fn attach_at_next_bytes(
+        &mut self,
+        greeted: &[(String, String)],
+        kept: Option<&SessionReplay>,
+    ) -> Result<(Lease, (Buffer, usize)), Outcome> {
+        loop {
+            let (buffer, n) = self.next_bytes().await?;
+            if let Some(lease) = self.attach(greeted, kept, &buffer[..n]).await? {
+                return Ok((lease, (buffer, n)));
+            }
+        }
+    }
+
+    /// A connection for the client's bytes `first` (`--pool-timeout`, then 53300 naming the
+    /// pool; `None` when a cancel for them came first and the client goes on). What `kept`
+    /// holds of the client's session is built again on it first; ParameterStatus for every
+    /// value that differs from what the client last saw (`greeted`) goes to the client.
     async fn attach(
         &mut self,
         greeted: &[(String, String)],
         kept: Option<&SessionReplay>,
-    ) -> Result<Lease, Outcome> {
-        let mut lease = self.checkout_for_first_message().await?;
+        first: &[u8],
+    ) -> Result<Option<Lease>, Outcome> {
+        let Some(mut lease) = self.checkout_for_first_message(first).await? else {
+            return Ok(None);
+        };
         self.cancel_key
             .set_serving(Serving::connection(lease.backend_key()));
         match kept.filter(|kept| !kept.is_empty()) {
@@ -151,23 +163,22 @@ impl Session {
         if !changed.is_empty() && self.stream.write_flushed(&changed).await.is_err() {
             return Err(Outcome::ClientError);
         }
-        Ok(lease)
+        Ok(Some(lease))
     }
 
-    /// A connection of the client's pool, waited for without holding up a drain.
-    async fn checkout_for_first_message(&mut self) -> Result<Lease, Outcome> {
+    /// A connection of the client's pool for its bytes `first`, waited for without holding
+    /// up a drain; `None` when a cancel for them came first and was answered.
+    async fn checkout_for_first_message(&mut self, first: &[u8]) -> Result<Option<Lease>, Outcome> {
         let started = Instant::now();
-        let checkout = tokio::select! {
-            checkout = Box::pin(self.context.pools.checkout(&self.pool)) => checkout,
-            () = self.context.shutdown.draining() => {
-                Box::pin(send_shutdown_error(&mut self.stream)).await;
-                return Err(Outcome::Shutdown);
-            }
+        let checkout = match Box::pin(self.checkout_unless_cancelled(first)).await {
+            Waited::Checkout(checkout) => checkout,
+            Waited::Stopped(None) => return Ok(None),
+            Waited::Stopped(Some(ending)) => return Err(ending),
         };
         match checkout {
             Ok(lease) => {
                 self.context.metrics.pool_wait(started.elapsed());
-                Ok(lease)
+                Ok(Some(lease))
             }
             Err(error) => {
                 let pg = checkout_error_to_pg(&error, &self.context, &self.pool.key.user);
@@ -205,12 +216,12 @@ impl Session {
             if let Some(ending) = self.answer_cancelled().await {
                 return ending;
             }
-            let bytes = match self.next_bytes().await {
-                Ok(bytes) => bytes,
-                Err(ending) => return ending,
-            };
-            lease = match self.attach(&greeted, Some(&client_side.replay)).await {
-                Ok(lease) => lease,
+            let bytes;
+            (lease, bytes) = match self
+                .attach_at_next_bytes(&greeted, Some(&client_side.replay))
+                .await
+            {
+                Ok(attached) => attached,
                 Err(ending) => return ending,
             };
             first = Some(bytes);

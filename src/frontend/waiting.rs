@@ -1,10 +1,13 @@
-//! A client's statement waiting for an upstream connection (transaction mode: its pool is at
-//! `--pool-size`, for up to `--pool-timeout`). A cancel for it (psql's Ctrl-C, a driver's
-//! statement timeout) finds nothing running upstream; rather than dropping it, as PgBouncer
-//! does, the sidecar stops the wait and answers as PostgreSQL answers a statement cancelled
-//! before it ran: `ERROR 57014`, then ReadyForQuery, and the client stays. It can do so only
-//! when the client sent one whole batch (up to one sync point): what it is owed for more, or
-//! for part of one, cannot be told, so that client gets the FATAL.
+//! A client's statement waiting for an upstream connection: in transaction mode at the start
+//! of each transaction, in session mode for the client's first one (and the first after a
+//! cancel closed its connection), while its pool is at `--pool-size`, for up to
+//! `--pool-timeout`. A cancel for it (psql's Ctrl-C, a driver's statement timeout) finds
+//! nothing running upstream; rather than dropping it, as PgBouncer does, the sidecar stops the
+//! wait and answers as PostgreSQL answers a statement cancelled before it ran: `ERROR 57014`,
+//! then ReadyForQuery, and the client stays. It can do so only when the client sent one whole
+//! batch (up to one sync point): what it is owed for more, or for part of one, cannot be told,
+//! so that client gets the FATAL. A drain that starts during the wait refuses the statement
+//! with 57P01, as it refuses a client between transactions.
 
 use std::future::poll_fn;
 
@@ -13,7 +16,7 @@ use bytes::BytesMut;
 use crate::error::{PgError, Severity, sqlstate};
 use crate::forward::Outcome;
 use crate::forward::closer::CloseAsk;
-use crate::ops::shutdown::terminated_error;
+use crate::ops::shutdown::{shutdown_error, terminated_error};
 use crate::pool::{CheckoutError, Lease};
 use crate::protocol::messages;
 
@@ -51,17 +54,26 @@ impl Session {
                         // Only a forwarded cancel's grace asks this: it was for a statement
                         // that ran before.
                         CloseAsk::UnlessAnsweredSince(_) => continue,
-                        asked => break asked,
+                        asked => break Some(asked),
                     },
+                    // A drain refuses a statement still waiting: nothing of it ran, and the
+                    // connection it waits for would only be freed to close.
+                    () = self.context.shutdown.draining() => break None,
                 }
             }
         };
         self.cancel_key.set_serving(Serving::Nothing);
-        if asked == CloseAsk::Terminate {
-            send_error(&mut self.stream, &terminated_error()).await;
-            return Waited::Stopped(Some(Outcome::Terminated));
+        match asked {
+            None => {
+                send_error(&mut self.stream, &shutdown_error()).await;
+                Waited::Stopped(Some(Outcome::Shutdown))
+            }
+            Some(CloseAsk::Terminate) => {
+                send_error(&mut self.stream, &terminated_error()).await;
+                Waited::Stopped(Some(Outcome::Terminated))
+            }
+            Some(_) => Waited::Stopped(self.answer_cancelled_waiting(first).await),
         }
-        Waited::Stopped(self.answer_cancelled_waiting(first).await)
     }
 
     /// Answers `first`, a statement cancelled before it ran: `None` when the client goes on.
