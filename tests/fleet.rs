@@ -141,6 +141,11 @@ async fn a_fleet_starting_and_reconnecting_together_stays_near_the_proxys_login_
     {
         let _paused = gate.write().await;
         emulator.kill_connections();
+        // Until every relayed session is gone: a query sent on one still closing would fail.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while emulator.active() > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     // The clients run on while the pools refill: after the next upkeep (every 5 s) has

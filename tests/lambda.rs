@@ -122,6 +122,9 @@ async fn it_listens_before_registering_serves_and_drains_on_shutdown() {
         .env("RDS_IAM_SIDECAR_CA_FILE", pki.ca_file())
         .env("RDS_IAM_SIDECAR_LISTEN", format!("127.0.0.1:{port}"))
         .env("RDS_IAM_SIDECAR_ADMIN_LISTEN", "off")
+        // One connection: an invocation that comes before the last one's connection is back
+        // in the pool waits for it rather than logging in again.
+        .env("RDS_IAM_SIDECAR_POOL_SIZE", "1")
         .env("AWS_ACCESS_KEY_ID", TEST_AKID)
         .env("AWS_SECRET_ACCESS_KEY", TEST_SECRET)
         .stdout(std::process::Stdio::null())

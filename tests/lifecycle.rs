@@ -190,9 +190,10 @@ async fn grace_period_over_closes_what_is_left_with_57p01_and_exits_1() {
             .await
             .expect("begin");
         let (running, _running_connection) = client(port).await.expect("client");
-        let statement =
-            tokio::spawn(async move { running.simple_query("select pg_sleep(30)").await });
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        let marker = support::unique_name("grace");
+        let sleep = format!("select pg_sleep(30) -- {marker}");
+        let statement = tokio::spawn(async move { running.simple_query(&sleep).await });
+        shared_cluster().until_running(&marker).await;
 
         sidecar.signal("TERM");
         let status = sidecar.exit_within(Duration::from_secs(10)).await;
@@ -263,7 +264,7 @@ async fn readiness_follows_the_upstream_and_metrics_follow_the_traffic() {
             "--connect-timeout",
             "1s",
             "--min-shutdown-delay",
-            "1s",
+            "5s",
         ],
     );
     wait_for_port(admin_port, &mut sidecar.0).await;

@@ -10,8 +10,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use harness::{
-    Stack, connect, credentials, db_error, plain_stack_with, stack_with, stack_with_settings,
-    table_made_apart, try_connect,
+    Stack, connect, credentials, db_error, eventually, plain_stack_with, stack_with,
+    stack_with_settings, table_made_apart, try_connect,
 };
 use rds_iam_sidecar::frontend::cancel::CancelMode;
 use rds_iam_sidecar::pool::{PoolKey, PoolMode};
@@ -28,15 +28,6 @@ async fn backend_pid(client: &tokio_postgres::Client) -> i32 {
         .await
         .expect("pid")
         .get(0)
-}
-
-/// Waits until `check` holds (up to 10 s); for state that settles asynchronously.
-async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !check() {
-        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 #[tokio::test]
@@ -70,15 +61,14 @@ async fn two_hundred_clients_share_five_connections() {
 #[tokio::test]
 async fn pgbench_connect_per_transaction_logs_in_at_most_pool_size_times() {
     let stack = pooled(|c| c.pool.size = 4).await;
-    let Some(transactions) = harness::pgbench_connect_per_transaction(&stack, 4, 1, 3).await else {
+    if !harness::pgbench_connect_per_transaction(&stack, 4, 1, 15).await {
         eprintln!("SKIPPED pgbench_connect_per_transaction: pgbench is not installed");
         return;
-    };
-    assert!(transactions > 50, "{transactions} transactions");
+    }
     let logins = stack.emulator.logins();
     assert!(
         logins <= 5,
-        "{logins} logins for {transactions} connections (pool size 4, plus pgbench's first)"
+        "{logins} logins for 60 connections (pool size 4, plus pgbench's first)"
     );
 }
 
@@ -244,6 +234,9 @@ async fn warm_pools_log_in_at_start_and_serve_the_first_clients() {
         PoolKey::parse_spec("postgres@postgres?application_name=batch", None).expect("spec");
     let stack = pooled(|c| {
         c.pool.min_idle = 2;
+        // Short, so that the warm-up ends far from the first upkeep (5 s), which would open
+        // spares again while the two clients hold theirs.
+        c.pool.warm_up_spread = Duration::from_millis(200);
         c.warm_pools = vec![warm, other];
     })
     .await;
@@ -313,7 +306,13 @@ async fn a_connection_killed_while_idle_never_reaches_a_client() {
         .expect("terminate")
         .get(0);
     assert!(killed);
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // The emulator has seen the backend go and closed its side (a connection killed in the
+    // instant before a checkout is a race no pooler wins).
+    eventually("the emulator relays the close", || {
+        stack.emulator.active() == 0
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
     let client = connect(&stack).await;
     let value: i32 = client
         .query_one("select 5", &[])

@@ -287,11 +287,10 @@ async fn pgbench_connecting_per_transaction_over_a_small_pool_never_stalls() {
     // 8 clients that connect synchronously, 5 connections: a login that waited for a busy
     // pool would hold a pgbench thread that never sends the Terminate that frees one.
     let stack = proxy_stack(|c| c.pool.size = 5).await;
-    let Some(transactions) = harness::pgbench_connect_per_transaction(&stack, 8, 2, 4).await else {
+    if !harness::pgbench_connect_per_transaction(&stack, 8, 2, 125).await {
         eprintln!("SKIPPED pgbench_connecting_per_transaction: pgbench is not installed");
         return;
-    };
-    assert!(transactions > 1000, "{transactions} transactions");
+    }
     let logins = stack.emulator.logins();
     assert!(logins <= 5, "{logins} IAM logins for a pool of 5");
     assert_eq!(stack.emulator.pinned_sessions(), 0);

@@ -28,13 +28,15 @@ fn transaction_mode(c: &mut EndpointSettings) {
     c.pool.size = 2;
 }
 
-/// Runs `select pg_sleep(10)` on `client` and cancels it after 300 ms with its cancel token;
+/// Runs `select pg_sleep(10)` on `client` and cancels it once it runs, with its cancel token;
 /// the answer must come within 2 s of the cancel.
 async fn cancelled_sleep(client: &Client) -> tokio_postgres::Error {
     let token = client.cancel_token();
-    let query = client.simple_query("select pg_sleep(10)");
+    let marker = support::unique_name("cancelled");
+    let sleep = format!("select pg_sleep(10) -- {marker}");
+    let query = client.simple_query(&sleep);
     let cancel = async {
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        support::shared_cluster().until_running(&marker).await;
         let sent = Instant::now();
         token.cancel_query(NoTls).await.expect("send cancel");
         sent
@@ -260,23 +262,18 @@ async fn psql_ctrl_c_cancels_through_the_sidecar() {
     for adjust in [transaction_mode as fn(&mut EndpointSettings), |_| {}] {
         let stack = proxy_stack(adjust).await;
         let port = stack.sidecar.addr().port();
+        let marker = support::unique_name("psql");
+        let child = Command::new("psql")
+            .args(["-X", "-h", "127.0.0.1", "-p", &port.to_string()])
+            .args(["-U", "postgres", "-d", "postgres", "-c"])
+            .arg(format!("select pg_sleep(10) -- {marker}"))
+            .env("PGCONNECT_TIMEOUT", "10")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn psql");
+        support::shared_cluster().until_running(&marker).await;
         let output = tokio::task::spawn_blocking(move || {
-            let child = Command::new("psql")
-                .args(["-X", "-h", "127.0.0.1", "-p", &port.to_string()])
-                .args([
-                    "-U",
-                    "postgres",
-                    "-d",
-                    "postgres",
-                    "-c",
-                    "select pg_sleep(10)",
-                ])
-                .env("PGCONNECT_TIMEOUT", "10")
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped())
-                .spawn()
-                .expect("spawn psql");
-            std::thread::sleep(Duration::from_millis(700));
             let sent = Instant::now();
             let killed = Command::new("kill")
                 .args(["-INT", &child.id().to_string()])

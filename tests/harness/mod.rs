@@ -241,24 +241,52 @@ pub async fn pgbench(stack: &Stack, args: &[&str], script: &str) -> Option<Strin
 }
 
 /// Runs `pgbench -n -C` (a new connection per transaction) of `select 1` through the sidecar
-/// with `clients` clients and `threads` threads for `seconds`; returns the transactions done
-/// (no transaction may fail). `None` when pgbench is not installed.
+/// with `clients` clients and `threads` threads, `each` transactions per client: a fixed amount
+/// of work, so that a slow machine takes longer rather than fails, while a stall fails it
+/// (within 90 s). Every transaction must succeed. `false` when pgbench is not installed.
 pub async fn pgbench_connect_per_transaction(
     stack: &Stack,
     clients: u32,
     threads: u32,
-    seconds: u32,
-) -> Option<u64> {
-    let [clients, threads, seconds] = [clients, threads, seconds].map(|n| n.to_string());
-    let args = ["-n", "-C", "-c", &clients, "-j", &threads, "-T", &seconds];
-    let out = pgbench(stack, &args, "select 1;\n").await?;
+    each: u32,
+) -> bool {
+    let [clients_arg, threads, each_arg] = [clients, threads, each].map(|n| n.to_string());
+    let args = [
+        "-n",
+        "-C",
+        "-c",
+        &clients_arg,
+        "-j",
+        &threads,
+        "-t",
+        &each_arg,
+    ];
+    let run = pgbench(stack, &args, "select 1;\n");
+    let Some(out) = tokio::time::timeout(Duration::from_secs(90), run)
+        .await
+        .expect("pgbench finished: no connection stalled")
+    else {
+        return false;
+    };
     assert!(out.contains("number of failed transactions: 0"), "{out}");
-    let transactions = out
+    let transactions: Option<u64> = out
         .lines()
         .find_map(|l| l.strip_prefix("number of transactions actually processed: "))
-        .and_then(|v| v.trim().parse().ok())
-        .expect("transaction count");
-    Some(transactions)
+        .and_then(|v| v.trim().split('/').next()?.parse().ok());
+    assert_eq!(transactions, Some(u64::from(clients * each)), "{out}");
+    true
+}
+
+/// Waits until `check` holds (up to 10 s); for state that settles asynchronously.
+pub async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !check() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 /// The first column of the first row of a simple query (no prepared statement is left).

@@ -213,6 +213,30 @@ impl PgCluster {
         client
     }
 
+    /// Waits (up to 15 s) until a statement holding `marker` (a unique comment) runs on the
+    /// server: a fault or signal meant for a running statement is then not sent before it.
+    pub async fn until_running(&self, marker: &str) {
+        let admin = self.admin_client().await;
+        let sql = "select count(*) from pg_stat_activity \
+                   where state = 'active' and pid <> pg_backend_pid() and position($1 in query) > 0";
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+        loop {
+            let running: i64 = admin
+                .query_one(sql, &[&marker])
+                .await
+                .map(|row| row.get(0))
+                .unwrap_or_else(|e| panic!("pg_stat_activity: {e}"));
+            if running > 0 {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the statement marked {marker} never ran"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
+
     /// Runs SQL (one or more statements) as superuser; panics with the error on failure.
     pub async fn exec(&self, sql: &str) {
         if let Err(e) = self.try_exec(sql).await {
