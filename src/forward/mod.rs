@@ -65,6 +65,9 @@ pub enum Outcome {
     /// The sidecar is shutting down and closed the session between transactions (set by the
     /// session, never by [`forward_attached`]).
     Shutdown,
+    /// Session mode: the server closed the connection (or said FATAL) while its client was
+    /// idle outside a transaction (set by the session, never by [`forward_attached`]).
+    ServerClosedIdle,
     /// The shutdown's grace period ended with the session still attached: the upstream
     /// connection is closed whatever runs on it.
     Terminated,

@@ -14,6 +14,7 @@ mod login;
 mod negotiate;
 mod sasl;
 mod session;
+mod session_idle;
 mod session_mode;
 mod transaction_mode;
 mod verifiers;

@@ -78,6 +78,25 @@ impl Session {
         send_error(&mut self.stream, &error).await;
     }
 
+    /// The client's session could not be built again on another connection after `closed_by`
+    /// (a cancel, or the server closing while the client was idle) closed its own: FATAL.
+    pub(super) async fn not_rebuilt_fatal(&mut self, closed_by: Outcome) {
+        if closed_by == Outcome::Cancelled {
+            return self.cancelled_fatal().await;
+        }
+        let error = PgError::fatal(
+            sqlstate::CONNECTION_FAILURE_LOST,
+            format!(
+                "rds-iam-sidecar: the connection to {} was closed by the server while idle, \
+                 and the session's settings or prepared statements could not be set up again \
+                 on another",
+                self.context.connector().upstream()
+            ),
+        )
+        .with_hint("reconnect; nothing was running");
+        send_error(&mut self.stream, &error).await;
+    }
+
     pub(super) fn add(&mut self, traffic: Traffic) {
         self.bytes_to_server += traffic.to_server;
         self.bytes_to_client += traffic.to_client;
@@ -95,7 +114,7 @@ impl Session {
     /// of a server message, nor after the server's own ErrorResponse.
     pub(super) async fn tell_ending(&mut self, outcome: Outcome, traffic: &Traffic) {
         let error = match outcome {
-            Outcome::ServerClosed | Outcome::ServerError => {
+            Outcome::ServerClosed | Outcome::ServerClosedIdle | Outcome::ServerError => {
                 let during = self.lost_during();
                 warn!(
                     conn = self.conn,

@@ -1,14 +1,14 @@
 //! Session pooling: a client keeps one upstream connection for its life; between round trips
 //! it holds no forwarding buffers. When it leaves, a connection it left clean goes back to the
 //! pool as it is; one with session state is reset (`--reset-query`) or closed where a reset
-//! would pin it (RDS Proxy). A cancel that closed the connection leaves a client without session
-//! state connected: it goes on with another upstream connection.
+//! would pin it (RDS Proxy). A cancel that closed the connection, or the server closing it while
+//! the client was idle (`session_idle.rs`), leaves a client whose session can be built again
+//! connected: it goes on with another upstream connection.
 
-use std::task::Poll;
 use std::time::Instant;
 
 use bytes::BytesMut;
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 use crate::forward::buffers::Buffer;
 use crate::forward::replay::SessionReplay;
@@ -18,25 +18,18 @@ use crate::ops::metrics::ClientState;
 use crate::ops::shutdown::Woken;
 use crate::pool::reset::{close_statements, replay, reset};
 use crate::pool::{Lease, Parameters};
-use crate::protocol::framing::TransactionStatus;
 use crate::protocol::messages;
-use crate::upstream::ServerConnection;
 
 use super::cancel::Serving;
 use super::login::checkout_error_to_pg;
 use super::session::{Held, Session, closer};
+use super::session_idle::Spoken;
 use super::waiting::Waited;
 use super::{send_error, send_shutdown_error};
 
-/// What ended an idle wait in session mode.
-enum Spoken {
-    /// The client sent these bytes (the first `n` of the buffer).
-    Client(Buffer, usize),
-    /// The server sent something unasked (a notification, a shutdown).
-    Server,
-    /// The readiness was stale: wait again.
-    Stale,
-}
+/// What a client's session kept to build again on another connection, and what closed the
+/// one it had: a cancel, or the server while the client was idle.
+type Kept<'a> = Option<(&'a SessionReplay, Outcome)>;
 
 impl Session {
     /// Session mode from what the login left: a connection, or a greeting from the pool's
@@ -113,7 +106,7 @@ impl Session {
     async fn attach_at_next_bytes(
         &mut self,
         greeted: &[(String, String)],
-        kept: Option<&SessionReplay>,
+        kept: Kept<'_>,
     ) -> Result<(Lease, (Buffer, usize)), Outcome> {
         loop {
             let (buffer, n) = self.next_bytes().await?;
@@ -130,7 +123,7 @@ impl Session {
     async fn attach(
         &mut self,
         greeted: &[(String, String)],
-        kept: Option<&SessionReplay>,
+        kept: Kept<'_>,
         first: &[u8],
     ) -> Result<Option<Lease>, Outcome> {
         let Some(mut lease) = self.checkout_for_first_message(first).await? else {
@@ -138,8 +131,8 @@ impl Session {
         };
         self.cancel_key
             .set_serving(Serving::connection(lease.backend_key()));
-        match kept.filter(|kept| !kept.is_empty()) {
-            Some(kept) => {
+        match kept.filter(|(kept, _)| !kept.is_empty()) {
+            Some((kept, closed_by)) => {
                 let rebuilt = Box::pin(replay(
                     lease.server(),
                     kept.settings(),
@@ -147,9 +140,9 @@ impl Session {
                 ))
                 .await;
                 if let Err(error) = rebuilt {
-                    warn!(conn = self.conn, %error, "the session could not be built again after a cancel");
-                    self.cancelled_fatal().await;
-                    return Err(Outcome::Cancelled);
+                    warn!(conn = self.conn, %error, ?closed_by, "the session could not be built again on another upstream connection");
+                    self.not_rebuilt_fatal(closed_by).await;
+                    return Err(closed_by);
                 }
             }
             None => self.cancel_key.state().forget_session_changes(),
@@ -205,7 +198,8 @@ impl Session {
             let (outcome, last) = self
                 .serve_connection(&mut lease, &mut client_side, first.take())
                 .await;
-            if outcome != Outcome::Cancelled || !self.cancel_key.state().session_is_replayable() {
+            let goes_on = matches!(outcome, Outcome::Cancelled | Outcome::ServerClosedIdle);
+            if !goes_on || !self.cancel_key.state().session_is_replayable() {
                 self.leave(lease, outcome, &client_side.replay).await;
                 self.tell_ending(outcome, &last).await;
                 return outcome;
@@ -213,12 +207,18 @@ impl Session {
             // The client goes on: at its next message, with another connection.
             let greeted: Parameters = lease.shared_parameters();
             drop(lease);
-            if let Some(ending) = self.answer_cancelled().await {
+            if outcome == Outcome::ServerClosedIdle {
+                info!(
+                    conn = self.conn,
+                    "the upstream connection closed while its client was idle; the client goes on with another"
+                );
+                self.context.metrics.upstream_lost("idle");
+            } else if let Some(ending) = self.answer_cancelled().await {
                 return ending;
             }
             let bytes;
             (lease, bytes) = match self
-                .attach_at_next_bytes(&greeted, Some(&client_side.replay))
+                .attach_at_next_bytes(&greeted, Some((&client_side.replay, outcome)))
                 .await
             {
                 Ok(attached) => attached,
@@ -242,7 +242,14 @@ impl Session {
             if pending.is_empty() && first.is_none() {
                 match self.idle_until_spoken(server).await {
                     Ok(Spoken::Client(buffer, n)) => first = Some((buffer, n)),
-                    Ok(Spoken::Server) => {}
+                    Ok(Spoken::Server(said)) => pending = said,
+                    Ok(Spoken::ServerClosed) => {
+                        let idle = Traffic {
+                            client_at_boundary: true,
+                            ..Traffic::default()
+                        };
+                        return (Outcome::ServerClosedIdle, idle);
+                    }
                     Ok(Spoken::Stale) => continue,
                     Err(outcome) => return (outcome, Traffic::default()),
                 }
@@ -272,48 +279,6 @@ impl Session {
             if outcome != Outcome::Released {
                 return (outcome, traffic);
             }
-        }
-    }
-
-    /// Waits, holding no buffers, until the client or the server speaks. A shutdown closes
-    /// the session here, between transactions, never inside one.
-    async fn idle_until_spoken(
-        &mut self,
-        server: &mut ServerConnection,
-    ) -> Result<Spoken, Outcome> {
-        let outside_transaction = self.cancel_key.state().status() == TransactionStatus::Idle;
-        let stream = &mut self.stream;
-        let woken = self
-            .context
-            .shutdown
-            .idle_wait(outside_transaction, self.cancel_key.closer(), |cx| {
-                // The client's readiness is confirmed by the try_read below (one syscall); the
-                // server, which rarely speaks unasked, by a peek.
-                match (stream.poll_read_ready(cx), server.stream.poll_readable(cx)) {
-                    (Poll::Pending, Poll::Pending) => Poll::Pending,
-                    // Errors show in the attached period's reads.
-                    _ => Poll::Ready(Ok(())),
-                }
-            })
-            .await;
-        if let Woken::Draining = woken {
-            return Err(Outcome::Shutdown);
-        }
-        let mut buffer = Buffer::take();
-        match self.stream.try_read(&mut buffer) {
-            Ok(0) => Err(Outcome::ClientClosed),
-            Ok(n) => Ok(Spoken::Client(buffer, n)),
-            Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => {
-                // Not the client: the server spoke, or the client's readiness was stale.
-                let waker = std::task::Waker::noop();
-                let mut cx = std::task::Context::from_waker(waker);
-                if server.stream.poll_readable(&mut cx).is_pending() {
-                    Ok(Spoken::Stale)
-                } else {
-                    Ok(Spoken::Server)
-                }
-            }
-            Err(_) => Err(Outcome::ClientError),
         }
     }
 

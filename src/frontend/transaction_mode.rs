@@ -194,6 +194,7 @@ impl Session {
                 self.answer_cancelled().await
             }
             Outcome::ServerClosed
+            | Outcome::ServerClosedIdle
             | Outcome::ServerError
             | Outcome::ClientProtocolError
             | Outcome::ClientMessageTooLarge

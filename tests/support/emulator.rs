@@ -108,6 +108,9 @@ pub struct EmulatorOptions {
     /// socket made faults.rs's forwarded-cancel test fail about one run in five under four
     /// test threads (not understood yet: see docs/ARCHITECTURE.md).
     pub instant_kill: bool,
+    /// RDS Proxy's IdleClientTimeout (1800 s by default): a client connection that sends
+    /// nothing for this long is closed, with no message. `None`: never.
+    pub idle_client_timeout: Option<std::time::Duration>,
 }
 
 impl Default for EmulatorOptions {
@@ -124,6 +127,7 @@ impl Default for EmulatorOptions {
             login_rate_limit: None,
             listen_port: 0,
             instant_kill: false,
+            idle_client_timeout: None,
         }
     }
 }
@@ -197,6 +201,7 @@ struct Shared {
     live: Arc<LiveSockets>,
     instant_kill: bool,
     stall: watch::Sender<u64>,
+    idle_client_timeout: Option<std::time::Duration>,
 }
 
 impl Emulator {
@@ -240,6 +245,7 @@ impl Emulator {
             kill: watch::channel(0).0,
             live: Arc::default(),
             instant_kill: opts.instant_kill,
+            idle_client_timeout: opts.idle_client_timeout,
             stall: watch::channel(0).0,
         });
         let accept_task = tokio::spawn(accept_loop(listener, Arc::clone(&shared)));
@@ -647,6 +653,7 @@ async fn relay_to_backend<S: AsyncRead + AsyncWrite + Unpin>(
         &shared.pins,
         connection,
         shared.stall.subscribe(),
+        shared.idle_client_timeout,
     )
     .await;
     Ok(())

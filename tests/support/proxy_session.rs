@@ -60,13 +60,15 @@ where
 
 /// Relays a logged-in session until either side closes, watching the client's messages.
 /// When `stall` changes, the session stops moving bytes both ways but keeps its sockets open,
-/// as a hung proxy does (the kernel still acknowledges what arrives).
+/// as a hung proxy does (the kernel still acknowledges what arrives). A client that sends
+/// nothing for `idle_timeout` is closed (RDS Proxy's IdleClientTimeout).
 pub async fn relay<C, B>(
     client: C,
     backend: B,
     counters: &PinCounters,
     connection: u64,
     mut stall: tokio::sync::watch::Receiver<u64>,
+    idle_timeout: Option<std::time::Duration>,
 ) where
     C: AsyncRead + AsyncWrite + Unpin,
     B: AsyncRead + AsyncWrite + Unpin,
@@ -76,7 +78,12 @@ pub async fn relay<C, B>(
     let upward = async {
         let mut pinned = false;
         loop {
-            let Ok((tag, body)) = wire::read_message(&mut client_read).await else {
+            let next = wire::read_message(&mut client_read);
+            let read = match idle_timeout {
+                Some(idle) => tokio::time::timeout(idle, next).await.ok(),
+                None => Some(next.await),
+            };
+            let Some(Ok((tag, body))) = read else {
                 break;
             };
             let reason = pin_reason(tag, &body, counters);
