@@ -95,6 +95,41 @@ async fn psql_queries_transactions_and_errors() {
     );
 }
 
+/// libpq sends PGTZ and PGDATESTYLE as `timezone` and `datestyle`: RDS Proxy gets them in the
+/// spelling it documents (the emulator, like the proxy as far as is known, reads names exactly).
+#[tokio::test]
+async fn psql_with_pgtz_and_pgdatestyle_set() {
+    if !tool_available("psql") {
+        eprintln!("SKIPPED psql_with_pgtz_and_pgdatestyle_set: psql is not installed");
+        return;
+    }
+    let stack = stack().await;
+    let port = stack.sidecar.addr().port();
+    let output = tokio::task::spawn_blocking(move || {
+        Command::new("psql")
+            .args(["-X", "-At", "-h", "127.0.0.1", "-p", &port.to_string()])
+            .args(["-U", "postgres", "-d", "postgres"])
+            .args([
+                "-c",
+                "select current_setting('TimeZone') || '|' || current_setting('DateStyle')",
+            ])
+            .env("PGCONNECT_TIMEOUT", "10")
+            .env("PGTZ", "America/New_York")
+            .env("PGDATESTYLE", "ISO, DMY")
+            .output()
+            .expect("psql")
+    })
+    .await
+    .expect("join psql");
+    assert!(output.status.success(), "{output:?}");
+    assert_eq!(stdout(&output).trim(), "America/New_York|ISO, DMY");
+    assert_eq!(
+        stack.emulator.pinned_sessions(),
+        0,
+        "in the packet, not SET"
+    );
+}
+
 #[tokio::test]
 async fn psql_copy_both_ways() {
     if !tool_available("psql") {

@@ -55,13 +55,18 @@ impl UpstreamKind {
         }
     }
 
-    /// Whether a startup parameter may go in the startup packet to this kind of upstream.
-    pub fn accepts_in_startup(self, name: &str) -> bool {
+    /// The name a startup parameter goes under in the startup packet to this kind of
+    /// upstream; `None` when it may not go there. RDS Proxy gets the names it documents, in
+    /// their spelling: libpq sends `datestyle` and `timezone` when PGDATESTYLE or PGTZ is set,
+    /// and whether RDS Proxy reads names case-insensitively, as PostgreSQL does, is not
+    /// documented.
+    pub fn startup_name(self, name: &str) -> Option<&str> {
         match self {
-            Self::Postgres => true,
+            Self::Postgres => Some(name),
             Self::RdsProxy => RDS_PROXY_STARTUP_PARAMETERS
                 .iter()
-                .any(|accepted| accepted.eq_ignore_ascii_case(name)),
+                .find(|accepted| accepted.eq_ignore_ascii_case(name))
+                .copied(),
         }
     }
 
@@ -122,10 +127,17 @@ mod tests {
 
     #[test]
     fn rds_proxy_takes_only_its_parameters_in_the_startup_packet() {
-        assert!(UpstreamKind::RdsProxy.accepts_in_startup("application_name"));
-        assert!(UpstreamKind::RdsProxy.accepts_in_startup("datestyle"));
-        assert!(!UpstreamKind::RdsProxy.accepts_in_startup("options"));
-        assert!(!UpstreamKind::RdsProxy.accepts_in_startup("search_path"));
-        assert!(UpstreamKind::Postgres.accepts_in_startup("search_path"));
+        let proxy = UpstreamKind::RdsProxy;
+        assert_eq!(
+            proxy.startup_name("application_name"),
+            Some("application_name")
+        );
+        assert_eq!(proxy.startup_name("datestyle"), Some("DateStyle"));
+        assert_eq!(proxy.startup_name("timezone"), Some("TimeZone"));
+        assert_eq!(proxy.startup_name("options"), None);
+        assert_eq!(proxy.startup_name("search_path"), None);
+        let postgres = UpstreamKind::Postgres;
+        assert_eq!(postgres.startup_name("search_path"), Some("search_path"));
+        assert_eq!(postgres.startup_name("timezone"), Some("timezone"));
     }
 }

@@ -40,9 +40,12 @@ pub fn plan<'a>(
     let mut plan = StartupPlan::default();
     let mut explicit = Vec::new();
     for &(name, value) in parameters {
-        let in_packet = matches!(name, "user" | "database") || kind.accepts_in_startup(name);
-        if in_packet {
-            plan.packet.push((name, value));
+        let packet_name = match name {
+            "user" | "database" => Some(name),
+            _ => kind.startup_name(name),
+        };
+        if let Some(packet_name) = packet_name {
+            plan.packet.push((packet_name, value));
         } else if name == "options" {
             plan.settings.extend(settings_in_options(value)?);
         } else {
