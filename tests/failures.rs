@@ -86,8 +86,8 @@ async fn wrong_secret_key_is_rejected_with_an_iam_hint() {
     );
     assert_eq!(
         stack.emulator.rejected(),
-        2,
-        "one retry with refetched credentials"
+        1,
+        "fetched again, the credentials hold the same key: no second login with it"
     );
     assert!(
         stack

@@ -162,6 +162,32 @@ impl CredentialCache {
         self.fetch().await
     }
 
+    /// After the server rejected a token signed with `used`: whether a second login is worth
+    /// it, with the credentials held now. When `used` is still held, they are fetched again
+    /// (single-flight), and only another key is worth it; when the cache already moved on to
+    /// another key (another rejected login's fetch), that one is. Rejections for other reasons
+    /// (a user without `rds_iam`, a proxy with no secret for the user) then cost one fetch and
+    /// one login each, instead of a fetch and two logins.
+    pub async fn refresh_after_rejection(
+        &self,
+        used: &Credentials,
+    ) -> Result<bool, CredentialsUnavailable> {
+        let _single_flight = self.fetch_lock.lock().await;
+        if !self.holds(used) {
+            return Ok(true);
+        }
+        let fresh = self.fetch().await?;
+        Ok(!same_key(used, &fresh))
+    }
+
+    /// `credentials` are the ones held.
+    fn holds(&self, credentials: &Credentials) -> bool {
+        self.lock()
+            .cached
+            .as_ref()
+            .is_some_and(|cached| same_key(&cached.credentials, credentials))
+    }
+
     async fn refresh_in_background(&self) {
         let _single_flight = self.fetch_lock.lock().await;
         if let Err(error) = self.fetch().await {
@@ -232,6 +258,13 @@ fn is_usable(cached: &Cached) -> bool {
 }
 
 /// `AKIA…WXYZ` → `****************WXYZ`: enough to tell keys apart, never the whole id.
+/// The same key: access key id, secret and session token (expiry and provider aside).
+fn same_key(a: &Credentials, b: &Credentials) -> bool {
+    a.access_key_id() == b.access_key_id()
+        && a.secret_access_key() == b.secret_access_key()
+        && a.session_token() == b.session_token()
+}
+
 pub fn mask_access_key(id: &str) -> String {
     let keep = id.len().saturating_sub(4);
     id.char_indices()

@@ -144,3 +144,23 @@ fn masks_all_but_four() {
     assert_eq!(mask_access_key("AKIAABCDEFGH1234"), "************1234");
     assert_eq!(mask_access_key("abc"), "abc");
 }
+
+#[tokio::test]
+async fn a_rejection_is_worth_a_second_login_only_with_another_key() {
+    let (cache, calls) = cache(usize::MAX, Duration::from_secs(3600));
+    let used = cache.get().await.expect("creds");
+    assert!(cache.refresh_after_rejection(&used).await.expect("fetched"));
+    assert_eq!(calls.load(Ordering::SeqCst), 2, "fetched again: another key");
+    // Another login signed with the old key, rejected too: the cache has moved on already.
+    assert!(cache.refresh_after_rejection(&used).await.expect("held"));
+    assert_eq!(calls.load(Ordering::SeqCst), 2, "not fetched a third time");
+
+    let same = Arc::new(CredentialCache::new(Credentials::new(
+        "AKIDSAME", "secret", None, None, "static",
+    )));
+    let used = same.get().await.expect("creds");
+    assert!(
+        !same.refresh_after_rejection(&used).await.expect("fetched"),
+        "the same key again: a second login would be rejected too"
+    );
+}

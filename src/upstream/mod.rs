@@ -15,6 +15,7 @@ pub mod tls;
 use std::sync::Arc;
 use std::time::Duration;
 
+use aws_credential_types::Credentials;
 use bytes::BytesMut;
 use postgres_protocol::message::frontend;
 use rustls::ClientConfig;
@@ -192,40 +193,45 @@ impl Connector {
         user: &str,
         parameters: &[(&str, &str)],
     ) -> Result<ServerConnection, ConnectError> {
-        match self.connect_once(user, parameters, false).await {
-            Err(ConnectError::AuthRejected(error)) if self.is_iam() => {
-                tracing::warn!(
-                    %user,
-                    message = %error.message,
-                    "IAM login rejected; retrying once with freshly fetched credentials"
-                );
-                self.connect_once(user, parameters, true).await
-            }
-            other => other,
+        let Authenticator::Iam { credentials, .. } = &self.auth else {
+            return self.connect_once(user, parameters, &mut None).await;
+        };
+        let mut used = None;
+        let rejected = match self.connect_once(user, parameters, &mut used).await {
+            Err(ConnectError::AuthRejected(error)) => error,
+            other => return other,
+        };
+        let Some(used) = used else {
+            return Err(ConnectError::AuthRejected(rejected));
+        };
+        // Once more only with another key: a rejection for another reason (no rds_iam grant,
+        // no secret for the user at the proxy) would be rejected again.
+        let refreshed =
+            tokio::time::timeout(self.timeout, credentials.refresh_after_rejection(&used)).await;
+        if !matches!(refreshed, Ok(Ok(true))) {
+            tracing::warn!(%user, message = %rejected.message, "IAM login rejected; the credentials fetched again hold the same key, so not retried");
+            return Err(ConnectError::AuthRejected(rejected));
         }
+        tracing::warn!(
+            %user,
+            message = %rejected.message,
+            "IAM login rejected; retrying once with freshly fetched credentials"
+        );
+        self.connect_once(user, parameters, &mut None).await
     }
 
-    fn is_iam(&self) -> bool {
-        matches!(self.auth, Authenticator::Iam { .. })
-    }
-
+    /// One login; `used` gets the AWS credentials its token was signed with.
     async fn connect_once(
         &self,
         user: &str,
         parameters: &[(&str, &str)],
-        refetch_credentials: bool,
+        used: &mut Option<Credentials>,
     ) -> Result<ServerConnection, ConnectError> {
         let deadline = Instant::now() + self.timeout;
         // Credentials first: without them there is no point in dialling.
         let credentials = match &self.auth {
             Authenticator::Iam { credentials, .. } => {
-                let fetch = async {
-                    if refetch_credentials {
-                        credentials.refresh().await
-                    } else {
-                        credentials.get().await
-                    }
-                };
+                let fetch = credentials.get();
                 Some(
                     timeout_at(deadline, fetch)
                         .await
@@ -234,6 +240,7 @@ impl Connector {
             }
             Authenticator::Password(_) => None,
         };
+        used.clone_from(&credentials);
         let plan = startup::plan(self.kind, parameters).map_err(ConnectError::Server)?;
         let mut stream = self.open_transport(deadline).await?;
         let password = LoginPassword {
