@@ -214,3 +214,47 @@ async fn a_pooled_connection_to_a_hung_proxy_is_replaced_unnoticed() {
         "the hung connection was replaced"
     );
 }
+
+/// With every idle connection hung, proving them one after the other (2 s each) must not
+/// outlast the client's wait: the client is answered within --pool-timeout.
+#[tokio::test]
+async fn proving_hung_idle_connections_stays_within_the_pool_timeout() {
+    let stack = stack_with(
+        |c| {
+            c.pool.size = 3;
+            c.pool.probe_after = Duration::from_millis(100);
+            c.pool.timeout = Duration::from_secs(3);
+        },
+        harness::credentials(TEST_AKID, TEST_SECRET),
+    )
+    .await;
+    let clients = futures_util::future::join_all((0..3).map(|_| connect(&stack))).await;
+    for client in &clients {
+        client.simple_query("begin").await.expect("begin");
+    }
+    for client in &clients {
+        client.simple_query("commit").await.expect("commit");
+    }
+    drop(clients);
+    harness::eventually("three idle connections", || {
+        stack.sidecar.pool_counts("postgres", "postgres") == Some((3, 3))
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stack.emulator.stall_connections();
+    let started = std::time::Instant::now();
+    let answered = tokio::time::timeout(Duration::from_secs(10), async {
+        let client = harness::try_connect(&stack, "postgres", "postgres").await?;
+        client.simple_query("select 1").await.map(drop)
+    })
+    .await
+    .expect("answered");
+    let took = started.elapsed();
+    assert!(
+        took < Duration::from_millis(4500),
+        "answered after {took:?}"
+    );
+    if let Err(error) = answered {
+        assert_eq!(harness::db_error(&error).0, "53300", "{error}");
+    }
+}

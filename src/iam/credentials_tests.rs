@@ -150,7 +150,11 @@ async fn a_rejection_is_worth_a_second_login_only_with_another_key() {
     let (cache, calls) = cache(usize::MAX, Duration::from_secs(3600));
     let used = cache.get().await.expect("creds");
     assert!(cache.refresh_after_rejection(&used).await.expect("fetched"));
-    assert_eq!(calls.load(Ordering::SeqCst), 2, "fetched again: another key");
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        2,
+        "fetched again: another key"
+    );
     // Another login signed with the old key, rejected too: the cache has moved on already.
     assert!(cache.refresh_after_rejection(&used).await.expect("held"));
     assert_eq!(calls.load(Ordering::SeqCst), 2, "not fetched a third time");

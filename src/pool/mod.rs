@@ -176,10 +176,15 @@ impl Pools {
                     }
                 }
             };
-            if is_alive(&mut connection.server) && self.proven(&mut connection).await {
+            if is_alive(&mut connection.server) && self.proven(&mut connection, deadline).await {
                 return Ok(slot.lease(connection));
             }
             debug!(pool = %pool.key, "idle upstream connection was closed or did not answer; replacing it");
+            // Each proof is bounded by the client's wait, not only by PROBE_TIMEOUT: with every
+            // idle connection slow to answer, one after the other outlasted --pool-timeout.
+            if Instant::now() >= deadline {
+                return Err(self.timed_out(pool));
+            }
         }
     }
 
@@ -208,12 +213,13 @@ impl Pools {
     }
 
     /// A connection idle longer than `probe_after` answers an empty query within
-    /// [`PROBE_TIMEOUT`]; a briefly idle one needs no proof.
-    async fn proven(&self, connection: &mut PooledConnection) -> bool {
+    /// [`PROBE_TIMEOUT`] (and before `deadline`); a briefly idle one needs no proof.
+    async fn proven(&self, connection: &mut PooledConnection, deadline: Instant) -> bool {
         if connection.idle_since.elapsed() < self.settings.probe_after {
             return true;
         }
-        reset::probe(&mut connection.server, PROBE_TIMEOUT).await
+        let within = PROBE_TIMEOUT.min(deadline.saturating_duration_since(Instant::now()));
+        reset::probe(&mut connection.server, within).await
     }
 
     /// Retires idle connections past their idle timeout or lifetime, or closed by the server,
