@@ -269,6 +269,11 @@ async fn idle_connections_are_retired_and_replaced() {
         stack.sidecar.pool_counts("postgres", "postgres") == Some((0, 0))
     })
     .await;
+    // Closed saying goodbye: a dropped socket makes PostgreSQL log every retirement.
+    eventually("the retired connection said Terminate", || {
+        stack.emulator.terminates() == 1
+    })
+    .await;
     let client = connect(&stack).await;
     assert_ne!(backend_pid(&client).await, pid);
     assert_eq!(stack.emulator.logins(), 2);
@@ -284,6 +289,10 @@ async fn connections_past_their_lifetime_are_replaced() {
     let client = connect(&stack).await;
     assert_ne!(backend_pid(&client).await, pid);
     assert_eq!(stack.emulator.logins(), 2);
+    eventually("the expired connection said Terminate", || {
+        stack.emulator.terminates() == 1
+    })
+    .await;
 }
 
 #[tokio::test]

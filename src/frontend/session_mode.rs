@@ -344,6 +344,7 @@ impl Session {
                     "upstream connection left with session state; closing it"
                 );
                 metrics.session_state("closed", change.label());
+                lease.close();
                 return;
             }
         };

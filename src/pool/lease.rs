@@ -62,10 +62,23 @@ impl Lease {
             if connection.expired(now) {
                 debug!(pool = %self.pool.key, "upstream connection reached its lifetime; closing");
                 self.pool.forget_one();
+                connection.server.close_in_background();
                 return;
             }
             connection.idle_since = now;
             self.pool.give_back(connection);
+        }
+    }
+}
+
+impl Lease {
+    /// Closes the connection, idle at a message boundary, with a goodbye
+    /// ([`ServerConnection::close_in_background`](crate::upstream::ServerConnection::close_in_background)).
+    /// Dropping a lease closes it without one: it may be in the middle of a message.
+    pub fn close(mut self) {
+        if let Some(connection) = self.connection.take() {
+            self.pool.forget_one();
+            connection.server.close_in_background();
         }
     }
 }

@@ -257,11 +257,12 @@ impl Pools {
                 }
             }
         }
-        for _ in &retired {
-            pool.forget_one();
-        }
         if !retired.is_empty() {
             debug!(pool = %pool.key, count = retired.len(), "retired idle upstream connections");
+        }
+        for connection in retired {
+            pool.forget_one();
+            connection.server.close_in_background();
         }
     }
 

@@ -4,6 +4,7 @@
 //! [`Connector`] holds everything needed to open one, so a pool can call it at will.
 
 mod authenticator;
+mod close;
 mod dead_path;
 pub mod error;
 pub mod kind;

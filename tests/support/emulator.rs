@@ -310,6 +310,11 @@ impl Emulator {
         self.shared.pins.discards.load(Ordering::SeqCst)
     }
 
+    /// Connections closed with a Terminate message (a goodbye, not a dropped socket).
+    pub fn terminates(&self) -> u64 {
+        self.shared.pins.terminates.load(Ordering::SeqCst)
+    }
+
     /// Parse messages that named their statement.
     pub fn named_parses(&self) -> u64 {
         self.shared.pins.named_parses.load(Ordering::SeqCst)

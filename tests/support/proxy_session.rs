@@ -27,6 +27,8 @@ pub struct PinCounters {
     pub discards: AtomicU64,
     /// Parse messages that name their statement.
     pub named_parses: AtomicU64,
+    /// Terminate messages: connections the client closed saying goodbye.
+    pub terminates: AtomicU64,
     /// RDS Proxy's log line for each pinned session, oldest first.
     pub log: Mutex<Vec<String>>,
 }
@@ -86,6 +88,9 @@ pub async fn relay<C, B>(
             let Some(Ok((tag, body))) = read else {
                 break;
             };
+            if tag == b'X' {
+                counters.terminates.fetch_add(1, Ordering::SeqCst);
+            }
             let reason = pin_reason(tag, &body, counters);
             if !pinned && let Some(reason) = reason {
                 pinned = true;
