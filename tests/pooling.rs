@@ -506,12 +506,12 @@ async fn same_statement_name_with_different_sql_stays_apart() {
     let mut answers = Vec::new();
     let mut clients = Vec::new();
     for sql in ["select 'first'::text", "select 'second'::text"] {
-        let (mut raw, _) = raw_login(&stack).await;
+        let (mut raw, _) = harness::raw_login(&stack).await;
         let parse = extended(b'P', &[b"stmt\0", sql.as_bytes(), b"\0\0\0"].concat());
         raw.write_all(&[parse, extended(b'S', &[])].concat())
             .await
             .expect("parse");
-        read_until_ready(&mut raw).await;
+        harness::read_until_ready(&mut raw).await;
         clients.push(raw);
     }
     for raw in &mut clients {
@@ -520,7 +520,7 @@ async fn same_statement_name_with_different_sql_stays_apart() {
         raw.write_all(&[bind, execute, extended(b'S', &[])].concat())
             .await
             .expect("bind/execute");
-        let messages = read_until_ready(raw).await;
+        let messages = harness::read_until_ready(raw).await;
         let row = messages
             .iter()
             .find(|(tag, _)| *tag == b'D')
@@ -540,24 +540,6 @@ async fn same_statement_name_with_different_sql_stays_apart() {
 
 fn extended(tag: u8, body: &[u8]) -> Vec<u8> {
     support::wire::message(tag, body)
-}
-
-async fn read_until_ready(raw: &mut tokio::net::TcpStream) -> Vec<(u8, Vec<u8>)> {
-    let mut messages = Vec::new();
-    loop {
-        let (tag, body) = support::wire::read_message(raw).await.expect("message");
-        assert_ne!(
-            tag,
-            b'E',
-            "error: {:?}",
-            support::wire::parse_error_fields(&body)
-        );
-        let done = tag == b'Z';
-        messages.push((tag, body));
-        if done {
-            return messages;
-        }
-    }
 }
 
 #[tokio::test]
@@ -599,33 +581,12 @@ async fn transaction_mode_pgbench_in_all_three_protocols() {
     assert!((1..=4).contains(&logins), "{logins} logins for 16 clients");
 }
 
-/// Logs in with raw messages; returns the stream and the BackendKeyData (pid, secret).
-async fn raw_login(stack: &Stack) -> (tokio::net::TcpStream, [u8; 8]) {
-    use tokio::io::AsyncWriteExt;
-    let mut raw = tokio::net::TcpStream::connect(stack.sidecar.addr())
-        .await
-        .expect("connect");
-    raw.write_all(&support::wire::startup_message(&[
-        ("user", "postgres"),
-        ("database", "postgres"),
-    ]))
-    .await
-    .expect("startup");
-    let messages = read_until_ready(&mut raw).await;
-    let key = messages
-        .iter()
-        .find(|(tag, _)| *tag == b'K')
-        .and_then(|(_, body)| <[u8; 8]>::try_from(&body[..]).ok())
-        .expect("BackendKeyData");
-    (raw, key)
-}
-
 #[tokio::test]
 async fn a_cancel_with_another_clients_keys_does_nothing() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let stack = pooled(|_| {}).await;
-    let (mut a, a_key) = raw_login(&stack).await;
-    let (_b, b_key) = raw_login(&stack).await;
+    let (mut a, a_key) = harness::raw_login(&stack).await;
+    let (_b, b_key) = harness::raw_login(&stack).await;
     a.write_all(&support::wire::query_message("select pg_sleep(1)"))
         .await
         .expect("query");
@@ -643,7 +604,7 @@ async fn a_cancel_with_another_clients_keys_does_nothing() {
         let mut rest = Vec::new();
         cancel.read_to_end(&mut rest).await.expect("closed");
     }
-    let answer = read_until_ready(&mut a).await; // panics on an ErrorResponse
+    let answer = harness::read_until_ready(&mut a).await; // panics on an ErrorResponse
     assert!(
         answer.iter().any(|(tag, _)| *tag == b'C'),
         "the query completed"

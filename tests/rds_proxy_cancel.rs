@@ -214,6 +214,83 @@ async fn waiting_statement_cancelled(mode: PoolMode) {
     assert_eq!(count.as_deref(), Some("0"), "the insert never ran");
 }
 
+/// asyncpg prepares with Parse, Describe and Flush, and sends the Sync only after the answer. A
+/// cancel while that waits for a connection gets ERROR 57014 at once; what follows up to the
+/// Sync is dropped and the Sync answered, as PostgreSQL skips to Sync after an error; the
+/// client goes on (before: FATAL, and asyncpg's connection was closed).
+#[tokio::test]
+async fn an_unsynced_prepare_waiting_for_a_connection_is_cancelled_and_skips_to_sync() {
+    use support::wire;
+    use tokio::io::AsyncWriteExt;
+    for mode in [PoolMode::Transaction, PoolMode::Session] {
+        let stack = proxy_stack(|c| {
+            c.pool.mode = mode;
+            c.pool.size = 1;
+            c.pool.timeout = Duration::from_secs(20);
+        })
+        .await;
+        // Raw logins both: the same startup parameters, so the same pool.
+        let (mut holder, _) = harness::raw_login(&stack).await;
+        holder
+            .write_all(&wire::query_message("begin"))
+            .await
+            .expect("begin");
+        harness::read_until_ready(&mut holder).await;
+        let (mut raw, key) = harness::raw_login(&stack).await;
+        let prepare = [
+            wire::message(b'P', b"s1\0select 1\0\0\0"),
+            wire::message(b'D', b"Ss1\0"),
+            wire::message(b'H', &[]),
+        ]
+        .concat();
+        raw.write_all(&prepare).await.expect("prepare");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let mut cancel = tokio::net::TcpStream::connect(stack.sidecar.addr())
+            .await
+            .expect("connect");
+        let (pid, secret) = key.split_at(4);
+        let pid = u32::from_be_bytes(pid.try_into().expect("4 bytes"));
+        let secret = u32::from_be_bytes(secret.try_into().expect("4 bytes"));
+        cancel
+            .write_all(&wire::cancel_request(pid, secret))
+            .await
+            .expect("cancel");
+        let fields = wire::error_within(&mut raw, Duration::from_secs(2), "the cancel").await;
+        assert_eq!(
+            fields.get(&'S').map(String::as_str),
+            Some("ERROR"),
+            "{mode:?}"
+        );
+        assert_eq!(
+            fields.get(&'C').map(String::as_str),
+            Some("57014"),
+            "{mode:?}"
+        );
+        // More of the failed batch, then its Sync: only the Sync is answered.
+        let rest = [wire::message(b'D', b"Ss1\0"), wire::message(b'S', &[])].concat();
+        raw.write_all(&rest).await.expect("sync");
+        let answer = harness::read_until_ready(&mut raw).await;
+        assert_eq!(answer, vec![(b'Z', vec![b'I'])], "{mode:?}");
+        holder
+            .write_all(&wire::query_message("commit"))
+            .await
+            .expect("commit");
+        harness::read_until_ready(&mut holder).await;
+        drop(holder);
+        // The client goes on.
+        raw.write_all(&wire::query_message("select 42"))
+            .await
+            .expect("query");
+        let answer = harness::read_until_ready(&mut raw).await;
+        assert!(
+            answer
+                .iter()
+                .any(|(tag, body)| *tag == b'D' && body.ends_with(b"42")),
+            "{mode:?}: {answer:?}"
+        );
+    }
+}
+
 /// A named statement that failed to prepare (asyncpg names every statement; tokio-postgres
 /// too) is kept by the replay as it was sent; building the session again passes over it, so
 /// the client goes on after a cancel with its other statements and settings.

@@ -49,6 +49,10 @@ impl Session {
     pub(super) async fn serve_aborted(&mut self, first: &[u8]) -> Result<BytesMut, Outcome> {
         let mut input = BytesMut::from(first);
         let mut batch = Batch::default();
+        if std::mem::take(&mut self.batch_failed) {
+            batch.started = true;
+            batch.failed = true;
+        }
         let mut answer = BytesMut::new();
         loop {
             while self.cancel_key.state().is_aborted() || batch.started {

@@ -121,6 +121,7 @@ async fn greet(
         bytes_to_client: 0,
         held,
         gauge,
+        batch_failed: false,
     }))
 }
 

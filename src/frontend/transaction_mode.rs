@@ -77,7 +77,7 @@ impl Session {
         if self.rewriter.at_boundary() && first.starts_with(&TERMINATE) {
             return Some(Outcome::ClientTerminated);
         }
-        if self.cancel_key.state().is_aborted() {
+        if self.answered_locally() {
             // Answered locally until the client ends its failed transaction; what it sent
             // after that goes upstream.
             let rest = match self.serve_aborted(first).await {

@@ -4,10 +4,13 @@
 //! `--pool-timeout`. A cancel for it (psql's Ctrl-C, a driver's statement timeout) finds
 //! nothing running upstream; rather than dropping it, as PgBouncer does, the sidecar stops the
 //! wait and answers as PostgreSQL answers a statement cancelled before it ran: `ERROR 57014`,
-//! then ReadyForQuery, and the client stays. It can do so only when the client sent one whole
-//! batch (up to one sync point): what it is owed for more, or for part of one, cannot be told,
-//! so that client gets the FATAL. A drain that starts during the wait refuses the statement
-//! with 57P01, as it refuses a client between transactions.
+//! then ReadyForQuery, and the client stays. It can do so when the client sent one whole
+//! batch (up to one sync point), or whole messages of one with the Sync still to come
+//! (asyncpg's Parse, Describe, Flush): then the rest up to the Sync is dropped and the Sync
+//! answered, as PostgreSQL skips to Sync after an error. What a client is owed for more than
+//! one batch, or for part of a message, cannot be told, so that client gets the FATAL. A drain
+//! that starts during the wait refuses the statement with 57P01, as it refuses a client
+//! between transactions.
 
 use std::future::poll_fn;
 
@@ -79,13 +82,19 @@ impl Session {
     /// Answers `first`, a statement cancelled before it ran: `None` when the client goes on.
     async fn answer_cancelled_waiting(&mut self, first: &[u8]) -> Option<Outcome> {
         let mut answer = BytesMut::new();
-        if !one_whole_batch(first) {
+        let batch = batch_of(first);
+        if batch == Batch::Unknown {
             messages::error_response(&mut answer, &cancelled_waiting(Severity::Fatal));
             let _ = self.stream.write_flushed(&answer).await;
             return Some(Outcome::Cancelled);
         }
         messages::error_response(&mut answer, &cancelled_waiting(Severity::Error));
-        messages::ready_for_query(&mut answer, b'I');
+        if batch == Batch::Synced {
+            messages::ready_for_query(&mut answer, b'I');
+        } else {
+            // The rest of the batch, up to its Sync, is dropped; the Sync answered.
+            self.batch_failed = true;
+        }
         if self.stream.write_flushed(&answer).await.is_err() {
             return Some(Outcome::ClientError);
         }
@@ -105,25 +114,48 @@ fn cancelled_waiting(severity: Severity) -> PgError {
     )
 }
 
-/// `bytes` are whole messages ending with the batch's one sync point (Query, Sync or
-/// FunctionCall) and holding no other.
-fn one_whole_batch(mut bytes: &[u8]) -> bool {
+/// What a client's bytes are, as one batch the sidecar can answer for.
+#[derive(Debug, PartialEq, Eq)]
+enum Batch {
+    /// Whole messages ending with the batch's one sync point (Query, Sync or FunctionCall).
+    Synced,
+    /// Whole extended-protocol messages with no sync point yet (asyncpg's Parse, Describe,
+    /// Flush): the client waits for what it flushed, and the Sync comes later.
+    Unsynced,
+    /// Part of a message, or more than one batch: what the client is owed cannot be told.
+    Unknown,
+}
+
+fn batch_of(mut bytes: &[u8]) -> Batch {
+    if bytes.is_empty() {
+        return Batch::Unknown;
+    }
     let mut last_was_sync = false;
     while !bytes.is_empty() {
         if last_was_sync {
-            return false;
+            return Batch::Unknown;
         }
         let Some(&[tag, l0, l1, l2, l3]) = bytes.first_chunk::<5>() else {
-            return false;
+            return Batch::Unknown;
         };
         let length = u32::from_be_bytes([l0, l1, l2, l3]) as usize;
         let Some(rest) = bytes.get(1 + length..).filter(|_| length >= 4) else {
-            return false;
+            return Batch::Unknown;
         };
+        if !matches!(
+            tag,
+            b'Q' | b'S' | b'F' | b'P' | b'B' | b'D' | b'E' | b'C' | b'H'
+        ) {
+            return Batch::Unknown;
+        }
         last_was_sync = matches!(tag, b'Q' | b'S' | b'F');
         bytes = rest;
     }
-    last_was_sync
+    if last_was_sync {
+        Batch::Synced
+    } else {
+        Batch::Unsynced
+    }
 }
 
 #[cfg(test)]
@@ -132,18 +164,30 @@ mod tests {
     use crate::protocol::framing::message;
 
     #[test]
-    fn one_whole_batch_up_to_its_sync_point() {
+    fn a_batch_is_answered_whole_or_up_to_its_sync() {
         let query = message(b'Q', b"select 1\0");
         let parse = message(b'P', b"\0select 1\0\0\0");
+        let describe = message(b'D', b"S\0");
+        let flush = message(b'H', &[]);
         let sync = message(b'S', &[]);
-        assert!(one_whole_batch(&query));
-        assert!(one_whole_batch(&[parse.clone(), sync.clone()].concat()));
-        // Part of a batch, two batches, a partial message, nothing.
-        assert!(!one_whole_batch(&parse));
-        assert!(!one_whole_batch(&[query.clone(), query.clone()].concat()));
-        assert!(!one_whole_batch(&query[..query.len() - 1]));
-        assert!(!one_whole_batch(&[sync, parse].concat()));
-        assert!(!one_whole_batch(&[]));
-        assert!(!one_whole_batch(&[b'Q', 0, 0, 0, 2]));
+        assert_eq!(batch_of(&query), Batch::Synced);
+        assert_eq!(
+            batch_of(&[parse.clone(), sync.clone()].concat()),
+            Batch::Synced
+        );
+        // asyncpg: Parse, Describe, Flush; the Sync comes after the answer.
+        let unsynced = [parse.clone(), describe, flush].concat();
+        assert_eq!(batch_of(&unsynced), Batch::Unsynced);
+        assert_eq!(batch_of(&parse), Batch::Unsynced);
+        // Two batches, a partial message, nothing, COPY data.
+        assert_eq!(
+            batch_of(&[query.clone(), query.clone()].concat()),
+            Batch::Unknown
+        );
+        assert_eq!(batch_of(&query[..query.len() - 1]), Batch::Unknown);
+        assert_eq!(batch_of(&[sync, parse].concat()), Batch::Unknown);
+        assert_eq!(batch_of(&[]), Batch::Unknown);
+        assert_eq!(batch_of(&[b'Q', 0, 0, 0, 2]), Batch::Unknown);
+        assert_eq!(batch_of(&message(b'd', b"1\n")), Batch::Unknown);
     }
 }

@@ -329,3 +329,45 @@ pub fn db_error(error: &tokio_postgres::Error) -> (String, String, Option<String
         None => panic!("expected a server error, got: {error:?}"),
     }
 }
+
+/// Reads messages up to ReadyForQuery; panics on an ErrorResponse.
+pub async fn read_until_ready(raw: &mut tokio::net::TcpStream) -> Vec<(u8, Vec<u8>)> {
+    let mut messages = Vec::new();
+    loop {
+        let (tag, body) = crate::support::wire::read_message(raw)
+            .await
+            .expect("message");
+        assert_ne!(
+            tag,
+            b'E',
+            "error: {:?}",
+            crate::support::wire::parse_error_fields(&body)
+        );
+        let done = tag == b'Z';
+        messages.push((tag, body));
+        if done {
+            return messages;
+        }
+    }
+}
+
+/// Logs in with raw messages; returns the stream and the BackendKeyData (pid, secret).
+pub async fn raw_login(stack: &Stack) -> (tokio::net::TcpStream, [u8; 8]) {
+    use tokio::io::AsyncWriteExt;
+    let mut raw = tokio::net::TcpStream::connect(stack.sidecar.addr())
+        .await
+        .expect("connect");
+    raw.write_all(&crate::support::wire::startup_message(&[
+        ("user", "postgres"),
+        ("database", "postgres"),
+    ]))
+    .await
+    .expect("startup");
+    let messages = read_until_ready(&mut raw).await;
+    let key = messages
+        .iter()
+        .find(|(tag, _)| *tag == b'K')
+        .and_then(|(_, body)| <[u8; 8]>::try_from(&body[..]).ok())
+        .expect("BackendKeyData");
+    (raw, key)
+}
