@@ -28,7 +28,7 @@ use crate::forward::prepared::{ClientRewriter, ClientStatements, Plan};
 use crate::protocol::framing::FrameScanner;
 use closer::{CloseAsk, Closer};
 use downward::ToClient;
-pub use sync::{SyncState, set_parameter};
+pub use sync::SyncState;
 use upward::ToServer;
 
 /// How long closing the upstream side may take.

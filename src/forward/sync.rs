@@ -9,7 +9,7 @@ use super::replay::{SessionReplay, is_plain_set, opens_transaction};
 use super::session_state::{SessionChange, change_in_text, change_of_tag};
 use crate::protocol::framing::{
     FrameVisitor, MAX_CAPTURE, PARAMETER_STATUS, READY_FOR_QUERY, TransactionStatus,
-    parameter_status,
+    parameter_status, set_parameter,
 };
 
 /// CommandComplete.
@@ -37,7 +37,7 @@ pub struct SyncState {
     pub(super) status: AtomicU8,
     /// The [`SessionChange`]s the client made on its upstream connection, one bit each.
     changed: AtomicU8,
-    /// [`ABORTED`], [`OPENED`], and above them the count of kept `SET` statements whose
+    /// [`ABORTED`], [`OPENED`], [`KEPT_DONE`], [`BATCH_FAILED`], and above them the count of kept `SET` statements whose
     /// CommandComplete has not come yet (one byte, so that the whole state stays 8 bytes).
     flags: AtomicU8,
     /// A COPY FROM STDIN in progress, for the count of sync points.
@@ -52,8 +52,10 @@ const OPENED: u8 = 2;
 /// A kept `SET` completed since the last ReadyForQuery: the ParameterStatus it causes comes
 /// just before that ReadyForQuery (PostgreSQL 14 and later report changes there).
 const KEPT_DONE: u8 = 4;
+/// A batch failed before its Sync (a cancel while it waited): dropped up to the Sync, answered.
+const BATCH_FAILED: u8 = 8;
 /// One kept `SET` awaiting its CommandComplete.
-const ONE_SET: u8 = 8;
+const ONE_SET: u8 = 16;
 
 impl Default for SyncState {
     fn default() -> Self {
@@ -174,6 +176,20 @@ impl SyncState {
         self.flags.load(Ordering::Acquire) & ABORTED != 0
     }
 
+    pub fn set_batch_failed(&self) {
+        self.flags.fetch_or(BATCH_FAILED, Ordering::AcqRel);
+    }
+
+    /// Whether a batch failed before its Sync came (see [`BATCH_FAILED`]), forgetting it.
+    pub fn take_batch_failed(&self) -> bool {
+        self.flags.fetch_and(!BATCH_FAILED, Ordering::AcqRel) & BATCH_FAILED != 0
+    }
+
+    /// Only the sidecar answers the client now: its transaction or its batch failed.
+    pub fn answered_locally_now(&self) -> bool {
+        self.flags.load(Ordering::Acquire) & (ABORTED | BATCH_FAILED) != 0
+    }
+
     pub fn set_aborted(&self, aborted: bool) {
         if aborted {
             self.flags.fetch_or(ABORTED, Ordering::AcqRel);
@@ -185,7 +201,8 @@ impl SyncState {
     /// The client's upstream connection was reset or replaced: it holds no state of its own.
     pub fn forget_session_changes(&self) {
         self.changed.store(0, Ordering::Release);
-        self.flags.fetch_and(ABORTED | OPENED, Ordering::AcqRel);
+        self.flags
+            .fetch_and(ABORTED | OPENED | BATCH_FAILED, Ordering::AcqRel);
     }
 
     pub(super) fn note(&self, change: SessionChange) {
@@ -377,13 +394,5 @@ impl FrameVisitor for Downward<'_> {
             },
             _ => {}
         }
-    }
-}
-
-/// Replaces or adds one ParameterStatus value.
-pub fn set_parameter(parameters: &mut Vec<(String, String)>, name: String, value: String) {
-    match parameters.iter_mut().find(|(n, _)| *n == name) {
-        Some(slot) => slot.1 = value,
-        None => parameters.push((name, value)),
     }
 }

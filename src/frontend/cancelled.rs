@@ -49,7 +49,7 @@ impl Session {
     pub(super) async fn serve_aborted(&mut self, first: &[u8]) -> Result<BytesMut, Outcome> {
         let mut input = BytesMut::from(first);
         let mut batch = Batch::default();
-        if std::mem::take(&mut self.batch_failed) {
+        if self.cancel_key.state().take_batch_failed() {
             batch.started = true;
             batch.failed = true;
         }

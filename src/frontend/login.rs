@@ -121,7 +121,6 @@ async fn greet(
         bytes_to_client: 0,
         held,
         gauge,
-        batch_failed: false,
     }))
 }
 

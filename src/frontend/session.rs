@@ -42,10 +42,6 @@ pub(super) struct Session {
     /// greeted with until it gets one at its first message.
     pub(super) held: Option<Box<Held>>,
     pub(super) gauge: ClientGauge,
-    /// A statement cancelled while it waited for a connection was answered 57014 before its
-    /// batch's Sync came: what the client sends up to that Sync is dropped and the Sync
-    /// answered, as PostgreSQL skips to Sync after an error (asyncpg's Parse, Describe, Flush).
-    pub(super) batch_failed: bool,
 }
 
 /// What a session-mode client starts with (boxed in the session: a connection is large).
@@ -57,12 +53,6 @@ pub(super) enum Held {
 }
 
 impl Session {
-    /// Only the sidecar answers the client now: its transaction failed with its connection, or
-    /// its batch failed before the Sync came.
-    pub(super) fn answered_locally(&self) -> bool {
-        self.batch_failed || self.cancel_key.state().is_aborted()
-    }
-
     pub(super) fn log_end(&self, ending: Outcome) {
         info!(
             conn = self.conn,

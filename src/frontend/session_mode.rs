@@ -82,7 +82,7 @@ impl Session {
     async fn next_bytes(&mut self) -> Result<(Buffer, usize), Outcome> {
         loop {
             let (buffer, n) = self.first_message().await?;
-            if !self.answered_locally() {
+            if !self.cancel_key.state().answered_locally_now() {
                 return Ok((buffer, n));
             }
             let rest = Box::pin(self.serve_aborted(&buffer[..n])).await?;

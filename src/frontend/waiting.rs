@@ -93,7 +93,7 @@ impl Session {
             messages::ready_for_query(&mut answer, b'I');
         } else {
             // The rest of the batch, up to its Sync, is dropped; the Sync answered.
-            self.batch_failed = true;
+            self.cancel_key.state().set_batch_failed();
         }
         if self.stream.write_flushed(&answer).await.is_err() {
             return Some(Outcome::ClientError);

@@ -265,7 +265,7 @@ mod tests {
             "equal sets share the pool's copy"
         );
         let mut changed = second.clone();
-        crate::forward::set_parameter(
+        crate::protocol::framing::set_parameter(
             Arc::make_mut(&mut changed),
             "TimeZone".to_owned(),
             "Europe/Paris".to_owned(),

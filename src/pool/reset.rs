@@ -11,7 +11,7 @@ use bytes::BytesMut;
 use postgres_protocol::message::{backend, frontend};
 use tokio::io::AsyncWriteExt;
 
-use crate::forward::set_parameter;
+use crate::protocol::framing::set_parameter;
 use crate::protocol::server::{ReadError, ServerReader, error_response};
 use crate::upstream::ServerConnection;
 

@@ -176,6 +176,14 @@ pub fn parameter_status(body: &[u8]) -> Option<(String, String)> {
     Some((name.to_owned(), value.to_owned()))
 }
 
+/// Replaces or adds one ParameterStatus value.
+pub fn set_parameter(parameters: &mut Vec<(String, String)>, name: String, value: String) {
+    match parameters.iter_mut().find(|(n, _)| *n == name) {
+        Some(slot) => slot.1 = value,
+        None => parameters.push((name, value)),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -13,7 +13,7 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use super::error::ConnectError;
 use super::kind::UpstreamKind;
 use crate::error::{PgError, sqlstate};
-use crate::forward::set_parameter;
+use crate::protocol::framing::set_parameter;
 use crate::protocol::server::{ReadError, ServerReader, error_response};
 
 /// An answer to the settings batch larger than this is not one.
