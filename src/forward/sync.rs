@@ -37,8 +37,9 @@ pub struct SyncState {
     pub(super) status: AtomicU8,
     /// The [`SessionChange`]s the client made on its upstream connection, one bit each.
     changed: AtomicU8,
-    /// [`ABORTED`], [`OPENED`], [`KEPT_DONE`], [`BATCH_FAILED`], and above them the count of kept `SET` statements whose
-    /// CommandComplete has not come yet (one byte, so that the whole state stays 8 bytes).
+    /// [`ABORTED`], [`OPENED`], [`KEPT_DONE`], [`BATCH_FAILED`], and above them the count of
+    /// kept `SET` statements whose CommandComplete has not come yet (one byte, so that the
+    /// whole state stays 8 bytes).
     flags: AtomicU8,
     /// A COPY FROM STDIN in progress, for the count of sync points.
     pub(super) copy: CopyState,
@@ -186,7 +187,7 @@ impl SyncState {
     }
 
     /// Only the sidecar answers the client now: its transaction or its batch failed.
-    pub fn answered_locally_now(&self) -> bool {
+    pub fn only_sidecar_answers(&self) -> bool {
         self.flags.load(Ordering::Acquire) & (ABORTED | BATCH_FAILED) != 0
     }
 

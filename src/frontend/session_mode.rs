@@ -82,7 +82,7 @@ impl Session {
     async fn next_bytes(&mut self) -> Result<(Buffer, usize), Outcome> {
         loop {
             let (buffer, n) = self.first_message().await?;
-            if !self.cancel_key.state().answered_locally_now() {
+            if !self.cancel_key.state().only_sidecar_answers() {
                 return Ok((buffer, n));
             }
             let rest = Box::pin(self.serve_aborted(&buffer[..n])).await?;
@@ -101,8 +101,8 @@ impl Session {
         }
     }
 
-    /// The client's next bytes and a connection for them (greeted without one, or a cancel
-    /// closed it); a statement cancelled while it waits is answered 57014, and the next waits.
+    /// The client's next bytes and a connection for them (greeted without one, or its own was
+    /// closed); a statement cancelled while it waits is answered 57014, and the next waits.
     async fn attach_at_next_bytes(
         &mut self,
         greeted: &[(String, String)],

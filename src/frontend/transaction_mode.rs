@@ -77,7 +77,7 @@ impl Session {
         if self.rewriter.at_boundary() && first.starts_with(&TERMINATE) {
             return Some(Outcome::ClientTerminated);
         }
-        if self.cancel_key.state().answered_locally_now() {
+        if self.cancel_key.state().only_sidecar_answers() {
             // Answered locally until the client ends its failed transaction; what it sent
             // after that goes upstream.
             let rest = match self.serve_aborted(first).await {
