@@ -17,15 +17,22 @@ fn tool_available(name: &str) -> bool {
         .is_ok_and(|o| o.status.success())
 }
 
-fn psql(host: &str, port: u16, args: &[&str], stdin: Option<&str>) -> Output {
-    use std::io::Write;
+/// psql for `postgres@postgres` at `host:port`, unaligned and tuples only, no psqlrc.
+fn psql_command(host: &str, port: u16) -> Command {
     let mut command = Command::new("psql");
     command
         .args(["-X", "-At", "-h", host, "-p", &port.to_string()])
         .args(["-U", "postgres", "-d", "postgres"])
-        .args(args)
         .env("PGCONNECT_TIMEOUT", "10")
-        .env_remove("PGPASSWORD")
+        .env_remove("PGPASSWORD");
+    command
+}
+
+fn psql(host: &str, port: u16, args: &[&str], stdin: Option<&str>) -> Output {
+    use std::io::Write;
+    let mut command = psql_command(host, port);
+    command
+        .args(args)
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped());
@@ -106,14 +113,11 @@ async fn psql_with_pgtz_and_pgdatestyle_set() {
     let stack = stack().await;
     let port = stack.sidecar.addr().port();
     let output = tokio::task::spawn_blocking(move || {
-        Command::new("psql")
-            .args(["-X", "-At", "-h", "127.0.0.1", "-p", &port.to_string()])
-            .args(["-U", "postgres", "-d", "postgres"])
+        psql_command("127.0.0.1", port)
             .args([
                 "-c",
                 "select current_setting('TimeZone') || '|' || current_setting('DateStyle')",
             ])
-            .env("PGCONNECT_TIMEOUT", "10")
             .env("PGTZ", "America/New_York")
             .env("PGDATESTYLE", "ISO, DMY")
             .output()
