@@ -9,7 +9,7 @@ use super::replay::{SessionReplay, is_plain_set, opens_transaction};
 use super::session_state::{SessionChange, change_in_text, change_of_tag};
 use crate::protocol::framing::{
     FrameVisitor, MAX_CAPTURE, PARAMETER_STATUS, READY_FOR_QUERY, TransactionStatus,
-    parameter_status, set_parameter,
+    parameter_status, set_parameter, until_nul,
 };
 
 /// CommandComplete.
@@ -295,19 +295,18 @@ impl FrameVisitor for Upward<'_> {
     }
 
     fn message(&mut self, tag: u8, body: &[u8], _end: usize) {
-        let name = body.split(|&b| b == 0).next().unwrap_or_default();
-        let text = match tag {
-            b'C' => {
-                if let Some((b'S', name)) = body.split_first() {
-                    self.replay
-                        .remove_statement(name.split(|&b| b == 0).next().unwrap_or_default());
-                }
-                return;
+        if tag == b'C' {
+            if let Some((b'S', name)) = body.split_first() {
+                self.replay.remove_statement(until_nul(name));
             }
-            b'P' => body.get(name.len() + 1..).unwrap_or_default(),
-            _ => body,
+            return;
+        }
+        // Parse: the statement's name, then its text; Query: the text.
+        let name = if tag == b'P' { until_nul(body) } else { &[] };
+        let text = match tag {
+            b'P' => until_nul(body.get(name.len() + 1..).unwrap_or_default()),
+            _ => until_nul(body),
         };
-        let text = text.split(|&b| b == 0).next().unwrap_or_default();
         if tag == b'P' && !name.is_empty() {
             self.state.note(SessionChange::NamedStatement);
             if !self.replay.add_parse(name, body) {

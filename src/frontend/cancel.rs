@@ -151,7 +151,8 @@ impl ClientSlot {
     }
 }
 
-type Entries = HashMap<(i32, i32), Arc<ClientSlot>>;
+/// Hashed with foldhash: written on every login (the keys are random, ours).
+type Entries = HashMap<(i32, i32), Arc<ClientSlot>, foldhash::fast::RandomState>;
 
 /// Sidecar-issued keys → the server key currently behind them.
 #[derive(Debug, Default)]
@@ -169,12 +170,15 @@ impl CancelRegistry {
         let mut map = self.lock();
         loop {
             let key = (rand::random::<i32>() & i32::MAX, rand::random::<i32>());
-            if key.0 != 0 && !map.contains_key(&key) {
+            if key.0 == 0 {
+                continue;
+            }
+            if let std::collections::hash_map::Entry::Vacant(entry) = map.entry(key) {
                 let slot = Arc::new(ClientSlot {
                     serving: Mutex::new(serving),
                     ..ClientSlot::default()
                 });
-                map.insert(key, slot.clone());
+                entry.insert(slot.clone());
                 return CancelKeyGuard {
                     registry: self.clone(),
                     pid: key.0,

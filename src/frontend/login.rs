@@ -86,18 +86,19 @@ async fn greet(
     .await?;
     let user = context.db_user.as_deref().unwrap_or(client_user).to_owned();
     let database = startup.get("database").unwrap_or(client_user).to_owned();
+    let minor = startup.minor;
+    // The parameters move into the pool key: no copy of them per login.
     let StartupParameters {
         forwarded,
         unsupported_protocol_options,
-    } = StartupParameters::sort(&startup);
-    let pool = context
-        .pools
-        .pool(PoolKey::new(&user, &database, forwarded));
-    let start = start(&mut stream, &context, &pool, &user, client.conn).await?;
+    } = StartupParameters::sort(startup.parameters);
+    let pool = context.pools.pool(PoolKey::new(user, database, forwarded));
+    let user = pool.key.user.as_str();
+    let start = start(&mut stream, &context, &pool, user, client.conn).await?;
     let (serving, parameters) = start.served();
     let cancel_key = context.cancels.register(serving);
     let greeting = greeting(
-        &startup,
+        minor,
         unsupported_protocol_options,
         &parameters,
         &cancel_key,
@@ -317,13 +318,13 @@ async fn first_checkout(
 /// the sidecar speaks, AuthenticationOk, the server's ParameterStatus set, our BackendKeyData
 /// and ReadyForQuery.
 fn greeting(
-    startup: &StartupRequest,
+    minor: u16,
     unsupported_protocol_options: Vec<String>,
     parameters: &[(String, String)],
     cancel_key: &CancelKeyGuard,
 ) -> BytesMut {
     let mut greeting = BytesMut::with_capacity(512);
-    if startup.minor > 0 || !unsupported_protocol_options.is_empty() {
+    if minor > 0 || !unsupported_protocol_options.is_empty() {
         // Like PostgreSQL, the full newest version number (3.0), not just its minor part.
         messages::negotiate_protocol_version(
             &mut greeting,
@@ -350,20 +351,20 @@ struct StartupParameters {
 }
 
 impl StartupParameters {
-    fn sort(startup: &StartupRequest) -> Self {
+    fn sort(parameters: Vec<(String, String)>) -> Self {
         let mut sorted = Self {
-            forwarded: Vec::new(),
+            forwarded: Vec::with_capacity(parameters.len()),
             unsupported_protocol_options: Vec::new(),
         };
-        for (name, value) in &startup.parameters {
+        for (name, value) in parameters {
             // replication=false/0/off only (anything else was refused at admission).
             if name == "user" || name == "database" || name == "replication" {
                 continue;
             }
             if name.starts_with("_pq_.") {
-                sorted.unsupported_protocol_options.push(name.clone());
+                sorted.unsupported_protocol_options.push(name);
             } else {
-                sorted.forwarded.push((name.clone(), value.clone()));
+                sorted.forwarded.push((name, value));
             }
         }
         sorted

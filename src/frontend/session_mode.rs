@@ -14,6 +14,7 @@ use crate::forward::buffers::Buffer;
 use crate::forward::replay::SessionReplay;
 use crate::forward::session_state::SessionChange;
 use crate::forward::{ClientSide, Detach, Outcome, Period, Pump, Traffic, forward_attached};
+use crate::ops::allocator::CacheAligned;
 use crate::ops::metrics::ClientState;
 use crate::ops::shutdown::Woken;
 use crate::pool::reset::{close_statements, replay, reset};
@@ -266,11 +267,11 @@ impl Session {
                 pump: Pump::PassThrough(client_side),
             };
             // Boxed: the attached period's state lives on the heap only while it runs.
-            let (outcome, traffic) = Box::pin(forward_attached(
+            let (outcome, traffic) = Box::pin(CacheAligned::new(forward_attached(
                 &mut self.stream,
                 &mut server.stream,
                 period,
-            ))
+            )))
             .await;
             self.gauge.set(ClientState::Idle);
             pending = BytesMut::new();

@@ -31,11 +31,15 @@ pub struct PoolKey {
 }
 
 impl PoolKey {
-    pub fn new(user: &str, database: &str, mut parameters: Vec<(String, String)>) -> Self {
+    pub fn new(
+        user: impl Into<String>,
+        database: impl Into<String>,
+        mut parameters: Vec<(String, String)>,
+    ) -> Self {
         parameters.sort();
         Self {
-            user: user.to_owned(),
-            database: database.to_owned(),
+            user: user.into(),
+            database: database.into(),
             parameters,
         }
     }

@@ -45,7 +45,8 @@ pub struct Pools {
     connector: Arc<Connector>,
     pub settings: PoolSettings,
     limiter: Arc<RateLimiter>,
-    pools: Mutex<HashMap<PoolKey, Arc<Pool>>>,
+    /// Hashed with foldhash, seeded per process: looked up on every login.
+    pools: Mutex<HashMap<PoolKey, Arc<Pool>, foldhash::fast::RandomState>>,
 }
 
 impl Pools {
@@ -58,7 +59,7 @@ impl Pools {
             limiter,
             connector,
             settings,
-            pools: Mutex::new(HashMap::new()),
+            pools: Mutex::new(HashMap::default()),
         })
     }
 

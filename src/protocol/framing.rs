@@ -168,6 +168,12 @@ pub fn message(tag: u8, body: &[u8]) -> Vec<u8> {
     out
 }
 
+/// The bytes before the first NUL (all of them without one): a C string of a message body.
+/// memchr, not a byte-by-byte split: every statement a session-mode client sends passes here.
+pub fn until_nul(bytes: &[u8]) -> &[u8] {
+    memchr::memchr(0, bytes).map_or(bytes, |end| &bytes[..end])
+}
+
 /// Splits a ParameterStatus body into name and value.
 pub fn parameter_status(body: &[u8]) -> Option<(String, String)> {
     let mut parts = body.split(|b| *b == 0);
