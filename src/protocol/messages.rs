@@ -26,8 +26,8 @@ pub fn authentication_ok(buf: &mut BytesMut) {
 }
 
 /// ParameterStatus, written in place: a login greets with a dozen of them, and pgwire's
-/// message owns its two strings (26 allocations and 5,800 instructions a connection, measured
-/// with callgrind; about 600 this way).
+/// message owns its two strings (26 allocations and 5,800 instructions a login for the 13 a
+/// PostgreSQL 15 server reports, measured with callgrind; 1,300 this way).
 pub fn parameter_status(buf: &mut BytesMut, name: &str, value: &str) {
     let len = u32::try_from(4 + name.len() + 1 + value.len() + 1).unwrap_or(u32::MAX);
     buf.reserve(1 + len as usize);
