@@ -45,7 +45,8 @@ pub struct Pools {
     connector: Arc<Connector>,
     pub settings: PoolSettings,
     limiter: Arc<RateLimiter>,
-    /// Hashed with foldhash, seeded per process: looked up on every login.
+    /// Hashed with foldhash, seeded per process: looked up on every login, and every pool
+    /// costs an upstream login, so there are few keys to make collide.
     pools: Mutex<HashMap<PoolKey, Arc<Pool>, foldhash::fast::RandomState>>,
 }
 
