@@ -53,14 +53,15 @@ for kind in $KINDS; do
             -U postgres postgres >"$TMP/$kind.pgbench" 2>&1 || die "$kind: pgbench failed: $(tail -3 "$TMP/$kind.pgbench")"
     }
     pgbench_run 200
-    callgrind_control -z "$pid" >/dev/null 2>&1
+    callgrind_control -z "$pid" >/dev/null 2>&1 || die "$kind: callgrind_control could not zero the counters"
     pgbench_run "$per_client"
     # The dump is taken when the sidecar next runs: the first part file (.1) covers the run.
-    callgrind_control -d "$pid" >/dev/null 2>&1
+    callgrind_control -d "$pid" >/dev/null 2>&1 || die "$kind: callgrind_control could not dump the counters"
     kill "$pid"
     wait "$pid" 2>/dev/null || true
     done_tx=$(sed -nE 's/^number of transactions actually processed: ([0-9]+).*/\1/p' "$TMP/$kind.pgbench")
-    total=$(callgrind_annotate "$TMP/$kind.out.1" 2>/dev/null | awk '/PROGRAM TOTALS/ {gsub(",", "", $1); print $1; exit}')
+    # The dump's own total (not callgrind_annotate's: a pipe cut short ends the script).
+    total=$(awk '/^summary:/ {print $2}' "$TMP/$kind.out.1" 2>/dev/null || true)
     [[ -n $total && -n $done_tx && $done_tx -gt 0 ]] || die "$kind: no count (logs in $TMP, KEEP_TMP=1 keeps them)"
     printf '%-22s %7d transactions %14d instructions %8d per transaction\n' "$kind" "$done_tx" "$total" $((total / done_tx))
 done

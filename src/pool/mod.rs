@@ -45,8 +45,9 @@ pub struct Pools {
     connector: Arc<Connector>,
     pub settings: PoolSettings,
     limiter: Arc<RateLimiter>,
-    /// Hashed with foldhash, seeded per process: looked up on every login, and every pool
-    /// costs an upstream login, so there are few keys to make collide.
+    /// Hashed with foldhash, seeded per process (looked up on every login; issue 16): its keys
+    /// come from local clients' startup parameters, and a per-process seed is the defence
+    /// against colliding keys, not SipHash's.
     pools: Mutex<HashMap<PoolKey, Arc<Pool>, foldhash::fast::RandomState>>,
 }
 
