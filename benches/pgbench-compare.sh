@@ -7,6 +7,9 @@
 #       direct        libpq straight to PostgreSQL over TLS (sslmode=require)
 #       sidecar-sess  rds-iam-sidecar, --pool-mode session      (plain local hop, TLS upstream)
 #       sidecar-tx    rds-iam-sidecar, --pool-mode transaction  (plain local hop, TLS upstream)
+#                     (both with --socket-io io-uring, the default, where this machine allows it)
+#       epoll-sess    the same two with --socket-io epoll: what the sidecar costs where io_uring
+#       epoll-tx      is refused (Docker's and containerd's default seccomp profiles)
 #       sidecar-tls   rds-iam-sidecar, --pool-mode session, --client-tls self-signed (TLS on the
 #                     local hop too, sslmode=require): what client TLS costs
 #       pgb-sess      PgBouncer, pool_mode=session      (plain local hop, server_tls_sslmode=require)
@@ -19,6 +22,8 @@
 #                     tokio, a task per client), plaintext upstream
 #       floor-rustls  examples/tokio_floor --tls: and with tokio-rustls to the upstream (verify-full,
 #                     as the sidecar): the sidecar's stack with none of the sidecar in it
+#       floor-uring   examples/tokio_floor --tls --io-uring: the same stack on the sidecar's
+#                     io_uring sockets (src/uring)
 #     in three ways: -M simple, -M prepared, and -C -M simple (a new connection per transaction).
 #     The sidecar logs in with --auth password and --tls-mode verify-full against a self-signed
 #     certificate; both poolers keep at most 8 upstream connections.
@@ -78,15 +83,19 @@ TARGETS=(direct)
 PORT[direct]=$PG_PORT
 SSLMODE[direct]=require
 
-for mode in session transaction; do
-    [[ $mode == session ]] && name=sidecar-sess || name=sidecar-tx
+for name in sidecar-sess sidecar-tx epoll-sess epoll-tx; do
+    [[ $name == *-sess ]] && mode=session || mode=transaction
+    [[ $name == epoll-* ]] && io=epoll || io=io-uring
     PORT[$name]=$(free_port)
     SSLMODE[$name]=disable
-    start_sidecar "$name" "${PORT[$name]}" --pool-size "$POOL_SIZE" --pool-mode "$mode"
+    # The start-up line (its io= says whether io_uring is in use) is the module's one info line.
+    SIDECAR_LOG_LEVEL="${SIDECAR_LOG_LEVEL:-warn},rds_iam_sidecar::sidecar=info" \
+        start_sidecar "$name" "${PORT[$name]}" --pool-size "$POOL_SIZE" --pool-mode "$mode" \
+        --socket-io "$io"
     PID[$name]=$SIDECAR_PID
     wait_sql "$name" "${PORT[$name]}" disable
     TARGETS+=("$name")
-    log "$name listening on ${PORT[$name]} (pid ${PID[$name]})"
+    log "$name listening on ${PORT[$name]} (pid ${PID[$name]}), $(grep -o 'io=[a-z_]*' "$TMP/$name.log" | head -1)"
 done
 
 # The session-mode sidecar again with TLS on the local hop (clients use sslmode=require).
@@ -174,11 +183,12 @@ fi
 # (plaintext upstream), and tokio with tokio-rustls (TLS upstream, verify-full like the sidecar).
 STACK_FLOOR=$REPO/target/release/examples/tokio_floor
 if [[ -x $STACK_FLOOR ]]; then
-    for name in floor-tokio floor-rustls; do
+    for name in floor-tokio floor-rustls floor-uring; do
         PORT[$name]=$(free_port)
         SSLMODE[$name]=disable
         tls=()
         [[ $name == floor-rustls ]] && tls=(--tls "$TMP/server.crt")
+        [[ $name == floor-uring ]] && tls=(--tls "$TMP/server.crt" --io-uring)
         "$STACK_FLOOR" "${PORT[$name]}" "$PG_PORT" "${tls[@]}" >"$TMP/$name.log" 2>&1 &
         PID[$name]=$!
         PIDS+=("$!")
@@ -496,7 +506,7 @@ for target in "${TARGETS[@]}"; do
 done
 # Issue 16's measure: the sidecar's CPU per transaction over PgBouncer's in the same pool mode.
 echo "  sidecar / PgBouncer, same pool mode (target: <= 0.80 in every column):"
-for pair in "sidecar-sess pgb-sess" "sidecar-tx pgb-tx"; do
+for pair in "sidecar-sess pgb-sess" "sidecar-tx pgb-tx" "epoll-sess pgb-sess" "epoll-tx pgb-tx"; do
     read -r ours theirs <<<"$pair"
     printf '  %-13s %10s %10s %12s %10s\n' "${ours#sidecar-}" \
         "$(ratio "${CPU[$ours,simple]:-}" "${CPU[$theirs,simple]:-}")" \
@@ -507,8 +517,9 @@ done
 # No pooler that forwards over these sockets goes below `floor`: the kernel's share. Nor can
 # the sidecar go below `floor-rustls` without leaving tokio and tokio-rustls.
 echo "  floors / PgBouncer session (floor: the kernel's share; floor-tokio: + tokio;"
-echo "  floor-rustls: + tokio-rustls upstream, the sidecar's stack with no pooler in it):"
-for floor in floor floor-tokio floor-rustls; do
+echo "  floor-rustls: + tokio-rustls upstream, the sidecar's stack with no pooler in it;"
+echo "  floor-uring: that stack on the sidecar's io_uring sockets):"
+for floor in floor floor-tokio floor-rustls floor-uring; do
     [[ -n ${PORT[$floor]:-} ]] || continue
     printf '  %-13s %10s %10s %12s %10s\n' "$floor" \
         "$(ratio "${CPU[$floor,simple]:-}" "${CPU[pgb-sess,simple]:-}")" \

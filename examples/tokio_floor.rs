@@ -7,11 +7,13 @@
 //! CA_FILE); without it, plaintext.
 //!
 //! Against `examples/copy_forwarder.rs` (mio, plaintext) it measures what tokio's readiness
-//! and task machinery costs per transaction; with `--tls`, what tokio-rustls adds. The sidecar
-//! cannot go below the `--tls` figure without leaving that stack.
+//! and task machinery costs per transaction; with `--tls`, what tokio-rustls adds. With
+//! `--io-uring` both sockets are the sidecar's `uring::Socket` on a ring set up as `main` sets
+//! it up: what the sidecar's stack costs with completion I/O (`--socket-io io-uring`, its
+//! default). The sidecar cannot go below these figures without leaving that stack.
 //!
-//! Run: `cargo run --release --example tokio_floor -- LISTEN_PORT UPSTREAM_PORT [--tls CA_FILE]`
-//! (both on 127.0.0.1). A benchmark tool, not a product.
+//! Run: `cargo run --release --example tokio_floor -- LISTEN_PORT UPSTREAM_PORT [--tls CA_FILE]
+//! [--io-uring]` (both on 127.0.0.1). A benchmark tool, not a product.
 
 use std::io::{Error, ErrorKind};
 use std::sync::Arc;
@@ -22,11 +24,17 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsConnector;
 
+use rds_iam_sidecar::uring::{self, Socket};
+
 /// PostgreSQL's SSLRequest: length 8, code 80877103.
 const SSL_REQUEST: [u8; 8] = [0, 0, 0, 8, 4, 210, 22, 47];
 
 fn main() -> std::io::Result<()> {
-    let args: Vec<String> = std::env::args().skip(1).collect();
+    let mut args: Vec<String> = std::env::args().skip(1).collect();
+    let io_uring = args.last().is_some_and(|last| last == "--io-uring");
+    if io_uring {
+        args.pop();
+    }
     let (listen, upstream, ca_file) = match &args[..] {
         [listen, upstream] => (listen, upstream, None),
         [listen, upstream, flag, ca] if flag == "--tls" => (listen, upstream, Some(ca)),
@@ -36,14 +44,24 @@ fn main() -> std::io::Result<()> {
         usage()
     };
     let connector = ca_file.map(|path| connector(path)).transpose()?;
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    runtime.block_on(serve(listen, upstream, connector))
+    let mut builder = tokio::runtime::Builder::new_current_thread();
+    if !io_uring {
+        uring::forbid();
+    } else {
+        if !uring::install(true) {
+            return Err(Error::other(uring::describe()));
+        }
+        builder.on_thread_park(uring::submit_before_park);
+    }
+    let runtime = builder.enable_all().build()?;
+    runtime.block_on(async move {
+        uring::spawn_reaper();
+        serve(listen, upstream, connector).await
+    })
 }
 
 fn usage() -> ! {
-    eprintln!("usage: tokio_floor LISTEN_PORT UPSTREAM_PORT [--tls CA_FILE]");
+    eprintln!("usage: tokio_floor LISTEN_PORT UPSTREAM_PORT [--tls CA_FILE] [--io-uring]");
     std::process::exit(2)
 }
 
@@ -82,22 +100,24 @@ async fn forward(
     connector: Option<TlsConnector>,
 ) -> std::io::Result<()> {
     client.set_nodelay(true)?;
+    let client = Socket::new(client);
     let mut server = TcpStream::connect(("127.0.0.1", upstream)).await?;
     server.set_nodelay(true)?;
     let Some(connector) = connector else {
-        return copy_both_ways(client, server).await;
+        return copy_both_ways(client, Socket::new(server)).await;
     };
     server.write_all(&SSL_REQUEST).await?;
     if server.read_u8().await? != b'S' {
         return Err(Error::new(ErrorKind::Unsupported, "the server refused TLS"));
     }
     let name = ServerName::try_from("localhost").map_err(Error::other)?;
-    copy_both_ways(client, connector.connect(name, server).await?).await
+    copy_both_ways(client, connector.connect(name, Socket::new(server)).await?).await
 }
 
-/// Each read written to the other side at once, until either side ends.
+/// Each read written to the other side at once, until either side ends. Without
+/// `--io-uring` the sockets are tokio's (no ring was installed: `uring::Socket` uses tokio).
 async fn copy_both_ways<S: AsyncRead + AsyncWrite + Unpin>(
-    mut client: TcpStream,
+    mut client: Socket,
     mut server: S,
 ) -> std::io::Result<()> {
     let (mut up, mut down) = (vec![0; 32 * 1024], vec![0; 32 * 1024]);

@@ -5,7 +5,8 @@
 //! TOML into one validated [`settings::Settings`]; [`sidecar`] starts one engine per upstream
 //! endpoint from it; [`frontend`] accepts clients and runs each one's life; [`pool`] keeps
 //! logged-in upstream connections; [`upstream`] dials, secures and logs in; [`forward`] is the
-//! hot loop. [`iam`] and [`protocol`] sit below them; [`ops`] (admin, health, metrics,
+//! hot loop, over [`stream`]s whose TCP sockets do their I/O through [`uring`] where they can.
+//! [`iam`] and [`protocol`] sit below them; [`ops`] (admin, health, metrics,
 //! shutdown, logging) and [`doctor`] beside.
 
 pub mod doctor;
@@ -23,5 +24,6 @@ pub mod settings;
 pub mod sidecar;
 pub mod stream;
 pub mod upstream;
+pub mod uring;
 
 pub use sidecar::{RunningSidecar, start};

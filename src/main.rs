@@ -17,7 +17,8 @@ use rds_iam_sidecar::settings::cli::{
     WaitArgs,
 };
 use rds_iam_sidecar::settings::duration::parse_duration;
-use rds_iam_sidecar::settings::{Settings, process_env, worker_threads};
+use rds_iam_sidecar::settings::{ConfigError, Settings, process_env, socket_io, worker_threads};
+use rds_iam_sidecar::uring::{self, SocketIo};
 
 /// glibc's malloc, with tokio's cache-line-aligned blocks in jemalloc (`ops/allocator.rs`).
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
@@ -44,12 +45,12 @@ fn main() -> ExitCode {
             Command::Run(Box::new(cli.run))
         }
     });
-    let threads = match &command {
-        Command::Run(args) | Command::LambdaExtension(args) => worker_threads(args),
-        Command::Exec(args) => worker_threads(&args.run),
-        _ => Ok(1),
+    let chosen = match &command {
+        Command::Run(args) | Command::LambdaExtension(args) => runtime_choice(args),
+        Command::Exec(args) => runtime_choice(&args.run),
+        _ => Ok((1, SocketIo::Epoll)),
     };
-    let runtime = match threads.map(runtime) {
+    let runtime = match chosen.map(|(threads, io)| runtime(threads, io)) {
         Ok(Ok(runtime)) => runtime,
         Ok(Err(e)) => {
             eprintln!("rds-iam-sidecar: cannot start the async runtime: {e}");
@@ -76,15 +77,30 @@ fn main() -> ExitCode {
 /// work-stealing pool. One thread took 7–22 % less CPU per transaction than two (the default
 /// of earlier releases on 2 cores), measured with pgbench in each pool mode
 /// (docs/ARCHITECTURE.md).
-fn runtime(threads: usize) -> std::io::Result<tokio::runtime::Runtime> {
+///
+/// With one thread and `--socket-io io-uring`, the thread gets its ring (src/uring) and the
+/// runtime submits the ring's queue each time it is about to park.
+fn runtime(threads: usize, io: SocketIo) -> std::io::Result<tokio::runtime::Runtime> {
+    if io == SocketIo::Epoll {
+        uring::forbid();
+    }
     let mut builder = if threads == 1 {
-        tokio::runtime::Builder::new_current_thread()
+        let mut builder = tokio::runtime::Builder::new_current_thread();
+        if io == SocketIo::IoUring && uring::install(true) {
+            builder.on_thread_park(uring::submit_before_park);
+        }
+        builder
     } else {
         let mut builder = tokio::runtime::Builder::new_multi_thread();
         builder.worker_threads(threads);
         builder
     };
     builder.enable_all().build()
+}
+
+/// The threads and the socket I/O of a command that serves clients.
+fn runtime_choice(args: &RunArgs) -> Result<(usize, SocketIo), ConfigError> {
+    Ok((worker_threads(args)?, socket_io(args)?))
 }
 
 /// A mode's outcome: its exit code, or a start-up error (exit 2).

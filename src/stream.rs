@@ -4,16 +4,15 @@
 //! enums so the hot loop is monomorphic, with no boxing on the plaintext paths.
 
 use std::io;
-use std::mem::MaybeUninit;
-use std::os::fd::AsFd;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use socket2::SockRef;
 use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
 use tokio::net::{TcpStream, UnixStream};
 use tokio_rustls::client::TlsStream;
 use tokio_rustls::server::TlsStream as ServerTlsStream;
+
+use crate::uring::{Socket, poll_read_by, read_noting_short};
 
 /// Implements AsyncRead + AsyncWrite for an enum by delegating to each variant.
 macro_rules! delegate_io {
@@ -82,7 +81,8 @@ macro_rules! delegate_write {
 /// A local client's connection.
 #[derive(Debug)]
 pub enum ClientStream {
-    Tcp(TcpStream),
+    /// TCP, its reads and writes through io_uring where the thread has a ring.
+    Tcp(Socket),
     Unix(UnixStream),
     /// TCP with TLS (`--client-tls`); boxed, its buffers are large.
     Tls(Box<ServerTlsStream<TcpStream>>),
@@ -102,34 +102,31 @@ impl AsyncRead for ClientStream {
         if let Self::Tls(tls) = this {
             return Pin::new(tls).poll_read(cx, buf);
         }
-        loop {
-            std::task::ready!(this.poll_read_ready(cx))?;
-            match this.try_read(buf.initialize_unfilled()) {
-                Ok(n) => {
-                    buf.advance(n);
-                    return Poll::Ready(Ok(()));
-                }
-                // Readiness cleared: polling it again registers the waker.
-                Err(error) if error.kind() == io::ErrorKind::WouldBlock => continue,
-                Err(error) => return Poll::Ready(Err(error)),
-            }
-        }
+        poll_read_by(
+            this,
+            cx,
+            buf,
+            ClientStream::poll_read_ready,
+            ClientStream::try_read,
+        )
     }
 }
 
 /// A connection to the upstream database or proxy.
 #[derive(Debug)]
 pub enum UpstreamStream {
-    Tls(Box<TlsStream<TcpStream>>),
-    Plain(TcpStream),
+    Tls(Box<TlsStream<Socket>>),
+    /// Boxed too: rare (`--tls-mode disable`), and a pooled connection stays small.
+    Plain(Box<Socket>),
 }
 
 delegate_io!(UpstreamStream { Tls, Plain });
 
 impl ClientStream {
-    /// Ready when tokio saw the socket readable; may be left over from an earlier read that did
-    /// not drain it (follow with a `try_read`, which clears it). Over TLS, also ready when the
-    /// TLS layer holds plaintext already, or the client closed.
+    /// Ready when a read will find something (on a ring, a `recv` completed) or when tokio saw
+    /// the socket readable, which may be left over from an earlier read that did not drain it
+    /// (follow with a `try_read`, which clears it). Over TLS, also ready when the TLS layer
+    /// holds plaintext already, or the client closed.
     pub fn poll_read_ready(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self {
             Self::Tcp(s) => s.poll_read_ready(cx),
@@ -165,15 +162,17 @@ impl ClientStream {
     /// one syscall per round trip. The readiness cleared is the one seen *before* the read:
     /// data that arrives after it is a newer event, which tokio keeps (see `try_io`).
     pub fn try_read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let mut short = None;
-        let result = match self {
-            Self::Tcp(s) => s.try_io(Interest::READABLE, || read_noting_short(s, buf, &mut short)),
-            Self::Unix(s) => s.try_io(Interest::READABLE, || read_noting_short(s, buf, &mut short)),
-            Self::Tls(tls) => return try_read_tls(tls, buf),
-        };
-        match (result, short) {
-            (Err(error), Some(n)) if error.kind() == io::ErrorKind::WouldBlock => Ok(n),
-            (result, _) => result,
+        match self {
+            Self::Tcp(s) => s.try_read(buf),
+            Self::Unix(s) => {
+                let mut short = None;
+                let result = s.try_io(Interest::READABLE, || read_noting_short(s, buf, &mut short));
+                match (result, short) {
+                    (Err(error), Some(n)) if error.kind() == io::ErrorKind::WouldBlock => Ok(n),
+                    (result, _) => result,
+                }
+            }
+            Self::Tls(tls) => try_read_tls(tls, buf),
         }
     }
 }
@@ -190,29 +189,13 @@ fn try_read_tls(tls: &mut ServerTlsStream<TcpStream>, buf: &mut [u8]) -> io::Res
     }
 }
 
-/// One `recv`; a short one (some bytes, fewer than asked for) is reported through `short`
-/// and answered `WouldBlock`, which makes `try_io` clear the readiness.
-fn read_noting_short<S: AsFd>(
-    socket: &S,
-    buf: &mut [u8],
-    short: &mut Option<usize>,
-) -> io::Result<usize> {
-    use std::io::Read;
-    let n = (&*SockRef::from(socket)).read(buf)?;
-    if n > 0 && n < buf.len() {
-        *short = Some(n);
-        return Err(io::ErrorKind::WouldBlock.into());
-    }
-    Ok(n)
-}
-
 impl UpstreamStream {
-    /// The TCP socket's read readiness as tokio last saw it (no syscall; TLS-buffered data not
-    /// counted).
-    pub fn poll_socket_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+    /// Whether a read would find something now, as far as is known without a syscall (TLS-
+    /// buffered data not counted); on a ring, asking may submit the `recv` that waits.
+    pub fn poll_socket_read_ready(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self {
             Self::Plain(s) => s.poll_read_ready(cx),
-            Self::Tls(tls) => tls.get_ref().0.poll_read_ready(cx),
+            Self::Tls(tls) => tls.get_mut().0.poll_read_ready(cx),
         }
     }
 
@@ -220,22 +203,14 @@ impl UpstreamStream {
     /// the TLS layer already holds; needs no buffer.
     pub fn poll_readable(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self {
-            Self::Plain(s) => poll_readable(
-                cx,
-                |cx| s.poll_read_ready(cx),
-                || s.try_io(Interest::READABLE, || peek_one(s)),
-            ),
+            Self::Plain(s) => s.poll_readable(cx),
             Self::Tls(tls) => {
-                let (tcp, connection) = tls.get_mut();
+                let (socket, connection) = tls.get_mut();
                 match connection.process_new_packets() {
                     Ok(state)
                         if state.plaintext_bytes_to_read() == 0 && !state.peer_has_closed() =>
                     {
-                        poll_readable(
-                            cx,
-                            |cx| tcp.poll_read_ready(cx),
-                            || tcp.try_io(Interest::READABLE, || peek_one(&*tcp)),
-                        )
+                        socket.poll_readable(cx)
                     }
                     // Data, a close, or an error: the next read reports it.
                     _ => Poll::Ready(Ok(())),
@@ -243,33 +218,6 @@ impl UpstreamStream {
             }
         }
     }
-}
-
-/// Waits for read readiness and confirms it with a one-byte peek: tokio keeps a socket marked
-/// readable after a read that did not drain it to `WouldBlock`, which would wake a waiter for
-/// nothing. A `WouldBlock` peek clears that mark, and the wait goes on.
-fn poll_readable(
-    cx: &mut Context<'_>,
-    mut poll_ready: impl FnMut(&mut Context<'_>) -> Poll<io::Result<()>>,
-    mut peek: impl FnMut() -> io::Result<usize>,
-) -> Poll<io::Result<()>> {
-    loop {
-        if let Err(error) = std::task::ready!(poll_ready(cx)) {
-            return Poll::Ready(Err(error));
-        }
-        match peek() {
-            // Data, or end of stream (0): either way the reader has something to see.
-            Ok(_) => return Poll::Ready(Ok(())),
-            Err(error) if error.kind() == io::ErrorKind::WouldBlock => continue,
-            Err(error) => return Poll::Ready(Err(error)),
-        }
-    }
-}
-
-/// Peeks at one byte without taking it.
-fn peek_one<S: AsFd>(socket: &S) -> io::Result<usize> {
-    let mut byte = [MaybeUninit::<u8>::uninit()];
-    SockRef::from(socket).peek(&mut byte)
 }
 
 #[cfg(test)]
@@ -287,7 +235,7 @@ mod tests {
         let mut peer = TcpStream::connect(listener.local_addr().expect("addr"))
             .await
             .expect("connect");
-        let mut client = ClientStream::Tcp(listener.accept().await.expect("accept").0);
+        let mut client = ClientStream::Tcp(Socket::new(listener.accept().await.expect("accept").0));
         let mut buf = [0u8; 64];
 
         peer.write_all(b"hello").await.expect("write");

@@ -509,7 +509,26 @@ async fn at_the_open_file_limit_new_clients_get_53300_and_the_admin_endpoint_ans
     let mut child = KillOnDrop(child);
     wait_for_port(port, &mut child.0).await;
     wait_for_port(admin_port, &mut child.0).await;
-    // Silent sockets up to the lowered limit (one was taken by wait_for_port and is gone).
+    // wait_for_port's probe must be gone (the sidecar read its close) before the silent
+    // sockets take every place: its read may still be waiting in the ring for the close.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let metrics = scrape(&admin).await;
+        let login = value(
+            &metrics,
+            "rds_iam_sidecar_client_connections",
+            &[("state", "login")],
+        );
+        if login == Some(0.0) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the probe's close was seen: {login:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Silent sockets up to the lowered limit.
     let mut silent = Vec::new();
     for _ in 0..68 {
         silent.push(

@@ -12,6 +12,7 @@ use tracing::error;
 
 use super::{Frontend, serve_client};
 use crate::stream::ClientStream;
+use crate::uring::Socket;
 
 /// Pause after an accept error (e.g. out of file descriptors) so the loop does not spin.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
@@ -29,7 +30,7 @@ impl Listener {
             Self::Tcp(listener) => {
                 let (socket, peer) = listener.accept().await?;
                 let _ = socket.set_nodelay(true);
-                Ok((ClientStream::Tcp(socket), Some(peer)))
+                Ok((ClientStream::Tcp(Socket::new(socket)), Some(peer)))
             }
             Self::Unix(listener) => {
                 let (socket, _) = listener.accept().await?;

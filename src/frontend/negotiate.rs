@@ -118,18 +118,26 @@ async fn negotiate(
 /// The first byte of a plaintext TCP connection is a TLS handshake record (looked at without
 /// taking it; only when the listener has TLS).
 async fn starts_tls_directly(stream: &ClientStream) -> std::io::Result<bool> {
-    let ClientStream::Tcp(tcp) = stream else {
+    let ClientStream::Tcp(socket) = stream else {
         return Ok(false);
     };
     let mut first = [0u8; 1];
-    let n = tcp.peek(&mut first).await?;
+    // Before any read: nothing has gone through the socket's ring yet.
+    let n = socket.tcp().peek(&mut first).await?;
     Ok(n == 1 && first[0] == TLS_HANDSHAKE)
 }
 
 /// The TLS handshake; `None` when it fails (nothing can be said to the client in plaintext).
 async fn upgrade(stream: ClientStream, tls: &ClientTls, direct: bool) -> Option<ClientStream> {
-    let ClientStream::Tcp(tcp) = stream else {
+    let ClientStream::Tcp(socket) = stream else {
         return None;
+    };
+    let tcp = match socket.into_tcp().await {
+        Ok(tcp) => tcp,
+        Err(error) => {
+            debug!(%error, "client TLS refused");
+            return None;
+        }
     };
     let upgraded = match tls.accept(tcp).await {
         Ok(upgraded) => upgraded,

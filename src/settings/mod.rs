@@ -22,6 +22,7 @@ use std::time::Duration;
 
 pub use crate::iam::region::EnvLookup;
 use crate::ops::logging::LogFormat;
+use crate::uring::SocketIo;
 pub use args::{AuthMode, EndpointArgs, ProcessArgs, RunArgs};
 use blame::Blame;
 use duration::parse_duration;
@@ -179,20 +180,35 @@ impl Settings {
 /// The threads of the runtime, which exist before [`Settings::from_args`] runs: the flag or
 /// its variable, else the file's `worker-threads`, else 1.
 pub fn worker_threads(args: &RunArgs) -> Result<usize, ConfigError> {
-    let chosen = match (args.process.worker_threads, &args.config) {
-        (Some(n), _) => Some(n),
-        (None, Some(path)) => {
-            let file = FileSettings::load(path).map_err(|e| ConfigError::new("--config", e))?;
-            file.process.worker_threads
-        }
-        (None, None) => None,
-    };
+    let chosen = before_runtime(args, |process| process.worker_threads)?;
     match chosen.unwrap_or(DEFAULT_WORKER_THREADS) {
         n @ 1..=MAX_WORKER_THREADS => Ok(n),
         n => Err(ConfigError::new(
             "--worker-threads",
             format!("{n} is not between 1 and {MAX_WORKER_THREADS}"),
         )),
+    }
+}
+
+/// How sockets do their I/O, chosen with the runtime (before [`Settings::from_args`]): the
+/// flag or its variable, else the file's `socket-io`, else io_uring.
+pub fn socket_io(args: &RunArgs) -> Result<SocketIo, ConfigError> {
+    Ok(before_runtime(args, |process| process.socket_io)?.unwrap_or_default())
+}
+
+/// A process setting read before the runtime exists: the flag (or its variable), else the
+/// file's.
+fn before_runtime<T>(
+    args: &RunArgs,
+    setting: impl Fn(&ProcessArgs) -> Option<T>,
+) -> Result<Option<T>, ConfigError> {
+    match (setting(&args.process), &args.config) {
+        (Some(value), _) => Ok(Some(value)),
+        (None, Some(path)) => {
+            let file = FileSettings::load(path).map_err(|e| ConfigError::new("--config", e))?;
+            Ok(setting(&file.process))
+        }
+        (None, None) => Ok(None),
     }
 }
 

@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 use super::values::{number, text};
 
 use crate::ops::logging::LogFormat;
+use crate::uring::SocketIo;
 
 /// Settings the whole process shares, whatever the number of endpoints.
 #[derive(Debug, Clone, Default, PartialEq, Args, Deserialize, Serialize)]
@@ -80,4 +81,12 @@ pub struct ProcessArgs {
         skip_serializing_if = "Option::is_none"
     )]
     pub worker_threads: Option<usize>,
+
+    /// How sockets read and write: `io-uring` (one system call for the reads and writes of
+    /// each turn of the event loop; `epoll` where the kernel refuses it or with more than one
+    /// worker thread) or `epoll` (a readiness wait, then a system call each) [default:
+    /// io-uring].
+    #[arg(long, env = "RDS_IAM_SIDECAR_SOCKET_IO", value_enum)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub socket_io: Option<SocketIo>,
 }

@@ -218,6 +218,7 @@ pub async fn start(
     info!(
         endpoints = endpoints.len(),
         admin = ?admin_addr,
+        io = %crate::uring::describe(),
         "rds-iam-sidecar ready"
     );
     Ok(RunningSidecar {
@@ -241,10 +242,9 @@ fn process_tasks(
     stopped: &watch::Receiver<bool>,
 ) {
     tasks.spawn(metrics::upkeep(stopped.clone()));
-    tasks.spawn(crate::ops::memory::give_back_after_bursts(
-        shutdown.clone(),
-        stopped.clone(),
-    ));
+    let memory = crate::ops::memory::give_back_after_bursts(shutdown.clone(), stopped.clone());
+    tasks.spawn(memory);
+    crate::uring::spawn_reaper();
     if let Some(listener) = admin_listener {
         tasks.spawn(crate::ops::admin::serve(
             listener,

@@ -49,7 +49,9 @@ where
 {
     let mut out = BytesMut::new();
     frontend::startup_message(parameters.iter().copied(), &mut out)?;
+    // Flushed: over TLS a write may leave the end of a record in rustls's buffer.
     stream.write_all(&out).await?;
+    stream.flush().await?;
 
     let mut reader = ServerReader::new(MAX_LOGIN_BUFFER);
     let mut exchange = Exchange {
@@ -83,6 +85,7 @@ where
         }
         if !out.is_empty() {
             stream.write_all(&out).await?;
+            stream.flush().await?;
         }
     }
 }

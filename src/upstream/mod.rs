@@ -320,7 +320,9 @@ impl Connector {
             .await
             .map_err(|_| self.timeout_error("connecting to"))??;
         let Some(tls) = &self.tls else {
-            return Ok(UpstreamStream::Plain(tcp));
+            return Ok(UpstreamStream::Plain(Box::new(crate::uring::Socket::new(
+                tcp,
+            ))));
         };
         let negotiate = tls::start_tls(tcp, tls.clone(), self.server_name.clone());
         let tls_stream = timeout_at(deadline, negotiate)

@@ -1,0 +1,75 @@
+//! No io_uring off Linux: there is never a ring, and every [`super::Socket`] uses tokio's I/O.
+//! The types below only let `socket.rs` compile unchanged.
+
+use std::io;
+use std::os::fd::RawFd;
+use std::task::{Poll, Waker};
+
+/// Never built on this platform.
+pub struct Ring {
+    pub provided: Provided,
+}
+
+pub struct Provided;
+
+pub struct Completion {
+    pub result: i32,
+    pub flags: u32,
+    pub owned: Vec<u8>,
+}
+
+impl Provided {
+    pub fn bytes(&self, _id: u16, _length: usize) -> &[u8] {
+        &[]
+    }
+
+    pub fn give_back(&mut self, _id: u16) {}
+}
+
+impl Ring {
+    pub fn recv(&mut self, _fd: RawFd) -> io::Result<u32> {
+        Err(io::ErrorKind::Unsupported.into())
+    }
+
+    pub fn send(&mut self, _fd: RawFd, _owned: Vec<u8>, _offset: usize) -> io::Result<u32> {
+        Err(io::ErrorKind::Unsupported.into())
+    }
+
+    pub fn poll(&mut self, _index: u32, _waker: &Waker) -> Poll<Completion> {
+        Poll::Pending
+    }
+
+    pub fn abandon(&mut self, _index: u32, _cancel: bool) {}
+
+    pub fn flush(&mut self) {}
+
+    pub fn recycle(&mut self, _owned: Vec<u8>) {}
+
+    pub fn send_buffer(&mut self) -> Vec<u8> {
+        Vec::new()
+    }
+}
+
+pub fn forbid() {}
+
+pub fn install(_batched: bool) -> bool {
+    false
+}
+
+pub fn spawn_reaper() {}
+
+pub fn submit_before_park() {}
+
+pub fn submit_now() {}
+
+pub fn describe() -> String {
+    "epoll (io_uring is Linux's)".to_owned()
+}
+
+pub fn buffer_of(_flags: u32) -> Option<u16> {
+    None
+}
+
+pub fn with_ring<R>(_f: impl FnOnce(&mut Ring) -> R) -> Option<R> {
+    None
+}

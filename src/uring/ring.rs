@@ -1,0 +1,331 @@
+//! The ring of one thread and its operations. An operation is a slot: pushed with the buffer it
+//! owns (a `send`'s bytes) and the waker of the task awaiting it, completed when its entry
+//! comes back from the completion queue. A socket dropped with an operation in flight
+//! abandons the slot: a `recv` is cancelled, a `send` runs to its end (as the kernel sends what
+//! a closed socket had queued), and the slot's buffers are freed when the completion comes.
+//!
+//! Submissions wait in the queue until the thread's park hook (`thread.rs`) hands them all to
+//! the kernel in one `io_uring_enter`, or go at once when the thread has no such hook (a
+//! runtime not built by `main`, such as a test's), or when [`SUBMIT_EARLY`] of them wait.
+
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::task::{Poll, Waker};
+
+use io_uring::{IoUring, cqueue, opcode, squeue, types};
+use tracing::debug;
+
+use super::provided::{self, Provided};
+
+/// Submission queue entries; a full queue is submitted at once.
+const ENTRIES: u32 = 1024;
+/// Queued submissions that are handed to the kernel without waiting for the park: bounds the
+/// delay a busy thread (one that never parks) puts on them.
+const SUBMIT_EARLY: usize = 64;
+/// The user data of a cancellation's own completion, which nobody awaits.
+const CANCEL: u64 = u64::MAX;
+/// `IORING_ENTER_GETEVENTS` (the crate keeps its `sys` module private).
+const ENTER_GETEVENTS: u32 = 1;
+/// Send buffers kept for reuse, at most, and the largest kept.
+const MAX_FREE_SENDS: usize = 32;
+const MAX_KEPT_SEND: usize = 64 * 1024;
+
+pub struct Ring {
+    // Dropped first: the kernel lets go of the provided buffers before they are freed.
+    pub(super) uring: IoUring,
+    /// Signalled by the kernel when a completion waits to be run (see `new`).
+    pub(super) wake: OwnedFd,
+    pub provided: Provided,
+    slots: Vec<Slot>,
+    free: Vec<u32>,
+    sends: Vec<Vec<u8>>,
+    batched: bool,
+    /// A reaper task runs for this ring (src/uring/thread.rs).
+    pub(super) reaping: bool,
+    /// Reused between turns: no allocation per park.
+    reaped: Vec<(u64, i32, u32)>,
+    pub(super) wakers: Vec<Waker>,
+}
+
+enum Slot {
+    Free,
+    Waiting {
+        waker: Option<Waker>,
+        owned: Vec<u8>,
+        abandoned: bool,
+    },
+    Done {
+        result: i32,
+        flags: u32,
+        owned: Vec<u8>,
+    },
+}
+
+/// A completed operation: the kernel's result (bytes, or a negated errno), its flags (the
+/// provided buffer it filled) and the buffer the operation owned.
+pub struct Completion {
+    pub result: i32,
+    pub flags: u32,
+    pub owned: Vec<u8>,
+}
+
+/// The provided buffer a completed `recv` filled.
+pub fn buffer_of(flags: u32) -> Option<u16> {
+    cqueue::buffer_select(flags)
+}
+
+impl Ring {
+    /// `DEFER_TASKRUN`: a completion that arrives while the thread is elsewhere (in
+    /// epoll_wait, running tasks) waits as deferred work until this thread's next enter, which
+    /// runs it; the kernel signals the eventfd when such work is queued, so a parked thread
+    /// wakes. (`COOP_TASKRUN` without it left a completion waiting until the thread woke for
+    /// another reason: its wake-up does not interrupt epoll_wait.)
+    pub(super) fn new(batched: bool) -> io::Result<Self> {
+        let uring = IoUring::builder()
+            .setup_single_issuer()
+            .setup_defer_taskrun()
+            .setup_taskrun_flag()
+            .setup_cqsize(ENTRIES * 4)
+            .build(ENTRIES)?;
+        // SAFETY: a plain eventfd; `OwnedFd` closes it with the ring.
+        let wake = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
+        if wake < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: just created, owned by nothing else.
+        let wake = unsafe { OwnedFd::from_raw_fd(wake) };
+        uring.submitter().register_eventfd(wake.as_raw_fd())?;
+        let provided = Provided::register(&uring)?;
+        Ok(Ring {
+            uring,
+            wake,
+            provided,
+            slots: Vec::new(),
+            free: Vec::new(),
+            sends: Vec::new(),
+            batched,
+            reaping: false,
+            reaped: Vec::new(),
+            wakers: Vec::new(),
+        })
+    }
+
+    /// Queues `entry`, which may use `owned` until it completes; its slot.
+    fn push(&mut self, entry: squeue::Entry, owned: Vec<u8>) -> io::Result<u32> {
+        let index = match self.free.pop() {
+            Some(index) => index,
+            None => {
+                self.slots.push(Slot::Free);
+                (self.slots.len() - 1) as u32
+            }
+        };
+        self.slots[index as usize] = Slot::Waiting {
+            waker: None,
+            owned,
+            abandoned: false,
+        };
+        self.queue(entry.user_data(u64::from(index)))?;
+        Ok(index)
+    }
+
+    /// A `recv` on `fd` into a provided buffer (none is held until data arrives).
+    pub fn recv(&mut self, fd: RawFd) -> io::Result<u32> {
+        let entry = opcode::Recv::new(types::Fd(fd), std::ptr::null_mut(), provided::SIZE as u32)
+            .buf_group(provided::GROUP)
+            .build()
+            .flags(squeue::Flags::BUFFER_SELECT);
+        self.push(entry, Vec::new())
+    }
+
+    /// A `send` on `fd` of `owned[offset..]`, which the operation owns until it completes.
+    pub fn send(&mut self, fd: RawFd, owned: Vec<u8>, offset: usize) -> io::Result<u32> {
+        let rest = owned.get(offset..).unwrap_or_default();
+        let entry = opcode::Send::new(types::Fd(fd), rest.as_ptr(), rest.len() as u32)
+            .flags(libc::MSG_NOSIGNAL)
+            .build();
+        self.push(entry, owned)
+    }
+
+    fn queue(&mut self, entry: squeue::Entry) -> io::Result<()> {
+        // SAFETY: what the entry points at is owned by its slot (a send's bytes), by the
+        // provided buffers, or is nothing (a cancel), all alive until its completion.
+        while unsafe { self.uring.submission().push(&entry) }.is_err() {
+            self.uring.submit()?;
+        }
+        if !self.batched || self.uring.submission().len() >= SUBMIT_EARLY {
+            self.enter();
+        }
+        Ok(())
+    }
+
+    /// Hands what is queued to the kernel now (a socket about to close its descriptor).
+    pub fn flush(&mut self) {
+        if !self.uring.submission().is_empty() {
+            self.enter();
+        }
+    }
+
+    /// Submits what is queued and runs completions waiting as task work.
+    pub(super) fn enter(&mut self) {
+        let queued = self.uring.submission().len() as u32;
+        // SAFETY: no argument; GETEVENTS with no minimum waits for nothing.
+        let entered = unsafe {
+            self.uring
+                .submitter()
+                .enter::<libc::sigset_t>(queued, 0, ENTER_GETEVENTS, None)
+        };
+        if let Err(error) = entered {
+            debug!(%error, "io_uring_enter failed");
+        }
+    }
+
+    /// Moves completions into their slots and the wakers to call (once the ring is released)
+    /// into `self.wakers`.
+    pub(super) fn reap(&mut self) {
+        let mut reaped = std::mem::take(&mut self.reaped);
+        reaped.extend(
+            self.uring
+                .completion()
+                .map(|entry| (entry.user_data(), entry.result(), entry.flags())),
+        );
+        for &(data, result, flags) in &reaped {
+            if data != CANCEL {
+                self.complete(data as usize, result, flags);
+            }
+        }
+        reaped.clear();
+        self.reaped = reaped;
+    }
+
+    fn complete(&mut self, index: usize, result: i32, flags: u32) {
+        let Some(slot) = self.slots.get_mut(index) else {
+            return;
+        };
+        match std::mem::replace(slot, Slot::Free) {
+            Slot::Waiting {
+                abandoned: true,
+                owned,
+                ..
+            } => {
+                self.release(flags, owned);
+                self.free.push(index as u32);
+            }
+            Slot::Waiting { waker, owned, .. } => {
+                *slot = Slot::Done {
+                    result,
+                    flags,
+                    owned,
+                };
+                self.wakers.extend(waker);
+            }
+            other => *slot = other,
+        }
+    }
+
+    /// Gives back what a finished operation held: its provided buffer, its send buffer.
+    fn release(&mut self, flags: u32, owned: Vec<u8>) {
+        if let Some(id) = cqueue::buffer_select(flags) {
+            self.provided.give_back(id);
+        }
+        self.recycle(owned);
+    }
+
+    /// Keeps a send buffer for the next send.
+    pub fn recycle(&mut self, mut owned: Vec<u8>) {
+        if owned.capacity() > 0
+            && owned.capacity() <= MAX_KEPT_SEND
+            && self.sends.len() < MAX_FREE_SENDS
+        {
+            owned.clear();
+            self.sends.push(owned);
+        }
+    }
+
+    /// An empty send buffer.
+    pub fn send_buffer(&mut self) -> Vec<u8> {
+        self.sends.pop().unwrap_or_default()
+    }
+
+    /// The operation's completion, or `Pending` with `waker` kept to be woken by it.
+    pub fn poll(&mut self, index: u32, waker: &Waker) -> Poll<Completion> {
+        let Some(slot) = self.slots.get_mut(index as usize) else {
+            return Poll::Ready(Completion {
+                result: -libc::EBADF,
+                flags: 0,
+                owned: Vec::new(),
+            });
+        };
+        match slot {
+            Slot::Waiting { waker: kept, .. } => {
+                if !kept.as_ref().is_some_and(|kept| kept.will_wake(waker)) {
+                    *kept = Some(waker.clone());
+                }
+                Poll::Pending
+            }
+            Slot::Done { .. } => {
+                let Slot::Done {
+                    result,
+                    flags,
+                    owned,
+                } = std::mem::replace(slot, Slot::Free)
+                else {
+                    return Poll::Pending;
+                };
+                self.free.push(index);
+                Poll::Ready(Completion {
+                    result,
+                    flags,
+                    owned,
+                })
+            }
+            Slot::Free => Poll::Ready(Completion {
+                result: -libc::EBADF,
+                flags: 0,
+                owned: Vec::new(),
+            }),
+        }
+    }
+
+    /// The owner of operation `index` is gone: what it holds is given back once it completes;
+    /// `cancel` asks the kernel to end it now (a `recv` that would wait forever).
+    pub fn abandon(&mut self, index: u32, cancel: bool) {
+        let Some(slot) = self.slots.get_mut(index as usize) else {
+            return;
+        };
+        match std::mem::replace(slot, Slot::Free) {
+            Slot::Waiting { owned, .. } => {
+                *slot = Slot::Waiting {
+                    waker: None,
+                    owned,
+                    abandoned: true,
+                };
+                if cancel {
+                    let entry = opcode::AsyncCancel::new(u64::from(index))
+                        .build()
+                        .user_data(CANCEL);
+                    if let Err(error) = self.queue(entry) {
+                        debug!(%error, "cannot queue a cancel");
+                    }
+                }
+            }
+            Slot::Done { flags, owned, .. } => {
+                self.release(flags, owned);
+                self.free.push(index);
+            }
+            Slot::Free => {}
+        }
+    }
+}
+
+impl Drop for Ring {
+    /// Only a thread that ends drops its ring (a test's): the kernel tears the ring down after
+    /// the descriptor closes, so a buffer a `send` still reads from is leaked, not freed.
+    fn drop(&mut self) {
+        let _ = self.uring.submitter().unregister_buf_ring(provided::GROUP);
+        for slot in self.slots.drain(..) {
+            if let Slot::Waiting { owned, .. } = slot {
+                std::mem::forget(owned);
+            }
+        }
+    }
+}

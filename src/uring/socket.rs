@@ -1,0 +1,370 @@
+//! [`Socket`]: a TCP connection whose reads and writes go through the thread's ring when it
+//! has one, and through tokio when it has not (another platform, another runtime, a kernel
+//! without io_uring, or every provided buffer held). The socket stays registered with tokio
+//! throughout, so either way works at any moment, one read or write at a time.
+//!
+//! A read submits a `recv` and waits for its completion, which names the provided buffer the
+//! kernel filled; the reader copies out of it and gives it back. A write copies the bytes into
+//! a send buffer of the ring's, submits the `send` and returns at once (the kernel sends it at
+//! the thread's next park, in the same `io_uring_enter` as everyone else's). At most one
+//! `send` is in flight: a write that finds one submits the queue at once and waits only if
+//! the kernel could not take it (the socket's buffer is full), as a TCP socket's write
+//! would; errors are reported by the call after the `send`. A flush does not wait (see
+//! `poll_flush`); a shutdown does.
+//!
+//! A socket dropped with an operation queued hands the queue to the kernel before its
+//! descriptor closes: a queued entry names a descriptor number, which a socket accepted after
+//! the close could reuse.
+
+use std::io;
+use std::os::fd::AsRawFd;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+
+use super::ring::{self, Completion};
+use super::thread::{self, with_ring};
+use super::tokio_io::{poll_peeked, poll_read_by, read_direct};
+
+/// The most one `send` takes from one write (an offset into it fits in a `u16`).
+const MAX_SEND: usize = u16::MAX as usize;
+
+/// A TCP connection doing its I/O through io_uring where it can (see the module's doc).
+#[derive(Debug)]
+pub struct Socket {
+    // Dropped first: queued operations reach the kernel while the descriptor is still this one.
+    ops: Ops,
+    tcp: TcpStream,
+}
+
+/// 16 bytes: a client's login future and idle session hold one (src/frontend's size test).
+#[derive(Debug, Default)]
+struct Ops {
+    read: Reading,
+    write: Writing,
+}
+
+#[derive(Debug, Default)]
+enum Reading {
+    /// Nothing in flight: the next read submits a `recv` (or reads through tokio).
+    #[default]
+    Idle,
+    InFlight(u32),
+    /// Provided buffer `id`, its bytes `at..end` not read yet (a buffer is 16 KiB).
+    Holding {
+        id: u16,
+        at: u16,
+        end: u16,
+    },
+    /// The peer closed its side: every read answers 0.
+    Ended,
+    /// The `recv` failed with this errno, reported by the next read.
+    Failed(i32),
+    /// Every provided buffer was held: this read goes through tokio.
+    Direct,
+}
+
+#[derive(Debug, Default)]
+enum Writing {
+    #[default]
+    Idle,
+    /// A `send` of the slot's buffer (at most [`MAX_SEND`] bytes) from `offset`.
+    InFlight { slot: u32, offset: u16 },
+    /// The `send` failed with this errno, reported by the next write or flush.
+    Failed(i32),
+}
+
+impl Socket {
+    pub fn new(tcp: TcpStream) -> Self {
+        Socket {
+            ops: Ops::default(),
+            tcp,
+        }
+    }
+
+    /// The TCP stream (socket options, addresses, a peek before the first read).
+    pub fn tcp(&self) -> &TcpStream {
+        &self.tcp
+    }
+
+    /// The TCP stream back, for a TLS handshake, once what was written has gone (the 'S'
+    /// answering an SSLRequest); refused when bytes were read ahead or are in flight (a
+    /// client's bytes sent before its TLS handshake must not be trusted).
+    pub async fn into_tcp(mut self) -> io::Result<TcpStream> {
+        std::future::poll_fn(|cx| self.poll_sent(cx)).await?;
+        let Socket { ops, tcp } = self;
+        if matches!(ops.read, Reading::Idle | Reading::Direct) && matches!(ops.write, Writing::Idle)
+        {
+            return Ok(tcp);
+        }
+        Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "bytes arrived before the TLS handshake",
+        ))
+    }
+
+    /// Ready when a read will find something: bytes, the peer's close, or an error. On a ring
+    /// this is a `recv` in flight (no buffer held while it waits); otherwise tokio's
+    /// readiness, which may be left over from an earlier read (a `try_read` clears it).
+    pub fn poll_read_ready(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        loop {
+            match self.ops.read {
+                Reading::Holding { .. } | Reading::Ended | Reading::Failed(_) => {
+                    return Poll::Ready(Ok(()));
+                }
+                Reading::Direct => return self.tcp.poll_read_ready(cx),
+                Reading::InFlight(slot) => match with_ring(|ring| ring.poll(slot, cx.waker())) {
+                    Some(Poll::Pending) => return Poll::Pending,
+                    Some(Poll::Ready(done)) => self.ops.read = received(done),
+                    None => self.ops.read = Reading::Failed(libc::EBADF),
+                },
+                Reading::Idle => {
+                    let fd = self.tcp.as_raw_fd();
+                    match with_ring(|ring| ring.recv(fd)) {
+                        Some(Ok(slot)) => self.ops.read = Reading::InFlight(slot),
+                        Some(Err(error)) => return Poll::Ready(Err(error)),
+                        None => return self.tcp.poll_read_ready(cx),
+                    }
+                }
+            }
+        }
+    }
+
+    /// Reads what is there without waiting; `WouldBlock` when nothing is (then
+    /// [`Socket::poll_read_ready`] waits).
+    pub fn try_read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self.ops.read {
+            Reading::Holding { id, at, end } => {
+                self.copy_out(id, usize::from(at), usize::from(end), buf)
+            }
+            Reading::Ended => Ok(0),
+            Reading::Failed(errno) => {
+                self.ops.read = Reading::Idle;
+                Err(io::Error::from_raw_os_error(errno))
+            }
+            Reading::Direct => {
+                let read = read_direct(&self.tcp, buf);
+                if !matches!(&read, Err(error) if error.kind() == io::ErrorKind::WouldBlock) {
+                    self.ops.read = Reading::Idle;
+                }
+                read
+            }
+            Reading::InFlight(_) => Err(io::ErrorKind::WouldBlock.into()),
+            Reading::Idle if with_ring(|_| ()).is_some() => Err(io::ErrorKind::WouldBlock.into()),
+            Reading::Idle => read_direct(&self.tcp, buf),
+        }
+    }
+
+    fn copy_out(&mut self, id: u16, at: usize, end: usize, buf: &mut [u8]) -> io::Result<usize> {
+        let copied = with_ring(|ring| {
+            let bytes = ring.provided.bytes(id, end);
+            let n = buf.len().min(end - at);
+            buf[..n].copy_from_slice(&bytes[at..at + n]);
+            if at + n == end {
+                ring.provided.give_back(id);
+            }
+            n
+        });
+        let Some(n) = copied else {
+            self.ops.read = Reading::Idle;
+            return Err(io::Error::other("io_uring buffer read off its thread"));
+        };
+        self.ops.read = match (u16::try_from(at + n), u16::try_from(end)) {
+            (Ok(at), Ok(end)) if at < end => Reading::Holding { id, at, end },
+            _ => Reading::Idle,
+        };
+        Ok(n)
+    }
+
+    /// Ready when the peer sent something or closed; holds no buffer while it waits. Without a
+    /// ring, tokio's readiness confirmed by a one-byte peek (tokio keeps a socket marked
+    /// readable after a read that did not drain it).
+    pub fn poll_readable(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if !matches!(self.ops.read, Reading::Direct) && with_ring(|_| ()).is_some() {
+            return self.poll_read_ready(cx);
+        }
+        poll_peeked(&self.tcp, cx)
+    }
+
+    /// Ready when the `send` in flight (if any) has finished: its error, if it failed.
+    fn poll_sent(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        loop {
+            match self.ops.write {
+                Writing::Idle => return Poll::Ready(Ok(())),
+                Writing::Failed(errno) => {
+                    self.ops.write = Writing::Idle;
+                    return Poll::Ready(Err(io::Error::from_raw_os_error(errno)));
+                }
+                Writing::InFlight { slot, offset } => {
+                    match with_ring(|ring| ring.poll(slot, cx.waker())) {
+                        Some(Poll::Pending) => return Poll::Pending,
+                        Some(Poll::Ready(done)) => {
+                            self.ops.write = self.sent(done, offset as usize);
+                        }
+                        None => self.ops.write = Writing::Failed(libc::EBADF),
+                    }
+                }
+            }
+        }
+    }
+
+    /// What a finished `send` leaves: done, the rest submitted, or its error.
+    fn sent(&mut self, done: Completion, offset: usize) -> Writing {
+        let fd = self.tcp.as_raw_fd();
+        let next = with_ring(|ring| {
+            let offset = offset + usize::try_from(done.result).unwrap_or(0);
+            if done.result <= 0 || offset >= done.owned.len() {
+                let state = match done.result {
+                    errno if errno < 0 => Writing::Failed(-errno),
+                    0 if !done.owned.is_empty() => Writing::Failed(libc::EPIPE),
+                    _ => Writing::Idle,
+                };
+                ring.recycle(done.owned);
+                return state;
+            }
+            match ring.send(fd, done.owned, offset) {
+                Ok(slot) => Writing::InFlight {
+                    slot,
+                    offset: u16::try_from(offset).unwrap_or(u16::MAX),
+                },
+                Err(error) => Writing::Failed(error.raw_os_error().unwrap_or(libc::EIO)),
+            }
+        });
+        next.unwrap_or(Writing::Failed(libc::EBADF))
+    }
+
+    /// Submits a `send` of the slices' first bytes (up to [`MAX_SEND`]); how many it took, or
+    /// `None` off a ring.
+    fn submit_send(&mut self, slices: &[io::IoSlice<'_>]) -> Option<io::Result<usize>> {
+        let fd = self.tcp.as_raw_fd();
+        let submitted = with_ring(|ring| {
+            let mut owned = ring.send_buffer();
+            for slice in slices {
+                let room = MAX_SEND - owned.len();
+                owned.extend_from_slice(&slice[..slice.len().min(room)]);
+                if owned.len() == MAX_SEND {
+                    break;
+                }
+            }
+            let taken = owned.len();
+            ring.send(fd, owned, 0).map(|slot| (slot, taken))
+        })?;
+        Some(submitted.map(|(slot, taken)| {
+            self.ops.write = Writing::InFlight { slot, offset: 0 };
+            taken
+        }))
+    }
+}
+
+/// The reading state a finished `recv` leaves.
+fn received(done: Completion) -> Reading {
+    let buffer = ring::buffer_of(done.flags);
+    match (done.result, buffer) {
+        (length, Some(id)) if length > 0 => Reading::Holding {
+            id,
+            at: 0,
+            end: u16::try_from(length).unwrap_or(u16::MAX),
+        },
+        (result, buffer) => {
+            if let Some(id) = buffer {
+                with_ring(|ring| ring.provided.give_back(id));
+            }
+            match result {
+                0 => Reading::Ended,
+                errno if -errno == libc::ENOBUFS => Reading::Direct,
+                errno if errno < 0 => Reading::Failed(-errno),
+                _ => Reading::Failed(libc::EIO),
+            }
+        }
+    }
+}
+
+impl Drop for Ops {
+    fn drop(&mut self) {
+        let read = std::mem::take(&mut self.read);
+        let write = std::mem::take(&mut self.write);
+        with_ring(|ring| {
+            let mut queued = false;
+            match read {
+                Reading::InFlight(slot) => {
+                    ring.abandon(slot, true);
+                    queued = true;
+                }
+                Reading::Holding { id, .. } => ring.provided.give_back(id),
+                _ => {}
+            }
+            if let Writing::InFlight { slot, .. } = write {
+                ring.abandon(slot, false);
+                queued = true;
+            }
+            if queued {
+                ring.flush();
+            }
+        });
+    }
+}
+
+impl AsyncRead for Socket {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        poll_read_by(this, cx, buf, Socket::poll_read_ready, Socket::try_read)
+    }
+}
+
+impl AsyncWrite for Socket {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        self.poll_write_vectored(cx, &[io::IoSlice::new(buf)])
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        if this.poll_sent(cx).is_pending() {
+            // Most likely queued, not refused: submit it now rather than hold this write
+            // (a caller may leave bytes in a TLS buffer when its write waits).
+            thread::submit_now();
+        }
+        std::task::ready!(this.poll_sent(cx))?;
+        if bufs.iter().all(|slice| slice.is_empty()) {
+            return Poll::Ready(Ok(0));
+        }
+        match this.submit_send(bufs) {
+            Some(submitted) => Poll::Ready(submitted),
+            None => Pin::new(&mut this.tcp).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        true
+    }
+
+    /// Ready once the bytes are queued for the kernel, as a TCP socket's flush is once they
+    /// are in its buffer: a caller that acts after a flush (a transaction-mode period ends at
+    /// the ReadyForQuery it flushed) must not be held until the `send` completes, when the
+    /// client may already have answered. A failed `send` is reported here or by the next call.
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut().poll_sent(cx) {
+            Poll::Pending => Poll::Ready(Ok(())),
+            done => done,
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        std::task::ready!(this.poll_sent(cx))?;
+        Pin::new(&mut this.tcp).poll_shutdown(cx)
+    }
+}

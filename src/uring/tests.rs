@@ -1,0 +1,307 @@
+//! The ring's sockets over real loopback TCP, on a ring that submits at once (as in a test's
+//! runtime) and on one that batches its submissions until the thread parks (as `main` builds).
+
+use std::future::Future;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::time::timeout;
+
+use super::thread::with_ring;
+use super::{Socket, install, spawn_reaper, submit_before_park};
+
+const BOUND: Duration = Duration::from_secs(10);
+
+/// Runs `test` on a thread of its own with a ring, `batched` as `main` sets it up or not.
+fn on_ring<F, Fut>(batched: bool, test: F)
+where
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: Future<Output = ()>,
+{
+    let thread = std::thread::spawn(move || {
+        assert!(
+            install(batched),
+            "io_uring is available on the test machine"
+        );
+        let mut builder = tokio::runtime::Builder::new_current_thread();
+        if batched {
+            builder.on_thread_park(submit_before_park);
+        }
+        let runtime = builder.enable_all().build().expect("runtime");
+        runtime.block_on(async move {
+            spawn_reaper();
+            test().await;
+        });
+    });
+    if let Err(panic) = thread.join() {
+        std::panic::resume_unwind(panic);
+    }
+}
+
+/// A connected pair: ours through the ring, the peer's plain tokio.
+async fn pair() -> (Socket, TcpStream) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let peer = TcpStream::connect(listener.local_addr().expect("addr"))
+        .await
+        .expect("connect");
+    let (ours, _) = listener.accept().await.expect("accept");
+    (Socket::new(ours), peer)
+}
+
+fn uses_ring(_socket: &Socket) -> bool {
+    with_ring(|_| ()).is_some()
+}
+
+async fn round_trips_and_a_megabyte_each_way() {
+    let (mut ours, mut peer) = pair().await;
+    assert!(uses_ring(&ours));
+    let mut buf = [0u8; 64];
+    for round in 0..100u8 {
+        peer.write_all(&[round; 10]).await.expect("peer write");
+        let n = timeout(BOUND, ours.read(&mut buf))
+            .await
+            .expect("bound")
+            .expect("read");
+        assert_eq!(&buf[..n], &[round; 10]);
+        ours.write_all(&[round; 20]).await.expect("write");
+        ours.flush().await.expect("flush");
+        let mut answer = [0u8; 20];
+        timeout(BOUND, peer.read_exact(&mut answer))
+            .await
+            .expect("bound")
+            .expect("peer read");
+        assert_eq!(answer, [round; 20]);
+    }
+    a_megabyte_each_way(ours, peer).await;
+}
+
+/// A megabyte each way at once: partial sends, partial copies out of a provided buffer; then
+/// the end of stream, every time it is read.
+async fn a_megabyte_each_way(mut ours: Socket, peer: TcpStream) {
+    let mut buf = [0u8; 64];
+    let data: Vec<u8> = (0..1_048_576u32).map(|i| (i % 251) as u8).collect();
+    let expected = data.clone();
+    let (mut peer_read, mut peer_write) = peer.into_split();
+    let sender = tokio::spawn(async move {
+        peer_write.write_all(&data).await.expect("peer sends");
+        peer_write
+    });
+    let receiver = tokio::spawn(async move {
+        let mut got = vec![0u8; 1_048_576];
+        peer_read.read_exact(&mut got).await.expect("peer receives");
+        got
+    });
+    let mut got = Vec::new();
+    let mut chunk = vec![0u8; 7000];
+    let mut sent = 0;
+    while got.len() < expected.len() || sent < expected.len() {
+        if sent < expected.len() {
+            let end = (sent + 5000).min(expected.len());
+            ours.write_all(&expected[sent..end]).await.expect("write");
+            sent = end;
+        }
+        if got.len() < expected.len() {
+            let n = timeout(BOUND, ours.read(&mut chunk))
+                .await
+                .expect("bound")
+                .expect("read");
+            assert!(n > 0, "no early end of stream");
+            got.extend_from_slice(&chunk[..n]);
+        }
+    }
+    ours.flush().await.expect("flush");
+    assert!(
+        got == expected,
+        "the bytes received are the bytes sent, in order"
+    );
+    let echoed = timeout(BOUND, receiver)
+        .await
+        .expect("bound")
+        .expect("join");
+    assert!(echoed == expected, "the peer got every byte, in order");
+    let mut peer_write = sender.await.expect("join");
+    peer_write.shutdown().await.expect("peer closes");
+    for _ in 0..3 {
+        let n = timeout(BOUND, ours.read(&mut buf))
+            .await
+            .expect("bound")
+            .expect("eof");
+        assert_eq!(n, 0, "end of stream, every time it is read");
+    }
+}
+
+#[test]
+fn round_trips_and_large_transfers_arrive_whole_and_in_order() {
+    on_ring(false, round_trips_and_a_megabyte_each_way);
+    on_ring(true, round_trips_and_a_megabyte_each_way);
+}
+
+async fn dropped_sockets_close() {
+    // A read waiting in the kernel when the socket goes: the peer sees the close.
+    let (mut ours, mut peer) = pair().await;
+    let waker = std::task::Waker::noop();
+    let mut cx = std::task::Context::from_waker(waker);
+    assert!(ours.poll_read_ready(&mut cx).is_pending(), "a recv waits");
+    tokio::task::yield_now().await;
+    drop(ours);
+    let mut buf = [0u8; 8];
+    let n = timeout(BOUND, peer.read(&mut buf))
+        .await
+        .expect("the close arrives")
+        .expect("read");
+    assert_eq!(n, 0);
+
+    // Bytes written and never flushed still arrive, then the close.
+    let (mut ours, mut peer) = pair().await;
+    ours.write_all(b"last words").await.expect("write");
+    drop(ours);
+    let mut got = Vec::new();
+    timeout(BOUND, peer.read_to_end(&mut got))
+        .await
+        .expect("bound")
+        .expect("read");
+    assert_eq!(got, b"last words");
+}
+
+#[test]
+fn a_dropped_socket_closes_and_delivers_what_it_wrote() {
+    on_ring(false, dropped_sockets_close);
+    on_ring(true, dropped_sockets_close);
+}
+
+async fn more_readers_than_buffers() {
+    // Each socket keeps one byte of its buffer unread: every provided buffer ends up held, and
+    // the sockets after that read through tokio.
+    let count = usize::from(super::provided::COUNT) + 8;
+    let mut pairs = Vec::new();
+    for index in 0..count {
+        let (ours, mut peer) = pair().await;
+        peer.write_all(&[index as u8, 0xAA])
+            .await
+            .expect("peer write");
+        pairs.push((ours, peer));
+    }
+    for (index, (ours, _)) in pairs.iter_mut().enumerate() {
+        let mut first = [0u8; 1];
+        timeout(BOUND, ours.read_exact(&mut first))
+            .await
+            .expect("bound")
+            .expect("read");
+        assert_eq!(first[0], index as u8);
+    }
+    for (ours, _) in &mut pairs {
+        let mut second = [0u8; 1];
+        timeout(BOUND, ours.read_exact(&mut second))
+            .await
+            .expect("bound")
+            .expect("read");
+        assert_eq!(second[0], 0xAA);
+    }
+    // Every buffer is back: a new socket reads through the ring again.
+    let (mut ours, mut peer) = pair().await;
+    peer.write_all(b"again").await.expect("peer write");
+    let mut buf = [0u8; 5];
+    timeout(BOUND, ours.read_exact(&mut buf))
+        .await
+        .expect("bound")
+        .expect("read");
+    assert_eq!(&buf, b"again");
+    assert!(uses_ring(&ours));
+}
+
+#[test]
+fn with_every_buffer_held_reads_go_through_tokio_and_lose_nothing() {
+    on_ring(false, more_readers_than_buffers);
+    on_ring(true, more_readers_than_buffers);
+}
+
+async fn read_ahead_refuses_tls() {
+    let (mut ours, mut peer) = pair().await;
+    peer.write_all(b"12345678plaintext-injected")
+        .await
+        .expect("peer write");
+    let mut request = [0u8; 8];
+    timeout(BOUND, ours.read_exact(&mut request))
+        .await
+        .expect("bound")
+        .expect("read");
+    assert!(
+        ours.into_tcp().await.is_err(),
+        "bytes read ahead refuse the handshake"
+    );
+
+    // An 'S' written just before the handshake is sent first, then the stream comes back.
+    let (mut ours, mut peer) = pair().await;
+    ours.write_all(b"S").await.expect("write");
+    assert!(
+        ours.into_tcp().await.is_ok(),
+        "nothing read: the stream comes back"
+    );
+    let mut answer = [0u8; 1];
+    timeout(BOUND, peer.read_exact(&mut answer))
+        .await
+        .expect("bound")
+        .expect("read");
+    assert_eq!(&answer, b"S");
+}
+
+#[test]
+fn bytes_read_ahead_of_a_tls_handshake_refuse_it() {
+    on_ring(true, read_ahead_refuses_tls);
+}
+
+#[tokio::test]
+async fn without_a_ring_the_socket_is_tokios() {
+    // A test's runtime thread without `spawn_reaper`: no ring, plain tokio I/O.
+    let (mut ours, mut peer) = pair().await;
+    assert!(!uses_ring(&ours));
+    peer.write_all(b"plain").await.expect("peer write");
+    let mut buf = [0u8; 5];
+    ours.read_exact(&mut buf).await.expect("read");
+    assert_eq!(&buf, b"plain");
+    ours.write_all(b"back").await.expect("write");
+    let mut back = [0u8; 4];
+    peer.read_exact(&mut back).await.expect("peer read");
+    assert_eq!(&back, b"back");
+}
+
+async fn a_parked_thread_wakes_for_a_completion() {
+    // The peer is a plain socket on another thread: nothing but the completion can wake this
+    // runtime's thread, which sleeps in epoll_wait meanwhile.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let address = listener.local_addr().expect("addr");
+    let peer = std::thread::spawn(move || {
+        use std::io::{Read, Write};
+        let (mut peer, _) = listener.accept().expect("accept");
+        for round in 0..5u8 {
+            std::thread::sleep(Duration::from_millis(50));
+            peer.write_all(&[round]).expect("peer write");
+            let mut echo = [0u8; 1];
+            peer.read_exact(&mut echo).expect("peer read");
+            assert_eq!(echo, [round]);
+        }
+    });
+    let mut ours = Socket::new(TcpStream::connect(address).await.expect("connect"));
+    for round in 0..5u8 {
+        let mut byte = [0u8; 1];
+        let started = std::time::Instant::now();
+        timeout(Duration::from_secs(2), ours.read_exact(&mut byte))
+            .await
+            .expect("woken by the completion, not by a timer")
+            .expect("read");
+        assert_eq!(byte, [round]);
+        assert!(started.elapsed() < Duration::from_secs(1));
+        ours.write_all(&byte).await.expect("write");
+        ours.flush().await.expect("flush");
+    }
+    tokio::task::spawn_blocking(move || peer.join().expect("peer thread"))
+        .await
+        .expect("join");
+}
+
+#[test]
+fn a_completion_wakes_a_thread_parked_in_epoll_wait() {
+    on_ring(false, a_parked_thread_wakes_for_a_completion);
+    on_ring(true, a_parked_thread_wakes_for_a_completion);
+}
