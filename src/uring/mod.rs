@@ -4,21 +4,24 @@
 //! tokio `TcpStream`, still registered with tokio, whose reads and writes are submissions on
 //! the thread's ring when it has one and plain tokio I/O when it has not.
 //!
-//! What it saves, measured (`examples/uring_floor.rs` against `examples/tokio_floor.rs`, TLS
-//! upstream, pgbench -S, 8 clients): 17.3 → 15.1 µs of forwarder CPU per simple transaction
-//! and 14.8 → 12.6 prepared (PgBouncer 19.6 and 18.5 in the same run). The submissions of
-//! every task that ran in one turn of the event loop go to the kernel in one `io_uring_enter`,
-//! made just before tokio parks the thread ([`submit_before_park`]); a `send` is done inline
-//! there, and a `recv` waits in the kernel, its completion read from shared memory. Data is
-//! received into buffers the kernel picks from a shared set when it arrives ("provided
-//! buffers"), so a client waiting between statements holds none.
+//! What it saves, measured (pgbench -S, 8 clients, the sidecar with `--socket-io epoll`
+//! against `io-uring`, docs/ARCHITECTURE.md): 12-17 % of the sidecar's CPU per transaction in
+//! both pool modes. The submissions of every task that ran in one turn of the event loop go
+//! to the kernel in one `io_uring_enter`, made just before tokio parks the thread
+//! ([`submit_before_park`]); a `send` is done inline there, and a `recv` waits in the kernel,
+//! its completion read from shared memory. Data is received into buffers the kernel picks
+//! from a shared set when it arrives ("provided buffers"), so a client waiting between
+//! statements holds none.
 //!
 //! Only the current-thread runtime (`--worker-threads 1`, the default) gets a ring: a task of
 //! tokio's work-stealing pool may be polled on any thread, and a ring belongs to one.
-//! `--socket-io epoll` turns it off; a kernel or sandbox that refuses io_uring (older than 5.19, Docker's
-//! default seccomp profile, gVisor) falls back to tokio's I/O; the start-up line says which
-//! (`io=`).
+//! `--socket-io epoll` turns it off; a kernel or sandbox that refuses io_uring (older than
+//! 6.1, `kernel.io_uring_disabled`, the default seccomp profiles of Docker 25+ and containerd,
+//! gVisor) falls back to tokio's I/O; the start-up line says which (`io=`). A `Socket` must be
+//! polled on the thread whose ring it used (always so with one runtime thread).
 
+#[cfg(target_os = "linux")]
+mod ops;
 #[cfg(target_os = "linux")]
 mod provided;
 #[cfg(target_os = "linux")]

@@ -31,7 +31,7 @@ impl Ring {
         Err(io::ErrorKind::Unsupported.into())
     }
 
-    pub fn send(&mut self, _fd: RawFd, _owned: Vec<u8>, _offset: usize) -> io::Result<u32> {
+    pub fn send(&mut self, _fd: RawFd, _owned: Vec<u8>) -> io::Result<u32> {
         Err(io::ErrorKind::Unsupported.into())
     }
 
@@ -41,7 +41,15 @@ impl Ring {
 
     pub fn abandon(&mut self, _index: u32, _cancel: bool) {}
 
-    pub fn flush(&mut self) {}
+    pub fn flush(&mut self) -> bool {
+        true
+    }
+
+    pub fn is_waiting(&self, _index: u32) -> bool {
+        false
+    }
+
+    pub fn cancel(&mut self, _index: u32) {}
 
     pub fn recycle(&mut self, _owned: Vec<u8>) {}
 

@@ -1,8 +1,10 @@
 //! The ring of one thread and its operations. An operation is a slot: pushed with the buffer it
 //! owns (a `send`'s bytes) and the waker of the task awaiting it, completed when its entry
 //! comes back from the completion queue. A socket dropped with an operation in flight
-//! abandons the slot: a `recv` is cancelled, a `send` runs to its end (as the kernel sends what
-//! a closed socket had queued), and the slot's buffers are freed when the completion comes.
+//! abandons the slot: a `recv` is cancelled, a `send` gets the one enter that follows to finish
+//! (a socket with room takes it at once) and is cancelled if it has not, so a peer that stops
+//! reading cannot hold the connection open; the slot's buffers are freed when the completion
+//! comes.
 //!
 //! Submissions wait in the queue until the thread's park hook (`thread.rs`) hands them all to
 //! the kernel in one `io_uring_enter`, or go at once when the thread has no such hook (a
@@ -10,7 +12,7 @@
 
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::task::{Poll, Waker};
+use std::task::Waker;
 
 use io_uring::{IoUring, cqueue, opcode, squeue, types};
 use tracing::debug;
@@ -23,7 +25,7 @@ const ENTRIES: u32 = 1024;
 /// delay a busy thread (one that never parks) puts on them.
 const SUBMIT_EARLY: usize = 64;
 /// The user data of a cancellation's own completion, which nobody awaits.
-const CANCEL: u64 = u64::MAX;
+pub(super) const CANCEL: u64 = u64::MAX;
 /// `IORING_ENTER_GETEVENTS` (the crate keeps its `sys` module private).
 const ENTER_GETEVENTS: u32 = 1;
 /// Send buffers kept for reuse, at most, and the largest kept.
@@ -36,8 +38,8 @@ pub struct Ring {
     /// Signalled by the kernel when a completion waits to be run (see `new`).
     pub(super) wake: OwnedFd,
     pub provided: Provided,
-    slots: Vec<Slot>,
-    free: Vec<u32>,
+    pub(super) slots: Vec<Slot>,
+    pub(super) free: Vec<u32>,
     sends: Vec<Vec<u8>>,
     batched: bool,
     /// A reaper task runs for this ring (src/uring/thread.rs).
@@ -47,12 +49,16 @@ pub struct Ring {
     pub(super) wakers: Vec<Waker>,
 }
 
-enum Slot {
+pub(super) enum Slot {
     Free,
     Waiting {
         waker: Option<Waker>,
         owned: Vec<u8>,
         abandoned: bool,
+        /// A `send`: its socket and how much of `owned` went in earlier completions (the
+        /// ring sends the rest itself, as a socket buffer would, whether or not its writer
+        /// polls again: a flush does not wait for it).
+        sending: Option<Sending>,
     },
     Done {
         result: i32,
@@ -61,12 +67,25 @@ enum Slot {
     },
 }
 
+#[derive(Clone, Copy)]
+pub(super) struct Sending {
+    fd: RawFd,
+    sent: usize,
+}
+
 /// A completed operation: the kernel's result (bytes, or a negated errno), its flags (the
 /// provided buffer it filled) and the buffer the operation owned.
 pub struct Completion {
     pub result: i32,
     pub flags: u32,
     pub owned: Vec<u8>,
+}
+
+/// A `send` of `bytes` on `fd` (owned by its slot until it completes).
+fn send_entry(fd: RawFd, bytes: &[u8]) -> squeue::Entry {
+    opcode::Send::new(types::Fd(fd), bytes.as_ptr(), bytes.len() as u32)
+        .flags(libc::MSG_NOSIGNAL)
+        .build()
 }
 
 /// The provided buffer a completed `recv` filled.
@@ -111,7 +130,12 @@ impl Ring {
     }
 
     /// Queues `entry`, which may use `owned` until it completes; its slot.
-    fn push(&mut self, entry: squeue::Entry, owned: Vec<u8>) -> io::Result<u32> {
+    fn push(
+        &mut self,
+        entry: squeue::Entry,
+        owned: Vec<u8>,
+        sending: Option<Sending>,
+    ) -> io::Result<u32> {
         let index = match self.free.pop() {
             Some(index) => index,
             None => {
@@ -123,8 +147,13 @@ impl Ring {
             waker: None,
             owned,
             abandoned: false,
+            sending,
         };
-        self.queue(entry.user_data(u64::from(index)))?;
+        if let Err(error) = self.queue(entry.user_data(u64::from(index))) {
+            self.slots[index as usize] = Slot::Free;
+            self.free.push(index);
+            return Err(error);
+        }
         Ok(index)
     }
 
@@ -134,19 +163,18 @@ impl Ring {
             .buf_group(provided::GROUP)
             .build()
             .flags(squeue::Flags::BUFFER_SELECT);
-        self.push(entry, Vec::new())
+        self.push(entry, Vec::new(), None)
     }
 
-    /// A `send` on `fd` of `owned[offset..]`, which the operation owns until it completes.
-    pub fn send(&mut self, fd: RawFd, owned: Vec<u8>, offset: usize) -> io::Result<u32> {
-        let rest = owned.get(offset..).unwrap_or_default();
-        let entry = opcode::Send::new(types::Fd(fd), rest.as_ptr(), rest.len() as u32)
-            .flags(libc::MSG_NOSIGNAL)
-            .build();
-        self.push(entry, owned)
+    /// A `send` on `fd` of all of `owned`, which the operation owns until it completes: a
+    /// partial send is followed by the rest, and the completion comes when all went or one
+    /// failed.
+    pub fn send(&mut self, fd: RawFd, owned: Vec<u8>) -> io::Result<u32> {
+        let entry = send_entry(fd, &owned);
+        self.push(entry, owned, Some(Sending { fd, sent: 0 }))
     }
 
-    fn queue(&mut self, entry: squeue::Entry) -> io::Result<()> {
+    pub(super) fn queue(&mut self, entry: squeue::Entry) -> io::Result<()> {
         // SAFETY: what the entry points at is owned by its slot (a send's bytes), by the
         // provided buffers, or is nothing (a cancel), all alive until its completion.
         while unsafe { self.uring.submission().push(&entry) }.is_err() {
@@ -159,10 +187,17 @@ impl Ring {
     }
 
     /// Hands what is queued to the kernel now (a socket about to close its descriptor).
-    pub fn flush(&mut self) {
-        if !self.uring.submission().is_empty() {
+    /// Whether the queue is empty after it; a failed enter (no room in the completion queue)
+    /// is retried after reaping.
+    pub fn flush(&mut self) -> bool {
+        for _ in 0..4 {
+            if self.uring.submission().is_empty() {
+                return true;
+            }
             self.enter();
+            self.reap();
         }
+        self.uring.submission().is_empty()
     }
 
     /// Submits what is queued and runs completions waiting as task work.
@@ -201,29 +236,70 @@ impl Ring {
         let Some(slot) = self.slots.get_mut(index) else {
             return;
         };
-        match std::mem::replace(slot, Slot::Free) {
+        let (waker, owned, abandoned, sending) = match std::mem::replace(slot, Slot::Free) {
             Slot::Waiting {
-                abandoned: true,
+                waker,
                 owned,
-                ..
-            } => {
-                self.release(flags, owned);
-                self.free.push(index as u32);
+                abandoned,
+                sending,
+            } => (waker, owned, abandoned, sending),
+            other => {
+                *slot = other;
+                return;
             }
-            Slot::Waiting { waker, owned, .. } => {
-                *slot = Slot::Done {
-                    result,
-                    flags,
+        };
+        let mut result = result;
+        if let Some(mut rest) = sending.filter(|_| result > 0) {
+            rest.sent += result as usize;
+            if rest.sent < owned.len() {
+                let entry = send_entry(rest.fd, &owned[rest.sent..]).user_data(index as u64);
+                self.slots[index] = Slot::Waiting {
+                    waker,
                     owned,
+                    abandoned,
+                    sending: Some(rest),
                 };
-                self.wakers.extend(waker);
+                let Err(error) = self.queue(entry) else {
+                    return;
+                };
+                let Slot::Waiting { waker, owned, .. } =
+                    std::mem::replace(&mut self.slots[index], Slot::Free)
+                else {
+                    return;
+                };
+                result = -error.raw_os_error().unwrap_or(libc::EIO);
+                return self.finish(index, waker, owned, abandoned, result, flags);
             }
-            other => *slot = other,
         }
+        self.finish(index, waker, owned, abandoned, result, flags);
+    }
+
+    /// Puts a finished operation's result in its slot and its waker in `self.wakers` (or
+    /// frees what an abandoned one held).
+    fn finish(
+        &mut self,
+        index: usize,
+        waker: Option<Waker>,
+        owned: Vec<u8>,
+        abandoned: bool,
+        result: i32,
+        flags: u32,
+    ) {
+        if abandoned {
+            self.release(flags, owned);
+            self.free.push(index as u32);
+            return;
+        }
+        self.slots[index] = Slot::Done {
+            result,
+            flags,
+            owned,
+        };
+        self.wakers.extend(waker);
     }
 
     /// Gives back what a finished operation held: its provided buffer, its send buffer.
-    fn release(&mut self, flags: u32, owned: Vec<u8>) {
+    pub(super) fn release(&mut self, flags: u32, owned: Vec<u8>) {
         if let Some(id) = cqueue::buffer_select(flags) {
             self.provided.give_back(id);
         }
@@ -244,76 +320,6 @@ impl Ring {
     /// An empty send buffer.
     pub fn send_buffer(&mut self) -> Vec<u8> {
         self.sends.pop().unwrap_or_default()
-    }
-
-    /// The operation's completion, or `Pending` with `waker` kept to be woken by it.
-    pub fn poll(&mut self, index: u32, waker: &Waker) -> Poll<Completion> {
-        let Some(slot) = self.slots.get_mut(index as usize) else {
-            return Poll::Ready(Completion {
-                result: -libc::EBADF,
-                flags: 0,
-                owned: Vec::new(),
-            });
-        };
-        match slot {
-            Slot::Waiting { waker: kept, .. } => {
-                if !kept.as_ref().is_some_and(|kept| kept.will_wake(waker)) {
-                    *kept = Some(waker.clone());
-                }
-                Poll::Pending
-            }
-            Slot::Done { .. } => {
-                let Slot::Done {
-                    result,
-                    flags,
-                    owned,
-                } = std::mem::replace(slot, Slot::Free)
-                else {
-                    return Poll::Pending;
-                };
-                self.free.push(index);
-                Poll::Ready(Completion {
-                    result,
-                    flags,
-                    owned,
-                })
-            }
-            Slot::Free => Poll::Ready(Completion {
-                result: -libc::EBADF,
-                flags: 0,
-                owned: Vec::new(),
-            }),
-        }
-    }
-
-    /// The owner of operation `index` is gone: what it holds is given back once it completes;
-    /// `cancel` asks the kernel to end it now (a `recv` that would wait forever).
-    pub fn abandon(&mut self, index: u32, cancel: bool) {
-        let Some(slot) = self.slots.get_mut(index as usize) else {
-            return;
-        };
-        match std::mem::replace(slot, Slot::Free) {
-            Slot::Waiting { owned, .. } => {
-                *slot = Slot::Waiting {
-                    waker: None,
-                    owned,
-                    abandoned: true,
-                };
-                if cancel {
-                    let entry = opcode::AsyncCancel::new(u64::from(index))
-                        .build()
-                        .user_data(CANCEL);
-                    if let Err(error) = self.queue(entry) {
-                        debug!(%error, "cannot queue a cancel");
-                    }
-                }
-            }
-            Slot::Done { flags, owned, .. } => {
-                self.release(flags, owned);
-                self.free.push(index);
-            }
-            Slot::Free => {}
-        }
     }
 }
 

@@ -14,9 +14,10 @@
 //!
 //! A socket dropped with an operation queued hands the queue to the kernel before its
 //! descriptor closes: a queued entry names a descriptor number, which a socket accepted after
-//! the close could reuse.
+//! the close could reuse (where that cannot be done, the descriptor is kept open).
 
 use std::io;
+use std::mem::ManuallyDrop;
 use std::os::fd::AsRawFd;
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -28,15 +29,15 @@ use super::ring::{self, Completion};
 use super::thread::{self, with_ring};
 use super::tokio_io::{poll_peeked, poll_read_by, read_direct};
 
-/// The most one `send` takes from one write (an offset into it fits in a `u16`).
-const MAX_SEND: usize = u16::MAX as usize;
+/// The most one `send` takes from one write.
+const MAX_SEND: usize = 64 * 1024;
 
 /// A TCP connection doing its I/O through io_uring where it can (see the module's doc).
 #[derive(Debug)]
 pub struct Socket {
-    // Dropped first: queued operations reach the kernel while the descriptor is still this one.
     ops: Ops,
-    tcp: TcpStream,
+    /// Closed in `Drop` only once no queued entry names its descriptor.
+    tcp: ManuallyDrop<TcpStream>,
 }
 
 /// 16 bytes: a client's login future and idle session hold one (src/frontend's size test).
@@ -70,8 +71,8 @@ enum Reading {
 enum Writing {
     #[default]
     Idle,
-    /// A `send` of the slot's buffer (at most [`MAX_SEND`] bytes) from `offset`.
-    InFlight { slot: u32, offset: u16 },
+    /// A `send` of the slot's buffer (at most [`MAX_SEND`] bytes).
+    InFlight(u32),
     /// The `send` failed with this errno, reported by the next write or flush.
     Failed(i32),
 }
@@ -80,7 +81,7 @@ impl Socket {
     pub fn new(tcp: TcpStream) -> Self {
         Socket {
             ops: Ops::default(),
-            tcp,
+            tcp: ManuallyDrop::new(tcp),
         }
     }
 
@@ -94,11 +95,15 @@ impl Socket {
     /// client's bytes sent before its TLS handshake must not be trusted).
     pub async fn into_tcp(mut self) -> io::Result<TcpStream> {
         std::future::poll_fn(|cx| self.poll_sent(cx)).await?;
-        let Socket { ops, tcp } = self;
-        if matches!(ops.read, Reading::Idle | Reading::Direct) && matches!(ops.write, Writing::Idle)
+        if matches!(self.ops.read, Reading::Idle | Reading::Direct)
+            && matches!(self.ops.write, Writing::Idle)
         {
-            return Ok(tcp);
+            // Nothing in flight or held: the operations' state is plain data.
+            let mut this = ManuallyDrop::new(self);
+            // SAFETY: `this` is never dropped, and its stream is taken once.
+            return Ok(unsafe { ManuallyDrop::take(&mut this.tcp) });
         }
+        // Dropped as a whole: what is in flight is released before the descriptor closes.
         Err(io::Error::new(
             io::ErrorKind::InvalidData,
             "bytes arrived before the TLS handshake",
@@ -197,42 +202,25 @@ impl Socket {
                     self.ops.write = Writing::Idle;
                     return Poll::Ready(Err(io::Error::from_raw_os_error(errno)));
                 }
-                Writing::InFlight { slot, offset } => {
-                    match with_ring(|ring| ring.poll(slot, cx.waker())) {
-                        Some(Poll::Pending) => return Poll::Pending,
-                        Some(Poll::Ready(done)) => {
-                            self.ops.write = self.sent(done, offset as usize);
-                        }
-                        None => self.ops.write = Writing::Failed(libc::EBADF),
-                    }
-                }
+                Writing::InFlight(slot) => match with_ring(|ring| ring.poll(slot, cx.waker())) {
+                    Some(Poll::Pending) => return Poll::Pending,
+                    Some(Poll::Ready(done)) => self.ops.write = Self::sent(done),
+                    None => self.ops.write = Writing::Failed(libc::EBADF),
+                },
             }
         }
     }
 
-    /// What a finished `send` leaves: done, the rest submitted, or its error.
-    fn sent(&mut self, done: Completion, offset: usize) -> Writing {
-        let fd = self.tcp.as_raw_fd();
-        let next = with_ring(|ring| {
-            let offset = offset + usize::try_from(done.result).unwrap_or(0);
-            if done.result <= 0 || offset >= done.owned.len() {
-                let state = match done.result {
-                    errno if errno < 0 => Writing::Failed(-errno),
-                    0 if !done.owned.is_empty() => Writing::Failed(libc::EPIPE),
-                    _ => Writing::Idle,
-                };
-                ring.recycle(done.owned);
-                return state;
-            }
-            match ring.send(fd, done.owned, offset) {
-                Ok(slot) => Writing::InFlight {
-                    slot,
-                    offset: u16::try_from(offset).unwrap_or(u16::MAX),
-                },
-                Err(error) => Writing::Failed(error.raw_os_error().unwrap_or(libc::EIO)),
-            }
-        });
-        next.unwrap_or(Writing::Failed(libc::EBADF))
+    /// What a finished `send` leaves: done (all of it went; the ring sent what a partial
+    /// send left), or its error.
+    fn sent(done: Completion) -> Writing {
+        let state = match done.result {
+            errno if errno < 0 => Writing::Failed(-errno),
+            0 if !done.owned.is_empty() => Writing::Failed(libc::EPIPE),
+            _ => Writing::Idle,
+        };
+        with_ring(|ring| ring.recycle(done.owned));
+        state
     }
 
     /// Submits a `send` of the slices' first bytes (up to [`MAX_SEND`]); how many it took, or
@@ -249,10 +237,10 @@ impl Socket {
                 }
             }
             let taken = owned.len();
-            ring.send(fd, owned, 0).map(|slot| (slot, taken))
+            ring.send(fd, owned).map(|slot| (slot, taken))
         })?;
         Some(submitted.map(|(slot, taken)| {
-            self.ops.write = Writing::InFlight { slot, offset: 0 };
+            self.ops.write = Writing::InFlight(slot);
             taken
         }))
     }
@@ -281,28 +269,47 @@ fn received(done: Completion) -> Reading {
     }
 }
 
-impl Drop for Ops {
-    fn drop(&mut self) {
+impl Ops {
+    /// Gives back what the socket holds in the ring; whether its descriptor may close now (no
+    /// queued entry names it). A `send` in flight gets the flush to finish and is cancelled if
+    /// it has not (a peer that stopped reading).
+    fn release(&mut self) -> bool {
         let read = std::mem::take(&mut self.read);
         let write = std::mem::take(&mut self.write);
-        with_ring(|ring| {
-            let mut queued = false;
+        let in_flight =
+            matches!(read, Reading::InFlight(_)) || matches!(write, Writing::InFlight(_));
+        let released = with_ring(|ring| {
             match read {
-                Reading::InFlight(slot) => {
-                    ring.abandon(slot, true);
-                    queued = true;
-                }
+                Reading::InFlight(slot) => ring.abandon(slot, true),
                 Reading::Holding { id, .. } => ring.provided.give_back(id),
                 _ => {}
             }
-            if let Writing::InFlight { slot, .. } = write {
-                ring.abandon(slot, false);
-                queued = true;
+            let Writing::InFlight(slot) = write else {
+                return ring.flush();
+            };
+            ring.abandon(slot, false);
+            let flushed = ring.flush();
+            if ring.is_waiting(slot) {
+                ring.cancel(slot);
+                return ring.flush();
             }
-            if queued {
-                ring.flush();
-            }
+            flushed
         });
+        released.unwrap_or(!in_flight)
+    }
+}
+
+impl Drop for Socket {
+    fn drop(&mut self) {
+        let released = self.ops.release();
+        // SAFETY: the stream is taken once, here, and not used after.
+        let tcp = unsafe { ManuallyDrop::take(&mut self.tcp) };
+        if !released {
+            // An entry naming this descriptor may still be queued: closing it would let a
+            // socket accepted next get the number and that entry. Rare (a failed enter, a
+            // socket dropped off its ring's thread); the descriptor is kept instead.
+            std::mem::forget(tcp);
+        }
     }
 }
 
@@ -332,10 +339,12 @@ impl AsyncWrite for Socket {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
-        if this.poll_sent(cx).is_pending() {
+        match this.poll_sent(cx) {
             // Most likely queued, not refused: submit it now rather than hold this write
             // (a caller may leave bytes in a TLS buffer when its write waits).
-            thread::submit_now();
+            Poll::Pending => thread::submit_now(),
+            Poll::Ready(Err(error)) => return Poll::Ready(Err(error)),
+            Poll::Ready(Ok(())) => {}
         }
         std::task::ready!(this.poll_sent(cx))?;
         if bufs.iter().all(|slice| slice.is_empty()) {
@@ -343,7 +352,7 @@ impl AsyncWrite for Socket {
         }
         match this.submit_send(bufs) {
             Some(submitted) => Poll::Ready(submitted),
-            None => Pin::new(&mut this.tcp).poll_write_vectored(cx, bufs),
+            None => Pin::new(&mut *this.tcp).poll_write_vectored(cx, bufs),
         }
     }
 
@@ -365,6 +374,6 @@ impl AsyncWrite for Socket {
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         std::task::ready!(this.poll_sent(cx))?;
-        Pin::new(&mut this.tcp).poll_shutdown(cx)
+        Pin::new(&mut *this.tcp).poll_shutdown(cx)
     }
 }

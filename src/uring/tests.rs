@@ -305,3 +305,85 @@ fn a_completion_wakes_a_thread_parked_in_epoll_wait() {
     on_ring(false, a_parked_thread_wakes_for_a_completion);
     on_ring(true, a_parked_thread_wakes_for_a_completion);
 }
+
+async fn a_stalled_send_does_not_hold_the_connection() {
+    // The peer stops reading: our writes fill both socket buffers and a `send` stays in flight.
+    let (mut ours, mut peer) = pair().await;
+    let block = vec![7u8; 64 * 1024];
+    let filling = timeout(Duration::from_millis(500), async {
+        loop {
+            ours.write_all(&block).await.expect("write");
+        }
+    });
+    assert!(
+        filling.await.is_err(),
+        "the writes end up waiting for the peer"
+    );
+    drop(ours);
+    // Dropped with that send in flight: it is cancelled and the connection closes.
+    let mut sink = Vec::new();
+    let ended = timeout(BOUND, peer.read_to_end(&mut sink)).await;
+    assert!(
+        ended.is_ok(),
+        "the peer sees the close after {} bytes",
+        sink.len()
+    );
+}
+
+#[test]
+fn a_socket_dropped_with_a_stalled_send_closes() {
+    on_ring(false, a_stalled_send_does_not_hold_the_connection);
+    on_ring(true, a_stalled_send_does_not_hold_the_connection);
+}
+
+async fn a_failed_send_is_reported() {
+    let (mut ours, peer) = pair().await;
+    drop(peer);
+    let mut failed = None;
+    for _ in 0..200 {
+        if let Err(error) = ours.write_all(b"into a closed connection").await {
+            failed = Some(error);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert!(
+        failed.is_some(),
+        "a write after the peer's reset fails, as on a TcpStream"
+    );
+}
+
+#[test]
+fn writes_to_a_closed_peer_fail() {
+    on_ring(false, a_failed_send_is_reported);
+    on_ring(true, a_failed_send_is_reported);
+}
+
+async fn a_partial_send_finishes_unpolled() {
+    // A small send buffer and a peer that reads late: the kernel takes part of the write, and
+    // the writer flushes (which does not wait) and never polls the socket again.
+    let (mut ours, mut peer) = pair().await;
+    socket2::SockRef::from(ours.tcp())
+        .set_send_buffer_size(4096)
+        .expect("SO_SNDBUF");
+    socket2::SockRef::from(&peer)
+        .set_recv_buffer_size(4096)
+        .expect("SO_RCVBUF");
+    let data: Vec<u8> = (0..60_000u32).map(|i| (i % 253) as u8).collect();
+    ours.write_all(&data).await.expect("write");
+    ours.flush().await.expect("flush");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut got = vec![0u8; data.len()];
+    timeout(BOUND, peer.read_exact(&mut got))
+        .await
+        .expect("the rest of a partial send arrives without another poll")
+        .expect("read");
+    assert!(got == data);
+    drop(ours);
+}
+
+#[test]
+fn the_rest_of_a_partial_send_goes_without_the_writer() {
+    on_ring(false, a_partial_send_finishes_unpolled);
+    on_ring(true, a_partial_send_finishes_unpolled);
+}

@@ -18,6 +18,9 @@ thread_local! {
     static RING: RefCell<Option<Ring>> = const { RefCell::new(None) };
 }
 
+/// Enters in one park at most, while deferred completions remain.
+const MAX_ENTERS: usize = 8;
+
 /// `--socket-io epoll`: no ring on any thread.
 static FORBIDDEN: AtomicBool = AtomicBool::new(false);
 /// Whether `main` built the runtime with [`submit_before_park`] as its park hook.
@@ -143,14 +146,22 @@ pub fn submit_now() {
 
 fn submit_and_wake(always: bool) {
     let Some(mut wakers) = with_ring(|ring| {
-        let queue = ring.uring.submission();
-        // Deferred completions (`taskrun`) run only in an enter; so do completions the kernel
-        // could not fit in the completion queue (a burst of thousands of clients at once),
-        // which wait in its overflow list until one moves them over.
-        let needed = always || !queue.is_empty() || queue.taskrun() || queue.cq_overflow();
-        drop(queue);
-        if needed {
+        // Deferred completions (`taskrun`) run only in an enter, and a kernel runs a bounded
+        // number per enter (20 since 6.13); so do completions the kernel could not fit in the
+        // completion queue (a burst of thousands of clients at once), which wait in its
+        // overflow list until one moves them over.
+        for round in 0..MAX_ENTERS {
+            let queue = ring.uring.submission();
+            let needed = (always && round == 0)
+                || !queue.is_empty()
+                || queue.taskrun()
+                || queue.cq_overflow();
+            drop(queue);
+            if !needed {
+                break;
+            }
             ring.enter();
+            ring.reap();
         }
         ring.reap();
         std::mem::take(&mut ring.wakers)
@@ -165,5 +176,7 @@ fn submit_and_wake(always: bool) {
 
 /// Runs `f` on this thread's ring; `None` when it has none.
 pub fn with_ring<R>(f: impl FnOnce(&mut Ring) -> R) -> Option<R> {
-    RING.with(|slot| slot.try_borrow_mut().ok()?.as_mut().map(f))
+    RING.try_with(|slot| slot.try_borrow_mut().ok()?.as_mut().map(f))
+        .ok()
+        .flatten()
 }

@@ -1,0 +1,98 @@
+//! What a socket does with its operations on the ring: waits for one ([`Ring::poll`]),
+//! gives one up when it is dropped ([`Ring::abandon`], [`Ring::cancel`]).
+
+use std::task::{Poll, Waker};
+
+use io_uring::opcode;
+use tracing::debug;
+
+use super::ring::{CANCEL, Completion, Ring, Slot};
+
+impl Ring {
+    /// Whether operation `index` is still waiting for its completion (after a [`Ring::flush`],
+    /// which reaps).
+    pub fn is_waiting(&self, index: u32) -> bool {
+        matches!(self.slots.get(index as usize), Some(Slot::Waiting { .. }))
+    }
+
+    /// Asks the kernel to end operation `index` now; its completion frees the slot.
+    pub fn cancel(&mut self, index: u32) {
+        let entry = opcode::AsyncCancel::new(u64::from(index))
+            .build()
+            .user_data(CANCEL);
+        if let Err(error) = self.queue(entry) {
+            debug!(%error, "cannot queue a cancel");
+        }
+    }
+
+    /// The operation's completion, or `Pending` with `waker` kept to be woken by it.
+    pub fn poll(&mut self, index: u32, waker: &Waker) -> Poll<Completion> {
+        let Some(slot) = self.slots.get_mut(index as usize) else {
+            return Poll::Ready(Completion {
+                result: -libc::EBADF,
+                flags: 0,
+                owned: Vec::new(),
+            });
+        };
+        match slot {
+            Slot::Waiting { waker: kept, .. } => {
+                if !kept.as_ref().is_some_and(|kept| kept.will_wake(waker)) {
+                    *kept = Some(waker.clone());
+                }
+                Poll::Pending
+            }
+            Slot::Done { .. } => {
+                let Slot::Done {
+                    result,
+                    flags,
+                    owned,
+                } = std::mem::replace(slot, Slot::Free)
+                else {
+                    return Poll::Pending;
+                };
+                self.free.push(index);
+                Poll::Ready(Completion {
+                    result,
+                    flags,
+                    owned,
+                })
+            }
+            Slot::Free => Poll::Ready(Completion {
+                result: -libc::EBADF,
+                flags: 0,
+                owned: Vec::new(),
+            }),
+        }
+    }
+
+    /// The owner of operation `index` is gone: what it holds is given back once it completes;
+    /// `cancel` asks the kernel to end it now (a `recv` that would wait forever).
+    pub fn abandon(&mut self, index: u32, cancel: bool) {
+        self.forsake(index);
+        if cancel && self.is_waiting(index) {
+            self.cancel(index);
+        }
+    }
+
+    /// Marks a waiting operation abandoned, or frees a completed one.
+    fn forsake(&mut self, index: u32) {
+        let Some(slot) = self.slots.get_mut(index as usize) else {
+            return;
+        };
+        match std::mem::replace(slot, Slot::Free) {
+            Slot::Waiting { owned, sending, .. } => {
+                *slot = Slot::Waiting {
+                    waker: None,
+                    owned,
+                    abandoned: true,
+                    sending,
+                };
+            }
+            Slot::Done { flags, owned, .. } => {
+                self.release(flags, owned);
+                self.free.push(index);
+            }
+            Slot::Free => {}
+        }
+    }
+}
