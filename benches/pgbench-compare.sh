@@ -7,9 +7,9 @@
 #       direct        libpq straight to PostgreSQL over TLS (sslmode=require)
 #       sidecar-sess  rds-iam-sidecar, --pool-mode session      (plain local hop, TLS upstream)
 #       sidecar-tx    rds-iam-sidecar, --pool-mode transaction  (plain local hop, TLS upstream)
-#                     (both with --socket-io io-uring, the default, where this machine allows it)
-#       epoll-sess    the same two with --socket-io epoll: what the sidecar costs where io_uring
-#       epoll-tx      is refused (Docker's and containerd's default seccomp profiles)
+#                     (both with --socket-io io-uring, where this machine allows it)
+#       epoll-sess    the same two with --socket-io epoll, the default (and all there is where
+#       epoll-tx      io_uring is refused: Docker's and containerd's default seccomp profiles)
 #       sidecar-tls   rds-iam-sidecar, --pool-mode session, --client-tls self-signed (TLS on the
 #                     local hop too, sslmode=require): what client TLS costs
 #       pgb-sess      PgBouncer, pool_mode=session      (plain local hop, server_tls_sslmode=require)

@@ -191,7 +191,7 @@ pub fn worker_threads(args: &RunArgs) -> Result<usize, ConfigError> {
 }
 
 /// How sockets do their I/O, chosen with the runtime (before [`Settings::from_args`]): the
-/// flag or its variable, else the file's `socket-io`, else io_uring.
+/// flag or its variable, else the file's `socket-io`, else epoll.
 pub fn socket_io(args: &RunArgs) -> Result<SocketIo, ConfigError> {
     Ok(before_runtime(args, |process| process.socket_io)?.unwrap_or_default())
 }

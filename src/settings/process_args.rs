@@ -82,10 +82,10 @@ pub struct ProcessArgs {
     )]
     pub worker_threads: Option<usize>,
 
-    /// How sockets read and write: `io-uring` (one system call for the reads and writes of
-    /// each turn of the event loop; `epoll` where the kernel refuses it or with more than one
-    /// worker thread) or `epoll` (a readiness wait, then a system call each) [default:
-    /// io-uring].
+    /// How sockets read and write: `epoll` (a readiness wait, then a system call each) or
+    /// `io-uring` (one system call for the reads and writes of each turn of the event loop:
+    /// less CPU with many busy clients, more for a lone one; `epoll` where the kernel refuses
+    /// it or with more than one worker thread) [default: epoll].
     #[arg(long, env = "RDS_IAM_SIDECAR_SOCKET_IO", value_enum)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub socket_io: Option<SocketIo>,

@@ -13,9 +13,10 @@
 //! from a shared set when it arrives ("provided buffers"), so a client waiting between
 //! statements holds none.
 //!
-//! Only the current-thread runtime (`--worker-threads 1`, the default) gets a ring: a task of
-//! tokio's work-stealing pool may be polled on any thread, and a ring belongs to one.
-//! `--socket-io epoll` turns it off; a kernel or sandbox that refuses io_uring (older than
+//! Opt-in (`--socket-io io-uring`; the default is epoll, which costs less for a lone client,
+//! a new connection and an idle one). Only the current-thread runtime (`--worker-threads 1`,
+//! the default) gets a ring: a task of tokio's work-stealing pool may be polled on any
+//! thread, and a ring belongs to one. `--socket-io epoll` turns it off; a kernel or sandbox that refuses io_uring (older than
 //! 6.1, `kernel.io_uring_disabled`, the default seccomp profiles of Docker 25+ and containerd,
 //! gVisor) falls back to tokio's I/O; the start-up line says which (`io=`). A `Socket` must be
 //! polled on the thread whose ring it used (always so with one runtime thread).
@@ -57,8 +58,10 @@ pub use tokio_io::{poll_read_by, read_noting_short};
 #[serde(rename_all = "kebab-case")]
 pub enum SocketIo {
     /// Through the thread's io_uring where there is one.
-    #[default]
     IoUring,
-    /// Through tokio: readiness from epoll, then a system call per read or write.
+    /// Through tokio: readiness from epoll, then a system call per read or write. The
+    /// default: io_uring costs more than it saves for a lone client, a new connection and an
+    /// idle one (docs/ARCHITECTURE.md, "Completion I/O").
+    #[default]
     Epoll,
 }

@@ -56,16 +56,18 @@ pub fn install(batched: bool) -> bool {
 }
 
 /// Starts reading this thread's completions, giving it a ring first when it runs a
-/// current-thread runtime and has none (the engine started on a runtime `main` did not build:
-/// tests, embedders; its submissions are then made at once), unless [`forbid`] said not to.
+/// current-thread runtime, has none and `RDS_IAM_SIDECAR_SOCKET_IO=io-uring` asks for one
+/// (the engine started on a runtime `main` did not build: tests, embedders; its submissions
+/// are then made at once), unless [`forbid`] said not to.
 pub fn spawn_reaper() {
     let Ok(handle) = tokio::runtime::Handle::try_current() else {
         return;
     };
-    if handle.runtime_flavor() != tokio::runtime::RuntimeFlavor::CurrentThread
-        || !enabled()
-        || !install(false)
-    {
+    if handle.runtime_flavor() != tokio::runtime::RuntimeFlavor::CurrentThread || !enabled() {
+        return;
+    }
+    let ready = with_ring(|_| ()).is_some() || (asked_by_environment() && install(false));
+    if !ready {
         return;
     }
     let Some(fd) = with_ring(|ring| {
@@ -90,8 +92,14 @@ pub fn describe() -> String {
     match REFUSED.get() {
         Some(error) => format!("epoll (the kernel refused io_uring: {error})"),
         None if !enabled() => "epoll (--socket-io epoll)".to_owned(),
-        None => "epoll (io_uring needs --worker-threads 1)".to_owned(),
+        None => "epoll".to_owned(),
     }
+}
+
+/// The engine started in-process (tests, embedders: no `main` to read `--socket-io`) asks
+/// for io_uring with the flag's variable, `RDS_IAM_SIDECAR_SOCKET_IO=io-uring`.
+fn asked_by_environment() -> bool {
+    std::env::var("RDS_IAM_SIDECAR_SOCKET_IO").is_ok_and(|io| io == "io-uring")
 }
 
 /// `--socket-io epoll`: no thread gets a ring from here on.
