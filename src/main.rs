@@ -81,8 +81,9 @@ fn main() -> ExitCode {
 /// With one thread and `--socket-io io-uring`, the thread gets its ring (src/uring) and the
 /// runtime submits the ring's queue each time it is about to park.
 fn runtime(threads: usize, io: SocketIo) -> std::io::Result<tokio::runtime::Runtime> {
-    if io == SocketIo::Epoll {
-        uring::forbid();
+    match io {
+        SocketIo::Epoll => uring::forbid(),
+        SocketIo::IoUring => uring::request(),
     }
     let mut builder = if threads == 1 {
         let mut builder = tokio::runtime::Builder::new_current_thread();

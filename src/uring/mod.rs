@@ -5,21 +5,22 @@
 //! the thread's ring when it has one and plain tokio I/O when it has not.
 //!
 //! What it saves, measured (pgbench -S, 8 clients, the sidecar with `--socket-io epoll`
-//! against `io-uring`, docs/ARCHITECTURE.md): 12-17 % of the sidecar's CPU per transaction in
-//! both pool modes. The submissions of every task that ran in one turn of the event loop go
-//! to the kernel in one `io_uring_enter`, made just before tokio parks the thread
-//! ([`submit_before_park`]); a `send` is done inline there, and a `recv` waits in the kernel,
-//! its completion read from shared memory. Data is received into buffers the kernel picks
-//! from a shared set when it arrives ("provided buffers"), so a client waiting between
-//! statements holds none.
+//! against `io-uring`, docs/ARCHITECTURE.md): 4-17 % of the sidecar's CPU per transaction
+//! with eight busy clients, in both pool modes (it costs more for a lone client). The
+//! submissions of every task that ran in one turn of the event loop go to the kernel in one
+//! `io_uring_enter`, made just before tokio parks the thread ([`submit_before_park`]); a
+//! `send` is done inline there, and a `recv` waits in the kernel, its completion read from
+//! shared memory. Data is received into buffers the kernel picks from a shared set when it
+//! arrives ("provided buffers"), so a client waiting between statements holds none.
 //!
 //! Opt-in (`--socket-io io-uring`; the default is epoll, which costs less for a lone client,
 //! a new connection and an idle one). Only the current-thread runtime (`--worker-threads 1`,
 //! the default) gets a ring: a task of tokio's work-stealing pool may be polled on any
-//! thread, and a ring belongs to one. `--socket-io epoll` turns it off; a kernel or sandbox that refuses io_uring (older than
-//! 6.1, `kernel.io_uring_disabled`, the default seccomp profiles of Docker 25+ and containerd,
-//! gVisor) falls back to tokio's I/O; the start-up line says which (`io=`). A `Socket` must be
-//! polled on the thread whose ring it used (always so with one runtime thread).
+//! thread, and a ring belongs to one. A kernel or sandbox that refuses io_uring (older than
+//! 6.1, `kernel.io_uring_disabled`, the default seccomp profiles of Docker 25+ and
+//! containerd, gVisor) falls back to tokio's I/O; the start-up line says which (`io=`). A
+//! `Socket` must be polled on the thread whose ring it used (always so with one runtime
+//! thread).
 
 #[cfg(target_os = "linux")]
 mod ops;
@@ -40,7 +41,7 @@ mod tests;
 mod tokio_io;
 
 pub use socket::Socket;
-pub use thread::{describe, forbid, install, spawn_reaper, submit_before_park};
+pub use thread::{describe, forbid, install, request, spawn_reaper, submit_before_park};
 pub use tokio_io::{poll_read_by, read_noting_short};
 
 /// How the sockets do their I/O (`--socket-io`).

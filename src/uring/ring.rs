@@ -190,6 +190,8 @@ impl Ring {
     /// Whether the queue is empty after it; a failed enter (no room in the completion queue)
     /// is retried after reaping.
     pub fn flush(&mut self) -> bool {
+        // Reaped first: a completion waiting there (a partial send) settles its slot.
+        self.reap();
         for _ in 0..4 {
             if self.uring.submission().is_empty() {
                 return true;
@@ -216,7 +218,8 @@ impl Ring {
 
     /// Moves completions into their slots and the wakers to call (once the ring is released)
     /// into `self.wakers`.
-    pub(super) fn reap(&mut self) {
+    /// How many completions it read.
+    pub(super) fn reap(&mut self) -> usize {
         let mut reaped = std::mem::take(&mut self.reaped);
         reaped.extend(
             self.uring
@@ -228,8 +231,17 @@ impl Ring {
                 self.complete(data as usize, result, flags);
             }
         }
+        let count = reaped.len();
         reaped.clear();
         self.reaped = reaped;
+        count
+    }
+
+    /// Makes the reaper run once more (the kernel ran part of the deferred work only).
+    pub(super) fn signal_self(&self) {
+        let one = 1u64.to_ne_bytes();
+        // SAFETY: writes 8 bytes from a local array to the ring's own eventfd.
+        unsafe { libc::write(self.wake.as_raw_fd(), one.as_ptr().cast(), one.len()) };
     }
 
     fn complete(&mut self, index: usize, result: i32, flags: u32) {
@@ -249,7 +261,9 @@ impl Ring {
             }
         };
         let mut result = result;
-        if let Some(mut rest) = sending.filter(|_| result > 0) {
+        // An abandoned send is not continued: its socket may close its descriptor at once,
+        // and the number may go to another connection.
+        if let Some(mut rest) = sending.filter(|_| result > 0 && !abandoned) {
             rest.sent += result as usize;
             if rest.sent < owned.len() {
                 let entry = send_entry(rest.fd, &owned[rest.sent..]).user_data(index as u64);

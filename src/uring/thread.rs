@@ -18,9 +18,16 @@ thread_local! {
     static RING: RefCell<Option<Ring>> = const { RefCell::new(None) };
 }
 
-/// Enters in one park at most, while deferred completions remain.
+/// Enters in one park at most, while deferred completions may remain; then the eventfd is
+/// signalled so the reaper runs another turn.
 const MAX_ENTERS: usize = 8;
+/// Deferred completions a kernel runs per enter at most (20 since 6.13), without setting the
+/// taskrun flag or signalling for the rest: an enter that yields this many is followed by
+/// another.
+const KERNEL_BATCH: usize = 20;
 
+/// `--socket-io io-uring` was asked for (what `describe` says when no ring came of it).
+static REQUESTED: AtomicBool = AtomicBool::new(false);
 /// `--socket-io epoll`: no ring on any thread.
 static FORBIDDEN: AtomicBool = AtomicBool::new(false);
 /// Whether `main` built the runtime with [`submit_before_park`] as its park hook.
@@ -31,6 +38,7 @@ static REFUSED: OnceLock<String> = OnceLock::new();
 /// Gives this thread a ring (once). `batched`: the runtime calls [`submit_before_park`] before
 /// it parks; otherwise each submission is handed to the kernel at once. Whether it worked.
 pub fn install(batched: bool) -> bool {
+    REQUESTED.store(true, Ordering::Relaxed);
     if !enabled() {
         return false;
     }
@@ -91,7 +99,9 @@ pub fn describe() -> String {
     }
     match REFUSED.get() {
         Some(error) => format!("epoll (the kernel refused io_uring: {error})"),
-        None if !enabled() => "epoll (--socket-io epoll)".to_owned(),
+        None if REQUESTED.load(Ordering::Relaxed) && enabled() => {
+            "epoll (io_uring needs --worker-threads 1)".to_owned()
+        }
         None => "epoll".to_owned(),
     }
 }
@@ -100,6 +110,11 @@ pub fn describe() -> String {
 /// for io_uring with the flag's variable, `RDS_IAM_SIDECAR_SOCKET_IO=io-uring`.
 fn asked_by_environment() -> bool {
     std::env::var("RDS_IAM_SIDECAR_SOCKET_IO").is_ok_and(|io| io == "io-uring")
+}
+
+/// `--socket-io io-uring`, whether or not a ring comes of it (for [`describe`]).
+pub fn request() {
+    REQUESTED.store(true, Ordering::Relaxed);
 }
 
 /// `--socket-io epoll`: no thread gets a ring from here on.
@@ -158,18 +173,24 @@ fn submit_and_wake(always: bool) {
         // number per enter (20 since 6.13); so do completions the kernel could not fit in the
         // completion queue (a burst of thousands of clients at once), which wait in its
         // overflow list until one moves them over.
-        for round in 0..MAX_ENTERS {
+        let mut reaped = 0;
+        for round in 0..=MAX_ENTERS {
             let queue = ring.uring.submission();
             let needed = (always && round == 0)
                 || !queue.is_empty()
                 || queue.taskrun()
-                || queue.cq_overflow();
+                || queue.cq_overflow()
+                || reaped >= KERNEL_BATCH;
             drop(queue);
             if !needed {
                 break;
             }
+            if round == MAX_ENTERS {
+                ring.signal_self();
+                break;
+            }
             ring.enter();
-            ring.reap();
+            reaped = ring.reap();
         }
         ring.reap();
         std::mem::take(&mut ring.wakers)
