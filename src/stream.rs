@@ -203,8 +203,10 @@ impl UpstreamStream {
     /// on a ring, the `recv` that sees a close is queued now rather than at the next checkout,
     /// which would then take a closed connection for a live one. Nothing to do on epoll.
     pub fn watch_reads(&mut self) {
-        let mut cx = Context::from_waker(std::task::Waker::noop());
-        let _ = self.poll_socket_read_ready(&mut cx);
+        match self {
+            Self::Plain(s) => s.watch_reads(),
+            Self::Tls(tls) => tls.get_mut().0.watch_reads(),
+        }
     }
 
     /// Ready when the server sent something (or closed), including plaintext or TLS records

@@ -100,7 +100,7 @@ async fn greet(
     let greeting = greeting(
         minor,
         unsupported_protocol_options,
-        &parameters,
+        &pool.parameter_status_messages(&parameters),
         &cancel_key,
     );
     if stream.write_flushed(&greeting).await.is_err() {
@@ -320,10 +320,10 @@ async fn first_checkout(
 fn greeting(
     minor: u16,
     unsupported_protocol_options: Vec<String>,
-    parameters: &[(String, String)],
+    parameter_status: &[u8],
     cancel_key: &CancelKeyGuard,
 ) -> BytesMut {
-    let mut greeting = BytesMut::with_capacity(512);
+    let mut greeting = BytesMut::with_capacity(parameter_status.len() + 64);
     if minor > 0 || !unsupported_protocol_options.is_empty() {
         // Like PostgreSQL, the full newest version number (3.0), not just its minor part.
         messages::negotiate_protocol_version(
@@ -333,9 +333,7 @@ fn greeting(
         );
     }
     messages::authentication_ok(&mut greeting);
-    for (name, value) in parameters {
-        messages::parameter_status(&mut greeting, name, value);
-    }
+    greeting.extend_from_slice(parameter_status);
     messages::backend_key_data(&mut greeting, cancel_key.pid, cancel_key.secret);
     messages::ready_for_query_idle(&mut greeting);
     greeting
