@@ -76,7 +76,10 @@ mod tests {
     #[test]
     fn a_slot_dropped_before_it_became_a_lease_is_counted_out() {
         let pool = pool();
-        assert!(matches!(pool.take_or_queue(1), Ok(Step::Room)));
+        assert!(matches!(
+            pool.take_or_queue(1, tokio::time::Instant::now()),
+            Ok(Step::Room)
+        ));
         assert_eq!(pool.counts(), (0, 1));
         drop(Slot::held(&pool));
         assert_eq!(pool.counts(), (0, 0), "the room went with the checkout");
@@ -85,11 +88,14 @@ mod tests {
     #[test]
     fn room_handed_to_a_waiter_that_went_passes_to_the_next_one() {
         let pool = pool();
-        assert!(matches!(pool.take_or_queue(1), Ok(Step::Room)));
-        let Err(gone) = pool.take_or_queue(1) else {
+        assert!(matches!(
+            pool.take_or_queue(1, tokio::time::Instant::now()),
+            Ok(Step::Room)
+        ));
+        let Err(gone) = pool.take_or_queue(1, tokio::time::Instant::now()) else {
             panic!("the second checkout queues")
         };
-        let Err(next) = pool.take_or_queue(1) else {
+        let Err(next) = pool.take_or_queue(1, tokio::time::Instant::now()) else {
             panic!("the third checkout queues")
         };
         let gone = Queued::new(&pool, gone);
@@ -108,8 +114,11 @@ mod tests {
     #[test]
     fn a_waiter_that_went_before_any_handoff_leaves_the_count_alone() {
         let pool = pool();
-        assert!(matches!(pool.take_or_queue(1), Ok(Step::Room)));
-        let Err(receiver) = pool.take_or_queue(1) else {
+        assert!(matches!(
+            pool.take_or_queue(1, tokio::time::Instant::now()),
+            Ok(Step::Room)
+        ));
+        let Err(receiver) = pool.take_or_queue(1, tokio::time::Instant::now()) else {
             panic!("the second checkout queues")
         };
         drop(Queued::new(&pool, receiver));

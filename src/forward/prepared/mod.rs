@@ -284,10 +284,18 @@ fn gather_header(
     chunk: &[u8],
     pos: &mut usize,
 ) -> Result<Option<(u8, usize)>, String> {
-    let take = (5 - header.len).min(chunk.len() - *pos);
-    header.bytes[header.len..header.len + take].copy_from_slice(&chunk[*pos..*pos + take]);
-    header.len += take;
-    *pos += take;
+    if let (0, Some(whole)) = (header.len, chunk[*pos..].first_chunk::<5>()) {
+        // The usual case, a header whole in the chunk: five bytes copied as one value, not
+        // through memcpy.
+        header.bytes = *whole;
+        header.len = 5;
+        *pos += 5;
+    } else {
+        let take = (5 - header.len).min(chunk.len() - *pos);
+        header.bytes[header.len..header.len + take].copy_from_slice(&chunk[*pos..*pos + take]);
+        header.len += take;
+        *pos += take;
+    }
     if header.len < 5 {
         return Ok(None);
     }

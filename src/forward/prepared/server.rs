@@ -101,8 +101,7 @@ impl ServerRewriter {
                 }
                 self.remaining -= step;
                 pos += step;
-                self.look_at(bytes, plan, prepared);
-                self.shape_at(bytes, plan, prepared);
+                self.read_as_it_passes(bytes, plan, prepared);
                 continue;
             }
             let Some((tag, body_len)) = gather_header(&mut self.header, chunk, &mut pos)? else {
@@ -116,10 +115,20 @@ impl ServerRewriter {
             self.remaining = body_len;
             self.dropping = drop;
             // An empty body is complete already.
-            self.look_at(&[], plan, prepared);
-            self.shape_at(&[], plan, prepared);
+            self.read_as_it_passes(&[], plan, prepared);
         }
         Ok(())
+    }
+
+    /// Hands `bytes` of the current message to what reads it, if anything does (most messages
+    /// are only passed on: checked here, the calls are not made for them).
+    fn read_as_it_passes(&mut self, bytes: &[u8], plan: &Plan, prepared: &Mutex<ServerStatements>) {
+        if self.looking.is_some() {
+            self.look_at(bytes, plan, prepared);
+        }
+        if self.shaping.is_some() {
+            self.shape_at(bytes, plan, prepared);
+        }
     }
 
     /// Adds `bytes` of the current message to the shape being hashed; once the message is
