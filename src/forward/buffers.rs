@@ -26,14 +26,14 @@ thread_local! {
 }
 
 /// Pops from a thread's free list (`None` while the thread ends).
-fn pop_free<T>(list: &'static std::thread::LocalKey<RefCell<Vec<T>>>) -> Option<T> {
+pub(crate) fn pop_free<T>(list: &'static std::thread::LocalKey<RefCell<Vec<T>>>) -> Option<T> {
     list.try_with(|free| free.try_borrow_mut().ok()?.pop())
         .ok()
         .flatten()
 }
 
-/// Pushes onto a thread's free list while it has room (else `item` is dropped).
-fn push_free<T>(list: &'static std::thread::LocalKey<RefCell<Vec<T>>>, item: T) {
+/// Pushes onto a thread's free list while it has room ([`MAX_FREE`]; else `item` is dropped).
+pub(crate) fn push_free<T>(list: &'static std::thread::LocalKey<RefCell<Vec<T>>>, item: T) {
     let _ = list.try_with(|free| {
         if let Ok(mut free) = free.try_borrow_mut()
             && free.len() < MAX_FREE

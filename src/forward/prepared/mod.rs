@@ -19,6 +19,7 @@
 //! server will answer; [`ServerRewriter`] walks the answers against that plan, dropping and
 //! inserting messages.
 
+use std::cell::RefCell;
 use std::collections::hash_map::DefaultHasher;
 use std::collections::{HashMap, VecDeque};
 use std::hash::{Hash, Hasher};
@@ -27,6 +28,7 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::Notify;
 
+use crate::forward::buffers::{pop_free, push_free};
 use crate::protocol::framing::{MAX_MESSAGE_LENGTH, message};
 
 /// ParseComplete.
@@ -82,13 +84,43 @@ enum Expect {
 }
 
 /// The answers the server owes, shared by both directions of an attached period.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Plan {
     queue: Mutex<VecDeque<Expect>>,
     /// Wakes the server-to-client direction when answers of the sidecar's own lead the queue.
     pub wake: Notify,
     /// Wakes the client-to-server direction, paused for a shape, once it is learnt.
     learnt: Notify,
+}
+
+thread_local! {
+    /// Emptied queues of finished periods, kept with their capacity: a transaction-mode period
+    /// would otherwise allocate one at its first entry and free it at its end.
+    static FREE_QUEUES: RefCell<Vec<VecDeque<Expect>>> = const { RefCell::new(Vec::new()) };
+}
+
+/// A queue kept for reuse only up to this many entries (a typical batch plans a handful).
+const MAX_KEPT_ENTRIES: usize = 64;
+
+impl Default for Plan {
+    fn default() -> Self {
+        Self {
+            queue: Mutex::new(pop_free(&FREE_QUEUES).unwrap_or_default()),
+            wake: Notify::new(),
+            learnt: Notify::new(),
+        }
+    }
+}
+
+impl Drop for Plan {
+    fn drop(&mut self) {
+        let mut queue = std::mem::take(self.queue.get_mut().unwrap_or_else(|p| p.into_inner()));
+        if queue.capacity() == 0 || queue.capacity() > MAX_KEPT_ENTRIES {
+            return;
+        }
+        queue.clear();
+        push_free(&FREE_QUEUES, queue);
+    }
 }
 
 impl Plan {
