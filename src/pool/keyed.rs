@@ -3,7 +3,6 @@
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use tokio::sync::{Notify, oneshot};
@@ -17,14 +16,15 @@ use crate::upstream::ServerConnection;
 #[derive(Debug)]
 pub struct PooledConnection {
     pub server: ServerConnection,
-    pub(super) created: Instant,
-    pub(super) lifetime: Duration,
+    /// When its lifetime ends (`None`: a lifetime past the clock's range). Kept as an instant,
+    /// not as its start and length, so the check at each checkout and release is a compare.
+    pub(super) expires: Option<Instant>,
     pub(super) idle_since: Instant,
 }
 
 impl PooledConnection {
     pub(super) fn expired(&self, now: Instant) -> bool {
-        now.duration_since(self.created) >= self.lifetime
+        self.expires.is_some_and(|expires| now >= expires)
     }
 }
 

@@ -220,8 +220,7 @@ impl Pools {
         let now = Instant::now();
         Ok(PooledConnection {
             server,
-            created: now,
-            lifetime: jittered(self.settings.max_lifetime),
+            expires: now.checked_add(jittered(self.settings.max_lifetime)),
             idle_since: now,
         })
     }

@@ -107,9 +107,15 @@ pub async fn read_initial_packet<R: AsyncRead + Unpin>(
 /// pgbench's packet).
 fn parameters(body: &[u8]) -> Result<Vec<(String, String)>, StartupError> {
     let invalid = || StartupError::Invalid("layout: expected terminator as last byte".to_owned());
-    // Each string with its NUL; invalid UTF-8 replaced, as pgwire did.
-    let text =
-        |with_nul: &[u8]| String::from_utf8_lossy(&with_nul[..with_nul.len() - 1]).into_owned();
+    // Each string with its NUL; invalid UTF-8 replaced, as pgwire did (checked as UTF-8 first:
+    // the lossy walk cost ~90 instructions a string, callgrind).
+    let text = |with_nul: &[u8]| {
+        let bytes = &with_nul[..with_nul.len() - 1];
+        match std::str::from_utf8(bytes) {
+            Ok(text) => text.to_owned(),
+            Err(_) => String::from_utf8_lossy(bytes).into_owned(),
+        }
+    };
     let mut strings = body.split_inclusive(|b| *b == 0);
     let mut parameters = Vec::with_capacity(4);
     loop {
