@@ -39,6 +39,10 @@ impl Ring {
         Poll::Pending
     }
 
+    pub fn peek(&mut self, _index: u32) -> Option<Completion> {
+        None
+    }
+
     pub fn abandon(&mut self, _index: u32, _cancel: bool) {}
 
     pub fn flush(&mut self) -> bool {

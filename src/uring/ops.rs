@@ -25,6 +25,18 @@ impl Ring {
         }
     }
 
+    /// The operation's completion if it came, leaving the waker kept (if any) as it is: for
+    /// a caller that does not wait for it.
+    pub fn peek(&mut self, index: u32) -> Option<Completion> {
+        if let Some(Slot::Waiting { .. }) = self.slots.get(index as usize) {
+            return None;
+        }
+        match self.poll(index, Waker::noop()) {
+            Poll::Ready(done) => Some(done),
+            Poll::Pending => None,
+        }
+    }
+
     /// The operation's completion, or `Pending` with `waker` kept to be woken by it.
     pub fn poll(&mut self, index: u32, waker: &Waker) -> Poll<Completion> {
         let Some(slot) = self.slots.get_mut(index as usize) else {

@@ -393,11 +393,24 @@ impl AsyncWrite for Socket {
     /// are in its buffer: a caller that acts after a flush (a transaction-mode period ends at
     /// the ReadyForQuery it flushed) must not be held until the `send` completes, when the
     /// client may already have answered. A failed `send` is reported here or by the next call.
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        // tokio's TCP flush does nothing, and a socket on tokio has no `send` in flight.
-        match self.get_mut().poll_sent(cx) {
-            Poll::Pending => Poll::Ready(Ok(())),
-            done => done,
+    /// No waker is left on the `send`: nobody waits for it, and its completion waking the task
+    /// (most often idle by then, waiting for its peer) cost every transaction one more poll
+    /// of it, 3.5 polls instead of 2 (callgrind, issue 16).
+    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if let Writing::InFlight(slot) = this.ops.write {
+            this.ops.write = match with_ring(|ring| ring.peek(slot)) {
+                Some(Some(done)) => Self::sent(done),
+                Some(None) => return Poll::Ready(Ok(())),
+                None => Writing::Failed(libc::EBADF),
+            };
+        }
+        match std::mem::take(&mut this.ops.write) {
+            Writing::Failed(errno) => Poll::Ready(Err(io::Error::from_raw_os_error(errno))),
+            state => {
+                this.ops.write = state;
+                Poll::Ready(Ok(()))
+            }
         }
     }
 
