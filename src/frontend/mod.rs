@@ -310,7 +310,7 @@ mod tests {
         assert!(login <= 880, "a login's future is {login} bytes");
         let session = size_of::<session::Session>();
         // 216 bytes in 2026-11 (a 224-byte malloc chunk); 240 with the io_uring socket's
-        // 16 bytes of state (src/uring/socket.rs).
+        // 16 bytes of state (src/uring/socket).
         assert!(session <= 240, "Session is {session} bytes");
     }
 

@@ -1,5 +1,5 @@
 //! No io_uring off Linux: there is never a ring, and every [`super::Socket`] uses tokio's I/O.
-//! The types below only let `socket.rs` compile unchanged.
+//! The types below only let `socket/` compile unchanged.
 
 use std::io;
 use std::os::fd::RawFd;

@@ -2,7 +2,7 @@
 //! the ring of their ids the kernel takes from when a `recv` finds data. A socket waiting for
 //! data holds no buffer; one with data holds its buffer until the reader has copied it out,
 //! then gives it back here. When every buffer is held the kernel answers `ENOBUFS` and that
-//! read falls back to tokio's (see `socket.rs`).
+//! read falls back to tokio's (see `socket/mod.rs`).
 
 use std::alloc::{Layout, alloc_zeroed, dealloc};
 use std::io;

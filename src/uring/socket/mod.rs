@@ -22,15 +22,15 @@ use std::os::fd::AsRawFd;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, ReadBuf};
 use tokio::net::TcpStream;
 
 use super::ring::{self, Completion};
-use super::thread::{self, with_ring};
+use super::thread::with_ring;
 use super::tokio_io::{poll_peeked, poll_read_by, read_direct};
+use write::Writing;
 
-/// The most one `send` takes from one write.
-const MAX_SEND: usize = 64 * 1024;
+mod write;
 
 /// A TCP connection doing its I/O through io_uring where it can (see the module's doc).
 #[derive(Debug)]
@@ -69,16 +69,6 @@ enum Reading {
     /// write goes through tokio, for good, without asking for the ring each time (the asking
     /// cost 250 instructions a transaction, callgrind, issue 16).
     Tokio,
-}
-
-#[derive(Debug, Default)]
-enum Writing {
-    #[default]
-    Idle,
-    /// A `send` of the slot's buffer (at most [`MAX_SEND`] bytes).
-    InFlight(u32),
-    /// The `send` failed with this errno, reported by the next write or flush.
-    Failed(i32),
 }
 
 impl Socket {
@@ -215,58 +205,6 @@ impl Socket {
         }
         poll_peeked(&self.tcp, cx)
     }
-
-    /// Ready when the `send` in flight (if any) has finished: its error, if it failed.
-    fn poll_sent(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        loop {
-            match self.ops.write {
-                Writing::Idle => return Poll::Ready(Ok(())),
-                Writing::Failed(errno) => {
-                    self.ops.write = Writing::Idle;
-                    return Poll::Ready(Err(io::Error::from_raw_os_error(errno)));
-                }
-                Writing::InFlight(slot) => match with_ring(|ring| ring.poll(slot, cx.waker())) {
-                    Some(Poll::Pending) => return Poll::Pending,
-                    Some(Poll::Ready(done)) => self.ops.write = Self::sent(done),
-                    None => self.ops.write = Writing::Failed(libc::EBADF),
-                },
-            }
-        }
-    }
-
-    /// What a finished `send` leaves: done (all of it went; the ring sent what a partial
-    /// send left), or its error.
-    fn sent(done: Completion) -> Writing {
-        let state = match done.result {
-            errno if errno < 0 => Writing::Failed(-errno),
-            0 if !done.owned.is_empty() => Writing::Failed(libc::EPIPE),
-            _ => Writing::Idle,
-        };
-        with_ring(|ring| ring.recycle(done.owned));
-        state
-    }
-
-    /// Submits a `send` of the slices' first bytes (up to [`MAX_SEND`]); how many it took, or
-    /// `None` off a ring.
-    fn submit_send(&mut self, slices: &[io::IoSlice<'_>]) -> Option<io::Result<usize>> {
-        let fd = self.tcp.as_raw_fd();
-        let submitted = with_ring(|ring| {
-            let mut owned = ring.send_buffer();
-            for slice in slices {
-                let room = MAX_SEND - owned.len();
-                owned.extend_from_slice(&slice[..slice.len().min(room)]);
-                if owned.len() == MAX_SEND {
-                    break;
-                }
-            }
-            let taken = owned.len();
-            ring.send(fd, owned).map(|slot| (slot, taken))
-        })?;
-        Some(submitted.map(|(slot, taken)| {
-            self.ops.write = Writing::InFlight(slot);
-            taken
-        }))
-    }
 }
 
 /// The reading state a finished `recv` leaves.
@@ -347,76 +285,5 @@ impl AsyncRead for Socket {
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         poll_read_by(this, cx, buf, Socket::poll_read_ready, Socket::try_read)
-    }
-}
-
-impl AsyncWrite for Socket {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        self.poll_write_vectored(cx, &[io::IoSlice::new(buf)])
-    }
-
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        let this = self.get_mut();
-        if matches!(this.ops.read, Reading::Tokio) {
-            return Pin::new(&mut *this.tcp).poll_write_vectored(cx, bufs);
-        }
-        match this.poll_sent(cx) {
-            // Most likely queued, not refused: submit it now rather than hold this write
-            // (a caller may leave bytes in a TLS buffer when its write waits).
-            Poll::Pending => thread::submit_now(),
-            Poll::Ready(Err(error)) => return Poll::Ready(Err(error)),
-            Poll::Ready(Ok(())) => {}
-        }
-        std::task::ready!(this.poll_sent(cx))?;
-        if bufs.iter().all(|slice| slice.is_empty()) {
-            return Poll::Ready(Ok(0));
-        }
-        match this.submit_send(bufs) {
-            Some(submitted) => Poll::Ready(submitted),
-            None => Pin::new(&mut *this.tcp).poll_write_vectored(cx, bufs),
-        }
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        true
-    }
-
-    /// Ready once the bytes are queued for the kernel, as a TCP socket's flush is once they
-    /// are in its buffer: a caller that acts after a flush (a transaction-mode period ends at
-    /// the ReadyForQuery it flushed) must not be held until the `send` completes, when the
-    /// client may already have answered. A failed `send` is reported here or by the next call.
-    /// No waker is left on the `send`: nobody waits for it, and its completion waking the task
-    /// (most often idle by then, waiting for its peer) cost every transaction one more poll
-    /// of it, 3.5 polls instead of 2 (callgrind, issue 16).
-    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
-        if let Writing::InFlight(slot) = this.ops.write {
-            this.ops.write = match with_ring(|ring| ring.peek(slot)) {
-                Some(Some(done)) => Self::sent(done),
-                Some(None) => return Poll::Ready(Ok(())),
-                None => Writing::Failed(libc::EBADF),
-            };
-        }
-        match std::mem::take(&mut this.ops.write) {
-            Writing::Failed(errno) => Poll::Ready(Err(io::Error::from_raw_os_error(errno))),
-            state => {
-                this.ops.write = state;
-                Poll::Ready(Ok(()))
-            }
-        }
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
-        std::task::ready!(this.poll_sent(cx))?;
-        Pin::new(&mut *this.tcp).poll_shutdown(cx)
     }
 }
