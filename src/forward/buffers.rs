@@ -8,7 +8,9 @@
 //! The free lists are the thread's own, not shared under a lock: a transaction-mode
 //! transaction takes and gives back four of these, and the eight uncontended lock round trips
 //! cost ~160 instructions of the ~16,000 a transaction (callgrind, issue 16). The sidecar runs
-//! one runtime thread by default; with `--worker-threads N` each keeps at most [`MAX_FREE`].
+//! one runtime thread by default; with `--worker-threads N` each keeps at most [`MAX_FREE`]
+//! of each kind (a task that moves threads takes from one list and gives back to another, so
+//! the lists fill unevenly, each within that bound).
 
 use std::cell::RefCell;
 use std::ops::{Deref, DerefMut};

@@ -323,7 +323,9 @@ fn greeting(
     parameter_status: &[u8],
     cancel_key: &CancelKeyGuard,
 ) -> BytesMut {
-    let mut greeting = BytesMut::with_capacity(parameter_status.len() + 64);
+    // AuthenticationOk, BackendKeyData and ReadyForQuery, and room for a
+    // NegotiateProtocolVersion.
+    let mut greeting = BytesMut::with_capacity(parameter_status.len() + 128);
     if minor > 0 || !unsupported_protocol_options.is_empty() {
         // Like PostgreSQL, the full newest version number (3.0), not just its minor part.
         messages::negotiate_protocol_version(

@@ -74,7 +74,8 @@ pub(super) struct Sending {
 }
 
 /// A completed operation: the kernel's result (bytes, or a negated errno), its flags (the
-/// provided buffer it filled) and the buffer the operation owned.
+/// provided buffer it filled) and the buffer the operation owned (empty for a `send` that went
+/// whole: its buffer went back to the ring at its completion).
 pub struct Completion {
     pub result: i32,
     pub flags: u32,

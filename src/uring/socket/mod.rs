@@ -1,6 +1,7 @@
-//! [`Socket`]: a TCP connection whose reads and writes go through the thread's ring when it
-//! has one, and through tokio when it has not (another platform, another runtime, a kernel
-//! without io_uring, or every provided buffer held). The socket stays registered with tokio
+//! [`Socket`]: a TCP connection whose reads and writes go through the ring of the thread that
+//! made it when that thread has one, and through tokio when it has not (another platform,
+//! another runtime, a kernel without io_uring, `--socket-io epoll`) or every provided buffer
+//! is held. The socket stays registered with tokio
 //! throughout, so either way works at any moment, one read or write at a time.
 //!
 //! A read submits a `recv` and waits for its completion, which names the provided buffer the
@@ -65,9 +66,10 @@ enum Reading {
     Failed(i32),
     /// Every provided buffer was held: this read goes through tokio.
     Direct,
-    /// Made on a thread without a ring (`--socket-io epoll`, the default): every read and
-    /// write goes through tokio, for good, without asking for the ring each time (the asking
-    /// cost 250 instructions a transaction, callgrind, issue 16).
+    /// Made on a thread without a ring (`--socket-io epoll`, the default; a multi-thread
+    /// runtime; a kernel that refused io_uring): every read and write goes through tokio, for
+    /// good, without asking for the ring each time (the asking cost 250 instructions a
+    /// transaction, callgrind, issue 16).
     Tokio,
 }
 
@@ -140,10 +142,15 @@ impl Socket {
         }
     }
 
-    /// Queues the `recv` that sees what the peer sends unasked (a close of a connection idle
-    /// in its pool), on a ring; a no-op without one, where tokio's readiness already watches.
+    /// Watches for what the peer sends unasked (a close of a connection idle in its pool),
+    /// waking nobody: on a ring, the `recv` that sees it is queued now rather than at the next
+    /// checkout, and the waker of the task that used the socket last is dropped (it would be
+    /// woken for nothing, and keep a finished session's task allocated). On tokio, where the
+    /// readiness already watches, nothing is done: replacing that waker cost 150 instructions
+    /// a transaction-mode transaction (callgrind); it stays until the next checkout's check,
+    /// one per idle pooled connection at most.
     pub fn watch_reads(&mut self) {
-        if matches!(self.ops.read, Reading::Idle) && with_ring(|_| ()).is_some() {
+        if !matches!(self.ops.read, Reading::Tokio | Reading::Direct) {
             let _ = self.poll_read_ready(&mut Context::from_waker(std::task::Waker::noop()));
         }
     }

@@ -122,7 +122,7 @@ impl AsyncWrite for Socket {
     /// are in its buffer: a caller that acts after a flush (a transaction-mode period ends at
     /// the ReadyForQuery it flushed) must not be held until the `send` completes, when the
     /// client may already have answered. A failed `send` is reported here or by the next call.
-    /// No waker is left on the `send`: nobody waits for it, and its completion waking the task
+    /// The flush leaves no waker on the `send`: nobody waits for it, and its completion waking the task
     /// (most often idle by then, waiting for its peer) cost every transaction one more poll
     /// of it, 3.5 polls instead of 2 (callgrind, issue 16).
     fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
