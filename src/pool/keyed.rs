@@ -328,4 +328,19 @@ mod tests {
             Some("Asia/Tokyo")
         );
     }
+
+    #[test]
+    fn a_greeting_copies_the_known_sets_messages_and_encodes_any_other() {
+        let pool = Pool::new(PoolKey::new("app", "db", Vec::new()));
+        let known = pool.learn_parameters(set("UTC"));
+        let expected = encode_parameter_status(&known);
+        assert!(expected.starts_with(b"S\0\0\0\x19client_encoding\0UTF8\0"));
+        assert_eq!(pool.parameter_status_messages(&known), expected);
+        // An equal set that is not the shared one, and a changed one: encoded from their own.
+        assert_eq!(pool.parameter_status_messages(&set("UTC")), expected);
+        let paris = set("Europe/Paris");
+        let messages = pool.parameter_status_messages(&paris);
+        assert!(messages.ends_with(b"TimeZone\0Europe/Paris\0"));
+        assert_eq!(messages, encode_parameter_status(&paris));
+    }
 }

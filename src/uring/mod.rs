@@ -38,6 +38,8 @@ use ring as thread;
 mod socket;
 #[cfg(all(test, target_os = "linux"))]
 mod tests;
+#[cfg(all(test, target_os = "linux"))]
+mod tests_flush;
 mod tokio_io;
 
 pub use socket::Socket;

@@ -11,10 +11,10 @@ use tokio::time::timeout;
 use super::thread::with_ring;
 use super::{Socket, install, spawn_reaper, submit_before_park};
 
-const BOUND: Duration = Duration::from_secs(10);
+pub(super) const BOUND: Duration = Duration::from_secs(10);
 
 /// Runs `test` on a thread of its own with a ring, `batched` as `main` sets it up or not.
-fn on_ring<F, Fut>(batched: bool, test: F)
+pub(super) fn on_ring<F, Fut>(batched: bool, test: F)
 where
     F: FnOnce() -> Fut + Send + 'static,
     Fut: Future<Output = ()>,
@@ -40,7 +40,7 @@ where
 }
 
 /// A connected pair: ours through the ring, the peer's plain tokio.
-async fn pair() -> (Socket, TcpStream) {
+pub(super) async fn pair() -> (Socket, TcpStream) {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let peer = TcpStream::connect(listener.local_addr().expect("addr"))
         .await
