@@ -4,7 +4,7 @@
 use std::future::Future;
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::time::timeout;
 
@@ -49,6 +49,16 @@ pub(super) async fn pair() -> (Socket, TcpStream) {
     (Socket::new(ours), peer)
 }
 
+/// Reads exactly `n` bytes from `reader`, within [`BOUND`].
+pub(super) async fn read_within_bound<R: AsyncRead + Unpin>(reader: &mut R, n: usize) -> Vec<u8> {
+    let mut bytes = vec![0u8; n];
+    timeout(BOUND, reader.read_exact(&mut bytes))
+        .await
+        .expect("bound")
+        .expect("read");
+    bytes
+}
+
 fn uses_ring(_socket: &Socket) -> bool {
     with_ring(|_| ()).is_some()
 }
@@ -66,11 +76,7 @@ async fn round_trips_and_a_megabyte_each_way() {
         assert_eq!(&buf[..n], &[round; 10]);
         ours.write_all(&[round; 20]).await.expect("write");
         ours.flush().await.expect("flush");
-        let mut answer = [0u8; 20];
-        timeout(BOUND, peer.read_exact(&mut answer))
-            .await
-            .expect("bound")
-            .expect("peer read");
+        let answer = read_within_bound(&mut peer, 20).await;
         assert_eq!(answer, [round; 20]);
     }
     a_megabyte_each_way(ours, peer).await;
@@ -183,29 +189,17 @@ async fn more_readers_than_buffers() {
         pairs.push((ours, peer));
     }
     for (index, (ours, _)) in pairs.iter_mut().enumerate() {
-        let mut first = [0u8; 1];
-        timeout(BOUND, ours.read_exact(&mut first))
-            .await
-            .expect("bound")
-            .expect("read");
+        let first = read_within_bound(ours, 1).await;
         assert_eq!(first[0], index as u8);
     }
     for (ours, _) in &mut pairs {
-        let mut second = [0u8; 1];
-        timeout(BOUND, ours.read_exact(&mut second))
-            .await
-            .expect("bound")
-            .expect("read");
+        let second = read_within_bound(ours, 1).await;
         assert_eq!(second[0], 0xAA);
     }
     // Every buffer is back: a new socket reads through the ring again.
     let (mut ours, mut peer) = pair().await;
     peer.write_all(b"again").await.expect("peer write");
-    let mut buf = [0u8; 5];
-    timeout(BOUND, ours.read_exact(&mut buf))
-        .await
-        .expect("bound")
-        .expect("read");
+    let buf = read_within_bound(&mut ours, 5).await;
     assert_eq!(&buf, b"again");
     assert!(uses_ring(&ours));
 }
@@ -221,11 +215,7 @@ async fn read_ahead_refuses_tls() {
     peer.write_all(b"12345678plaintext-injected")
         .await
         .expect("peer write");
-    let mut request = [0u8; 8];
-    timeout(BOUND, ours.read_exact(&mut request))
-        .await
-        .expect("bound")
-        .expect("read");
+    read_within_bound(&mut ours, 8).await;
     assert!(
         ours.into_tcp().await.is_err(),
         "bytes read ahead refuse the handshake"
@@ -238,11 +228,7 @@ async fn read_ahead_refuses_tls() {
         ours.into_tcp().await.is_ok(),
         "nothing read: the stream comes back"
     );
-    let mut answer = [0u8; 1];
-    timeout(BOUND, peer.read_exact(&mut answer))
-        .await
-        .expect("bound")
-        .expect("read");
+    let answer = read_within_bound(&mut peer, 1).await;
     assert_eq!(&answer, b"S");
 }
 
