@@ -221,11 +221,15 @@ async fn an_extended_copy_failing_before_its_first_sync_strays_nowhere() {
         // Logged in before, and waiting for the pool's one connection while the COPY runs: it
         // gets the connection the moment the first client's leaves it.
         let next = connect(&stack).await;
+        // The next client asks once the COPY holds the connection (its CopyInResponse came),
+        // not after a fixed pause, which a loaded machine could outlast.
+        let copying = tokio::sync::Notify::new();
         let failed = async {
             let sink = first
                 .copy_in::<_, Bytes>(&format!("copy {table} from stdin"))
-                .await?;
-            let mut sink = pin!(sink);
+                .await;
+            copying.notify_one();
+            let mut sink = pin!(sink?);
             // Megabytes, which the server reads (and ignores) after it answered the first Sync
             // and before the one after CopyDone: the two answers come apart.
             let rows = Bytes::from("1\n".repeat(512 * 1024));
@@ -237,7 +241,7 @@ async fn an_extended_copy_failing_before_its_first_sync_strays_nowhere() {
             finished
         };
         let waiting = async {
-            tokio::time::sleep(Duration::from_millis(100)).await;
+            copying.notified().await;
             goes_on(&next, &table, 0).await;
         };
         let (failed, ()) = tokio::join!(failed, waiting);
