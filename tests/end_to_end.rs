@@ -384,6 +384,101 @@ async fn protocol_3_2_is_negotiated_down_to_3_0() {
         .expect("terminate");
 }
 
+/// Reads a raw connection's messages up to its next ReadyForQuery: the tags, and the text of
+/// each DataRow's first column.
+async fn messages_to_ready(raw: &mut TcpStream) -> (Vec<u8>, Vec<String>) {
+    use support::wire;
+    let mut tags = Vec::new();
+    let mut values = Vec::new();
+    loop {
+        let read = tokio::time::timeout(Duration::from_secs(10), wire::read_message(raw));
+        let (tag, body) = read.await.expect("within 10 s").expect("message");
+        if tag == b'D' {
+            // One column: its 2-byte count, 4-byte length, then the text.
+            values.push(String::from_utf8_lossy(&body[6..]).into_owned());
+        }
+        tags.push(tag);
+        if tag == b'Z' {
+            return (tags, values);
+        }
+    }
+}
+
+/// The startup packet and a query in one write (read by the sidecar in one `recv`): the
+/// query is answered after the login, in both pool modes, and so is the next one.
+#[tokio::test]
+async fn a_query_sent_with_the_startup_packet_is_answered() {
+    use rds_iam_sidecar::pool::PoolMode;
+    use support::wire;
+    for mode in [PoolMode::Session, PoolMode::Transaction] {
+        let stack = harness::stack_with(
+            |c| c.pool.mode = mode,
+            harness::credentials(support::TEST_AKID, support::TEST_SECRET),
+        )
+        .await;
+        let mut raw = TcpStream::connect(stack.sidecar.addr())
+            .await
+            .expect("connect");
+        let mut bytes = wire::startup_message(&[("user", "postgres"), ("database", "postgres")]);
+        bytes.extend(wire::query_message("select 'carried'"));
+        raw.write_all(&bytes).await.expect("startup and query");
+        let (tags, values) = messages_to_ready(&mut raw).await;
+        assert_eq!(tags.first(), Some(&b'R'), "{mode:?}: {tags:?}");
+        assert!(
+            values.is_empty(),
+            "{mode:?}: the login's own ReadyForQuery first"
+        );
+        let (tags, values) = messages_to_ready(&mut raw).await;
+        assert_eq!(values, ["carried"], "{mode:?}: {tags:?}");
+        let rows = wire::simple_query(&mut raw, "select 'next'")
+            .await
+            .unwrap_or_else(|e| panic!("{mode:?}: {e}"));
+        assert_eq!(rows, vec![vec![Some("next".to_owned())]]);
+    }
+}
+
+/// A startup packet that comes a few bytes at a time (a slow client, a packet cut by the
+/// network) is read whole; and an SSLRequest with the startup packet right behind it in one
+/// write is declined, then the startup packet read from what came with it.
+#[tokio::test]
+async fn a_startup_packet_in_pieces_or_behind_an_ssl_request_logs_in() {
+    use support::wire;
+    let stack = stack().await;
+    let startup = wire::startup_message(&[("user", "postgres"), ("database", "postgres")]);
+    let mut raw = TcpStream::connect(stack.sidecar.addr())
+        .await
+        .expect("connect");
+    for piece in startup.chunks(3) {
+        raw.write_all(piece).await.expect("piece");
+        raw.flush().await.expect("flush");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let (tags, _) = messages_to_ready(&mut raw).await;
+    assert_eq!(tags.first(), Some(&b'R'), "{tags:?}");
+    let rows = wire::simple_query(&mut raw, "select 'pieces'")
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(rows, vec![vec![Some("pieces".to_owned())]]);
+
+    let mut raw = TcpStream::connect(stack.sidecar.addr())
+        .await
+        .expect("connect");
+    let mut bytes = wire::ssl_request();
+    bytes.extend(&startup);
+    raw.write_all(&bytes)
+        .await
+        .expect("ssl request and startup");
+    let mut answer = [0u8; 1];
+    raw.read_exact(&mut answer).await.expect("answer");
+    assert_eq!(&answer, b"N");
+    let (tags, _) = messages_to_ready(&mut raw).await;
+    assert_eq!(tags.first(), Some(&b'R'), "{tags:?}");
+    let rows = wire::simple_query(&mut raw, "select 'behind'")
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(rows, vec![vec![Some("behind".to_owned())]]);
+}
+
 #[tokio::test]
 async fn pipelined_queries_on_one_connection() {
     let stack = stack().await;

@@ -53,11 +53,13 @@ pub enum StartupError {
     Io(#[from] std::io::Error),
 }
 
-/// Reads one initial packet.
+/// Reads one initial packet, exactly (nothing after it).
 pub async fn read_initial_packet<R: AsyncRead + Unpin>(
     reader: &mut R,
 ) -> Result<InitialPacket, StartupError> {
     let mut length_bytes = [0u8; 4];
+    // Not through read_length: a connection waiting for its startup packet holds this
+    // future, and the nested one made it 32 bytes larger.
     match reader.read_exact(&mut length_bytes).await {
         Ok(_) => {}
         Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
@@ -65,14 +67,66 @@ pub async fn read_initial_packet<R: AsyncRead + Unpin>(
         }
         Err(e) => return Err(e.into()),
     }
-    let length = u32::from_be_bytes(length_bytes) as usize;
-    if !(8..=MAX_STARTUP_PACKET).contains(&length) {
-        return Err(StartupError::BadLength(length));
-    }
+    let length = initial_packet_length(&length_bytes)?;
     let mut packet = BytesMut::with_capacity(length);
     packet.put_slice(&length_bytes);
     packet.resize(length, 0);
     reader.read_exact(&mut packet[4..]).await?;
+    decode_initial_packet(&packet)
+}
+
+/// Reads the rest of a packet's 4-byte length into `length_bytes`; `Closed` when the client
+/// closes first.
+async fn read_length<R: AsyncRead + Unpin>(
+    reader: &mut R,
+    length_bytes: &mut [u8],
+) -> Result<(), StartupError> {
+    match reader.read_exact(length_bytes).await {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Err(StartupError::Closed),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Reads the rest of an initial packet whose first bytes `start` (none, part of its length, or
+/// more, up to the whole packet) were read already, and decodes it.
+pub async fn read_rest_of_packet<R: AsyncRead + Unpin>(
+    reader: &mut R,
+    start: &[u8],
+) -> Result<InitialPacket, StartupError> {
+    let mut length_bytes = [0u8; 4];
+    let have = start.len().min(4);
+    length_bytes[..have].copy_from_slice(&start[..have]);
+    read_length(reader, &mut length_bytes[have..]).await?;
+    let length = initial_packet_length(&length_bytes)?;
+    let mut packet = BytesMut::with_capacity(length);
+    packet.put_slice(&length_bytes);
+    packet.put_slice(start.get(4..length.min(start.len())).unwrap_or_default());
+    let have = packet.len();
+    packet.resize(length, 0);
+    reader.read_exact(&mut packet[have..]).await?;
+    decode_initial_packet(&packet)
+}
+
+/// The length an initial packet starting with `start` declares (its first 4 bytes), checked.
+pub fn initial_packet_length(start: &[u8]) -> Result<usize, StartupError> {
+    let Some(&[a, b, c, d]) = start.first_chunk::<4>() else {
+        return Err(StartupError::BadLength(start.len()));
+    };
+    let length = u32::from_be_bytes([a, b, c, d]) as usize;
+    if !(8..=MAX_STARTUP_PACKET).contains(&length) {
+        return Err(StartupError::BadLength(length));
+    }
+    Ok(length)
+}
+
+/// Decodes one whole initial packet (`packet` starts with its length, checked by
+/// [`initial_packet_length`], and holds exactly that many bytes).
+pub fn decode_initial_packet(packet: &[u8]) -> Result<InitialPacket, StartupError> {
+    let length = packet.len();
+    if length < 8 {
+        return Err(StartupError::BadLength(length));
+    }
     let code = u32::from_be_bytes([packet[4], packet[5], packet[6], packet[7]]);
     match code {
         SSL_REQUEST_CODE if length == 8 => Ok(InitialPacket::SslRequest),

@@ -40,6 +40,8 @@ mod socket;
 mod tests;
 #[cfg(all(test, target_os = "linux"))]
 mod tests_flush;
+#[cfg(all(test, target_os = "linux"))]
+mod tests_unread;
 mod tokio_io;
 
 pub use socket::Socket;

@@ -41,7 +41,8 @@ pub struct Socket {
     tcp: ManuallyDrop<TcpStream>,
 }
 
-/// 16 bytes: a client's login future and idle session hold one (src/frontend's size test).
+/// 24 bytes (a read state of 16, the boxed carried bytes' pointer setting its alignment): a
+/// client's login future and idle session hold one (src/frontend's size test).
 #[derive(Debug, Default)]
 struct Ops {
     read: Reading,
@@ -64,13 +65,36 @@ enum Reading {
     Ended,
     /// The `recv` failed with this errno, reported by the next read.
     Failed(i32),
-    /// Every provided buffer was held: this read goes through tokio.
+    /// This read goes through tokio: every provided buffer was held, or the socket is a
+    /// client just accepted (its first packet is usually there already, and a `recv` through
+    /// the ring would cost a park and a wake-up to find it).
     Direct,
     /// Made on a thread without a ring (`--socket-io epoll`, the default; a multi-thread
     /// runtime; a kernel that refused io_uring): every read and write goes through tokio, for
     /// good, without asking for the ring each time (the asking cost 250 instructions a
     /// transaction, callgrind, issue 16).
     Tokio,
+    /// Bytes read ahead and given back ([`Socket::unread`]): the next reads return them
+    /// first, then the socket goes on as `then` says.
+    Carried(Box<Carried>),
+}
+
+/// Bytes a reader took from the socket and gave back, and the reading state behind them.
+struct Carried {
+    bytes: Box<[u8]>,
+    /// How many of `bytes` were read again already.
+    at: usize,
+    then: Reading,
+}
+
+/// Only the count: the bytes are a client's, maybe a password.
+impl std::fmt::Debug for Carried {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Carried")
+            .field("left", &(self.bytes.len() - self.at))
+            .field("then", &self.then)
+            .finish()
+    }
 }
 
 impl Socket {
@@ -86,6 +110,29 @@ impl Socket {
             },
             tcp: ManuallyDrop::new(tcp),
         }
+    }
+
+    /// A client just accepted: its first read goes through tokio (see [`Reading::Direct`]).
+    pub fn accepted(tcp: TcpStream) -> Self {
+        let mut socket = Self::new(tcp);
+        if matches!(socket.ops.read, Reading::Idle) {
+            socket.ops.read = Reading::Direct;
+        }
+        socket
+    }
+
+    /// Gives back `bytes` read ahead (what a client sent after its startup packet, read with
+    /// it): the next reads return them before anything else.
+    pub fn unread(&mut self, bytes: &[u8]) {
+        if bytes.is_empty() {
+            return;
+        }
+        let then = std::mem::take(&mut self.ops.read);
+        self.ops.read = Reading::Carried(Box::new(Carried {
+            bytes: bytes.into(),
+            at: 0,
+            then,
+        }));
     }
 
     /// The TCP stream (socket options, addresses, a peek before the first read).
@@ -121,7 +168,10 @@ impl Socket {
     pub fn poll_read_ready(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         loop {
             match self.ops.read {
-                Reading::Holding { .. } | Reading::Ended | Reading::Failed(_) => {
+                Reading::Holding { .. }
+                | Reading::Ended
+                | Reading::Failed(_)
+                | Reading::Carried(_) => {
                     return Poll::Ready(Ok(()));
                 }
                 Reading::Direct | Reading::Tokio => return self.tcp.poll_read_ready(cx),
@@ -176,6 +226,16 @@ impl Socket {
                 read
             }
             Reading::InFlight(_) => Err(io::ErrorKind::WouldBlock.into()),
+            Reading::Carried(ref mut carried) => {
+                let left = &carried.bytes[carried.at..];
+                let n = buf.len().min(left.len());
+                buf[..n].copy_from_slice(&left[..n]);
+                carried.at += n;
+                if carried.at == carried.bytes.len() {
+                    self.ops.read = std::mem::take(&mut carried.then);
+                }
+                Ok(n)
+            }
             Reading::Idle if with_ring(|_| ()).is_some() => Err(io::ErrorKind::WouldBlock.into()),
             Reading::Idle => read_direct(&self.tcp, buf),
         }
@@ -206,6 +266,9 @@ impl Socket {
     /// ring, tokio's readiness confirmed by a one-byte peek (tokio keeps a socket marked
     /// readable after a read that did not drain it).
     pub fn poll_readable(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if matches!(self.ops.read, Reading::Carried(_)) {
+            return Poll::Ready(Ok(()));
+        }
         if !matches!(self.ops.read, Reading::Direct | Reading::Tokio) && with_ring(|_| ()).is_some()
         {
             return self.poll_read_ready(cx);
@@ -245,7 +308,10 @@ impl Ops {
         if matches!(self.read, Reading::Tokio) {
             return true;
         }
-        let read = std::mem::take(&mut self.read);
+        let mut read = std::mem::take(&mut self.read);
+        while let Reading::Carried(carried) = read {
+            read = carried.then;
+        }
         let write = std::mem::take(&mut self.write);
         let in_flight =
             matches!(read, Reading::InFlight(_)) || matches!(write, Writing::InFlight(_));
