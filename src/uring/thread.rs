@@ -189,8 +189,7 @@ fn submit_and_wake(always: bool) {
                 ring.signal_self();
                 break;
             }
-            ring.enter();
-            reaped = ring.reap();
+            reaped = ring.enter_and_reap();
         }
         ring.reap();
         std::mem::take(&mut ring.wakers)
