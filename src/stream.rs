@@ -199,16 +199,6 @@ impl UpstreamStream {
         }
     }
 
-    /// Starts watching for what the server sends unasked (a connection going idle in its pool):
-    /// on a ring, the `recv` that sees a close is queued now rather than at the next checkout,
-    /// which would then take a closed connection for a live one. Nothing to do on epoll.
-    pub fn watch_reads(&mut self) {
-        match self {
-            Self::Plain(s) => s.watch_reads(),
-            Self::Tls(tls) => tls.get_mut().0.watch_reads(),
-        }
-    }
-
     /// Ready when the server sent something (or closed), including plaintext or TLS records
     /// the TLS layer already holds; needs no buffer.
     pub fn poll_readable(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {

@@ -30,7 +30,7 @@ impl Listener {
             Self::Tcp(listener) => {
                 let (socket, peer) = listener.accept().await?;
                 let _ = socket.set_nodelay(true);
-                Ok((ClientStream::Tcp(Socket::accepted(socket)), Some(peer)))
+                Ok((ClientStream::Tcp(Socket::new(socket)), Some(peer)))
             }
             Self::Unix(listener) => {
                 let (socket, _) = listener.accept().await?;

@@ -295,9 +295,7 @@ mod tests {
         assert!(task <= 152, "a client task's future is {task} bytes");
         // The login's own future lives from accept until the startup packet: a burst of
         // connections holds one each (2,368 bytes before the greeting and the cancel
-        // forwarding were boxed apart, 760 after, 848 with the TLS negotiation, 888 since a
-        // socket can carry bytes read with the startup packet: 8 bytes in each of the
-        // stream's copies, and the one-read path's own state).
+        // forwarding were boxed apart, 760 after, 848 with the TLS negotiation).
         let login = future_size(|stream: ClientStream| {
             login::login(
                 stream,
@@ -309,12 +307,11 @@ mod tests {
                 unreachable_gauge(),
             )
         });
-        assert!(login <= 896, "a login's future is {login} bytes");
+        assert!(login <= 880, "a login's future is {login} bytes");
         let session = size_of::<session::Session>();
         // 216 bytes in 2026-11 (a 224-byte malloc chunk); 240 with the io_uring socket's
-        // 16 bytes of state (src/uring/socket), 248 since it can carry bytes read ahead (still
-        // a 256-byte chunk: glibc adds 8).
-        assert!(session <= 248, "Session is {session} bytes");
+        // 16 bytes of state (src/uring/socket).
+        assert!(session <= 240, "Session is {session} bytes");
     }
 
     fn unreachable_context() -> Arc<Frontend> {

@@ -66,8 +66,6 @@ impl Lease {
                 return;
             }
             connection.idle_since = now;
-            // Watched while idle: a close by the server is seen by the next checkout.
-            connection.server.stream.watch_reads();
             self.pool.give_back(connection);
         }
     }

@@ -1,17 +1,16 @@
-//! Completion I/O for the hot path (issue 16): the sockets' `recv` and `send` go through one
-//! io_uring per thread instead of tokio's readiness and one syscall each. Tokio keeps
-//! everything else (listeners, connects, timers, the TLS handshake's logic); a [`Socket`] is a
-//! tokio `TcpStream`, still registered with tokio, whose reads and writes are submissions on
-//! the thread's ring when it has one and plain tokio I/O when it has not.
+//! Completion I/O for the hot path (issue 16): the sockets' `send`s go through one io_uring
+//! per thread instead of one `writev` each. Tokio keeps everything else (reads, listeners,
+//! connects, timers, the TLS handshake's logic); a [`Socket`] is a tokio `TcpStream`, still
+//! registered with tokio, whose writes are submissions on the thread's ring when it has one
+//! and plain tokio I/O when it has not.
 //!
 //! What it saves, measured (pgbench -S, 8 clients, the sidecar with `--socket-io epoll`
-//! against `io-uring`, docs/ARCHITECTURE.md): 4-17 % of the sidecar's CPU per transaction
-//! with eight busy clients, in both pool modes (it costs more for a lone client). The
-//! submissions of every task that ran in one turn of the event loop go to the kernel in one
-//! `io_uring_enter`, made just before tokio parks the thread ([`submit_before_park`]); a
-//! `send` is done inline there, and a `recv` waits in the kernel, its completion read from
-//! shared memory. Data is received into buffers the kernel picks from a shared set when it
-//! arrives ("provided buffers"), so a client waiting between statements holds none.
+//! against `io-uring`, docs/ARCHITECTURE.md): about a fifth of the sidecar's CPU per
+//! transaction with eight busy clients, in both pool modes. The `send`s of every task that ran
+//! in one turn of the event loop go to the kernel in one `io_uring_enter`, made just before
+//! tokio parks the thread ([`submit_before_park`]), where each is done inline. Reads stay
+//! tokio's: a `recv` through the ring (session 14) cost more than it saved (see
+//! `socket/mod.rs`).
 //!
 //! Opt-in (`--socket-io io-uring`; the default is epoll, which costs less for a lone client,
 //! a new connection and an idle one). Only the current-thread runtime (`--worker-threads 1`,
@@ -24,8 +23,6 @@
 
 #[cfg(target_os = "linux")]
 mod ops;
-#[cfg(target_os = "linux")]
-mod provided;
 #[cfg(target_os = "linux")]
 mod ring;
 #[cfg(not(target_os = "linux"))]

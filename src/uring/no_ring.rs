@@ -6,31 +6,14 @@ use std::os::fd::RawFd;
 use std::task::{Poll, Waker};
 
 /// Never built on this platform.
-pub struct Ring {
-    pub provided: Provided,
-}
-
-pub struct Provided;
+pub struct Ring;
 
 pub struct Completion {
     pub result: i32,
-    pub flags: u32,
     pub owned: Vec<u8>,
 }
 
-impl Provided {
-    pub fn bytes(&self, _id: u16, _length: usize) -> &[u8] {
-        &[]
-    }
-
-    pub fn give_back(&mut self, _id: u16) {}
-}
-
 impl Ring {
-    pub fn recv(&mut self, _fd: RawFd) -> io::Result<u32> {
-        Err(io::ErrorKind::Unsupported.into())
-    }
-
     pub fn send(&mut self, _fd: RawFd, _owned: Vec<u8>) -> io::Result<u32> {
         Err(io::ErrorKind::Unsupported.into())
     }
@@ -43,7 +26,7 @@ impl Ring {
         None
     }
 
-    pub fn abandon(&mut self, _index: u32, _cancel: bool) {}
+    pub fn abandon(&mut self, _index: u32) {}
 
     pub fn flush(&mut self) -> bool {
         true
@@ -78,10 +61,6 @@ pub fn submit_now() {}
 
 pub fn describe() -> String {
     "epoll (io_uring is Linux's)".to_owned()
-}
-
-pub fn buffer_of(_flags: u32) -> Option<u16> {
-    None
 }
 
 pub fn with_ring<R>(_f: impl FnOnce(&mut Ring) -> R) -> Option<R> {

@@ -1,5 +1,5 @@
-//! What a socket does with its operations on the ring: waits for one ([`Ring::poll`]),
-//! gives one up when it is dropped ([`Ring::abandon`], [`Ring::cancel`]).
+//! What a socket does with its `send` on the ring: waits for it ([`Ring::poll`]), gives it up
+//! when it is dropped ([`Ring::abandon`], then [`Ring::cancel`] if a flush did not finish it).
 
 use std::task::{Poll, Waker};
 
@@ -39,12 +39,12 @@ impl Ring {
 
     /// The operation's completion, or `Pending` with `waker` kept to be woken by it.
     pub fn poll(&mut self, index: u32, waker: &Waker) -> Poll<Completion> {
+        let gone = || Completion {
+            result: -libc::EBADF,
+            owned: Vec::new(),
+        };
         let Some(slot) = self.slots.get_mut(index as usize) else {
-            return Poll::Ready(Completion {
-                result: -libc::EBADF,
-                flags: 0,
-                owned: Vec::new(),
-            });
+            return Poll::Ready(gone());
         };
         match slot {
             Slot::Waiting { waker: kept, .. } => {
@@ -54,40 +54,19 @@ impl Ring {
                 Poll::Pending
             }
             Slot::Done { .. } => {
-                let Slot::Done {
-                    result,
-                    flags,
-                    owned,
-                } = std::mem::replace(slot, Slot::Free)
-                else {
+                let Slot::Done { result, owned } = std::mem::replace(slot, Slot::Free) else {
                     return Poll::Pending;
                 };
                 self.free.push(index);
-                Poll::Ready(Completion {
-                    result,
-                    flags,
-                    owned,
-                })
+                Poll::Ready(Completion { result, owned })
             }
-            Slot::Free => Poll::Ready(Completion {
-                result: -libc::EBADF,
-                flags: 0,
-                owned: Vec::new(),
-            }),
+            Slot::Free => Poll::Ready(gone()),
         }
     }
 
-    /// The owner of operation `index` is gone: what it holds is given back once it completes;
-    /// `cancel` asks the kernel to end it now (a `recv` that would wait forever).
-    pub fn abandon(&mut self, index: u32, cancel: bool) {
-        self.forsake(index);
-        if cancel && self.is_waiting(index) {
-            self.cancel(index);
-        }
-    }
-
-    /// Marks a waiting operation abandoned, or frees a completed one.
-    fn forsake(&mut self, index: u32) {
+    /// The owner of operation `index` is gone: a waiting operation is marked so (what it holds
+    /// is given back once it completes), a completed one freed.
+    pub fn abandon(&mut self, index: u32) {
         let Some(slot) = self.slots.get_mut(index as usize) else {
             return;
         };
@@ -100,8 +79,8 @@ impl Ring {
                     sending,
                 };
             }
-            Slot::Done { flags, owned, .. } => {
-                self.release(flags, owned);
+            Slot::Done { owned, .. } => {
+                self.recycle(owned);
                 self.free.push(index);
             }
             Slot::Free => {}

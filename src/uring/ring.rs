@@ -1,8 +1,8 @@
 //! The ring of one thread and its operations. An operation is a slot: pushed with the buffer it
 //! owns (a `send`'s bytes) and the waker of the task awaiting it, completed when its entry
 //! comes back from the completion queue. A socket dropped with an operation in flight
-//! abandons the slot: a `recv` is cancelled, a `send` gets the one enter that follows to finish
-//! (a socket with room takes it at once) and is cancelled if it has not, so a peer that stops
+//! abandons the slot: its `send` gets the one enter that follows to finish (a socket with
+//! room takes it at once) and is cancelled if it has not, so a peer that stops
 //! reading cannot hold the connection open; the slot's buffers are freed when the completion
 //! comes.
 //!
@@ -14,10 +14,8 @@ use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::task::Waker;
 
-use io_uring::{IoUring, cqueue, opcode, squeue, types};
+use io_uring::{IoUring, opcode, squeue, types};
 use tracing::debug;
-
-use super::provided::{self, Provided};
 
 /// Submission queue entries; a full queue is submitted at once.
 const ENTRIES: u32 = 1024;
@@ -33,11 +31,9 @@ const MAX_FREE_SENDS: usize = 32;
 const MAX_KEPT_SEND: usize = 64 * 1024;
 
 pub struct Ring {
-    // Dropped first: the kernel lets go of the provided buffers before they are freed.
     pub(super) uring: IoUring,
     /// Signalled by the kernel when a completion waits to be run (see `new`).
     pub(super) wake: OwnedFd,
-    pub provided: Provided,
     pub(super) slots: Vec<Slot>,
     pub(super) free: Vec<u32>,
     sends: Vec<Vec<u8>>,
@@ -45,7 +41,7 @@ pub struct Ring {
     /// A reaper task runs for this ring (src/uring/thread.rs).
     pub(super) reaping: bool,
     /// Reused between turns: no allocation per park.
-    reaped: Vec<(u64, i32, u32)>,
+    reaped: Vec<(u64, i32)>,
     pub(super) wakers: Vec<Waker>,
 }
 
@@ -62,7 +58,6 @@ pub(super) enum Slot {
     },
     Done {
         result: i32,
-        flags: u32,
         owned: Vec<u8>,
     },
 }
@@ -73,12 +68,10 @@ pub(super) struct Sending {
     sent: usize,
 }
 
-/// A completed operation: the kernel's result (bytes, or a negated errno), its flags (the
-/// provided buffer it filled) and the buffer the operation owned (empty for a `send` that went
-/// whole: its buffer went back to the ring at its completion).
+/// A completed operation: the kernel's result (bytes, or a negated errno) and the buffer the
+/// operation owned (empty for a `send` that went whole: its buffer went back to the ring at its completion).
 pub struct Completion {
     pub result: i32,
-    pub flags: u32,
     pub owned: Vec<u8>,
 }
 
@@ -87,11 +80,6 @@ fn send_entry(fd: RawFd, bytes: &[u8]) -> squeue::Entry {
     opcode::Send::new(types::Fd(fd), bytes.as_ptr(), bytes.len() as u32)
         .flags(libc::MSG_NOSIGNAL)
         .build()
-}
-
-/// The provided buffer a completed `recv` filled.
-pub fn buffer_of(flags: u32) -> Option<u16> {
-    cqueue::buffer_select(flags)
 }
 
 impl Ring {
@@ -115,11 +103,9 @@ impl Ring {
         // SAFETY: just created, owned by nothing else.
         let wake = unsafe { OwnedFd::from_raw_fd(wake) };
         uring.submitter().register_eventfd(wake.as_raw_fd())?;
-        let provided = Provided::register(&uring)?;
         Ok(Ring {
             uring,
             wake,
-            provided,
             slots: Vec::new(),
             free: Vec::new(),
             sends: Vec::new(),
@@ -158,15 +144,6 @@ impl Ring {
         Ok(index)
     }
 
-    /// A `recv` on `fd` into a provided buffer (none is held until data arrives).
-    pub fn recv(&mut self, fd: RawFd) -> io::Result<u32> {
-        let entry = opcode::Recv::new(types::Fd(fd), std::ptr::null_mut(), provided::SIZE as u32)
-            .buf_group(provided::GROUP)
-            .build()
-            .flags(squeue::Flags::BUFFER_SELECT);
-        self.push(entry, Vec::new(), None)
-    }
-
     /// A `send` on `fd` of all of `owned`, which the operation owns until it completes: a
     /// partial send is followed by the rest, and the completion comes when all went or one
     /// failed.
@@ -176,8 +153,8 @@ impl Ring {
     }
 
     pub(super) fn queue(&mut self, entry: squeue::Entry) -> io::Result<()> {
-        // SAFETY: what the entry points at is owned by its slot (a send's bytes), by the
-        // provided buffers, or is nothing (a cancel), all alive until its completion.
+        // SAFETY: what the entry points at is owned by its slot (a send's bytes) or is nothing
+        // (a cancel), alive until its completion.
         while unsafe { self.uring.submission().push(&entry) }.is_err() {
             self.uring.submit()?;
         }
@@ -240,11 +217,11 @@ impl Ring {
         reaped.extend(
             self.uring
                 .completion()
-                .map(|entry| (entry.user_data(), entry.result(), entry.flags())),
+                .map(|entry| (entry.user_data(), entry.result())),
         );
-        for &(data, result, flags) in &reaped {
+        for &(data, result) in &reaped {
             if data != CANCEL {
-                self.complete(data as usize, result, flags);
+                self.complete(data as usize, result);
             }
         }
         let count = reaped.len();
@@ -260,7 +237,7 @@ impl Ring {
         unsafe { libc::write(self.wake.as_raw_fd(), one.as_ptr().cast(), one.len()) };
     }
 
-    fn complete(&mut self, index: usize, result: i32, flags: u32) {
+    fn complete(&mut self, index: usize, result: i32) {
         let Some(slot) = self.slots.get_mut(index) else {
             return;
         };
@@ -305,10 +282,10 @@ impl Ring {
                     return;
                 };
                 result = -error.raw_os_error().unwrap_or(libc::EIO);
-                return self.finish(index, waker, owned, abandoned, result, flags);
+                return self.finish(index, waker, owned, abandoned, result);
             }
         }
-        self.finish(index, waker, owned, abandoned, result, flags);
+        self.finish(index, waker, owned, abandoned, result);
     }
 
     /// Puts a finished operation's result in its slot and its waker in `self.wakers` (or
@@ -320,27 +297,14 @@ impl Ring {
         owned: Vec<u8>,
         abandoned: bool,
         result: i32,
-        flags: u32,
     ) {
         if abandoned {
-            self.release(flags, owned);
+            self.recycle(owned);
             self.free.push(index as u32);
             return;
         }
-        self.slots[index] = Slot::Done {
-            result,
-            flags,
-            owned,
-        };
+        self.slots[index] = Slot::Done { result, owned };
         self.wakers.extend(waker);
-    }
-
-    /// Gives back what a finished operation held: its provided buffer, its send buffer.
-    pub(super) fn release(&mut self, flags: u32, owned: Vec<u8>) {
-        if let Some(id) = cqueue::buffer_select(flags) {
-            self.provided.give_back(id);
-        }
-        self.recycle(owned);
     }
 
     /// Keeps a send buffer for the next send.
@@ -364,7 +328,6 @@ impl Drop for Ring {
     /// Only a thread that ends drops its ring (a test's): the kernel tears the ring down after
     /// the descriptor closes, so a buffer a `send` still reads from is leaked, not freed.
     fn drop(&mut self) {
-        let _ = self.uring.submitter().unregister_buf_ring(provided::GROUP);
         for slot in self.slots.drain(..) {
             if let Slot::Waiting { owned, .. } = slot {
                 std::mem::forget(owned);

@@ -82,7 +82,7 @@ async fn round_trips_and_a_megabyte_each_way() {
     a_megabyte_each_way(ours, peer).await;
 }
 
-/// A megabyte each way at once: partial sends, partial copies out of a provided buffer; then
+/// A megabyte each way at once: partial sends, partial reads; then
 /// the end of stream, every time it is read.
 async fn a_megabyte_each_way(mut ours: Socket, peer: TcpStream) {
     let mut buf = [0u8; 64];
@@ -144,11 +144,11 @@ fn round_trips_and_large_transfers_arrive_whole_and_in_order() {
 }
 
 async fn dropped_sockets_close() {
-    // A read waiting in the kernel when the socket goes: the peer sees the close.
+    // A read waiting for the peer when the socket goes: the peer sees the close.
     let (mut ours, mut peer) = pair().await;
     let waker = std::task::Waker::noop();
     let mut cx = std::task::Context::from_waker(waker);
-    assert!(ours.poll_read_ready(&mut cx).is_pending(), "a recv waits");
+    assert!(ours.poll_readable(&mut cx).is_pending(), "a read waits");
     tokio::task::yield_now().await;
     drop(ours);
     let mut buf = [0u8; 8];
@@ -176,65 +176,22 @@ fn a_dropped_socket_closes_and_delivers_what_it_wrote() {
     on_ring(true, dropped_sockets_close);
 }
 
-async fn more_readers_than_buffers() {
-    // Each socket keeps one byte of its buffer unread: every provided buffer ends up held, and
-    // the sockets after that read through tokio.
-    let count = usize::from(super::provided::COUNT) + 8;
-    let mut pairs = Vec::new();
-    for index in 0..count {
-        let (ours, mut peer) = pair().await;
-        peer.write_all(&[index as u8, 0xAA])
-            .await
-            .expect("peer write");
-        pairs.push((ours, peer));
-    }
-    for (index, (ours, _)) in pairs.iter_mut().enumerate() {
-        let first = read_within_bound(ours, 1).await;
-        assert_eq!(first[0], index as u8);
-    }
-    for (ours, _) in &mut pairs {
-        let second = read_within_bound(ours, 1).await;
-        assert_eq!(second[0], 0xAA);
-    }
-    // Every buffer is back: a new socket reads through the ring again.
-    let (mut ours, mut peer) = pair().await;
-    peer.write_all(b"again").await.expect("peer write");
-    let buf = read_within_bound(&mut ours, 5).await;
-    assert_eq!(&buf, b"again");
-    assert!(uses_ring(&ours));
-}
-
-#[test]
-fn with_every_buffer_held_reads_go_through_tokio_and_lose_nothing() {
-    on_ring(false, more_readers_than_buffers);
-    on_ring(true, more_readers_than_buffers);
-}
-
-async fn read_ahead_refuses_tls() {
-    let (mut ours, mut peer) = pair().await;
-    peer.write_all(b"12345678plaintext-injected")
-        .await
-        .expect("peer write");
-    read_within_bound(&mut ours, 8).await;
-    assert!(
-        ours.into_tcp().await.is_err(),
-        "bytes read ahead refuse the handshake"
-    );
-
-    // An 'S' written just before the handshake is sent first, then the stream comes back.
+async fn an_s_goes_before_the_handshake() {
+    // An 'S' written just before the handshake is sent first, then the stream comes back
+    // (bytes read ahead refuse it: `tests_unread.rs`).
     let (mut ours, mut peer) = pair().await;
     ours.write_all(b"S").await.expect("write");
     assert!(
         ours.into_tcp().await.is_ok(),
-        "nothing read: the stream comes back"
+        "nothing read ahead: the stream comes back"
     );
     let answer = read_within_bound(&mut peer, 1).await;
     assert_eq!(&answer, b"S");
 }
 
 #[test]
-fn bytes_read_ahead_of_a_tls_handshake_refuse_it() {
-    on_ring(true, read_ahead_refuses_tls);
+fn an_s_written_before_a_tls_handshake_is_sent_first() {
+    on_ring(true, an_s_goes_before_the_handshake);
 }
 
 #[tokio::test]
@@ -253,8 +210,8 @@ async fn without_a_ring_the_socket_is_tokios() {
 }
 
 async fn a_parked_thread_wakes_for_a_completion() {
-    // The peer is a plain socket on another thread: nothing but the completion can wake this
-    // runtime's thread, which sleeps in epoll_wait meanwhile.
+    // The peer is a plain socket on another thread: nothing but its bytes and the sends'
+    // completions can wake this runtime's thread, which sleeps in epoll_wait meanwhile.
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     let address = listener.local_addr().expect("addr");
     let peer = std::thread::spawn(move || {

@@ -1,7 +1,7 @@
 //! Bytes given back to a socket ([`Socket::unread`]): what a client sent after its startup
 //! packet, read with it. The next reads return them first, then what the peer sends; they
-//! keep the socket out of a TLS handshake; `Debug` shows how many, never what. On a ring (a
-//! client just accepted reads directly first) and on tokio alike.
+//! keep the socket out of a TLS handshake; `Debug` shows how many, never what. On a ring and
+//! on tokio alike.
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -9,14 +9,14 @@ use tokio::net::{TcpListener, TcpStream};
 use super::Socket;
 use super::tests::{BOUND, on_ring};
 
-/// A client just accepted ([`Socket::accepted`]) and its peer.
+/// A client just accepted and its peer.
 async fn accepted_pair() -> (Socket, TcpStream) {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let peer = TcpStream::connect(listener.local_addr().expect("addr"))
         .await
         .expect("connect");
     let (ours, _) = listener.accept().await.expect("accept");
-    (Socket::accepted(ours), peer)
+    (Socket::new(ours), peer)
 }
 
 async fn given_back_bytes_come_first() {

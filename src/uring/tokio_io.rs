@@ -1,6 +1,5 @@
-//! What a [`super::Socket`] does without a ring (or with every provided buffer held): tokio's
-//! readiness and one syscall per read, as the sidecar did before io_uring; and the read loop
-//! both kinds of socket share.
+//! A [`super::Socket`]'s reads, ring or not: tokio's readiness and one syscall per read; and
+//! the read loop both kinds of client socket share.
 
 use std::io;
 use std::mem::MaybeUninit;

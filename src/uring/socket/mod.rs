@@ -1,39 +1,43 @@
-//! [`Socket`]: a TCP connection whose reads and writes go through the ring of the thread that
-//! made it when that thread has one, and through tokio when it has not (another platform,
-//! another runtime, a kernel without io_uring, `--socket-io epoll`) or every provided buffer
-//! is held. The socket stays registered with tokio
-//! throughout, so either way works at any moment, one read or write at a time.
+//! [`Socket`]: a TCP connection whose writes go through the ring of the thread that made it
+//! when that thread has one, and through tokio when it has not (another platform, another
+//! runtime, a kernel without io_uring, `--socket-io epoll`). Reads always go through tokio:
+//! its readiness, then one `recv`.
 //!
-//! A read submits a `recv` and waits for its completion, which names the provided buffer the
-//! kernel filled; the reader copies out of it and gives it back. A write copies the bytes into
-//! a send buffer of the ring's, submits the `send` and returns at once (the kernel sends it at
-//! the thread's next park, in the same `io_uring_enter` as everyone else's). At most one
-//! `send` is in flight: a write that finds one submits the queue at once and waits only if
-//! the kernel could not take it (the socket's buffer is full), as a TCP socket's write
-//! would; errors are reported by the call after the `send`. A flush does not wait (see
-//! `poll_flush`); a shutdown does.
+//! A write copies the bytes into a send buffer of the ring's, submits the `send` and returns
+//! at once (the kernel sends it at the thread's next park, in the same `io_uring_enter` as
+//! everyone else's). At most one `send` is in flight: a write that finds one submits the
+//! queue at once and waits only if the kernel could not take it (the socket's buffer is
+//! full), as a TCP socket's write would; errors are reported by the call after the `send`. A
+//! flush does not wait (see `poll_flush`); a shutdown does.
 //!
-//! A socket dropped with an operation queued hands the queue to the kernel before its
-//! descriptor closes: a queued entry names a descriptor number, which a socket accepted after
-//! the close could reuse (where that cannot be done, the descriptor is kept open).
+//! Why reads do not use the ring too (they did in session 14): the sends batched into the
+//! park's one enter are where io_uring saves, and a `recv` through the ring cost more than it
+//! saved. It waits armed in the kernel, and its completion comes back through the eventfd, an
+//! `epoll_wait` and the reaper task before the reader runs, where tokio's readiness wakes the
+//! reader directly. Reading through tokio on the same ring (an A/B, `pgbench -S`, CPU µs a
+//! transaction): 8 clients 16.0 -> 14.7 (session) and 16.2 -> 14.8 (transaction), a lone
+//! client 56.8 -> 52.2 (epoll 53.6), a connection per transaction 67.4 -> 61.3 (epoll 62.2);
+//! and an idle client holds no `recv` slot, and the ring no provided buffers (512 KiB).
+//!
+//! A socket dropped with a `send` queued hands the queue to the kernel before its descriptor
+//! closes: a queued entry names a descriptor number, which a socket accepted after the close
+//! could reuse (where that cannot be done, the descriptor is kept open).
 
 use std::io;
 use std::mem::ManuallyDrop;
-use std::os::fd::AsRawFd;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use tokio::io::{AsyncRead, ReadBuf};
 use tokio::net::TcpStream;
 
-use super::ring::{self, Completion};
 use super::thread::with_ring;
 use super::tokio_io::{poll_peeked, poll_read_by, read_direct};
 use write::Writing;
 
 mod write;
 
-/// A TCP connection doing its I/O through io_uring where it can (see the module's doc).
+/// A TCP connection writing through io_uring where it can (see the module's doc).
 #[derive(Debug)]
 pub struct Socket {
     ops: Ops,
@@ -41,50 +45,19 @@ pub struct Socket {
     tcp: ManuallyDrop<TcpStream>,
 }
 
-/// 24 bytes (a read state of 16, the boxed carried bytes' pointer setting its alignment): a
-/// client's login future and idle session hold one (src/frontend's size test).
+/// 16 bytes: a client's login future and idle session hold one (src/frontend's size test).
 #[derive(Debug, Default)]
 struct Ops {
-    read: Reading,
+    /// Bytes read ahead and given back ([`Socket::unread`]): the next reads return them first.
+    carried: Option<Box<Carried>>,
     write: Writing,
 }
 
-#[derive(Debug, Default)]
-enum Reading {
-    /// Nothing in flight: the next read submits a `recv` (or reads through tokio).
-    #[default]
-    Idle,
-    InFlight(u32),
-    /// Provided buffer `id`, its bytes `at..end` not read yet (a buffer is 16 KiB).
-    Holding {
-        id: u16,
-        at: u16,
-        end: u16,
-    },
-    /// The peer closed its side: every read answers 0.
-    Ended,
-    /// The `recv` failed with this errno, reported by the next read.
-    Failed(i32),
-    /// This read goes through tokio: every provided buffer was held, or the socket is a
-    /// client just accepted (its first packet is usually there already, and a `recv` through
-    /// the ring would cost a park and a wake-up to find it).
-    Direct,
-    /// Made on a thread without a ring (`--socket-io epoll`, the default; a multi-thread
-    /// runtime; a kernel that refused io_uring): every read and write goes through tokio, for
-    /// good, without asking for the ring each time (the asking cost 250 instructions a
-    /// transaction, callgrind, issue 16).
-    Tokio,
-    /// Bytes read ahead and given back ([`Socket::unread`]): the next reads return them
-    /// first, then the socket goes on as `then` says.
-    Carried(Box<Carried>),
-}
-
-/// Bytes a reader took from the socket and gave back, and the reading state behind them.
+/// Bytes a reader took from the socket and gave back.
 struct Carried {
     bytes: Box<[u8]>,
     /// How many of `bytes` were read again already.
     at: usize,
-    then: Reading,
 }
 
 /// Only the count: the bytes are a client's, maybe a password.
@@ -92,33 +65,23 @@ impl std::fmt::Debug for Carried {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Carried")
             .field("left", &(self.bytes.len() - self.at))
-            .field("then", &self.then)
             .finish()
     }
 }
 
 impl Socket {
     pub fn new(tcp: TcpStream) -> Self {
-        let read = match with_ring(|_| ()) {
-            Some(()) => Reading::Idle,
-            None => Reading::Tokio,
+        let write = match with_ring(|_| ()) {
+            Some(()) => Writing::Idle,
+            None => Writing::Tokio,
         };
         Socket {
             ops: Ops {
-                read,
-                write: Writing::Idle,
+                carried: None,
+                write,
             },
             tcp: ManuallyDrop::new(tcp),
         }
-    }
-
-    /// A client just accepted: its first read goes through tokio (see [`Reading::Direct`]).
-    pub fn accepted(tcp: TcpStream) -> Self {
-        let mut socket = Self::new(tcp);
-        if matches!(socket.ops.read, Reading::Idle) {
-            socket.ops.read = Reading::Direct;
-        }
-        socket
     }
 
     /// Gives back `bytes` read ahead (what a client sent after its startup packet, read with
@@ -127,11 +90,13 @@ impl Socket {
         if bytes.is_empty() {
             return;
         }
-        let then = std::mem::take(&mut self.ops.read);
-        self.ops.read = Reading::Carried(Box::new(Carried {
-            bytes: bytes.into(),
+        let mut joined = bytes.to_vec();
+        if let Some(carried) = self.ops.carried.take() {
+            joined.extend_from_slice(&carried.bytes[carried.at..]);
+        }
+        self.ops.carried = Some(Box::new(Carried {
+            bytes: joined.into_boxed_slice(),
             at: 0,
-            then,
         }));
     }
 
@@ -141,15 +106,11 @@ impl Socket {
     }
 
     /// The TCP stream back, for a TLS handshake, once what was written has gone (the 'S'
-    /// answering an SSLRequest); refused when bytes were read ahead or are in flight (a
-    /// client's bytes sent before its TLS handshake must not be trusted).
+    /// answering an SSLRequest); refused when bytes were read ahead (a client's bytes sent
+    /// before its TLS handshake must not be trusted).
     pub async fn into_tcp(mut self) -> io::Result<TcpStream> {
         std::future::poll_fn(|cx| self.poll_sent(cx)).await?;
-        if matches!(
-            self.ops.read,
-            Reading::Idle | Reading::Direct | Reading::Tokio
-        ) && matches!(self.ops.write, Writing::Idle)
-        {
+        if self.ops.carried.is_none() && matches!(self.ops.write, Writing::Idle | Writing::Tokio) {
             // Nothing in flight or held: the operations' state is plain data.
             let mut this = ManuallyDrop::new(self);
             // SAFETY: `this` is never dropped, and its stream is taken once.
@@ -162,141 +123,38 @@ impl Socket {
         ))
     }
 
-    /// Ready when a read will find something: bytes, the peer's close, or an error. On a ring
-    /// this is a `recv` in flight (no buffer held while it waits); otherwise tokio's
-    /// readiness, which may be left over from an earlier read (a `try_read` clears it).
+    /// Ready when a read may find something: bytes given back, or tokio saw the socket
+    /// readable, which may be left over from an earlier read (a `try_read` clears it).
     pub fn poll_read_ready(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        loop {
-            match self.ops.read {
-                Reading::Holding { .. }
-                | Reading::Ended
-                | Reading::Failed(_)
-                | Reading::Carried(_) => {
-                    return Poll::Ready(Ok(()));
-                }
-                Reading::Direct | Reading::Tokio => return self.tcp.poll_read_ready(cx),
-                Reading::InFlight(slot) => match with_ring(|ring| ring.poll(slot, cx.waker())) {
-                    Some(Poll::Pending) => return Poll::Pending,
-                    Some(Poll::Ready(done)) => self.ops.read = received(done),
-                    None => self.ops.read = Reading::Failed(libc::EBADF),
-                },
-                Reading::Idle => {
-                    let fd = self.tcp.as_raw_fd();
-                    match with_ring(|ring| ring.recv(fd)) {
-                        Some(Ok(slot)) => self.ops.read = Reading::InFlight(slot),
-                        Some(Err(error)) => return Poll::Ready(Err(error)),
-                        None => return self.tcp.poll_read_ready(cx),
-                    }
-                }
-            }
+        if self.ops.carried.is_some() {
+            return Poll::Ready(Ok(()));
         }
-    }
-
-    /// Watches for what the peer sends unasked (a close of a connection idle in its pool),
-    /// waking nobody: on a ring, the `recv` that sees it is queued now rather than at the next
-    /// checkout, and the waker of the task that used the socket last is dropped (it would be
-    /// woken for nothing, and keep a finished session's task allocated). On tokio, where the
-    /// readiness already watches, nothing is done: replacing that waker cost 150 instructions
-    /// a transaction-mode transaction (callgrind); it stays until the next checkout's check,
-    /// one per idle pooled connection at most.
-    pub fn watch_reads(&mut self) {
-        if !matches!(self.ops.read, Reading::Tokio | Reading::Direct) {
-            let _ = self.poll_read_ready(&mut Context::from_waker(std::task::Waker::noop()));
-        }
+        self.tcp.poll_read_ready(cx)
     }
 
     /// Reads what is there without waiting; `WouldBlock` when nothing is (then
     /// [`Socket::poll_read_ready`] waits).
     pub fn try_read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        match self.ops.read {
-            Reading::Holding { id, at, end } => {
-                self.copy_out(id, usize::from(at), usize::from(end), buf)
-            }
-            Reading::Ended => Ok(0),
-            Reading::Failed(errno) => {
-                self.ops.read = Reading::Idle;
-                Err(io::Error::from_raw_os_error(errno))
-            }
-            Reading::Tokio => read_direct(&self.tcp, buf),
-            Reading::Direct => {
-                let read = read_direct(&self.tcp, buf);
-                if !matches!(&read, Err(error) if error.kind() == io::ErrorKind::WouldBlock) {
-                    self.ops.read = Reading::Idle;
-                }
-                read
-            }
-            Reading::InFlight(_) => Err(io::ErrorKind::WouldBlock.into()),
-            Reading::Carried(ref mut carried) => {
-                let left = &carried.bytes[carried.at..];
-                let n = buf.len().min(left.len());
-                buf[..n].copy_from_slice(&left[..n]);
-                carried.at += n;
-                if carried.at == carried.bytes.len() {
-                    self.ops.read = std::mem::take(&mut carried.then);
-                }
-                Ok(n)
-            }
-            Reading::Idle if with_ring(|_| ()).is_some() => Err(io::ErrorKind::WouldBlock.into()),
-            Reading::Idle => read_direct(&self.tcp, buf),
+        let Some(carried) = &mut self.ops.carried else {
+            return read_direct(&self.tcp, buf);
+        };
+        let left = &carried.bytes[carried.at..];
+        let n = buf.len().min(left.len());
+        buf[..n].copy_from_slice(&left[..n]);
+        carried.at += n;
+        if carried.at == carried.bytes.len() {
+            self.ops.carried = None;
         }
-    }
-
-    fn copy_out(&mut self, id: u16, at: usize, end: usize, buf: &mut [u8]) -> io::Result<usize> {
-        let copied = with_ring(|ring| {
-            let bytes = ring.provided.bytes(id, end);
-            let n = buf.len().min(end - at);
-            buf[..n].copy_from_slice(&bytes[at..at + n]);
-            if at + n == end {
-                ring.provided.give_back(id);
-            }
-            n
-        });
-        let Some(n) = copied else {
-            self.ops.read = Reading::Idle;
-            return Err(io::Error::other("io_uring buffer read off its thread"));
-        };
-        self.ops.read = match (u16::try_from(at + n), u16::try_from(end)) {
-            (Ok(at), Ok(end)) if at < end => Reading::Holding { id, at, end },
-            _ => Reading::Idle,
-        };
         Ok(n)
     }
 
-    /// Ready when the peer sent something or closed; holds no buffer while it waits. Without a
-    /// ring, tokio's readiness confirmed by a one-byte peek (tokio keeps a socket marked
-    /// readable after a read that did not drain it).
+    /// Ready when the peer sent something or closed: tokio's readiness confirmed by a one-byte
+    /// peek (tokio keeps a socket marked readable after a read that did not drain it).
     pub fn poll_readable(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        if matches!(self.ops.read, Reading::Carried(_)) {
+        if self.ops.carried.is_some() {
             return Poll::Ready(Ok(()));
         }
-        if !matches!(self.ops.read, Reading::Direct | Reading::Tokio) && with_ring(|_| ()).is_some()
-        {
-            return self.poll_read_ready(cx);
-        }
         poll_peeked(&self.tcp, cx)
-    }
-}
-
-/// The reading state a finished `recv` leaves.
-fn received(done: Completion) -> Reading {
-    let buffer = ring::buffer_of(done.flags);
-    match (done.result, buffer) {
-        (length, Some(id)) if length > 0 => Reading::Holding {
-            id,
-            at: 0,
-            end: u16::try_from(length).unwrap_or(u16::MAX),
-        },
-        (result, buffer) => {
-            if let Some(id) = buffer {
-                with_ring(|ring| ring.provided.give_back(id));
-            }
-            match result {
-                0 => Reading::Ended,
-                errno if -errno == libc::ENOBUFS => Reading::Direct,
-                errno if errno < 0 => Reading::Failed(-errno),
-                _ => Reading::Failed(libc::EIO),
-            }
-        }
     }
 }
 
@@ -305,34 +163,19 @@ impl Ops {
     /// queued entry names it). A `send` in flight gets the flush to finish and is cancelled if
     /// it has not (a peer that stopped reading).
     fn release(&mut self) -> bool {
-        if matches!(self.read, Reading::Tokio) {
+        let Writing::InFlight(slot) = std::mem::take(&mut self.write) else {
             return true;
-        }
-        let mut read = std::mem::take(&mut self.read);
-        while let Reading::Carried(carried) = read {
-            read = carried.then;
-        }
-        let write = std::mem::take(&mut self.write);
-        let in_flight =
-            matches!(read, Reading::InFlight(_)) || matches!(write, Writing::InFlight(_));
-        let released = with_ring(|ring| {
-            match read {
-                Reading::InFlight(slot) => ring.abandon(slot, true),
-                Reading::Holding { id, .. } => ring.provided.give_back(id),
-                _ => {}
-            }
-            let Writing::InFlight(slot) = write else {
-                return ring.flush();
-            };
-            ring.abandon(slot, false);
+        };
+        with_ring(|ring| {
+            ring.abandon(slot);
             let flushed = ring.flush();
             if ring.is_waiting(slot) {
                 ring.cancel(slot);
                 return ring.flush();
             }
             flushed
-        });
-        released.unwrap_or(!in_flight)
+        })
+        .unwrap_or(false)
     }
 }
 
