@@ -38,6 +38,8 @@ mod tests;
 #[cfg(all(test, target_os = "linux"))]
 mod tests_flush;
 #[cfg(all(test, target_os = "linux"))]
+mod tests_slots;
+#[cfg(all(test, target_os = "linux"))]
 mod tests_unread;
 mod tokio_io;
 

@@ -18,21 +18,21 @@ impl Ring {
         Err(io::ErrorKind::Unsupported.into())
     }
 
-    pub fn poll(&mut self, _index: u32, _waker: &Waker) -> Poll<Completion> {
+    pub fn poll(&mut self, _index: u32, _fd: RawFd, _waker: &Waker) -> Poll<Completion> {
         Poll::Pending
     }
 
-    pub fn peek(&mut self, _index: u32) -> Option<Completion> {
+    pub fn peek(&mut self, _index: u32, _fd: RawFd) -> Option<Completion> {
         None
     }
 
-    pub fn abandon(&mut self, _index: u32) {}
+    pub fn abandon(&mut self, _index: u32, _fd: RawFd) {}
 
     pub fn flush(&mut self) -> bool {
         true
     }
 
-    pub fn is_waiting(&self, _index: u32) -> bool {
+    pub fn is_waiting(&self, _index: u32, _fd: RawFd) -> bool {
         false
     }
 

@@ -56,15 +56,18 @@ pub(super) enum Slot {
         /// polls again: a flush does not wait for it).
         sending: Option<Sending>,
     },
+    /// A `send` that failed (one that went whole frees its slot at once: see `finish`),
+    /// kept until its socket, the one with descriptor `fd`, reads the error.
     Done {
         result: i32,
         owned: Vec<u8>,
+        fd: RawFd,
     },
 }
 
 #[derive(Clone, Copy)]
 pub(super) struct Sending {
-    fd: RawFd,
+    pub(super) fd: RawFd,
     sent: usize,
 }
 
@@ -262,8 +265,7 @@ impl Ring {
             if rest.sent >= owned.len() {
                 // All of it went: the buffer is free now, not when its socket next writes (an
                 // idle client's last answer, its greeting, would hold it: 0.4 KiB of every
-                // idle client in a burst, benches/memory.sh). An empty buffer in `Done` with a
-                // positive result reads as a send that finished.
+                // idle client in a burst, benches/memory.sh).
                 self.recycle(std::mem::take(&mut owned));
             } else {
                 let entry = send_entry(rest.fd, &owned[rest.sent..]).user_data(index as u64);
@@ -282,14 +284,23 @@ impl Ring {
                     return;
                 };
                 result = -error.raw_os_error().unwrap_or(libc::EIO);
-                return self.finish(index, waker, owned, abandoned, result);
+                return self.finish(index, waker, owned, abandoned, result, rest.fd);
             }
         }
-        self.finish(index, waker, owned, abandoned, result);
+        let fd = sending.map_or(-1, |sending| sending.fd);
+        self.finish(index, waker, owned, abandoned, result, fd);
     }
 
-    /// Puts a finished operation's result in its slot and its waker in `self.wakers` (or
-    /// frees what an abandoned one held).
+    /// Ends a finished operation: a `send` that went whole (a positive result, its buffer
+    /// given back) frees its slot at once, and one that failed keeps its result there for its
+    /// socket; either wakes the task waiting for it, if one is. An abandoned one frees what it
+    /// held.
+    ///
+    /// Freed at once because an idle client's last `send` held its slot until the client's
+    /// next write: 72 bytes (in a vector that doubles) of every idle client in a burst, which
+    /// kept io_uring over the 1 KiB target (1.03 KiB, `benches/memory.sh`, issue 16). The
+    /// socket still holds the index, which another `send` may take: [`Ring::poll`] tells its
+    /// own from another's by the descriptor, which no other open socket has.
     fn finish(
         &mut self,
         index: usize,
@@ -297,14 +308,23 @@ impl Ring {
         owned: Vec<u8>,
         abandoned: bool,
         result: i32,
+        fd: RawFd,
     ) {
-        if abandoned {
+        if abandoned || (result > 0 && owned.is_empty()) {
             self.recycle(owned);
             self.free.push(index as u32);
-            return;
+        } else {
+            self.slots[index] = Slot::Done { result, owned, fd };
         }
-        self.slots[index] = Slot::Done { result, owned };
-        self.wakers.extend(waker);
+        if !abandoned {
+            self.wakers.extend(waker);
+        }
+    }
+
+    /// Slots holding an operation (a `send` in flight, or one that failed and was not read).
+    #[cfg(test)]
+    pub(super) fn slots_in_use(&self) -> usize {
+        self.slots.len() - self.free.len()
     }
 
     /// Keeps a send buffer for the next send.

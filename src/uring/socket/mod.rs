@@ -25,6 +25,7 @@
 
 use std::io;
 use std::mem::ManuallyDrop;
+use std::os::fd::{AsRawFd, RawFd};
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
@@ -162,14 +163,14 @@ impl Ops {
     /// Gives back what the socket holds in the ring; whether its descriptor may close now (no
     /// queued entry names it). A `send` in flight gets the flush to finish and is cancelled if
     /// it has not (a peer that stopped reading).
-    fn release(&mut self) -> bool {
+    fn release(&mut self, fd: RawFd) -> bool {
         let Writing::InFlight(slot) = std::mem::take(&mut self.write) else {
             return true;
         };
         with_ring(|ring| {
-            ring.abandon(slot);
+            ring.abandon(slot, fd);
             let flushed = ring.flush();
-            if ring.is_waiting(slot) {
+            if ring.is_waiting(slot, fd) {
                 ring.cancel(slot);
                 return ring.flush();
             }
@@ -181,7 +182,7 @@ impl Ops {
 
 impl Drop for Socket {
     fn drop(&mut self) {
-        let released = self.ops.release();
+        let released = self.ops.release(self.tcp.as_raw_fd());
         // SAFETY: the stream is taken once, here, and not used after.
         let tcp = unsafe { ManuallyDrop::take(&mut self.tcp) };
         if !released {

@@ -40,11 +40,13 @@ impl Socket {
                     self.ops.write = Writing::Idle;
                     return Poll::Ready(Err(io::Error::from_raw_os_error(errno)));
                 }
-                Writing::InFlight(slot) => match with_ring(|ring| ring.poll(slot, cx.waker())) {
-                    Some(Poll::Pending) => return Poll::Pending,
-                    Some(Poll::Ready(done)) => self.ops.write = Self::sent(done),
-                    None => self.ops.write = Writing::Failed(libc::EBADF),
-                },
+                Writing::InFlight(slot) => {
+                    match with_ring(|ring| ring.poll(slot, self.tcp.as_raw_fd(), cx.waker())) {
+                        Some(Poll::Pending) => return Poll::Pending,
+                        Some(Poll::Ready(done)) => self.ops.write = Self::sent(done),
+                        None => self.ops.write = Writing::Failed(libc::EBADF),
+                    }
+                }
             }
         }
     }
@@ -133,7 +135,8 @@ impl AsyncWrite for Socket {
     fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         if let Writing::InFlight(slot) = this.ops.write {
-            this.ops.write = match with_ring(|ring| ring.peek(slot)) {
+            let fd = this.tcp.as_raw_fd();
+            this.ops.write = match with_ring(|ring| ring.peek(slot, fd)) {
                 Some(Some(done)) => Self::sent(done),
                 Some(None) => return Poll::Ready(Ok(())),
                 None => Writing::Failed(libc::EBADF),
