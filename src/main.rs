@@ -78,8 +78,8 @@ fn main() -> ExitCode {
 /// of earlier releases on 2 cores), measured with pgbench in each pool mode
 /// (docs/ARCHITECTURE.md).
 ///
-/// With one thread and `--socket-io io-uring`, the thread gets its ring (src/uring) and the
-/// runtime submits the ring's queue each time it is about to park.
+/// With one thread and `--socket-io io-uring` (the default), the thread gets its ring
+/// (src/uring) and the runtime submits the ring's queue each time it is about to park.
 fn runtime(threads: usize, io: SocketIo) -> std::io::Result<tokio::runtime::Runtime> {
     match io {
         SocketIo::Epoll => uring::forbid(),

@@ -82,10 +82,10 @@ pub struct ProcessArgs {
     )]
     pub worker_threads: Option<usize>,
 
-    /// How sockets read and write: `epoll` (a readiness wait, then a system call each) or
-    /// `io-uring` (one system call for the reads and writes of each turn of the event loop:
-    /// less CPU with many busy clients, more for a lone one; `epoll` where the kernel refuses
-    /// it or with more than one worker thread) [default: epoll].
+    /// How sockets write: `io-uring` (the writes of each turn of the event loop in one system
+    /// call; reads are a readiness wait and a system call each either way; `epoll` where the
+    /// kernel refuses io_uring or with more than one worker thread) or `epoll` (a system call
+    /// per write) [default: io-uring].
     #[arg(long, env = "RDS_IAM_SIDECAR_SOCKET_IO", value_enum)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub socket_io: Option<SocketIo>,

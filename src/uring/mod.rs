@@ -12,14 +12,13 @@
 //! tokio's: a `recv` through the ring (session 14) cost more than it saved (see
 //! `socket/mod.rs`).
 //!
-//! Opt-in (`--socket-io io-uring`; the default is epoll, which costs less for a lone client,
-//! a new connection and an idle one). Only the current-thread runtime (`--worker-threads 1`,
-//! the default) gets a ring: a task of tokio's work-stealing pool may be polled on any
-//! thread, and a ring belongs to one. A kernel or sandbox that refuses io_uring (older than
-//! 6.1, `kernel.io_uring_disabled`, the default seccomp profiles of Docker 25+ and
-//! containerd, gVisor) falls back to tokio's I/O; the start-up line says which (`io=`). A
-//! `Socket` must be polled on the thread whose ring it used (always so with one runtime
-//! thread).
+//! The default (`--socket-io io-uring`; `epoll` to turn it off). Only the current-thread
+//! runtime (`--worker-threads 1`, the default) gets a ring: a task of tokio's work-stealing
+//! pool may be polled on any thread, and a ring belongs to one. A kernel or sandbox that
+//! refuses io_uring (older than 6.1, `kernel.io_uring_disabled`, the default seccomp profiles
+//! of Docker 25+ and containerd, gVisor) falls back to tokio's I/O; the start-up line says
+//! which (`io=`). A `Socket` must be polled on the thread whose ring it used (always so with
+//! one runtime thread).
 
 #[cfg(target_os = "linux")]
 mod ops;
@@ -61,11 +60,12 @@ pub use tokio_io::{poll_read_by, read_noting_short};
 )]
 #[serde(rename_all = "kebab-case")]
 pub enum SocketIo {
-    /// Through the thread's io_uring where there is one.
-    IoUring,
-    /// Through tokio: readiness from epoll, then a system call per read or write. The
-    /// default: io_uring costs more than it saves for a lone client, a new connection and an
-    /// idle one (docs/ARCHITECTURE.md, "Completion I/O").
+    /// Writes through the thread's io_uring where there is one. The default since session 16,
+    /// when reads went back to tokio: less CPU than `epoll` with busy clients (about a fifth),
+    /// as much for a lone client and a new connection, and an idle client under 1 KiB
+    /// (docs/ARCHITECTURE.md, "Sends through the ring, reads through tokio").
     #[default]
+    IoUring,
+    /// Through tokio: readiness from epoll, then a system call per read or write.
     Epoll,
 }
