@@ -58,15 +58,7 @@ pub async fn read_initial_packet<R: AsyncRead + Unpin>(
     reader: &mut R,
 ) -> Result<InitialPacket, StartupError> {
     let mut length_bytes = [0u8; 4];
-    // Not through read_length: a connection waiting for its startup packet holds this
-    // future, and the nested one made it 32 bytes larger.
-    match reader.read_exact(&mut length_bytes).await {
-        Ok(_) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
-            return Err(StartupError::Closed);
-        }
-        Err(e) => return Err(e.into()),
-    }
+    read_length(reader, &mut length_bytes).await?;
     let length = initial_packet_length(&length_bytes)?;
     let mut packet = BytesMut::with_capacity(length);
     packet.put_slice(&length_bytes);

@@ -28,7 +28,7 @@ impl Ring {
     pub fn is_waiting(&self, index: u32, fd: RawFd) -> bool {
         matches!(
             self.slots.get(index as usize),
-            Some(Slot::Waiting { sending: Some(sending), .. }) if sending.fd == fd
+            Some(Slot::Waiting { sending, .. }) if sending.fd == fd
         )
     }
 
@@ -63,7 +63,7 @@ impl Ring {
         match slot {
             Slot::Waiting {
                 waker: kept,
-                sending: Some(sending),
+                sending,
                 ..
             } if sending.fd == fd => {
                 if !kept.as_ref().is_some_and(|kept| kept.will_wake(waker)) {
@@ -93,7 +93,7 @@ impl Ring {
             Slot::Waiting {
                 waker,
                 abandoned,
-                sending: Some(sending),
+                sending,
                 ..
             } if sending.fd == fd => {
                 *waker = None;

@@ -54,7 +54,7 @@ pub(super) enum Slot {
         /// A `send`: its socket and how much of `owned` went in earlier completions (the
         /// ring sends the rest itself, as a socket buffer would, whether or not its writer
         /// polls again: a flush does not wait for it).
-        sending: Option<Sending>,
+        sending: Sending,
     },
     /// A `send` that failed (one that went whole frees its slot at once: see `finish`),
     /// kept until its socket, the one with descriptor `fd`, reads the error.
@@ -71,8 +71,9 @@ pub(super) struct Sending {
     sent: usize,
 }
 
-/// A completed operation: the kernel's result (bytes, or a negated errno) and the buffer the
-/// operation owned (empty for a `send` that went whole: its buffer went back to the ring at its completion).
+/// A finished `send` as its socket reads it: the kernel's result (bytes, or a negated errno)
+/// and the buffer the operation owned; a `send` that went whole reads as a result of 0 and no
+/// buffer (its slot and buffer went back to the ring at its completion).
 pub struct Completion {
     pub result: i32,
     pub owned: Vec<u8>,
@@ -120,12 +121,7 @@ impl Ring {
     }
 
     /// Queues `entry`, which may use `owned` until it completes; its slot.
-    fn push(
-        &mut self,
-        entry: squeue::Entry,
-        owned: Vec<u8>,
-        sending: Option<Sending>,
-    ) -> io::Result<u32> {
+    fn push(&mut self, entry: squeue::Entry, owned: Vec<u8>, sending: Sending) -> io::Result<u32> {
         let index = match self.free.pop() {
             Some(index) => index,
             None => {
@@ -152,7 +148,7 @@ impl Ring {
     /// failed.
     pub fn send(&mut self, fd: RawFd, owned: Vec<u8>) -> io::Result<u32> {
         let entry = send_entry(fd, &owned);
-        self.push(entry, owned, Some(Sending { fd, sent: 0 }))
+        self.push(entry, owned, Sending { fd, sent: 0 })
     }
 
     pub(super) fn queue(&mut self, entry: squeue::Entry) -> io::Result<()> {
@@ -260,7 +256,8 @@ impl Ring {
         let mut owned = owned;
         // An abandoned send is not continued: its socket may close its descriptor at once,
         // and the number may go to another connection.
-        if let Some(mut rest) = sending.filter(|_| result > 0 && !abandoned) {
+        let mut rest = sending;
+        if result > 0 && !abandoned {
             rest.sent += result as usize;
             if rest.sent >= owned.len() {
                 // All of it went: the buffer is free now, not when its socket next writes (an
@@ -273,7 +270,7 @@ impl Ring {
                     waker,
                     owned,
                     abandoned,
-                    sending: Some(rest),
+                    sending: rest,
                 };
                 let Err(error) = self.queue(entry) else {
                     return;
@@ -287,8 +284,7 @@ impl Ring {
                 return self.finish(index, waker, owned, abandoned, result, rest.fd);
             }
         }
-        let fd = sending.map_or(-1, |sending| sending.fd);
-        self.finish(index, waker, owned, abandoned, result, fd);
+        self.finish(index, waker, owned, abandoned, result, rest.fd);
     }
 
     /// Ends a finished operation: a `send` that went whole (a positive result, its buffer
