@@ -249,9 +249,9 @@ fn a_completion_wakes_a_thread_parked_in_epoll_wait() {
     on_ring(true, a_parked_thread_wakes_for_a_completion);
 }
 
-async fn a_stalled_send_does_not_hold_the_connection() {
-    // The peer stops reading: our writes fill both socket buffers and a `send` stays in flight.
-    let (mut ours, mut peer) = pair().await;
+/// Writes to `ours` until its writes wait for a peer that does not read: both socket buffers
+/// full and a `send` in flight.
+pub(super) async fn stall(ours: &mut Socket) {
     let block = vec![7u8; 64 * 1024];
     let filling = timeout(Duration::from_millis(500), async {
         loop {
@@ -262,6 +262,23 @@ async fn a_stalled_send_does_not_hold_the_connection() {
         filling.await.is_err(),
         "the writes end up waiting for the peer"
     );
+}
+
+/// Writes all of `bytes` and flushes, within [`BOUND`].
+pub(super) async fn write_within_bound(ours: &mut Socket, bytes: &[u8]) -> std::io::Result<()> {
+    let written = timeout(BOUND, async {
+        ours.write_all(bytes).await?;
+        ours.flush().await
+    });
+    written
+        .await
+        .unwrap_or_else(|_| Err(std::io::ErrorKind::TimedOut.into()))
+}
+
+async fn a_stalled_send_does_not_hold_the_connection() {
+    // The peer stops reading: a `send` stays in flight.
+    let (mut ours, mut peer) = pair().await;
+    stall(&mut ours).await;
     drop(ours);
     // Dropped with that send in flight: it is cancelled and the connection closes.
     let mut sink = Vec::new();

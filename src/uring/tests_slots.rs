@@ -7,7 +7,7 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::timeout;
 
-use super::tests::{BOUND, on_ring, pair, read_within_bound};
+use super::tests::{BOUND, on_ring, pair, read_within_bound, stall, write_within_bound};
 use super::thread::with_ring;
 
 /// Slots of this thread's ring holding an operation.
@@ -33,28 +33,14 @@ async fn a_whole_send_frees_its_slot_and_its_index_is_anothers() {
 
     // Another socket's `send` takes that index and stalls: its peer does not read.
     let (mut other, mut other_peer) = pair().await;
-    let block = vec![7u8; 64 * 1024];
-    let filling = timeout(Duration::from_millis(500), async {
-        loop {
-            other.write_all(&block).await.expect("write");
-        }
-    });
-    assert!(
-        filling.await.is_err(),
-        "the other's writes wait for its peer"
-    );
+    stall(&mut other).await;
     assert_eq!(slots_in_use(), Some(1), "the stalled send holds one slot");
 
     // Ours reads its send as gone (it does not wait on the other's), writes on, and its drop
     // leaves the other's send alone.
-    let wrote = timeout(BOUND, async {
-        ours.write_all(b"again").await?;
-        ours.flush().await
-    });
-    wrote
+    write_within_bound(&mut ours, b"again")
         .await
-        .expect("ours does not wait on the other's send")
-        .expect("write");
+        .expect("ours does not wait on the other's send");
     assert_eq!(read_within_bound(&mut peer, 5).await, b"again");
     drop(ours);
     let drain = tokio::spawn(async move {
@@ -65,13 +51,8 @@ async fn a_whole_send_frees_its_slot_and_its_index_is_anothers() {
         }
         total
     });
-    let went_on = timeout(BOUND, async {
-        other.write_all(b"end").await?;
-        other.flush().await
-    });
-    went_on
+    write_within_bound(&mut other, b"end")
         .await
-        .expect("bound")
         .expect("the other's send went on, not cancelled");
     drop(other);
     let drained = timeout(BOUND, drain).await.expect("bound").expect("drain");

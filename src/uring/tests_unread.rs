@@ -4,23 +4,11 @@
 //! on tokio alike.
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
 
-use super::Socket;
-use super::tests::{BOUND, on_ring};
-
-/// A client just accepted and its peer.
-async fn accepted_pair() -> (Socket, TcpStream) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let peer = TcpStream::connect(listener.local_addr().expect("addr"))
-        .await
-        .expect("connect");
-    let (ours, _) = listener.accept().await.expect("accept");
-    (Socket::new(ours), peer)
-}
+use super::tests::{BOUND, on_ring, pair};
 
 async fn given_back_bytes_come_first() {
-    let (mut ours, mut peer) = accepted_pair().await;
+    let (mut ours, mut peer) = pair().await;
     peer.write_all(b"startup+query").await.expect("peer write");
     let mut buf = [0u8; 64];
     let n = tokio::time::timeout(BOUND, ours.read(&mut buf))
@@ -60,7 +48,7 @@ async fn given_back_bytes_come_first() {
 }
 
 async fn carried_bytes_refuse_a_tls_handshake() {
-    let (mut ours, _peer) = accepted_pair().await;
+    let (mut ours, _peer) = pair().await;
     ours.unread(b"\x16\x03\x01 a ClientHello sent before the S");
     assert!(
         ours.into_tcp().await.is_err(),
