@@ -186,7 +186,7 @@ fn first_packets() {
         let mut reader = &packet[..];
         let read = runtime.block_on(read_initial_packet(&mut reader));
         if let Ok(InitialPacket::Startup(request)) = &read {
-            assert!(request.parameters.len() <= packet.len());
+            assert!(request.parameters().len() <= packet.len());
         }
         (read.is_ok(), packet.len())
     });

@@ -28,7 +28,7 @@ const TLS_HANDSHAKE: u8 = 0x16;
 
 /// What the packets before the startup packet came to.
 enum Negotiated {
-    Startup(StartupRequest),
+    Startup(Box<StartupRequest>),
     /// A CancelRequest was handled; the connection ends.
     Cancelled,
     /// TLS next: after `S` to an SSLRequest, or directly (`direct`: ALPN is required).
@@ -43,7 +43,7 @@ enum Negotiated {
 pub(super) async fn first_packets(
     mut stream: ClientStream,
     context: &Frontend,
-) -> Option<(ClientStream, StartupRequest)> {
+) -> Option<(ClientStream, Box<StartupRequest>)> {
     let deadline = Instant::now() + context.login_timeout;
     loop {
         let read = tokio::select! {

@@ -5,6 +5,7 @@
 //! for each new pool.
 
 use std::fmt;
+use std::hash::{Hash, Hasher};
 
 use percent_encoding::{AsciiSet, CONTROLS, percent_decode_str, utf8_percent_encode};
 
@@ -22,7 +23,7 @@ const SPEC_ESCAPED: &AsciiSet = &CONTROLS
     .add(b'\'');
 
 /// Identifies one pool.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PoolKey {
     pub user: String,
     pub database: String,
@@ -59,7 +60,80 @@ impl PoolKey {
     }
 }
 
+impl Hash for PoolKey {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.view().hash(state);
+    }
+}
+
+/// A pool key read in place (from a client's startup packet), to look its pool up without
+/// building a [`PoolKey`]: equal to a key, it hashes as that key does. `parameters` are the
+/// forwarded ones, sorted by name.
+#[derive(Clone)]
+pub struct KeyView<'a, P> {
+    pub user: &'a str,
+    pub database: &'a str,
+    pub parameters: P,
+}
+
+impl<'a, P: Iterator<Item = (&'a str, &'a str)> + Clone> KeyView<'a, P> {
+    /// The key itself (for a new pool).
+    pub fn to_key(&self) -> PoolKey {
+        PoolKey {
+            user: self.user.to_owned(),
+            database: self.database.to_owned(),
+            parameters: self
+                .parameters
+                .clone()
+                .map(|(name, value)| (name.to_owned(), value.to_owned()))
+                .collect(),
+        }
+    }
+}
+
+impl<'a, P: Iterator<Item = (&'a str, &'a str)> + Clone> Hash for KeyView<'a, P> {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.user.hash(state);
+        self.database.hash(state);
+        for (name, value) in self.parameters.clone() {
+            name.hash(state);
+            value.hash(state);
+        }
+    }
+}
+
+impl<'a, P: Iterator<Item = (&'a str, &'a str)> + Clone> hashbrown::Equivalent<PoolKey>
+    for KeyView<'a, P>
+{
+    fn equivalent(&self, key: &PoolKey) -> bool {
+        let mut theirs = key.parameters.iter();
+        self.user == key.user
+            && self.database == key.database
+            && self
+                .parameters
+                .clone()
+                .all(|(name, value)| theirs.next().is_some_and(|(n, v)| name == n && value == v))
+            && theirs.next().is_none()
+    }
+}
+
+/// A key's parameters as a [`KeyView`] reads them.
+type ParameterRefs<'a> =
+    std::iter::Map<std::slice::Iter<'a, (String, String)>, fn(&(String, String)) -> (&str, &str)>;
+
 impl PoolKey {
+    /// The key as a view (what it hashes as).
+    pub fn view(&self) -> KeyView<'_, ParameterRefs<'_>> {
+        KeyView {
+            user: &self.user,
+            database: &self.database,
+            parameters: self
+                .parameters
+                .iter()
+                .map(|(name, value)| (name.as_str(), value.as_str())),
+        }
+    }
+
     /// The written form: `user@database`, then `?name=value&...` when the client sent
     /// parameters; each part percent-encoded where it holds a separator.
     pub fn spec(&self) -> String {
@@ -194,6 +268,58 @@ mod tests {
         assert_eq!(a, b);
         assert_eq!(a.to_string(), "u@d");
         assert_eq!(a.startup_parameters()[0], ("user", "u"));
+    }
+
+    /// A view finds the pool of the key it equals, and only that one: what a login looks its
+    /// pool up with must hash and compare as the key the pool was made with.
+    #[test]
+    fn a_view_finds_the_pool_of_its_equal_key_and_no_other() {
+        let key = |parameters: &[(&str, &str)]| {
+            let parameters = parameters
+                .iter()
+                .map(|(n, v)| ((*n).to_owned(), (*v).to_owned()))
+                .collect();
+            PoolKey::new("app", "orders", parameters)
+        };
+        let mut pools = hashbrown::HashMap::<PoolKey, u32, foldhash::fast::RandomState>::default();
+        pools.insert(key(&[]), 0);
+        pools.insert(key(&[("application_name", "x")]), 1);
+        pools.insert(key(&[("TimeZone", "UTC"), ("application_name", "x")]), 2);
+        let find = |user: &str, database: &str, parameters: &[(&str, &str)]| {
+            pools
+                .get(&KeyView {
+                    user,
+                    database,
+                    parameters: parameters.iter().copied(),
+                })
+                .copied()
+        };
+        assert_eq!(find("app", "orders", &[]), Some(0));
+        assert_eq!(find("app", "orders", &[("application_name", "x")]), Some(1));
+        assert_eq!(
+            find(
+                "app",
+                "orders",
+                &[("TimeZone", "UTC"), ("application_name", "x")]
+            ),
+            Some(2)
+        );
+        for other in [
+            find("app", "orders", &[("application_name", "y")]),
+            find("app", "orders", &[("application_nam", "x")]),
+            find("app", "orders", &[("TimeZone", "UTC")]),
+            find("app", "orders", &[("application_name", "x"), ("zone", "")]),
+            find("ap", "porders", &[]),
+            find("app", "order", &[]),
+        ] {
+            assert_eq!(other, None);
+        }
+        let view = KeyView {
+            user: "app",
+            database: "orders",
+            parameters: [("application_name", "x")].into_iter(),
+        };
+        assert_eq!(view.to_key(), key(&[("application_name", "x")]));
     }
 
     #[test]

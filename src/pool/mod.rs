@@ -16,7 +16,6 @@ pub mod reset;
 mod settings;
 mod slot;
 
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::task::Poll;
 use std::time::Duration;
@@ -27,7 +26,7 @@ use tracing::{debug, info, warn};
 
 use crate::upstream::{Connector, ServerConnection};
 pub use error::CheckoutError;
-pub use key::PoolKey;
+pub use key::{KeyView, PoolKey};
 use keyed::Step;
 pub use keyed::{Parameters, Pool, PooledConnection};
 pub use lease::Lease;
@@ -48,7 +47,7 @@ pub struct Pools {
     /// Hashed with foldhash, seeded per process (looked up on every login; issue 16): its keys
     /// come from local clients' startup parameters, and a per-process seed is the defence
     /// against colliding keys, not SipHash's.
-    pools: Mutex<HashMap<PoolKey, Arc<Pool>, foldhash::fast::RandomState>>,
+    pools: Mutex<hashbrown::HashMap<PoolKey, Arc<Pool>, foldhash::fast::RandomState>>,
 }
 
 impl Pools {
@@ -61,7 +60,7 @@ impl Pools {
             limiter,
             connector,
             settings,
-            pools: Mutex::new(HashMap::default()),
+            pools: Mutex::new(hashbrown::HashMap::default()),
         })
     }
 
@@ -74,15 +73,18 @@ impl Pools {
         self.limiter.rate()
     }
 
-    /// The pool for a key, created on first use.
-    pub fn pool(&self, key: PoolKey) -> Arc<Pool> {
+    /// The pool for a key (read in place from a client's startup packet), created on first
+    /// use: only then is a [`PoolKey`] built.
+    pub fn pool<'a, P>(&self, key: KeyView<'a, P>) -> Arc<Pool>
+    where
+        P: Iterator<Item = (&'a str, &'a str)> + Clone,
+    {
         let created = {
             let mut pools = self.pools.lock().unwrap_or_else(|p| p.into_inner());
-            // Looked up first: the key is cloned (for the map) only when a pool is created,
-            // not on every client's login.
             if let Some(pool) = pools.get(&key) {
                 return pool.clone();
             }
+            let key = key.to_key();
             let pool = Arc::new(Pool::new(key.clone()));
             pools.insert(key, pool.clone());
             pool
@@ -286,7 +288,7 @@ impl Pools {
     /// Opens the pool of `key` now, with `--min-idle` connections (`--warm-pool`); the
     /// maintenance task keeps them.
     pub fn warm(self: &Arc<Self>, key: PoolKey) {
-        let pool = self.pool(key);
+        let pool = self.pool(key.view());
         self.top_up(&pool);
     }
 

@@ -16,25 +16,69 @@ const MAX_STARTUP_PACKET: usize = 10_000;
 pub enum InitialPacket {
     SslRequest,
     GssEncRequest,
-    Cancel { pid: i32, secret: Vec<u8> },
-    Startup(StartupRequest),
+    Cancel {
+        pid: i32,
+        secret: Vec<u8>,
+    },
+    /// Boxed: the login's futures hold this enum (and what it becomes) at several levels.
+    Startup(Box<StartupRequest>),
 }
 
-/// A decoded StartupMessage.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A decoded StartupMessage: its parameter list kept as one string and read in place, with an
+/// index of where each name and value is. Three allocations with its box, where a `String`
+/// for each name and value and the pool key built from them made a transaction-mode
+/// `pgbench -C` connection's 10, ~1,400 instructions of its 31,300 (callgrind, issue 16). (The
+/// parameters as one sorted `name\0value\0...` string without an index cost more: each of the
+/// login's six walks over them searched every NUL again.)
+#[derive(Clone, PartialEq, Eq)]
 pub struct StartupRequest {
     pub major: u16,
     pub minor: u16,
-    /// Parameters sorted by name, each name once (its last value).
-    pub parameters: Vec<(String, String)>,
+    /// The packet's parameter list as sent, NULs included; invalid UTF-8 replaced.
+    text: String,
+    /// Where each parameter is in `text`, sorted by name, each name once (its last value).
+    parameters: Vec<Parameter>,
+}
+
+/// Where one name and its value are in a [`StartupRequest`]'s text: `text[name..name_end]`
+/// and `text[name_end + 1..value_end]`.
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct Parameter {
+    name: u32,
+    name_end: u32,
+    value_end: u32,
 }
 
 impl StartupRequest {
+    /// The value of parameter `name`, if the client sent it.
     pub fn get(&self, name: &str) -> Option<&str> {
-        self.parameters
-            .iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.as_str())
+        self.parameters().find(|(n, _)| *n == name).map(|(_, v)| v)
+    }
+
+    /// The parameters, sorted by name, each name once.
+    pub fn parameters(&self) -> impl ExactSizeIterator<Item = (&str, &str)> + Clone {
+        self.parameters.iter().map(|at| at.read(&self.text))
+    }
+}
+
+impl Parameter {
+    /// The name and value in `text`.
+    fn read(self, text: &str) -> (&str, &str) {
+        let piece = |from: u32, to: u32| text.get(from as usize..to as usize).unwrap_or("");
+        (
+            piece(self.name, self.name_end),
+            piece(self.name_end + 1, self.value_end),
+        )
+    }
+}
+
+impl std::fmt::Debug for StartupRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StartupRequest")
+            .field("major", &self.major)
+            .field("minor", &self.minor)
+            .field("parameters", &self.parameters().collect::<Vec<_>>())
+            .finish()
     }
 }
 
@@ -136,53 +180,70 @@ pub fn decode_initial_packet(packet: &[u8]) -> Result<InitialPacket, StartupErro
             if major != 3 {
                 return Err(StartupError::UnsupportedProtocol { major, minor });
             }
-            Ok(InitialPacket::Startup(StartupRequest {
+            Ok(InitialPacket::Startup(Box::new(startup_request(
                 major,
                 minor,
-                parameters: parameters(&packet[8..])?,
-            }))
+                &packet[8..],
+            )?)))
         }
     }
 }
 
-/// The parameters of a StartupMessage: name/value pairs of NUL-terminated strings, ended by
-/// one more NUL, checked as PostgreSQL checks them; sorted by name, a repeated name keeping its
-/// last value (PostgreSQL applies them in order). Read here rather than by pgwire, which takes
-/// a last pair without its terminator (a missing user name was then blamed for it) and builds a
-/// map of its own: 3,100 instructions a login with the layout walk, 2,000 here (callgrind,
-/// pgbench's packet).
-fn parameters(body: &[u8]) -> Result<Vec<(String, String)>, StartupError> {
-    let invalid = || StartupError::Invalid("layout: expected terminator as last byte".to_owned());
-    // Each string with its NUL; invalid UTF-8 replaced, as pgwire did (checked as UTF-8 first:
-    // the lossy walk cost ~90 instructions a string, callgrind).
-    let text = |with_nul: &[u8]| {
-        let bytes = &with_nul[..with_nul.len() - 1];
-        match std::str::from_utf8(bytes) {
-            Ok(text) => text.to_owned(),
-            Err(_) => String::from_utf8_lossy(bytes).into_owned(),
-        }
+/// A StartupMessage's body (after its version): name/value pairs of NUL-terminated strings,
+/// ended by one more NUL, checked as PostgreSQL checks them; sorted by name, a repeated name
+/// keeping its last value (PostgreSQL applies them in order). Read here rather than by
+/// pgwire, which takes a last pair without its terminator (a missing user name was then
+/// blamed for it) and builds a map of its own. Invalid UTF-8 is replaced, as pgwire did: a
+/// NUL ends any invalid sequence, so the replacement keeps every string in its place.
+fn startup_request(major: u16, minor: u16, body: &[u8]) -> Result<StartupRequest, StartupError> {
+    let text = match std::str::from_utf8(body) {
+        Ok(text) => text.to_owned(),
+        Err(_) => String::from_utf8_lossy(body).into_owned(),
     };
-    let mut strings = body.split_inclusive(|b| *b == 0);
-    let mut parameters = Vec::with_capacity(4);
-    loop {
-        let name = strings.next().ok_or_else(invalid)?;
-        if name == [0] {
-            if strings.next().is_some() {
-                return Err(invalid());
-            }
-            break;
-        }
-        let value = strings.next().ok_or_else(invalid)?;
-        if name.last() != Some(&0) || value.last() != Some(&0) {
-            return Err(invalid());
-        }
-        parameters.push((text(name), text(value)));
-    }
+    let mut parameters = index(&text)?;
     // Stable sort of the reversed list: of a repeated name, the last sent comes first and stays.
     parameters.reverse();
-    parameters.sort_by(|a, b| a.0.cmp(&b.0));
-    parameters.dedup_by(|later, kept| later.0 == kept.0);
-    Ok(parameters)
+    let name = |at: &Parameter| at.read(&text).0;
+    parameters.sort_by(|a, b| name(a).cmp(name(b)));
+    parameters.dedup_by(|later, kept| name(later) == name(kept));
+    Ok(StartupRequest {
+        major,
+        minor,
+        parameters,
+        text,
+    })
+}
+
+/// Where each name and value of a StartupMessage's parameter list is, in the order sent; an
+/// error when its terminators are not where they belong.
+fn index(text: &str) -> Result<Vec<Parameter>, StartupError> {
+    let invalid = || StartupError::Invalid("layout: expected terminator as last byte".to_owned());
+    let bytes = text.as_bytes();
+    let mut parameters = Vec::with_capacity(4);
+    let nul_after = |from: usize| {
+        let rest = bytes.get(from..)?;
+        rest.iter().position(|b| *b == 0).map(|at| from + at)
+    };
+    // Within u32: the text is at most 3 x MAX_STARTUP_PACKET bytes.
+    let mut at = 0;
+    loop {
+        let name_end = nul_after(at).ok_or_else(invalid)?;
+        // An empty name ends the list; nothing may follow it.
+        if name_end == at {
+            return if at + 1 == bytes.len() {
+                Ok(parameters)
+            } else {
+                Err(invalid())
+            };
+        }
+        let value_end = nul_after(name_end + 1).ok_or_else(invalid)?;
+        parameters.push(Parameter {
+            name: at as u32,
+            name_end: name_end as u32,
+            value_end: value_end as u32,
+        });
+        at = value_end + 1;
+    }
 }
 
 #[cfg(test)]
@@ -295,11 +356,7 @@ mod tests {
         let InitialPacket::Startup(startup) = parse(&bytes).await.expect("startup") else {
             panic!("not a startup");
         };
-        let names: Vec<_> = startup
-            .parameters
-            .iter()
-            .map(|(n, v)| (n.as_str(), v.as_str()))
-            .collect();
+        let names: Vec<_> = startup.parameters().collect();
         assert_eq!(
             names,
             [
