@@ -295,7 +295,8 @@ mod tests {
         assert!(task <= 152, "a client task's future is {task} bytes");
         // The login's own future lives from accept until the startup packet: a burst of
         // connections holds one each (2,368 bytes before the greeting and the cancel
-        // forwarding were boxed apart, 760 after, 848 with the TLS negotiation, 832 with the startup packet boxed).
+        // forwarding were boxed apart, 760 after, 848 with the TLS negotiation, 832 with the
+        // startup packet boxed).
         let login = future_size(|stream: ClientStream| {
             login::login(
                 stream,
