@@ -273,7 +273,9 @@ async fn start(
         }
         return Some(Start::Greeted(parameters));
     }
-    let (lease, waited) = first_checkout(stream, context, pool, user, conn).await?;
+    // Boxed: only a pool's first logins wait here, and inline its future made the greeting's
+    // 1,120 bytes, past glibc's per-thread cache (1,032), for every login.
+    let (lease, waited) = Box::pin(first_checkout(stream, context, pool, user, conn)).await?;
     Some(Start::Attached(Box::new(lease), waited))
 }
 

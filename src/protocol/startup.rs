@@ -52,7 +52,12 @@ struct Parameter {
 impl StartupRequest {
     /// The value of parameter `name`, if the client sent it.
     pub fn get(&self, name: &str) -> Option<&str> {
-        self.parameters().find(|(n, _)| *n == name).map(|(_, v)| v)
+        let text = self.text.as_bytes();
+        let at = self
+            .parameters
+            .iter()
+            .find(|at| at.name_bytes(text) == name.as_bytes())?;
+        Some(at.read(&self.text).1)
     }
 
     /// The parameters, sorted by name, each name once.
@@ -62,6 +67,13 @@ impl StartupRequest {
 }
 
 impl Parameter {
+    /// The name's bytes in `text`: compared as bytes, names need no check of where their
+    /// characters start (the login looks names up six times over).
+    fn name_bytes(self, text: &[u8]) -> &[u8] {
+        text.get(self.name as usize..self.name_end as usize)
+            .unwrap_or_default()
+    }
+
     /// The name and value in `text`.
     fn read(self, text: &str) -> (&str, &str) {
         let piece = |from: u32, to: u32| text.get(from as usize..to as usize).unwrap_or("");
@@ -203,7 +215,7 @@ fn startup_request(major: u16, minor: u16, body: &[u8]) -> Result<StartupRequest
     let mut parameters = index(&text)?;
     // Stable sort of the reversed list: of a repeated name, the last sent comes first and stays.
     parameters.reverse();
-    let name = |at: &Parameter| at.read(&text).0;
+    let name = |at: &Parameter| at.name_bytes(text.as_bytes());
     parameters.sort_by(|a, b| name(a).cmp(name(b)));
     parameters.dedup_by(|later, kept| name(later) == name(kept));
     Ok(StartupRequest {
