@@ -68,7 +68,7 @@ impl Hash for PoolKey {
 
 /// A pool key read in place (from a client's startup packet), to look its pool up without
 /// building a [`PoolKey`]: equal to a key, it hashes as that key does. `parameters` are the
-/// forwarded ones, sorted by name.
+/// forwarded ones, sorted by name, each name once (as [`PoolKey::new`] keeps them).
 #[derive(Clone)]
 pub struct KeyView<'a, P> {
     pub user: &'a str,
