@@ -87,9 +87,14 @@ async fn negotiate(
     if context.tls.is_some() && Box::pin(starts_tls_directly(stream)).await? {
         return Ok(Negotiated::Tls { direct: true });
     }
+    // The first read of a TCP client is tried before epoll says the socket is readable (see
+    // `read_first_packet`); not after the look for TLS, which waited for it.
+    let mut unannounced = context.tls.is_none();
     loop {
         let packet = match stream {
-            ClientStream::Tcp(socket) => read_first_packet(socket).await,
+            ClientStream::Tcp(socket) => {
+                read_first_packet(socket, std::mem::take(&mut unannounced)).await
+            }
             _ => read_initial_packet(stream).await,
         };
         match packet? {
@@ -129,12 +134,27 @@ async fn negotiate(
 /// answered `EAGAIN` after the greeting (the readiness two exact reads leave), about 1 µs of a
 /// connect-per-transaction connection's ~50 (strace, issue 16). What the client sent after
 /// the packet, read with it, goes back to the socket for the next read.
-async fn read_first_packet(socket: &mut Socket) -> Result<InitialPacket, StartupError> {
+///
+/// `unannounced`: the socket was just accepted and nothing waited for it yet. The packet is
+/// then read before epoll has said the socket is readable: it usually came with the
+/// connection, and waiting for epoll to say so first cost a turn of the event loop and the
+/// login timeout's timer (~700 instructions a connection, callgrind, issue 16).
+async fn read_first_packet(
+    socket: &mut Socket,
+    mut unannounced: bool,
+) -> Result<InitialPacket, StartupError> {
     let start = loop {
-        std::future::poll_fn(|cx| socket.poll_read_ready(cx)).await?;
-        // Taken only once the bytes are there: a client slow to send holds no buffer.
+        if !unannounced {
+            std::future::poll_fn(|cx| socket.poll_read_ready(cx)).await?;
+        }
+        // Taken only once the bytes are (or may be) there: a client slow to send holds none.
         let mut buffer = Buffer::take();
-        match socket.try_read(&mut buffer) {
+        let read = if std::mem::take(&mut unannounced) {
+            socket.read_unannounced(&mut buffer)
+        } else {
+            socket.try_read(&mut buffer)
+        };
+        match read {
             Ok(0) => return Err(StartupError::Closed),
             Ok(n) => match whole_packet(socket, &buffer[..n]) {
                 Some(decoded) => return decoded,

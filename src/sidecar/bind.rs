@@ -51,7 +51,7 @@ pub(super) async fn bind_endpoint(endpoint: &EndpointSettings) -> Result<Bound, 
                 .local_addr()
                 .map_err(|e| StartError::Setup(e.to_string()))?,
         );
-        listeners.push(Listener::tcp(listener));
+        listeners.push(Listener::tcp(listener).map_err(|e| StartError::Setup(e.to_string()))?);
     }
     let mut unix_socket = None;
     if let Some(dir) = &endpoint.unix_socket {

@@ -149,6 +149,18 @@ impl Socket {
         Ok(n)
     }
 
+    /// Reads what is there without asking tokio whether the socket is readable: for the first
+    /// read of a socket just accepted, which tokio has not seen readable yet (its own accept
+    /// assumes that; a socket made from an accepted descriptor starts unready). `WouldBlock`
+    /// when nothing is there; tokio's readiness is left as it was.
+    pub fn read_unannounced(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.ops.carried.is_some() {
+            return self.try_read(buf);
+        }
+        use std::io::Read;
+        (&*socket2::SockRef::from(&*self.tcp)).read(buf)
+    }
+
     /// Ready when the peer sent something or closed: tokio's readiness confirmed by a one-byte
     /// peek (tokio keeps a socket marked readable after a read that did not drain it).
     pub fn poll_readable(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
