@@ -100,18 +100,18 @@ async fn forward(
     connector: Option<TlsConnector>,
 ) -> std::io::Result<()> {
     client.set_nodelay(true)?;
-    let client = Socket::new(client);
+    let client = Socket::new(client)?;
     let mut server = TcpStream::connect(("127.0.0.1", upstream)).await?;
     server.set_nodelay(true)?;
     let Some(connector) = connector else {
-        return copy_both_ways(client, Socket::new(server)).await;
+        return copy_both_ways(client, Socket::new(server)?).await;
     };
     server.write_all(&SSL_REQUEST).await?;
     if server.read_u8().await? != b'S' {
         return Err(Error::new(ErrorKind::Unsupported, "the server refused TLS"));
     }
     let name = ServerName::try_from("localhost").map_err(Error::other)?;
-    copy_both_ways(client, connector.connect(name, Socket::new(server)).await?).await
+    copy_both_ways(client, connector.connect(name, Socket::new(server)?).await?).await
 }
 
 /// Each read written to the other side at once, until either side ends. Without

@@ -235,7 +235,9 @@ mod tests {
         let mut peer = TcpStream::connect(listener.local_addr().expect("addr"))
             .await
             .expect("connect");
-        let mut client = ClientStream::Tcp(Socket::new(listener.accept().await.expect("accept").0));
+        let mut client = ClientStream::Tcp(
+            Socket::new(listener.accept().await.expect("accept").0).expect("register"),
+        );
         let mut buf = [0u8; 64];
 
         peer.write_all(b"hello").await.expect("write");

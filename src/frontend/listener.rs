@@ -13,9 +13,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use socket2::{SockAddr, Socket as RawSocket};
+use std::net::TcpStream as StdTcpStream;
 use tokio::io::Interest;
 use tokio::io::unix::AsyncFd;
-use tokio::net::{TcpListener, TcpStream, UnixListener};
+use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::watch;
 use tracing::error;
 
@@ -65,7 +66,7 @@ impl Listener {
                 if !nodelay_inherited {
                     let _ = socket.set_nodelay(true);
                 }
-                Ok((ClientStream::Tcp(Socket::new(socket)), Some(peer)))
+                Ok((ClientStream::Tcp(Socket::accepted(socket)?), Some(peer)))
             }
             Self::Unix(listener) => {
                 let (socket, _) = listener.accept().await?;
@@ -80,7 +81,7 @@ impl Listener {
 /// `accept4` to say `EAGAIN` (1,373 ns against `poll`'s ~150 on this VM; one a connection,
 /// issue 16). A client that arrives after the `poll` raises a new epoll event, which the
 /// runtime reads after this task yields: it marks the listener ready again.
-async fn accept_tcp(listener: &AsyncFd<RawSocket>) -> io::Result<(TcpStream, SocketAddr)> {
+async fn accept_tcp(listener: &AsyncFd<RawSocket>) -> io::Result<(StdTcpStream, SocketAddr)> {
     loop {
         let mut ready = listener.readable().await?;
         let Ok(accepted) = ready.try_io(|listener| accept_nonblocking(listener.get_ref())) else {
@@ -96,7 +97,7 @@ async fn accept_tcp(listener: &AsyncFd<RawSocket>) -> io::Result<(TcpStream, Soc
                 "a TCP client without an IP address",
             )
         })?;
-        return Ok((TcpStream::from_std(socket.into())?, peer));
+        return Ok((socket.into(), peer));
     }
 }
 

@@ -192,7 +192,7 @@ async fn starts_tls_directly(stream: &ClientStream) -> std::io::Result<bool> {
     };
     let mut first = [0u8; 1];
     // Before any read: nothing has gone through the socket's ring yet.
-    let n = socket.tcp().peek(&mut first).await?;
+    let n = socket.peek(&mut first).await?;
     Ok(n == 1 && first[0] == TLS_HANDSHAKE)
 }
 

@@ -320,9 +320,8 @@ impl Connector {
             .await
             .map_err(|_| self.timeout_error("connecting to"))??;
         let Some(tls) = &self.tls else {
-            return Ok(UpstreamStream::Plain(Box::new(crate::uring::Socket::new(
-                tcp,
-            ))));
+            let socket = crate::uring::Socket::new(tcp).map_err(ConnectError::Io)?;
+            return Ok(UpstreamStream::Plain(Box::new(socket)));
         };
         let negotiate = tls::start_tls(tcp, tls.clone(), self.server_name.clone());
         let tls_stream = timeout_at(deadline, negotiate)

@@ -84,8 +84,9 @@ pub async fn start_tls(
     }
     // The socket's reads go through io_uring (where there is a ring) only from here on: the one
     // byte above came from the kernel alone.
+    let socket = Socket::new(tcp).map_err(StartTlsError::Io)?;
     TlsConnector::from(config)
-        .connect(name, Socket::new(tcp))
+        .connect(name, socket)
         .await
         .map_err(StartTlsError::Handshake)
 }

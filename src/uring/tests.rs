@@ -46,7 +46,7 @@ pub(super) async fn pair() -> (Socket, TcpStream) {
         .await
         .expect("connect");
     let (ours, _) = listener.accept().await.expect("accept");
-    (Socket::new(ours), peer)
+    (Socket::new(ours).expect("register"), peer)
 }
 
 /// Reads exactly `n` bytes from `reader`, within [`BOUND`].
@@ -225,7 +225,8 @@ async fn a_parked_thread_wakes_for_a_completion() {
             assert_eq!(echo, [round]);
         }
     });
-    let mut ours = Socket::new(TcpStream::connect(address).await.expect("connect"));
+    let mut ours =
+        Socket::new(TcpStream::connect(address).await.expect("connect")).expect("register");
     for round in 0..5u8 {
         let mut byte = [0u8; 1];
         let started = std::time::Instant::now();

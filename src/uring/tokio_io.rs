@@ -6,9 +6,11 @@ use std::mem::MaybeUninit;
 use std::os::fd::AsFd;
 use std::task::{Context, Poll};
 
+use std::net::TcpStream;
+
 use socket2::SockRef;
+use tokio::io::unix::AsyncFd;
 use tokio::io::{Interest, ReadBuf};
-use tokio::net::TcpStream;
 
 /// A read made of a wait for readiness (`ready`) and a read that does not wait (`try_read`,
 /// `WouldBlock` when the readiness was stale: then the wait again, which registers the waker).
@@ -35,12 +37,12 @@ pub fn poll_read_by<S>(
 /// Ready when the peer sent something or closed: tokio's readiness confirmed by a one-byte
 /// peek (tokio keeps a socket marked readable after a read that did not drain it, which would
 /// wake a waiter for nothing; a `WouldBlock` peek clears that mark, and the wait goes on).
-pub fn poll_peeked(tcp: &TcpStream, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+pub fn poll_peeked(tcp: &AsyncFd<TcpStream>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
     loop {
         if let Err(error) = std::task::ready!(tcp.poll_read_ready(cx)) {
             return Poll::Ready(Err(error));
         }
-        match tcp.try_io(Interest::READABLE, || peek_one(tcp)) {
+        match tcp.try_io(Interest::READABLE, peek_one) {
             // Data, or end of stream (0): either way the reader has something to see.
             Ok(_) => return Poll::Ready(Ok(())),
             Err(error) if error.kind() == io::ErrorKind::WouldBlock => continue,
@@ -53,9 +55,9 @@ pub fn poll_peeked(tcp: &TcpStream, cx: &mut Context<'_>) -> Poll<io::Result<()>
 /// tokio's read readiness, so the read after it waits for the peer instead of costing a `recv`
 /// that answers `EAGAIN`. The readiness cleared is the one seen *before* the read: data that
 /// arrives after it is a newer event, which tokio keeps (see `try_io`).
-pub fn read_direct(tcp: &TcpStream, buf: &mut [u8]) -> io::Result<usize> {
+pub fn read_direct(tcp: &AsyncFd<TcpStream>, buf: &mut [u8]) -> io::Result<usize> {
     let mut short = None;
-    let result = tcp.try_io(Interest::READABLE, || {
+    let result = tcp.try_io(Interest::READABLE, |tcp| {
         read_noting_short(tcp, buf, &mut short)
     });
     match (result, short) {

@@ -19,17 +19,24 @@
 //! client 56.8 -> 52.2 (epoll 53.6), a connection per transaction 67.4 -> 61.3 (epoll 62.2);
 //! and an idle client holds no `recv` slot, and the ring no provided buffers (512 KiB).
 //!
+//! On a ring the socket is registered with epoll for reads only: a socket registered for
+//! writes too is writable at once, and epoll said so after each new client's first `recv`,
+//! one `epoll_wait` and one event for nothing a connection (strace, issue 16). The sends
+//! never wait for epoll; off a ring, the writes go through tokio's readiness as before.
+//!
 //! A socket dropped with a `send` queued hands the queue to the kernel before its descriptor
 //! closes: a queued entry names a descriptor number, which a socket accepted after the close
 //! could reuse (where that cannot be done, the descriptor is kept open).
 
 use std::io;
 use std::mem::ManuallyDrop;
+use std::net::TcpStream as StdTcpStream;
 use std::os::fd::{AsRawFd, RawFd};
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use tokio::io::{AsyncRead, ReadBuf};
+use tokio::io::unix::AsyncFd;
+use tokio::io::{AsyncRead, Interest, ReadBuf};
 use tokio::net::TcpStream;
 
 use super::thread::with_ring;
@@ -42,8 +49,9 @@ mod write;
 #[derive(Debug)]
 pub struct Socket {
     ops: Ops,
-    /// Closed in `Drop` only once no queued entry names its descriptor.
-    tcp: ManuallyDrop<TcpStream>,
+    /// Closed in `Drop` only once no queued entry names its descriptor. Registered for reads
+    /// only where the writes go through the ring.
+    tcp: ManuallyDrop<AsyncFd<StdTcpStream>>,
 }
 
 /// 16 bytes: a client's login future and idle session hold one (src/frontend's size test).
@@ -71,18 +79,28 @@ impl std::fmt::Debug for Carried {
 }
 
 impl Socket {
-    pub fn new(tcp: TcpStream) -> Self {
-        let write = match with_ring(|_| ()) {
-            Some(()) => Writing::Idle,
-            None => Writing::Tokio,
+    /// A connected tokio stream (an upstream's), registered anew for this socket's interests.
+    pub fn new(tcp: TcpStream) -> io::Result<Self> {
+        Self::accepted(tcp.into_std()?)
+    }
+
+    /// A non-blocking connected socket (a client just accepted), registered with this thread's
+    /// runtime: for reads only where its writes go through the ring.
+    pub fn accepted(tcp: StdTcpStream) -> io::Result<Self> {
+        let (write, interest) = match with_ring(|_| ()) {
+            Some(()) => (Writing::Idle, Interest::READABLE),
+            None => (Writing::Tokio, Interest::READABLE | Interest::WRITABLE),
         };
-        Socket {
+        // SAFETY: a `TcpStream` owns its descriptor and answers the same one for its life; the
+        // `AsyncFd` owns the stream, and nothing closes it while it does.
+        let tcp = unsafe { AsyncFd::register_with_interest(tcp, interest) }?;
+        Ok(Socket {
             ops: Ops {
                 carried: None,
                 write,
             },
             tcp: ManuallyDrop::new(tcp),
-        }
+        })
     }
 
     /// Gives back `bytes` read ahead (what a client sent after its startup packet, read with
@@ -101,9 +119,16 @@ impl Socket {
         }));
     }
 
-    /// The TCP stream (socket options, addresses, a peek before the first read).
-    pub fn tcp(&self) -> &TcpStream {
-        &self.tcp
+    /// The TCP stream (socket options, addresses).
+    pub fn tcp(&self) -> &StdTcpStream {
+        self.tcp.get_ref()
+    }
+
+    /// Looks at the first bytes without taking them, once there are some (before any read).
+    pub async fn peek(&self, buf: &mut [u8]) -> io::Result<usize> {
+        self.tcp
+            .async_io(Interest::READABLE, |tcp| tcp.peek(buf))
+            .await
     }
 
     /// The TCP stream back, for a TLS handshake, once what was written has gone (the 'S'
@@ -115,7 +140,8 @@ impl Socket {
             // Nothing in flight or held: the operations' state is plain data.
             let mut this = ManuallyDrop::new(self);
             // SAFETY: `this` is never dropped, and its stream is taken once.
-            return Ok(unsafe { ManuallyDrop::take(&mut this.tcp) });
+            let tcp = unsafe { ManuallyDrop::take(&mut this.tcp) };
+            return TcpStream::from_std(tcp.into_inner());
         }
         // Dropped as a whole: what is in flight is released before the descriptor closes.
         Err(io::Error::new(
@@ -130,7 +156,7 @@ impl Socket {
         if self.ops.carried.is_some() {
             return Poll::Ready(Ok(()));
         }
-        self.tcp.poll_read_ready(cx)
+        self.tcp.poll_read_ready(cx).map_ok(drop)
     }
 
     /// Reads what is there without waiting; `WouldBlock` when nothing is (then
@@ -158,7 +184,7 @@ impl Socket {
             return self.try_read(buf);
         }
         use std::io::Read;
-        (&*socket2::SockRef::from(&*self.tcp)).read(buf)
+        self.tcp.get_ref().read(buf)
     }
 
     /// Ready when the peer sent something or closed: tokio's readiness confirmed by a one-byte
@@ -201,7 +227,7 @@ impl Drop for Socket {
             // An entry naming this descriptor may still be queued: closing it would let a
             // socket accepted next get the number and that entry. Rare (a failed enter, a
             // socket dropped off its ring's thread); the descriptor is kept instead.
-            std::mem::forget(tcp);
+            std::mem::forget(tcp.into_inner());
         }
     }
 }

@@ -63,6 +63,21 @@ impl Socket {
         state
     }
 
+    /// Writes through tokio's readiness and one `writev` (off a ring, [`Writing::Tokio`]).
+    fn poll_write_by_tokio(
+        &mut self,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        use std::io::Write;
+        loop {
+            let mut ready = std::task::ready!(self.tcp.poll_write_ready(cx))?;
+            if let Ok(written) = ready.try_io(|tcp| tcp.get_ref().write_vectored(bufs)) {
+                return Poll::Ready(written);
+            }
+        }
+    }
+
     /// Submits a `send` of the slices' first bytes (up to [`MAX_SEND`]); how many it took, or
     /// `None` off a ring.
     fn submit_send(&mut self, slices: &[io::IoSlice<'_>]) -> Option<io::Result<usize>> {
@@ -102,7 +117,7 @@ impl AsyncWrite for Socket {
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
         if matches!(this.ops.write, Writing::Tokio) {
-            return Pin::new(&mut *this.tcp).poll_write_vectored(cx, bufs);
+            return this.poll_write_by_tokio(cx, bufs);
         }
         match this.poll_sent(cx) {
             // Most likely queued, not refused: submit it now rather than hold this write
@@ -115,10 +130,12 @@ impl AsyncWrite for Socket {
         if bufs.iter().all(|slice| slice.is_empty()) {
             return Poll::Ready(Ok(0));
         }
-        match this.submit_send(bufs) {
-            Some(submitted) => Poll::Ready(submitted),
-            None => Pin::new(&mut *this.tcp).poll_write_vectored(cx, bufs),
-        }
+        // No ring on this thread any more (a socket polled off its ring's thread): registered
+        // for reads only, it has no way to wait for room, as a `send` in flight there has none
+        // to finish (`poll_sent`).
+        this.submit_send(bufs)
+            .unwrap_or_else(|| Err(io::Error::from_raw_os_error(libc::EBADF)))
+            .into()
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -154,6 +171,6 @@ impl AsyncWrite for Socket {
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         std::task::ready!(this.poll_sent(cx))?;
-        Pin::new(&mut *this.tcp).poll_shutdown(cx)
+        Poll::Ready(this.tcp.get_ref().shutdown(std::net::Shutdown::Write))
     }
 }
