@@ -479,6 +479,29 @@ async fn a_startup_packet_in_pieces_or_behind_an_ssl_request_logs_in() {
     assert_eq!(rows, vec![vec![Some("behind".to_owned())]]);
 }
 
+/// A client that connects and says nothing for a while is still logged in when its startup
+/// packet comes: the sidecar's first read, tried at once, finds nothing, and the wait for the
+/// packet must still see it arrive (issue 16 reads a new client before epoll says anything).
+#[tokio::test]
+async fn a_client_silent_after_connecting_logs_in_when_it_speaks() {
+    use support::wire;
+    let stack = stack().await;
+    let mut raw = TcpStream::connect(stack.sidecar.addr())
+        .await
+        .expect("connect");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let startup = wire::startup_message(&[("user", "postgres"), ("database", "postgres")]);
+    raw.write_all(&startup).await.expect("startup");
+    let (tags, _) = tokio::time::timeout(Duration::from_secs(10), messages_to_ready(&mut raw))
+        .await
+        .expect("a login within 10 s");
+    assert_eq!(tags.first(), Some(&b'R'), "{tags:?}");
+    let rows = wire::simple_query(&mut raw, "select 'late'")
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(rows, vec![vec![Some("late".to_owned())]]);
+}
+
 #[tokio::test]
 async fn pipelined_queries_on_one_connection() {
     let stack = stack().await;

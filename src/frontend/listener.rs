@@ -8,12 +8,11 @@
 //! of the listener says as much for a tenth of it (see [`accept_tcp`]).
 
 use std::io;
-use std::net::SocketAddr;
+use std::net::{SocketAddr, TcpStream as StdTcpStream};
 use std::sync::Arc;
 use std::time::Duration;
 
 use socket2::{SockAddr, Socket as RawSocket};
-use std::net::TcpStream as StdTcpStream;
 use tokio::io::Interest;
 use tokio::io::unix::AsyncFd;
 use tokio::net::{TcpListener, UnixListener};
@@ -78,7 +77,7 @@ impl Listener {
 
 /// The next client of a TCP listener. The listener's readiness is cleared after a client when
 /// a `poll` finds no other waiting, so the next call waits for epoll instead of asking
-/// `accept4` to say `EAGAIN` (1,373 ns against `poll`'s ~150 on this VM; one a connection,
+/// `accept4` to say `EAGAIN` (1,373 ns against `poll`'s ~210 on this VM; one a connection,
 /// issue 16). A client that arrives after the `poll` raises a new epoll event, which the
 /// runtime reads after this task yields: it marks the listener ready again.
 async fn accept_tcp(listener: &AsyncFd<RawSocket>) -> io::Result<(StdTcpStream, SocketAddr)> {

@@ -82,8 +82,8 @@ pub async fn start_tls(
     if answer[0] != b'S' {
         return Err(StartTlsError::Refused);
     }
-    // The socket's reads go through io_uring (where there is a ring) only from here on: the one
-    // byte above came from the kernel alone.
+    // The socket's writes go through io_uring (where there is a ring) only from here on: the
+    // SSLRequest above went through tokio.
     let socket = Socket::new(tcp).map_err(StartTlsError::Io)?;
     TlsConnector::from(config)
         .connect(name, socket)

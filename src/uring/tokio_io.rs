@@ -3,10 +3,9 @@
 
 use std::io;
 use std::mem::MaybeUninit;
+use std::net::TcpStream;
 use std::os::fd::AsFd;
 use std::task::{Context, Poll};
-
-use std::net::TcpStream;
 
 use socket2::SockRef;
 use tokio::io::unix::AsyncFd;
