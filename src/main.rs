@@ -87,9 +87,10 @@ fn runtime(threads: usize, io: SocketIo) -> std::io::Result<tokio::runtime::Runt
     }
     let mut builder = if threads == 1 {
         let mut builder = tokio::runtime::Builder::new_current_thread();
-        if io == SocketIo::IoUring && uring::install(true) {
-            builder.on_thread_park(uring::submit_before_park);
+        if !(io == SocketIo::IoUring && uring::install(true)) {
+            uring::install_outbox();
         }
+        builder.on_thread_park(uring::submit_before_park);
         builder
     } else {
         let mut builder = tokio::runtime::Builder::new_multi_thread();

@@ -22,6 +22,7 @@
 
 #[cfg(target_os = "linux")]
 mod ops;
+mod outbox;
 #[cfg(target_os = "linux")]
 mod ring;
 #[cfg(not(target_os = "linux"))]
@@ -37,11 +38,14 @@ mod tests;
 #[cfg(all(test, target_os = "linux"))]
 mod tests_flush;
 #[cfg(all(test, target_os = "linux"))]
+mod tests_outbox;
+#[cfg(all(test, target_os = "linux"))]
 mod tests_slots;
 #[cfg(all(test, target_os = "linux"))]
 mod tests_unread;
 mod tokio_io;
 
+pub use outbox::install as install_outbox;
 pub use socket::Socket;
 pub use thread::{describe, forbid, install, request, spawn_reaper, submit_before_park};
 pub use tokio_io::{poll_read_by, read_noting_short};

@@ -55,7 +55,9 @@ pub fn install(_batched: bool) -> bool {
 
 pub fn spawn_reaper() {}
 
-pub fn submit_before_park() {}
+pub fn submit_before_park() {
+    super::outbox::send_at_park();
+}
 
 pub fn submit_now() {}
 

@@ -49,6 +49,17 @@ pub(super) async fn pair() -> (Socket, TcpStream) {
     (Socket::new(ours).expect("register"), peer)
 }
 
+/// Our send buffer and the peer's receive buffer at their smallest: a large write finds no
+/// room soon.
+pub(super) fn small_buffers(ours: &Socket, peer: &TcpStream) {
+    socket2::SockRef::from(ours.tcp())
+        .set_send_buffer_size(4096)
+        .expect("SO_SNDBUF");
+    socket2::SockRef::from(peer)
+        .set_recv_buffer_size(4096)
+        .expect("SO_RCVBUF");
+}
+
 /// Reads exactly `n` bytes from `reader`, within [`BOUND`].
 pub(super) async fn read_within_bound<R: AsyncRead + Unpin>(reader: &mut R, n: usize) -> Vec<u8> {
     let mut bytes = vec![0u8; n];
@@ -324,12 +335,7 @@ async fn a_partial_send_finishes_unpolled() {
     // A small send buffer and a peer that reads late: the kernel takes part of the write, and
     // the writer flushes (which does not wait) and never polls the socket again.
     let (mut ours, mut peer) = pair().await;
-    socket2::SockRef::from(ours.tcp())
-        .set_send_buffer_size(4096)
-        .expect("SO_SNDBUF");
-    socket2::SockRef::from(&peer)
-        .set_recv_buffer_size(4096)
-        .expect("SO_RCVBUF");
+    small_buffers(&ours, &peer);
     let data: Vec<u8> = (0..60_000u32).map(|i| (i % 253) as u8).collect();
     ours.write_all(&data).await.expect("write");
     ours.flush().await.expect("flush");

@@ -154,10 +154,11 @@ async fn reap_on_wake(fd: RawFd) {
     }
 }
 
-/// Hands the queued submissions to the kernel and wakes the tasks whose operations completed.
-/// tokio's park hook; a no-op on a thread without a ring.
+/// Hands the queued submissions to the kernel and wakes the tasks whose operations completed,
+/// or sends what the thread's outbox holds (off a ring). tokio's park hook.
 pub fn submit_before_park() {
     submit_and_wake(false);
+    super::outbox::send_at_park();
 }
 
 /// Hands the queued submissions to the kernel now, runs what completed and wakes its tasks: a

@@ -1,7 +1,8 @@
 //! [`Socket`]: a TCP connection whose writes go through the ring of the thread that made it
-//! when that thread has one, and through tokio when it has not (another platform, another
-//! runtime, a kernel without io_uring, `--socket-io epoll`). Reads always go through tokio:
-//! its readiness, then one `recv`.
+//! when that thread has one, through its outbox when it has that instead (`main`'s runtime
+//! where io_uring is refused or `--socket-io epoll`: held until the end of the turn, then one
+//! `send` each, `outbox/`), and through tokio otherwise (a multi-thread runtime, a test's).
+//! Reads always go through tokio: its readiness, then one `recv`.
 //!
 //! A write copies the bytes into a send buffer of the ring's, submits the `send` and returns
 //! at once (the kernel sends it at the thread's next park, in the same `io_uring_enter` as
@@ -39,6 +40,7 @@ use tokio::io::unix::AsyncFd;
 use tokio::io::{AsyncRead, Interest, ReadBuf};
 use tokio::net::TcpStream;
 
+use super::outbox::with_outbox;
 use super::thread::with_ring;
 use super::tokio_io::{poll_peeked, poll_read_by, read_direct};
 use write::Writing;
@@ -85,11 +87,14 @@ impl Socket {
     }
 
     /// A non-blocking connected socket (a client just accepted), registered with this thread's
-    /// runtime: for reads only where its writes go through the ring.
+    /// runtime: for reads only where its writes go through the ring or the outbox.
     pub fn accepted(tcp: StdTcpStream) -> io::Result<Self> {
-        let (write, interest) = match with_ring(|_| ()) {
-            Some(()) => (Writing::Idle, Interest::READABLE),
-            None => (Writing::Tokio, Interest::READABLE | Interest::WRITABLE),
+        let (write, interest) = if with_ring(|_| ()).is_some() {
+            (Writing::Idle, Interest::READABLE)
+        } else if with_outbox(|_| ()).is_some() {
+            (Writing::Outbox, Interest::READABLE)
+        } else {
+            (Writing::Tokio, Interest::READABLE | Interest::WRITABLE)
         };
         // SAFETY: a `TcpStream` owns its descriptor and answers the same one for its life; the
         // `AsyncFd` owns the stream, and nothing closes it while it does.
@@ -136,7 +141,11 @@ impl Socket {
     /// before its TLS handshake must not be trusted).
     pub async fn into_tcp(mut self) -> io::Result<TcpStream> {
         std::future::poll_fn(|cx| self.poll_sent(cx)).await?;
-        if self.ops.carried.is_none() && matches!(self.ops.write, Writing::Idle | Writing::Tokio) {
+        let idle = matches!(
+            self.ops.write,
+            Writing::Idle | Writing::Tokio | Writing::Outbox
+        );
+        if self.ops.carried.is_none() && idle {
             // Nothing in flight or held: the operations' state is plain data.
             let mut this = ManuallyDrop::new(self);
             // SAFETY: `this` is never dropped, and its stream is taken once.
@@ -198,12 +207,17 @@ impl Socket {
 }
 
 impl Ops {
-    /// Gives back what the socket holds in the ring; whether its descriptor may close now (no
-    /// queued entry names it). A `send` in flight gets the flush to finish and is cancelled if
-    /// it has not (a peer that stopped reading).
+    /// Gives back what the socket holds in the ring or the outbox; whether its descriptor may
+    /// close now (no queued entry names it). A `send` in flight gets the flush to finish and is
+    /// cancelled if it has not (a peer that stopped reading); a held write gets one `send`.
     fn release(&mut self, fd: RawFd) -> bool {
-        let Writing::InFlight(slot) = std::mem::take(&mut self.write) else {
-            return true;
+        let slot = match std::mem::take(&mut self.write) {
+            Writing::InFlight(slot) => slot,
+            Writing::Held(slot) => {
+                with_outbox(|outbox| outbox.abandon(slot, fd));
+                return true;
+            }
+            _ => return true,
         };
         with_ring(|ring| {
             ring.abandon(slot, fd);

@@ -1,5 +1,6 @@
 //! A [`Socket`]'s write side: a write copies the bytes into a send buffer of the ring's and
-//! queues the `send` (at most one in flight), a flush does not wait for it, a shutdown does.
+//! queues the `send` (at most one in flight), or into one of the outbox's, held until the end
+//! of the turn; a flush does not wait for either, a shutdown does.
 
 use std::io;
 use std::os::fd::AsRawFd;
@@ -9,6 +10,7 @@ use std::task::{Context, Poll};
 use tokio::io::AsyncWrite;
 
 use super::Socket;
+use crate::uring::outbox::with_outbox;
 use crate::uring::ring::Completion;
 use crate::uring::thread::{self, with_ring};
 
@@ -23,11 +25,16 @@ pub(super) enum Writing {
     InFlight(u32),
     /// The `send` failed with this errno, reported by the next write or flush.
     Failed(i32),
-    /// Made on a thread without a ring (`--socket-io epoll`; a multi-thread runtime; a kernel
-    /// that refused io_uring): every write goes through tokio, for good, without asking for
-    /// the ring each time (the asking cost 250 instructions a transaction, callgrind, issue
-    /// 16).
+    /// Made on a thread without a ring or an outbox (a multi-thread runtime, a test's
+    /// runtime): every write goes through tokio, for good, without asking for the ring each
+    /// time (the asking cost 250 instructions a transaction, callgrind, issue 16).
     Tokio,
+    /// Made on a thread without a ring that has an outbox (`main`'s runtime off io_uring: its
+    /// writes are sent at the end of the turn): nothing held.
+    Outbox,
+    /// The outbox holds this socket's last write in this slot (queued for the end of the
+    /// turn, or stalled for room: see `outbox/`).
+    Held(u32),
 }
 
 impl Socket {
@@ -35,7 +42,15 @@ impl Socket {
     pub(super) fn poll_sent(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         loop {
             match self.ops.write {
-                Writing::Idle | Writing::Tokio => return Poll::Ready(Ok(())),
+                Writing::Idle | Writing::Tokio | Writing::Outbox => return Poll::Ready(Ok(())),
+                Writing::Held(slot) => {
+                    let fd = self.tcp.as_raw_fd();
+                    let sent = with_outbox(|outbox| outbox.poll(slot, fd, cx))
+                        .unwrap_or(Poll::Ready(Err(libc::EBADF)));
+                    let sent = std::task::ready!(sent);
+                    self.ops.write = Writing::Outbox;
+                    return Poll::Ready(sent.map_err(io::Error::from_raw_os_error));
+                }
                 Writing::Failed(errno) => {
                     self.ops.write = Writing::Idle;
                     return Poll::Ready(Err(io::Error::from_raw_os_error(errno)));
@@ -78,19 +93,50 @@ impl Socket {
         }
     }
 
+    /// Holds the slices' first bytes (up to [`MAX_SEND`]) in the thread's outbox, sent at the
+    /// end of the turn: how many it took, or `None` with no outbox on this thread.
+    fn hold(&mut self, cx: &Context<'_>, slices: &[io::IoSlice<'_>]) -> Option<usize> {
+        let fd = self.tcp.as_raw_fd();
+        let (slot, taken) = with_outbox(|outbox| {
+            let mut bytes = outbox.buffer();
+            copy_up_to_max(&mut bytes, slices);
+            let taken = bytes.len();
+            (outbox.queue(fd, bytes, cx.waker()), taken)
+        })?;
+        self.ops.write = Writing::Held(slot);
+        Some(taken)
+    }
+
+    /// Writes through the outbox (see `outbox/`): added to the last write's buffer while it
+    /// waits for the end of the turn, or held in a new one once that went.
+    fn poll_write_held(
+        &mut self,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        if let Writing::Held(slot) = self.ops.write {
+            let fd = self.tcp.as_raw_fd();
+            let appended = with_outbox(|outbox| outbox.append(slot, fd, bufs, MAX_SEND));
+            if let Some(Some(taken)) = appended {
+                return Poll::Ready(Ok(taken));
+            }
+        }
+        std::task::ready!(self.poll_sent(cx))?;
+        if bufs.iter().all(|slice| slice.is_empty()) {
+            return Poll::Ready(Ok(0));
+        }
+        self.hold(cx, bufs)
+            .ok_or_else(|| io::Error::from_raw_os_error(libc::EBADF))
+            .into()
+    }
+
     /// Submits a `send` of the slices' first bytes (up to [`MAX_SEND`]); how many it took, or
     /// `None` off a ring.
     fn submit_send(&mut self, slices: &[io::IoSlice<'_>]) -> Option<io::Result<usize>> {
         let fd = self.tcp.as_raw_fd();
         let submitted = with_ring(|ring| {
             let mut owned = ring.send_buffer();
-            for slice in slices {
-                let room = MAX_SEND - owned.len();
-                owned.extend_from_slice(&slice[..slice.len().min(room)]);
-                if owned.len() == MAX_SEND {
-                    break;
-                }
-            }
+            copy_up_to_max(&mut owned, slices);
             let taken = owned.len();
             ring.send(fd, owned).map(|slot| (slot, taken))
         })?;
@@ -98,6 +144,17 @@ impl Socket {
             self.ops.write = Writing::InFlight(slot);
             taken
         }))
+    }
+}
+
+/// Appends the slices' first bytes to `owned`, up to [`MAX_SEND`] in all.
+fn copy_up_to_max(owned: &mut Vec<u8>, slices: &[io::IoSlice<'_>]) {
+    for slice in slices {
+        let room = MAX_SEND - owned.len();
+        owned.extend_from_slice(&slice[..slice.len().min(room)]);
+        if owned.len() == MAX_SEND {
+            break;
+        }
     }
 }
 
@@ -116,8 +173,10 @@ impl AsyncWrite for Socket {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
-        if matches!(this.ops.write, Writing::Tokio) {
-            return this.poll_write_by_tokio(cx, bufs);
+        match this.ops.write {
+            Writing::Tokio => return this.poll_write_by_tokio(cx, bufs),
+            Writing::Outbox | Writing::Held(_) => return this.poll_write_held(cx, bufs),
+            _ => {}
         }
         match this.poll_sent(cx) {
             // Most likely queued, not refused: submit it now rather than hold this write
@@ -151,6 +210,16 @@ impl AsyncWrite for Socket {
     /// of it, 3.5 polls instead of 2 (callgrind, issue 16).
     fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
+        if let Writing::Held(slot) = this.ops.write {
+            let fd = this.tcp.as_raw_fd();
+            let Some(sent) =
+                with_outbox(|outbox| outbox.peek(slot, fd)).unwrap_or(Some(Err(libc::EBADF)))
+            else {
+                return Poll::Ready(Ok(()));
+            };
+            this.ops.write = Writing::Outbox;
+            return Poll::Ready(sent.map_err(io::Error::from_raw_os_error));
+        }
         if let Writing::InFlight(slot) = this.ops.write {
             let fd = this.tcp.as_raw_fd();
             this.ops.write = match with_ring(|ring| ring.peek(slot, fd)) {
