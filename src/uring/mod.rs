@@ -16,8 +16,9 @@
 //! runtime (`--worker-threads 1`, the default) gets a ring: a task of tokio's work-stealing
 //! pool may be polled on any thread, and a ring belongs to one. A kernel or sandbox that
 //! refuses io_uring (older than 6.1, `kernel.io_uring_disabled`, the default seccomp profiles
-//! of Docker 25+ and containerd, gVisor) falls back to tokio's I/O; the start-up line says
-//! which (`io=`). A `Socket` must be polled on the thread whose ring it used (always so with
+//! of Docker 25+ and containerd, ECS Fargate, gVisor) falls back to epoll, where `main`'s
+//! runtime holds the writes of a turn in its outbox and sends them together at its end
+//! (`outbox/`); the start-up line says which (`io=`). A `Socket` must be polled on the thread whose ring it used (always so with
 //! one runtime thread).
 
 #[cfg(target_os = "linux")]
@@ -70,6 +71,8 @@ pub enum SocketIo {
     /// (docs/ARCHITECTURE.md, "Sends through the ring, reads through tokio").
     #[default]
     IoUring,
-    /// Through tokio: readiness from epoll, then a system call per read or write.
+    /// Readiness from epoll, then a system call per read; the writes of a turn held until its
+    /// end, then one `send` each (the outbox, `outbox/`; through tokio on a multi-thread
+    /// runtime).
     Epoll,
 }
