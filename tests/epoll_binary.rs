@@ -1,5 +1,5 @@
 //! The binary on epoll, what ECS Fargate and the default seccomp profiles of Docker and
-//! containerd give it (they refuse io_uring): its writes are held until the event loop parks
+//! containerd give it (they refuse io_uring): its writes are held until the end of the turn
 //! (src/uring/outbox). Several clients at once in each pool mode, each with results larger
 //! than a socket's buffers and COPY both ways, every byte checked.
 
