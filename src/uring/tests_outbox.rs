@@ -156,3 +156,17 @@ fn a_write_to_a_peer_gone_fails_on_a_later_call() {
         assert_eq!(slots_in_use(), 0, "the failure's slot was freed");
     });
 }
+
+#[test]
+fn a_socket_dropped_off_its_thread_keeps_its_descriptor_for_the_held_write() {
+    on_outbox(|| async {
+        let (mut ours, mut peer) = pair().await;
+        ours.write_all(b"kept").await.expect("write");
+        // Dropped where the outbox cannot be reached: its slot still names the descriptor, so
+        // the descriptor must stay open (closed, its number could go to another connection).
+        std::thread::spawn(move || drop(ours))
+            .join()
+            .expect("drop thread");
+        assert_eq!(read_within_bound(&mut peer, 4).await, b"kept");
+    });
+}

@@ -213,9 +213,9 @@ impl Ops {
     fn release(&mut self, fd: RawFd) -> bool {
         let slot = match std::mem::take(&mut self.write) {
             Writing::InFlight(slot) => slot,
+            // Off the outbox's thread the slot cannot be freed: the descriptor is kept, as below.
             Writing::Held(slot) => {
-                with_outbox(|outbox| outbox.abandon(slot, fd));
-                return true;
+                return with_outbox(|outbox| outbox.abandon(slot, fd)).is_some();
             }
             _ => return true,
         };
