@@ -79,7 +79,9 @@ fn main() -> ExitCode {
 /// (docs/ARCHITECTURE.md).
 ///
 /// With one thread and `--socket-io io-uring` (the default), the thread gets its ring
-/// (src/uring) and the runtime submits the ring's queue each time it is about to park.
+/// (src/uring) and the runtime submits the ring's queue each time it is about to park; without
+/// a ring (`epoll`, or the kernel refused one) it gets an outbox, which holds the writes of a
+/// turn until its end (src/uring/outbox).
 fn runtime(threads: usize, io: SocketIo) -> std::io::Result<tokio::runtime::Runtime> {
     match io {
         SocketIo::Epoll => uring::forbid(),

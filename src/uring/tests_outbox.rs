@@ -1,7 +1,8 @@
 //! The outbox (off a ring, `main`'s runtime on epoll) over real loopback TCP: writes held until
-//! the park and sent in order, two writes in a turn in one buffer, a write stalled at the park
-//! (a peer not reading) finished while its socket only waits for reads, a socket dropped with
-//! a held write, and a peer gone.
+//! the end of the turn and sent in order, two writes in a turn in one buffer, a write stalled
+//! (a peer not reading) finished while its writer waits for something else, held writes sent
+//! while another task stays busy, a socket dropped with a held write (on its thread or off
+//! it), and a peer gone.
 
 use std::future::Future;
 use std::time::Duration;
@@ -39,23 +40,23 @@ fn slots_in_use() -> usize {
 }
 
 #[test]
-fn writes_are_held_until_the_park_and_arrive_in_order() {
+fn writes_are_held_until_the_end_of_the_turn_and_arrive_in_order() {
     on_outbox(|| async {
         let (mut ours, mut peer) = pair().await;
         ours.write_all(b"one,").await.expect("write");
         ours.write_all(b"two").await.expect("write");
         ours.flush().await.expect("flush");
-        // No park yet: nothing went, and both writes wait in one buffer.
+        // The test has not yielded yet: nothing went, and both writes wait in one buffer.
         let mut early = [0u8; 8];
         let sent_early = peer.try_read(&mut early);
         assert!(
             matches!(&sent_early, Err(error) if error.kind() == std::io::ErrorKind::WouldBlock),
-            "a write went before the park: {sent_early:?}"
+            "a write went before the end of the turn: {sent_early:?}"
         );
         assert_eq!(slots_in_use(), 1, "two writes of one turn share a buffer");
         assert_eq!(read_within_bound(&mut peer, 7).await, b"one,two");
-        assert_eq!(slots_in_use(), 0, "the park freed the slot");
-        // The next turn's write is a buffer of its own, sent at its park.
+        assert_eq!(slots_in_use(), 0, "sending freed the slot");
+        // The next turn's write is a buffer of its own, sent at that turn's end.
         ours.write_all(b"!").await.expect("write");
         assert_eq!(read_within_bound(&mut peer, 1).await, b"!");
     });
