@@ -1,12 +1,16 @@
 //! The binary on epoll, what ECS Fargate and the default seccomp profiles of Docker and
 //! containerd give it (they refuse io_uring): its writes are held until the end of the turn
-//! (src/uring/outbox). Several clients at once in each pool mode, each with results larger
-//! than a socket's buffers and COPY both ways, every byte checked.
+//! and sent together by `io_submit` (src/uring/outbox), which its start-up line says. Several
+//! clients at once in each pool mode, each with results larger than a socket's buffers and
+//! COPY both ways, every byte checked.
 
 mod harness;
 mod support;
 
+use std::io::BufRead;
 use std::process::Stdio;
+use std::sync::mpsc;
+use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt, pin_mut};
 use harness::binary::{KillOnDrop, free_port, sidecar_command, wait_for_port};
@@ -16,15 +20,16 @@ use tokio_postgres::NoTls;
 /// Rows of the large result and of each COPY.
 const ROWS: i64 = 20_000;
 
-/// The binary on `--socket-io epoll` in `pool_mode`, dialling `upstream_addr`.
+/// The binary on `--socket-io epoll` in `pool_mode`, dialling `upstream_addr`; its port, and
+/// its start-up line's `io=` part once it logs it.
 fn spawn_on_epoll(
     upstream_addr: &str,
     pki: &TestPki,
     home: &std::path::Path,
     pool_mode: &str,
-) -> (KillOnDrop, u16) {
+) -> (KillOnDrop, u16, mpsc::Receiver<String>) {
     let port = free_port();
-    let child = sidecar_command(home)
+    let mut child = sidecar_command(home)
         .args([
             "--upstream",
             &format!("{DEFAULT_ENDPOINT_HOST}:5432"),
@@ -49,11 +54,27 @@ fn spawn_on_epoll(
         .env("AWS_ACCESS_KEY_ID", TEST_AKID)
         .env("AWS_SECRET_ACCESS_KEY", TEST_SECRET)
         .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
+        .stderr(Stdio::piped())
         .spawn()
         .map(KillOnDrop)
         .expect("spawn sidecar");
-    (child, port)
+    let io = io_line(&mut child);
+    (child, port, io)
+}
+
+/// Passes the child's log on to the test's and sends the `io=` part of its start-up line.
+fn io_line(child: &mut KillOnDrop) -> mpsc::Receiver<String> {
+    let (sender, receiver) = mpsc::channel();
+    let log = child.0.stderr.take().expect("piped stderr");
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(log).lines().map_while(Result::ok) {
+            eprintln!("{line}");
+            if let Some(at) = line.find("io=") {
+                let _ = sender.send(line[at..].to_owned());
+            }
+        }
+    });
+    receiver
 }
 
 /// One client's work: a large result, COPY into `table` and back out, all checked.
@@ -112,14 +133,21 @@ async fn clients_at_once_on_epoll(pool_mode: &str) {
         .exec(&format!("create table {table} (client bigint, n bigint)"))
         .await;
     let home = tempfile::tempdir().expect("tempdir");
-    let (mut sidecar, port) =
+    let (mut sidecar, port, io) =
         spawn_on_epoll(&emulator.addr.to_string(), &pki, home.path(), pool_mode);
     wait_for_port(port, &mut sidecar.0).await;
+    let io = io
+        .recv_timeout(Duration::from_secs(10))
+        .expect("the start-up line");
+    assert!(
+        io.contains("io=epoll (sends batched by io_submit)"),
+        "the writes of a turn go in one io_submit: {io}"
+    );
     let clients: Vec<_> = (1..=4)
         .map(|id| tokio::spawn(one_client(port, table.clone(), id)))
         .collect();
     for client in clients {
-        tokio::time::timeout(std::time::Duration::from_secs(60), client)
+        tokio::time::timeout(Duration::from_secs(60), client)
             .await
             .expect("each client's work ends within the bound")
             .expect("client task");

@@ -17,8 +17,9 @@
 //! pool may be polled on any thread, and a ring belongs to one. A kernel or sandbox that
 //! refuses io_uring (older than 6.1, `kernel.io_uring_disabled`, the default seccomp profiles
 //! of Docker 25+ and containerd, ECS Fargate, gVisor) falls back to epoll, where `main`'s
-//! runtime holds the writes of a turn in its outbox and sends them together at its end
-//! (`outbox/`); the start-up line says which (`io=`). A `Socket` must be polled on the thread whose ring it used (always so with
+//! runtime holds the writes of a turn in its outbox and sends them together at its end, in
+//! one `io_submit` where Linux AIO is allowed (`outbox/`); the start-up line says which
+//! (`io=`). A `Socket` must be polled on the thread whose ring it used (always so with
 //! one runtime thread).
 
 #[cfg(target_os = "linux")]
@@ -72,7 +73,7 @@ pub enum SocketIo {
     #[default]
     IoUring,
     /// Readiness from epoll, then a system call per read; the writes of a turn held until its
-    /// end, then one `send` each (the outbox, `outbox/`; through tokio on a multi-thread
-    /// runtime).
+    /// end, then sent together in one `io_submit` where Linux AIO is allowed, one `send` each
+    /// where not (the outbox, `outbox/`; through tokio on a multi-thread runtime).
     Epoll,
 }

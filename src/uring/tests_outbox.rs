@@ -15,14 +15,24 @@ use super::submit_before_park;
 use super::tests::{BOUND, pair, read_within_bound, small_buffers};
 
 /// Runs `test` on a thread of its own with an outbox and the park hook, as `main` builds a
-/// runtime that has no ring.
+/// runtime that has no ring: once with its writes batched by `io_submit`, once with one `send`
+/// each (a kernel that refuses AIO).
 fn on_outbox<F, Fut>(test: F)
+where
+    F: Fn() -> Fut + Send + Clone + 'static,
+    Fut: Future<Output = ()>,
+{
+    on_outbox_with(true, test.clone());
+    on_outbox_with(false, test);
+}
+
+fn on_outbox_with<F, Fut>(batching: bool, test: F)
 where
     F: FnOnce() -> Fut + Send + 'static,
     Fut: Future<Output = ()>,
 {
     let thread = std::thread::spawn(move || {
-        outbox::install();
+        outbox::install_with(batching);
         let runtime = tokio::runtime::Builder::new_current_thread()
             .on_thread_park(submit_before_park)
             .enable_all()
@@ -37,6 +47,123 @@ where
 
 fn slots_in_use() -> usize {
     with_outbox(|outbox| outbox.slots_in_use()).expect("an outbox on this thread")
+}
+
+fn submits() -> usize {
+    with_outbox(|outbox| outbox.submits).expect("an outbox on this thread")
+}
+
+/// The error of a write to a peer that closed.
+fn assert_peer_gone(failed: &std::io::Error) {
+    assert!(
+        matches!(
+            failed.kind(),
+            std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::ConnectionReset
+        ),
+        "{failed:?}"
+    );
+}
+
+/// Three connected pairs.
+async fn pairs() -> Vec<(super::Socket, tokio::net::TcpStream)> {
+    vec![pair().await, pair().await, pair().await]
+}
+
+#[test]
+fn the_writes_of_several_sockets_in_a_turn_go_in_one_io_submit() {
+    for batching in [true, false] {
+        on_outbox_with(batching, move || async move {
+            let mut pairs = pairs().await;
+            for (n, (ours, _)) in pairs.iter_mut().enumerate() {
+                ours.write_all(format!("to {n}").as_bytes())
+                    .await
+                    .expect("write");
+            }
+            assert_eq!(submits(), 0, "nothing went before the end of the turn");
+            for (n, (_, peer)) in pairs.iter_mut().enumerate() {
+                assert_eq!(
+                    read_within_bound(peer, 4).await,
+                    format!("to {n}").as_bytes()
+                );
+            }
+            let expected = usize::from(batching);
+            assert_eq!(
+                submits(),
+                expected,
+                "one io_submit for the three (batching {batching})"
+            );
+            assert_eq!(slots_in_use(), 0);
+            // What io_submit wrote is not sent again.
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            for (_, peer) in &pairs {
+                let mut more = [0u8; 16];
+                let again = peer.try_read(&mut more);
+                assert!(
+                    matches!(&again, Err(error) if error.kind() == std::io::ErrorKind::WouldBlock),
+                    "bytes sent twice: {again:?}"
+                );
+            }
+        });
+    }
+}
+
+#[test]
+fn a_socket_without_room_in_a_batch_stalls_and_the_others_go() {
+    on_outbox(|| async {
+        let mut pairs = pairs().await;
+        let (full, full_peer) = pairs.remove(0);
+        small_buffers(&full, &full_peer);
+        let filled = fill(&full);
+        let reader = tokio::spawn(async move {
+            let mut peer = full_peer;
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            read_within_bound(&mut peer, filled + 60_000).await
+        });
+        let mut full = full;
+        full.write_all(&[7u8; 60_000]).await.expect("write");
+        for (ours, _) in pairs.iter_mut() {
+            ours.write_all(b"free").await.expect("write");
+        }
+        for (_, peer) in pairs.iter_mut() {
+            assert_eq!(read_within_bound(peer, 4).await, b"free");
+        }
+        let got = timeout(BOUND, reader)
+            .await
+            .expect("the stalled write went on")
+            .expect("reader task");
+        assert!(got.iter().all(|&byte| byte == 7), "bytes changed");
+        assert_eq!(slots_in_use(), 0);
+    });
+}
+
+#[test]
+fn a_peer_gone_fails_its_socket_in_a_batch_and_not_the_others() {
+    on_outbox(|| async {
+        let mut pairs = pairs().await;
+        let (mut dead, dead_peer) = pairs.remove(0);
+        drop(dead_peer);
+        let failed = timeout(BOUND, async {
+            loop {
+                let written = dead.write_all(&[1u8; 1024]).await;
+                for (ours, _) in pairs.iter_mut() {
+                    ours.write_all(b"alive")
+                        .await
+                        .expect("a healthy socket's write");
+                }
+                for (_, peer) in pairs.iter_mut() {
+                    assert_eq!(read_within_bound(peer, 5).await, b"alive");
+                }
+                if let Err(error) = written {
+                    return error;
+                }
+            }
+        })
+        .await
+        .expect("a write to a closed peer fails within the bound");
+        assert_peer_gone(&failed);
+        drop(dead);
+        assert_eq!(slots_in_use(), 0, "the failure's slot was freed");
+    });
 }
 
 #[test]
@@ -146,13 +273,7 @@ fn a_write_to_a_peer_gone_fails_on_a_later_call() {
         })
         .await
         .expect("a write to a closed peer fails within the bound");
-        assert!(
-            matches!(
-                failed.kind(),
-                std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::ConnectionReset
-            ),
-            "{failed:?}"
-        );
+        assert_peer_gone(&failed);
         drop(ours);
         assert_eq!(slots_in_use(), 0, "the failure's slot was freed");
     });

@@ -97,13 +97,21 @@ pub fn describe() -> String {
     if with_ring(|_| ()).is_some() {
         return "io_uring".to_owned();
     }
-    match REFUSED.get() {
-        Some(error) => format!("epoll (the kernel refused io_uring: {error})"),
+    let why = match REFUSED.get() {
+        Some(error) => Some(format!("the kernel refused io_uring: {error}")),
         None if REQUESTED.load(Ordering::Relaxed) && enabled() => {
-            "epoll (io_uring needs --worker-threads 1)".to_owned()
+            Some("io_uring needs --worker-threads 1".to_owned())
         }
-        None => "epoll".to_owned(),
+        None => None,
+    };
+    let notes: Vec<String> = why
+        .into_iter()
+        .chain(super::outbox::describe().map(str::to_owned))
+        .collect();
+    if notes.is_empty() {
+        return "epoll".to_owned();
     }
+    format!("epoll ({})", notes.join("; "))
 }
 
 /// The engine started in-process (tests, embedders: no `main` to read `--socket-io`) asks

@@ -1,12 +1,14 @@
 //! Sends held until the end of the turn, off a ring: where io_uring is refused (ECS Fargate's
 //! and the default Docker and containerd seccomp profiles, gVisor, kernels before 6.1) or
 //! `--socket-io epoll` turns it off. A [`super::Socket`]'s write copies its bytes into a buffer
-//! here and returns; the buffers a turn of the event loop queued are sent together, one `send`
-//! each, once the tasks that ran have written: by a task the turn's first write wakes (it runs
-//! after the tasks already in the run queue) or by the park hook, whichever comes first. Two
-//! writes of one socket in a turn share a buffer; a write that finds its socket's last buffer
-//! still queued sends it first. What it saves: docs/ARCHITECTURE.md, "Sends held until the
-//! end of the turn".
+//! here and returns; the buffers a turn of the event loop queued are sent together once the
+//! tasks that ran have written: by a task the turn's first write wakes (it runs after the
+//! tasks already in the run queue) or by the park hook, whichever comes first. Together means
+//! one `io_submit` for all of them where Linux AIO is allowed (`aio.rs`, `together.rs`; the
+//! seccomp profiles that refuse io_uring allow it), one `send` each where not. Two writes of
+//! one socket in a turn share a buffer; a write that finds its socket's last buffer still
+//! queued sends it first. What it saves: docs/ARCHITECTURE.md, "Sends held until the end of
+//! the turn" and "Sends batched by io_submit, off a ring".
 //!
 //! The task, not the park alone: tokio skips the park hook (`park_yield`) while a task that
 //! used up its budget waits to run again, and held writes would wait for as long as any task
@@ -31,8 +33,14 @@ use std::task::{Context, Poll, Waker};
 
 use tokio::io::unix::AsyncFd;
 
+#[cfg(all(target_os = "linux", target_endian = "little"))]
+mod aio;
+#[cfg(not(all(target_os = "linux", target_endian = "little")))]
+#[path = "no_aio.rs"]
+mod aio;
 mod room;
 mod sender;
+mod together;
 
 pub use sender::send_at_park;
 
@@ -67,6 +75,14 @@ pub struct Outbox {
     sender: Option<Waker>,
     /// That task was spawned on this thread's runtime and has not ended with it.
     sending: bool,
+    /// Sends a turn's buffers in one `io_submit` where the kernel allows it (`aio.rs`).
+    aio: Option<aio::Aio>,
+    /// Reused by [`Outbox::submit_together`]: the slots in its batch, and their results.
+    batch: Vec<u32>,
+    results: Vec<Option<i64>>,
+    /// `io_submit` calls made (for the tests).
+    #[cfg(test)]
+    pub(super) submits: usize,
 }
 
 enum Slot {
@@ -101,9 +117,26 @@ enum Sent {
 
 /// Gives this thread an outbox (once): the sockets made on it from then on write through it.
 pub fn install() {
+    install_with(true);
+}
+
+/// [`install`], with `io_submit` batching where the kernel allows it or never (tests of the
+/// one-`send`-each path, which a kernel refusing AIO takes).
+pub(super) fn install_with(batching: bool) {
     OUTBOX.with(|slot| {
-        slot.borrow_mut().get_or_insert_with(Outbox::default);
+        slot.borrow_mut().get_or_insert_with(|| Outbox {
+            aio: aio::Aio::new().filter(|_| batching),
+            ..Outbox::default()
+        });
     });
+}
+
+/// How this thread's outbox sends, for the start-up log; `None` without one.
+pub fn describe() -> Option<&'static str> {
+    with_outbox(|outbox| match &outbox.aio {
+        Some(_) => "sends batched by io_submit",
+        None => "one send a buffer",
+    })
 }
 
 /// Runs `f` on this thread's outbox; `None` when it has none.
@@ -233,9 +266,12 @@ impl Outbox {
         self.release(index);
     }
 
-    /// Sends every queued buffer once.
+    /// Sends every queued buffer once: together in one `io_submit` where there are two or
+    /// more and AIO works, then each the rest of the way (a buffer that went whole is freed
+    /// without another system call).
     fn send_queued(&mut self) {
         let mut queued = std::mem::take(&mut self.queued);
+        self.submit_together(&queued);
         for &index in &queued {
             let waiting = matches!(
                 self.slots.get(index as usize),
