@@ -612,6 +612,47 @@ async fn a_cancel_with_another_clients_keys_does_nothing() {
     assert_eq!(stack.emulator.cancels(), 0);
 }
 
+/// A cancel that reaches the server late (a slow path) must not land on the statement of the
+/// client that got the connection once the cancelled statement ended by itself
+/// (pgbouncer#245): the connection goes back to the pool only once the cancel was delivered,
+/// when its backend is idle and PostgreSQL ignores it.
+#[tokio::test]
+async fn a_late_cancel_never_reaches_the_next_client_of_its_connection() {
+    let stack = plain_stack_with(|c| {
+        c.pool.mode = PoolMode::Transaction;
+        c.pool.size = 1;
+    })
+    .await;
+    stack.emulator.delay_cancels(Duration::from_millis(600));
+    let (first, second) = (connect(&stack).await, connect(&stack).await);
+    // The first client's statement runs 300 ms; its cancel, sent at 100 ms, reaches the server
+    // at ~700 ms.
+    let cancelled = async {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        first
+            .cancel_token()
+            .cancel_query(tokio_postgres::NoTls)
+            .await
+            .expect("send cancel");
+    };
+    // The second asks for the only connection while the first holds it.
+    let next = async {
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        second.simple_query("select pg_sleep(0.8)").await
+    };
+    let (ran, (), next) = tokio::time::timeout(Duration::from_secs(20), async {
+        tokio::join!(first.simple_query("select pg_sleep(0.3)"), cancelled, next)
+    })
+    .await
+    .expect("all ended within the bound");
+    assert_eq!(stack.emulator.cancels(), 1, "the cancel was forwarded");
+    if let Err(error) = &next {
+        panic!("the next client's statement was hit: {:?}", db_error(error));
+    }
+    // The cancel came after the first statement ended: nothing of it is cancelled either.
+    ran.expect("the first statement ended by itself");
+}
+
 #[tokio::test]
 async fn transaction_mode_forwards_cancels_to_the_serving_connection() {
     let stack = plain_stack_with(|c| {

@@ -7,12 +7,29 @@
 //! which a cancel reads to know what runs. Unknown keys are dropped silently,
 //! as PostgreSQL does. A client's entry is its own (`ClientSlot`): re-pointing it at every
 //! transaction never takes the registry's lock.
+//!
+//! A forwarded cancel is in flight from the moment it is claimed (its connection open, the
+//! client still served by that server and its statement still running) until the server
+//! closed the cancel's connection, by which time the server has signalled its backend. In
+//! transaction mode the client's statement may end meanwhile; its connection must not go to
+//! another client until then, or the signal lands on that client's statement (pgbouncer#245,
+//! fixed the same way in pgbouncer#717). So a session releases a connection only once its
+//! client's cancels settled ([`CancelKeyGuard::release`]), and closes it instead when one
+//! ended without knowing whether it was delivered.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::Notify;
 
 use crate::forward::SyncState;
 use crate::forward::closer::Closer;
+use crate::pool::Lease;
+
+/// How long a released connection waits for its client's cancels in flight at most: beyond
+/// their own deadline (the upstream connect timeout), closed rather than pooled.
+const SETTLE_BOUND: Duration = Duration::from_secs(60);
 
 /// What a cancel request does.
 #[derive(
@@ -88,6 +105,21 @@ impl CancelTarget {
         self.slot.serving()
     }
 
+    /// Claims a cancel for `server` if it still serves the client and the statement running
+    /// at `mark` has not ended, atomically with the session's re-pointing of the key; the
+    /// claim holds the connection's release until it is dropped (see the module).
+    pub fn claim(&self, server: ServerKey, mark: Mark) -> Option<InFlight> {
+        let mut pointing = self.slot.pointing();
+        if pointing.serving != Serving::Key(server) || !self.still_running(mark) {
+            return None;
+        }
+        pointing.cancels += 1;
+        Some(InFlight {
+            slot: self.slot.clone(),
+            delivered: false,
+        })
+    }
+
     /// The statement running at `mark` has not ended.
     pub fn still_running(&self, mark: Mark) -> bool {
         let state = &self.slot.state;
@@ -135,19 +167,77 @@ pub enum Grace {
     Closed,
 }
 
-/// One client's entry: what serves it, what wakes its session, and the client's protocol state
-/// ([`SyncState`], owned here so that both its session and a cancel can reach it: is a
-/// statement running, did it end, is the server still sending).
+/// A forwarded cancel claimed for a client's connection (see [`CancelTarget::claim`]):
+/// settled when dropped, delivered if [`InFlight::delivered`] was called first.
+#[derive(Debug)]
+pub struct InFlight {
+    slot: Arc<ClientSlot>,
+    delivered: bool,
+}
+
+impl InFlight {
+    /// The server closed the cancel's connection: its backend has been signalled.
+    pub fn delivered(mut self) {
+        self.delivered = true;
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        let mut pointing = self.slot.pointing();
+        pointing.cancels -= 1;
+        pointing.undelivered |= !self.delivered;
+        if pointing.cancels == 0 {
+            self.slot.settled.notify_waiters();
+        }
+    }
+}
+
+/// One client's entry: what serves it, its cancels in flight, what wakes its session, and the
+/// client's protocol state ([`SyncState`], owned here so that both its session and a cancel
+/// can reach it: is a statement running, did it end, is the server still sending).
 #[derive(Debug, Default)]
 struct ClientSlot {
-    serving: Mutex<Serving>,
+    pointing: Mutex<Pointing>,
+    /// Notified when the last cancel in flight settles.
+    settled: Notify,
     closer: Closer,
     state: SyncState,
 }
 
+/// What serves the client, and the cancels claimed for it that have not settled.
+#[derive(Debug, Default)]
+struct Pointing {
+    serving: Serving,
+    cancels: u32,
+    /// A cancel settled without knowing whether its server got it (until a release reads it).
+    undelivered: bool,
+}
+
 impl ClientSlot {
     fn serving(&self) -> Serving {
-        *self.serving.lock().unwrap_or_else(|p| p.into_inner())
+        self.pointing().serving
+    }
+
+    fn pointing(&self) -> std::sync::MutexGuard<'_, Pointing> {
+        self.pointing.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Waits until no cancel is in flight; whether every one since the last look was
+    /// delivered (read once).
+    async fn settled(&self) -> bool {
+        loop {
+            let settled = self.settled.notified();
+            tokio::pin!(settled);
+            settled.as_mut().enable();
+            {
+                let mut pointing = self.pointing();
+                if pointing.cancels == 0 {
+                    return !std::mem::take(&mut pointing.undelivered);
+                }
+            }
+            settled.await;
+        }
     }
 }
 
@@ -175,7 +265,10 @@ impl CancelRegistry {
             }
             if let std::collections::hash_map::Entry::Vacant(entry) = map.entry(key) {
                 let slot = Arc::new(ClientSlot {
-                    serving: Mutex::new(serving),
+                    pointing: Mutex::new(Pointing {
+                        serving,
+                        ..Pointing::default()
+                    }),
                     ..ClientSlot::default()
                 });
                 entry.insert(slot.clone());
@@ -253,7 +346,35 @@ impl CancelKeyGuard {
 
     /// Points the key at another upstream connection (or nothing, between transactions).
     pub fn set_serving(&self, serving: Serving) {
-        *self.slot.serving.lock().unwrap_or_else(|p| p.into_inner()) = serving;
+        self.slot.pointing().serving = serving;
+    }
+
+    /// Gives `lease` back to its pool once no cancel of this client can still reach it: at
+    /// once when none is in flight, else from a task of its own once they settled (the
+    /// client goes on meanwhile), or closed when one may not have been delivered or they do
+    /// not settle within [`SETTLE_BOUND`]. The key must no longer point at the connection.
+    pub fn release(&self, lease: Lease) {
+        let (in_flight, undelivered) = {
+            let mut pointing = self.slot.pointing();
+            (
+                pointing.cancels > 0,
+                std::mem::take(&mut pointing.undelivered),
+            )
+        };
+        if !in_flight {
+            return if undelivered {
+                lease.close()
+            } else {
+                lease.release()
+            };
+        }
+        let slot = self.slot.clone();
+        tokio::spawn(async move {
+            match tokio::time::timeout(SETTLE_BOUND, slot.settled()).await {
+                Ok(true) if !undelivered => lease.release(),
+                _ => lease.close(),
+            }
+        });
     }
 }
 
@@ -264,91 +385,5 @@ impl Drop for CancelKeyGuard {
 }
 
 #[cfg(test)]
-mod tests {
-    use std::sync::atomic::Ordering;
-    use std::task::Context;
-
-    use super::*;
-    use crate::forward::closer::CloseAsk;
-
-    #[test]
-    fn keys_map_to_their_own_server_only() {
-        let registry = CancelRegistry::new();
-        let a = registry.register(Serving::connection(Some((1, 10))));
-        let b = registry.register(Serving::connection(Some((2, 20))));
-        let serving = |pid, secret| registry.lookup(pid, secret).map(|t| t.serving);
-        assert_eq!(
-            serving(a.pid, a.secret),
-            Some(Serving::Key(ServerKey { pid: 1, secret: 10 }))
-        );
-        assert_eq!(
-            serving(b.pid, b.secret),
-            Some(Serving::Key(ServerKey { pid: 2, secret: 20 }))
-        );
-        assert!(registry.lookup(a.pid, b.secret).is_none());
-        a.set_serving(Serving::Keyless);
-        assert_eq!(serving(a.pid, a.secret), Some(Serving::Keyless));
-        a.set_serving(Serving::Nothing);
-        assert_eq!(serving(a.pid, a.secret), Some(Serving::Nothing));
-        assert!(registry.lookup(a.pid, a.secret).is_some());
-        drop(b);
-        assert_eq!(registry.len(), 1);
-    }
-
-    #[test]
-    fn a_close_request_is_seen_once_and_wakes_the_waiting_task() {
-        use std::sync::atomic::AtomicUsize;
-        use std::task::{Wake, Waker};
-
-        struct Count(AtomicUsize);
-        impl Wake for Count {
-            fn wake(self: Arc<Self>) {
-                self.0.fetch_add(1, Ordering::SeqCst);
-            }
-        }
-        let registry = CancelRegistry::new();
-        let key = registry.register(Serving::Keyless);
-        let count = Arc::new(Count(AtomicUsize::new(0)));
-        let waker = Waker::from(count.clone());
-        let mut cx = Context::from_waker(&waker);
-        assert!(key.closer().poll_close(&mut cx).is_pending());
-
-        registry.wake_all();
-        assert_eq!(
-            count.0.load(Ordering::SeqCst),
-            1,
-            "a drain wakes the session"
-        );
-        assert!(
-            key.closer().poll_close(&mut cx).is_pending(),
-            "but asks no close"
-        );
-
-        let target = registry.lookup(key.pid, key.secret).expect("registered");
-        target.close();
-        assert_eq!(count.0.load(Ordering::SeqCst), 2);
-        assert!(key.closer().poll_close(&mut cx).is_ready());
-        assert!(
-            key.closer().poll_close(&mut cx).is_pending(),
-            "one request closes once"
-        );
-        target.close();
-        target.close_unless_answered(Mark {
-            answered: 7,
-            heard: 0,
-        });
-        assert_eq!(
-            key.closer().poll_close(&mut cx),
-            std::task::Poll::Ready(CloseAsk::Any),
-            "an unconditional close is not narrowed by a marked one"
-        );
-        target.close_unless_answered(Mark {
-            answered: 7,
-            heard: 0,
-        });
-        assert_eq!(
-            key.closer().poll_close(&mut cx),
-            std::task::Poll::Ready(CloseAsk::UnlessAnsweredSince(7))
-        );
-    }
-}
+#[path = "cancel_tests.rs"]
+mod tests;

@@ -65,23 +65,22 @@ pub(super) async fn handle_cancel(context: &Frontend, pid: i32, secret: &[u8]) {
 async fn forward(context: &Frontend, target: CancelTarget, server: ServerKey) {
     // Taken before the cancel goes: an answer after this one shows the statement ended.
     let running = target.running();
-    // Checked again once the cancel's connection is open, just before it is sent: in
-    // transaction mode the statement may have ended and the server connection gone to
-    // another client meanwhile, whose statement this cancel must not reach.
-    let still_wanted = || {
-        target.serving_now() == Serving::Key(server)
-            && running.is_some_and(|mark| target.still_running(mark))
-    };
+    // Claimed once the cancel's connection is open, just before it is sent: in transaction
+    // mode the statement may have ended and the server connection gone to another client
+    // meanwhile, whose statement this cancel must not reach; and a claimed cancel holds the
+    // connection's release until the server has it (src/frontend/cancel.rs).
+    let claim = || running.and_then(|mark| target.claim(server, mark));
     match context
         .connector()
-        .cancel(server.pid, server.secret, still_wanted)
+        .cancel(server.pid, server.secret, claim)
         .await
     {
-        Ok(false) => {
+        Ok(None) => {
             debug!("cancel request not sent: the statement ended before it could be");
             context.metrics.cancel_request("not_running");
         }
-        Ok(true) => {
+        Ok(Some(in_flight)) => {
+            in_flight.delivered();
             info!("cancel request forwarded upstream");
             context.metrics.cancel_request("forwarded");
             if let Some(mark) = running {

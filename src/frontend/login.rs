@@ -184,7 +184,7 @@ fn hold(
         (Start::Attached(lease, _), PoolMode::Transaction) => {
             info!(conn, %peer, pool = %pool.key, "client connected");
             cancel_key.set_serving(Serving::Nothing);
-            lease.release();
+            cancel_key.release(*lease);
             None
         }
         (Start::Greeted(_), PoolMode::Session) => {

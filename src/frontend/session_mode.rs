@@ -311,6 +311,9 @@ impl Session {
     /// for other state, or not at all when a reset would pin it or undo settings applied after
     /// login.
     async fn give_back(&mut self, mut lease: Lease, kept: &SessionReplay) {
+        // A cancel claimed from here on finds nothing to reach; one claimed before holds the
+        // release until it settled (src/frontend/cancel.rs).
+        self.cancel_key.set_serving(Serving::Nothing);
         // Kept SETs are session state too (the replay holds them, not the change bits).
         let change = match self.cancel_key.state().session_change() {
             Some(SessionChange::NamedStatement) | None if kept.has_settings() => {
@@ -319,7 +322,7 @@ impl Session {
             change => change,
         };
         let Some(change) = change else {
-            lease.release();
+            self.cancel_key.release(lease);
             return;
         };
         let metrics = self.context.metrics;
@@ -327,7 +330,7 @@ impl Session {
             match Box::pin(close_statements(lease.server(), kept.statement_names())).await {
                 Ok(()) => {
                     metrics.session_state("reset", change.label());
-                    lease.release();
+                    self.cancel_key.release(lease);
                 }
                 Err(error) => {
                     debug!(%error, "closing named statements failed; closing the connection");
@@ -355,7 +358,7 @@ impl Session {
                     prepared.clear();
                 }
                 metrics.session_state("reset", change.label());
-                lease.release();
+                self.cancel_key.release(lease);
             }
             Err(error) => {
                 debug!(%error, "upstream connection not reusable; closing it");

@@ -180,12 +180,12 @@ impl Session {
     ) -> Option<Outcome> {
         match outcome {
             Outcome::Released => {
-                lease.release();
+                self.cancel_key.release(lease);
                 None
             }
             Outcome::ClientTerminated | Outcome::ClientClosed => {
                 if self.cancel_key.state().is_idle() {
-                    lease.release();
+                    self.cancel_key.release(lease);
                 }
                 Some(outcome)
             }

@@ -276,18 +276,21 @@ impl Connector {
     }
 
     /// Sends a CancelRequest for the server key over a new connection (TLS if configured),
-    /// unless `still_wanted` says no once that connection is open; whether it was sent.
-    pub async fn cancel(
+    /// once that connection is open and `claim` says it is still wanted (its guard marks the
+    /// cancel in flight). `Some(guard)` when the server got it: it closed the connection, which
+    /// it does after signalling its backend; `None` when it was not wanted. An error drops the
+    /// guard: whether the server got the request is then unknown.
+    pub async fn cancel<G>(
         &self,
         pid: i32,
         secret: i32,
-        still_wanted: impl Fn() -> bool,
-    ) -> Result<bool, ConnectError> {
+        claim: impl FnOnce() -> Option<G>,
+    ) -> Result<Option<G>, ConnectError> {
         let deadline = Instant::now() + self.timeout;
         let mut stream = self.open_transport(deadline).await?;
-        if !still_wanted() {
-            return Ok(false);
-        }
+        let Some(in_flight) = claim() else {
+            return Ok(None);
+        };
         let mut out = BytesMut::new();
         frontend::cancel_request(pid, secret, &mut out);
         let send = async {
@@ -302,7 +305,7 @@ impl Connector {
         timeout_at(deadline, send)
             .await
             .map_err(|_| self.timeout_error("sending a cancel request to"))??;
-        Ok(true)
+        Ok(Some(in_flight))
     }
 
     fn timeout_error(&self, stage: &'static str) -> ConnectError {

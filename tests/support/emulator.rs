@@ -193,6 +193,8 @@ struct Shared {
     logins: AtomicU64,
     rejected: AtomicU64,
     cancels: AtomicU64,
+    /// How long a cancel waits before it is forwarded (see [`Emulator::delay_cancels`]).
+    cancel_delay_ms: AtomicU64,
     tls_failures: AtomicU64,
     throttle: LoginThrottle,
     rejections: Mutex<Vec<String>>,
@@ -238,6 +240,7 @@ impl Emulator {
             logins: AtomicU64::new(0),
             rejected: AtomicU64::new(0),
             cancels: AtomicU64::new(0),
+            cancel_delay_ms: AtomicU64::new(0),
             tls_failures: AtomicU64::new(0),
             throttle: LoginThrottle::new(opts.login_rate_limit),
             rejections: Mutex::new(Vec::new()),
@@ -288,6 +291,14 @@ impl Emulator {
     /// CancelRequests forwarded to the backend.
     pub fn cancels(&self) -> u64 {
         self.shared.cancels.load(Ordering::SeqCst)
+    }
+
+    /// From now on a CancelRequest reaches the backend `delay` after it arrived: a slow path to
+    /// the server (on a real network the cancel's own connection and TLS handshake take round
+    /// trips), during which the cancelled statement may end by itself.
+    pub fn delay_cancels(&self, delay: Duration) {
+        let millis = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX);
+        self.shared.cancel_delay_ms.store(millis, Ordering::SeqCst);
     }
 
     /// CancelRequests ignored, as RDS Proxy ignores them.
@@ -673,6 +684,10 @@ async fn forward_cancel(shared: &Shared, rest: &[u8]) -> io::Result<()> {
         // RDS Proxy issued no keys and ignores cancels.
         shared.ignored_cancels.fetch_add(1, Ordering::SeqCst);
         return Ok(());
+    }
+    let delay = shared.cancel_delay_ms.load(Ordering::SeqCst);
+    if delay > 0 {
+        tokio::time::sleep(Duration::from_millis(delay)).await;
     }
     let mut backend = TcpStream::connect((Ipv4Addr::LOCALHOST, shared.backend_port)).await?;
     backend
