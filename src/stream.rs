@@ -12,7 +12,7 @@ use tokio::net::{TcpStream, UnixStream};
 use tokio_rustls::client::TlsStream;
 use tokio_rustls::server::TlsStream as ServerTlsStream;
 
-use crate::uring::{Socket, poll_read_by, read_noting_short};
+use crate::uring::{Socket, peek_one, poll_read_by, read_noting_short};
 
 /// Implements AsyncRead + AsyncWrite for an enum by delegating to each variant.
 macro_rules! delegate_io {
@@ -143,6 +143,25 @@ impl ClientStream {
                     _ => Poll::Ready(Ok(())),
                 }
             }
+        }
+    }
+
+    /// Whether the client has left (closed or reset its end), by what its socket holds now,
+    /// without taking anything: one `recv` peek. Bytes waiting (a client that pipelines) count
+    /// as a client still there.
+    pub fn is_gone(&self) -> bool {
+        let peeked = match self {
+            Self::Tcp(socket) => peek_one(socket.tcp()),
+            Self::Unix(socket) => peek_one(socket),
+            Self::Tls(tls) => peek_one(tls.get_ref().0),
+        };
+        match peeked {
+            Ok(0) => true,
+            Ok(_) => false,
+            Err(error) => !matches!(
+                error.kind(),
+                io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+            ),
         }
     }
 

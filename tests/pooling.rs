@@ -612,6 +612,75 @@ async fn a_cancel_with_another_clients_keys_does_nothing() {
     assert_eq!(stack.emulator.cancels(), 0);
 }
 
+/// A client that leaves while its statement waits for a connection (an app's own timeout, a
+/// killed process) is not served: its statement never runs, and the connection it waited for
+/// goes to the next client unused, with no new login.
+#[tokio::test]
+async fn a_client_gone_while_waiting_for_a_connection_runs_nothing() {
+    use tokio::io::AsyncWriteExt;
+    let cluster = tokio::task::spawn_blocking(shared_cluster)
+        .await
+        .expect("cluster");
+    for mode in [PoolMode::Transaction, PoolMode::Session] {
+        let stack = pooled(|c| {
+            c.pool.mode = mode;
+            c.pool.size = 1;
+        })
+        .await;
+        let table = support::unique_name("gone");
+        let admin = cluster.admin_client().await;
+        admin
+            .batch_execute(&format!("create table {table} (n int)"))
+            .await
+            .expect("create");
+        // Raw logins all: the same startup parameters, so the same pool.
+        let (mut holder, _) = harness::raw_login(&stack).await;
+        let logins = stack.emulator.logins();
+        let held = tokio::spawn(async move {
+            holder
+                .write_all(&support::wire::query_message("select pg_sleep(0.5)"))
+                .await
+                .expect("sleep");
+            harness::read_until_ready(&mut holder).await;
+            // In session mode the connection is the holder's until it leaves.
+            drop(holder);
+        });
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let (mut ghost, _) = harness::raw_login(&stack).await;
+        ghost
+            .write_all(&support::wire::query_message(&format!(
+                "insert into {table} values (1)"
+            )))
+            .await
+            .expect("insert");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        // Gone with a reset while its statement waits.
+        socket2::SockRef::from(&ghost)
+            .set_linger(Some(Duration::ZERO))
+            .expect("SO_LINGER");
+        drop(ghost);
+        held.await.expect("holder");
+        let (mut next, _) = harness::raw_login(&stack).await;
+        next.write_all(&support::wire::query_message(&format!(
+            "select count(*) from {table}"
+        )))
+        .await
+        .expect("count");
+        let answer = harness::read_until_ready(&mut next).await;
+        let row = answer
+            .iter()
+            .find(|(tag, _)| *tag == b'D')
+            .map(|(_, body)| String::from_utf8_lossy(&body[6..]).into_owned());
+        let rows: i64 = row.and_then(|n| n.parse().ok()).expect("a count");
+        assert_eq!(rows, 0, "{mode:?}: the statement of a client gone ran");
+        assert_eq!(
+            stack.emulator.logins(),
+            logins,
+            "{mode:?}: the connection was lost for the client gone"
+        );
+    }
+}
+
 /// A cancel that reaches the server late (a slow path) must not land on the statement of the
 /// client that got the connection once the cancelled statement ended by itself
 /// (pgbouncer#245): the connection goes back to the pool only once the cancel was delivered,

@@ -10,11 +10,15 @@
 //! answered, as PostgreSQL skips to Sync after an error. What a client is owed for more than
 //! one batch, or for part of a message, cannot be told, so that client gets the FATAL. A drain
 //! that starts during the wait refuses the statement with 57P01, as it refuses a client
-//! between transactions.
+//! between transactions. A client that left during the wait (closed or reset: an app's own
+//! timeout) is looked for when the connection comes: its statement is not sent and the
+//! connection goes back unused.
 
-use std::future::poll_fn;
+use std::future::{Future, poll_fn};
+use std::task::Poll;
 
 use bytes::BytesMut;
+use tracing::debug;
 
 use crate::error::{PgError, Severity, sqlstate};
 use crate::forward::Outcome;
@@ -48,11 +52,16 @@ impl Session {
             self.cancel_key.set_serving(Serving::Waiting);
             let checkout = self.context.pools.checkout(&self.pool);
             tokio::pin!(checkout);
+            // Most often a connection is idle and this is all.
+            if let Poll::Ready(checkout) =
+                poll_fn(|cx| Poll::Ready(checkout.as_mut().poll(cx))).await
+            {
+                return Waited::Checkout(checkout);
+            }
             loop {
                 tokio::select! {
-                    // The checkout first: most often a connection is idle and this is all.
                     biased;
-                    checkout = &mut checkout => return Waited::Checkout(checkout),
+                    checkout = &mut checkout => return self.unless_client_left(checkout),
                     asked = poll_fn(|cx| closer.poll_close(cx)) => match asked {
                         // Only a forwarded cancel's grace asks this: it was for a statement
                         // that ran before.
@@ -77,6 +86,27 @@ impl Session {
             }
             Some(_) => Waited::Stopped(self.answer_cancelled_waiting(first).await),
         }
+    }
+
+    /// A connection for a statement that waited for one, unless its client left meanwhile (an
+    /// app's own timeout, a killed process): then the statement is not sent, the connection
+    /// goes back to the pool unused (no login lost for it) and the session ends. Without the
+    /// look, each client that gave up in a queue later ran its statement and cost its
+    /// connection (a fault probe: 40 of 40).
+    fn unless_client_left(&self, checkout: Result<Lease, CheckoutError>) -> Waited {
+        let Ok(lease) = checkout else {
+            return Waited::Checkout(checkout);
+        };
+        if !self.stream.is_gone() {
+            return Waited::Checkout(Ok(lease));
+        }
+        debug!(
+            conn = self.conn,
+            "the client left while its statement waited for an upstream connection; not sent"
+        );
+        self.cancel_key.set_serving(Serving::Nothing);
+        self.cancel_key.release(lease);
+        Waited::Stopped(Some(Outcome::ClientClosed))
     }
 
     /// Answers `first`, a statement cancelled before it ran: `None` when the client goes on.

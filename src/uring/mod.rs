@@ -50,7 +50,7 @@ mod tokio_io;
 pub use outbox::install as install_outbox;
 pub use socket::Socket;
 pub use thread::{describe, forbid, install, request, spawn_reaper, submit_before_park};
-pub use tokio_io::{poll_read_by, read_noting_short};
+pub use tokio_io::{peek_one, poll_read_by, read_noting_short};
 
 /// How the sockets do their I/O (`--socket-io`).
 #[derive(

@@ -82,7 +82,7 @@ pub fn read_noting_short<S: AsFd>(
 }
 
 /// Peeks at one byte without taking it.
-fn peek_one<S: AsFd>(socket: &S) -> io::Result<usize> {
+pub fn peek_one<S: AsFd>(socket: &S) -> io::Result<usize> {
     let mut byte = [MaybeUninit::<u8>::uninit()];
     SockRef::from(socket).peek(&mut byte)
 }
