@@ -105,6 +105,10 @@ fn handshake_causes(
             )],
             "check the clock (timedatectl) and the endpoint's certificate",
         ),
+        TlsFailure::Cut => (
+            vec![format!("{reason} ({cert})")],
+            crate::upstream::error::CUT_HINT,
+        ),
         TlsFailure::Other => (
             vec![format!("{reason} ({cert})")],
             "check --tls-mode and --ca-file",

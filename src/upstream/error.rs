@@ -112,6 +112,8 @@ pub enum TlsFailure {
     NameMismatch,
     UnknownIssuer,
     Expired,
+    /// The connection was reset or closed during the handshake: nothing about certificates.
+    Cut,
     Other,
 }
 
@@ -294,9 +296,13 @@ fn tls_hint(kind: TlsFailure, name: &str) -> String {
             "the upstream certificate is expired or not yet valid; check this machine's clock"
                 .to_owned()
         }
+        TlsFailure::Cut => CUT_HINT.to_owned(),
         TlsFailure::Other => "check --tls-mode and --ca-file".to_owned(),
     }
 }
+
+/// What to check when the path, not TLS, ended a handshake.
+pub const CUT_HINT: &str = "the connection was reset or closed during the TLS handshake, before     any certificate was judged: check that the endpoint and port are a PostgreSQL or RDS Proxy     endpoint that accepts TLS, and that nothing on the path (a security group or network ACL, a     proxy restarting, a load balancer) cuts the connection";
 
 /// What to check when the upstream rejects a login.
 fn auth_rejected_hint(ctx: &HintContext<'_>) -> String {
@@ -331,13 +337,39 @@ pub fn classify_tls(error: &std::io::Error) -> TlsFailure {
             | C::NotValidYetContext { .. } => TlsFailure::Expired,
             _ => TlsFailure::Other,
         },
-        _ => TlsFailure::Other,
+        Some(_) => TlsFailure::Other,
+        None if matches!(
+            error.kind(),
+            std::io::ErrorKind::ConnectionReset
+                | std::io::ErrorKind::ConnectionAborted
+                | std::io::ErrorKind::UnexpectedEof
+                | std::io::ErrorKind::BrokenPipe
+        ) =>
+        {
+            TlsFailure::Cut
+        }
+        None => TlsFailure::Other,
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_handshake_cut_by_the_path_does_not_blame_the_certificates() {
+        for kind in [
+            std::io::ErrorKind::ConnectionReset,
+            std::io::ErrorKind::UnexpectedEof,
+        ] {
+            assert_eq!(classify_tls(&std::io::Error::from(kind)), TlsFailure::Cut);
+        }
+        let timed_out = std::io::Error::from(std::io::ErrorKind::TimedOut);
+        assert_eq!(classify_tls(&timed_out), TlsFailure::Other);
+        let hint = tls_hint(TlsFailure::Cut, "db.example");
+        assert!(hint.contains("reset or closed"), "{hint}");
+        assert!(!hint.contains("--ca-file"), "{hint}");
+    }
 
     #[test]
     fn a_credentials_timeout_does_not_blame_the_proxy() {
