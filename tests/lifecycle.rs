@@ -204,8 +204,13 @@ async fn grace_period_over_closes_what_is_left_with_57p01_and_exits_1() {
             .expect("the client sees the close")
             .expect("connection task")
             .expect_err("the open transaction's connection was closed");
-        let (code, message, _) = db_error(&ended);
+        let (code, message, hint) = db_error(&ended);
         assert_eq!(code, "57P01", "{pool_mode}: {message}");
+        // Not the plain "shutting down, reconnect": its transaction did not commit.
+        assert!(
+            hint.as_deref().is_some_and(|h| h.contains("rolled back")),
+            "{pool_mode}: {hint:?}"
+        );
         let failed = statement
             .await
             .expect("statement task")

@@ -31,6 +31,11 @@ use crate::pool::Lease;
 /// their own deadline (the upstream connect timeout), closed rather than pooled.
 const SETTLE_BOUND: Duration = Duration::from_secs(60);
 
+/// Notified when some client's last cancel in flight settles; each waiting release looks at
+/// its own client's count. One for the process, not one a client: an idle client's memory is
+/// held to 1 KiB, and a release waits for a cancel rarely.
+static SETTLED: Notify = Notify::const_new();
+
 /// What a cancel request does.
 #[derive(
     Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Deserialize, serde::Serialize,
@@ -188,7 +193,7 @@ impl Drop for InFlight {
         pointing.cancels -= 1;
         pointing.undelivered |= !self.delivered;
         if pointing.cancels == 0 {
-            self.slot.settled.notify_waiters();
+            SETTLED.notify_waiters();
         }
     }
 }
@@ -199,8 +204,6 @@ impl Drop for InFlight {
 #[derive(Debug, Default)]
 struct ClientSlot {
     pointing: Mutex<Pointing>,
-    /// Notified when the last cancel in flight settles.
-    settled: Notify,
     closer: Closer,
     state: SyncState,
 }
@@ -227,7 +230,7 @@ impl ClientSlot {
     /// delivered (read once).
     async fn settled(&self) -> bool {
         loop {
-            let settled = self.settled.notified();
+            let settled = SETTLED.notified();
             tokio::pin!(settled);
             settled.as_mut().enable();
             {

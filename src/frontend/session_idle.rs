@@ -68,7 +68,13 @@ impl Session {
             })
             .await;
         if let Woken::Draining = woken {
-            return Err(Outcome::Shutdown);
+            // Inside a transaction only the grace period's end wakes this: the client is told
+            // its transaction was rolled back (57P01, as for a statement the grace cut).
+            return Err(if outside_transaction {
+                Outcome::Shutdown
+            } else {
+                Outcome::Terminated
+            });
         }
         let mut buffer = Buffer::take();
         match self.stream.try_read(&mut buffer) {

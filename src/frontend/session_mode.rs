@@ -252,7 +252,14 @@ impl Session {
                         return (Outcome::ServerClosedIdle, idle);
                     }
                     Ok(Spoken::Stale) => continue,
-                    Err(outcome) => return (outcome, Traffic::default()),
+                    // The client is idle: at a message boundary, where an error can be sent.
+                    Err(outcome) => {
+                        let idle = Traffic {
+                            client_at_boundary: true,
+                            ..Traffic::default()
+                        };
+                        return (outcome, idle);
+                    }
                 }
             }
             let first_bytes = first.as_ref().map_or(&[][..], |(buffer, n)| &buffer[..*n]);
