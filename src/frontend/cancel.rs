@@ -27,6 +27,10 @@ use crate::forward::SyncState;
 use crate::forward::closer::Closer;
 use crate::pool::Lease;
 
+#[path = "cancel_pointing.rs"]
+mod pointing;
+use pointing::Pointing;
+
 /// How long a released connection waits for its client's cancels in flight at most: beyond
 /// their own deadline (the upstream connect timeout), closed rather than pooled.
 const SETTLE_BOUND: Duration = Duration::from_secs(60);
@@ -51,7 +55,7 @@ pub enum CancelMode {
 }
 
 /// The server-side key a client's cancel must be sent with.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct ServerKey {
     pub pid: i32,
     pub secret: i32,
@@ -115,7 +119,10 @@ impl CancelTarget {
     /// claim holds the connection's release until it is dropped (see the module).
     pub fn claim(&self, server: ServerKey, mark: Mark) -> Option<InFlight> {
         let mut pointing = self.slot.pointing();
-        if pointing.serving != Serving::Key(server) || !self.still_running(mark) {
+        if pointing.serving() != Serving::Key(server)
+            || !self.still_running(mark)
+            || pointing.cancels == u8::MAX
+        {
             return None;
         }
         pointing.cancels += 1;
@@ -208,18 +215,9 @@ struct ClientSlot {
     state: SyncState,
 }
 
-/// What serves the client, and the cancels claimed for it that have not settled.
-#[derive(Debug, Default)]
-struct Pointing {
-    serving: Serving,
-    cancels: u32,
-    /// A cancel settled without knowing whether its server got it (until a release reads it).
-    undelivered: bool,
-}
-
 impl ClientSlot {
     fn serving(&self) -> Serving {
-        self.pointing().serving
+        self.pointing().serving()
     }
 
     fn pointing(&self) -> std::sync::MutexGuard<'_, Pointing> {
@@ -267,11 +265,10 @@ impl CancelRegistry {
                 continue;
             }
             if let std::collections::hash_map::Entry::Vacant(entry) = map.entry(key) {
+                let mut pointing = Pointing::default();
+                pointing.point_at(serving);
                 let slot = Arc::new(ClientSlot {
-                    pointing: Mutex::new(Pointing {
-                        serving,
-                        ..Pointing::default()
-                    }),
+                    pointing: Mutex::new(pointing),
                     ..ClientSlot::default()
                 });
                 entry.insert(slot.clone());
@@ -349,7 +346,7 @@ impl CancelKeyGuard {
 
     /// Points the key at another upstream connection (or nothing, between transactions).
     pub fn set_serving(&self, serving: Serving) {
-        self.slot.pointing().serving = serving;
+        self.slot.pointing().point_at(serving);
     }
 
     /// Gives `lease` back to its pool once no cancel of this client can still reach it: at
